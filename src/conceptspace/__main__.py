@@ -1,0 +1,3 @@
+from conceptspace.cli import main
+
+raise SystemExit(main())

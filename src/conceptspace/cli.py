@@ -1,0 +1,229 @@
+"""Command line of the pipeline: one subcommand per stage, as the Snakemake rules call it.
+
+Rules pass the config sections a stage needs as one JSON object (--settings), so that
+Snakemake reruns a stage exactly when its own settings change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from conceptspace.io import ConceptspaceError
+
+log = logging.getLogger("conceptspace")
+
+
+def _settings(text: str) -> dict:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConceptspaceError(f"--settings is not valid JSON: {err}")
+
+
+def cmd_render(args: argparse.Namespace) -> None:
+    from conceptspace.concepts import Signal
+    from conceptspace.render import render_training_set, save_dataset
+
+    settings = _settings(args.settings)
+    signal = Signal(args.color_gap, args.size_gap)
+    arrays, metadata = _split_metadata(render_training_set(settings["data"], signal, args.seed))
+    save_dataset(args.out, arrays, metadata)
+    log.info("wrote %s (%d images)", args.out, len(arrays["images"]))
+
+
+def _split_metadata(result):
+    """render_* return either arrays or (arrays, metadata); accept both."""
+    if isinstance(result, tuple):
+        return result
+    return result, {}
+
+
+def cmd_probe(args: argparse.Namespace) -> None:
+    from conceptspace.concepts import Signal
+    from conceptspace.probe import train_probe
+
+    settings = _settings(args.settings)
+    signals = [Signal(dc, ds) for dc, ds in settings["signals"]]
+    train_probe(
+        settings["data"],
+        settings["probe"],
+        signals,
+        args.seed,
+        args.out,
+        args.metrics,
+        device=args.device,
+        threads=args.threads,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from conceptspace.train import train_run
+
+    settings = _settings(args.settings)
+    train_run(
+        settings["model"],
+        settings["training"],
+        args.data,
+        args.seed,
+        args.run_dir,
+        args.manifest,
+        device=args.device,
+        threads=args.threads,
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from conceptspace.concepts import Signal
+    from conceptspace.evaluate import evaluate_checkpoint
+
+    settings = _settings(args.settings)
+    evaluate_checkpoint(
+        args.checkpoint,
+        args.probe,
+        settings["evaluation"],
+        settings["probe"]["min_accuracy"],
+        Signal(args.color_gap, args.size_gap),
+        args.seed,
+        args.out,
+        device=args.device,
+        threads=args.threads,
+    )
+
+
+def cmd_gather_run(args: argparse.Namespace) -> None:
+    from conceptspace.trajectories import gather_run, save_dataset_nc
+
+    save_dataset_nc(gather_run(args.evaluations), args.out)
+    log.info("gathered %d checkpoints into %s", len(args.evaluations), args.out)
+
+
+def cmd_gather_study(args: argparse.Namespace) -> None:
+    from conceptspace.trajectories import gather_study, save_dataset_nc
+
+    config = _settings(args.settings)
+    save_dataset_nc(gather_study(args.runs, config, config["evaluation"]), args.out)
+    log.info("gathered %d runs into %s", len(args.runs), args.out)
+
+
+def cmd_figure(args: argparse.Namespace) -> None:
+    from conceptspace.config import sweep
+    from conceptspace.trajectories import open_study
+
+    config = _settings(args.settings)
+    study = open_study(args.study)
+    if args.name == "signal":
+        from conceptspace.figures.signal import plot_signal
+
+        names = config["figures"]["signal"]
+        color_sweep = sweep(config, names["color_sweep"])
+        size_sweep = sweep(config, names["size_sweep"])
+        plot_signal(
+            study,
+            args.out,
+            color_sweep_size_gap=_single(color_sweep, "size_gap"),
+            size_sweep_color_gap=_single(size_sweep, "color_gap"),
+        )
+    log.info("wrote %s", args.out)
+
+
+def _single(sweep_cfg: dict, key: str) -> float:
+    values = sweep_cfg[key]
+    if len(values) != 1:
+        raise ConceptspaceError(
+            f"sweep '{sweep_cfg['name']}' must hold {key} fixed (one value) to be plotted "
+            f"against the other gap; it has {values}. Name another sweep in figures.signal."
+        )
+    return float(values[0])
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from conceptspace.info import describe
+
+    for path in args.paths:
+        print(describe(Path(path)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conceptspace", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def stage(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.set_defaults(func=func)
+        return p
+
+    def compute(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+        p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+    p = stage("render", cmd_render, "render one run's synthetic training set")
+    p.add_argument("--settings", required=True, help="JSON with the 'data' section")
+    p.add_argument("--color-gap", type=float, required=True)
+    p.add_argument("--size-gap", type=float, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True)
+
+    p = stage("probe", cmd_probe, "train the concept classifier")
+    p.add_argument("--settings", required=True, help="JSON: 'data', 'probe', 'signals'")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--metrics", required=True)
+    compute(p)
+
+    p = stage("train", cmd_train, "train one VDM, resuming from its last checkpoint")
+    p.add_argument("--settings", required=True, help="JSON: 'model', 'training'")
+    p.add_argument("--data", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--manifest", required=True)
+    compute(p)
+
+    p = stage("evaluate", cmd_evaluate, "score one checkpoint in concept space")
+    p.add_argument("--settings", required=True, help="JSON: 'evaluation', 'probe'")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--probe", required=True)
+    p.add_argument("--color-gap", type=float, required=True)
+    p.add_argument("--size-gap", type=float, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True)
+    compute(p)
+
+    p = stage("gather-run", cmd_gather_run, "one run's evaluations -> trajectory")
+    p.add_argument("--out", required=True)
+    p.add_argument("evaluations", nargs="+")
+
+    p = stage("gather-study", cmd_gather_study, "all runs' trajectories -> study dataset")
+    p.add_argument("--settings", required=True, help="JSON: the whole resolved config")
+    p.add_argument("--out", required=True)
+    p.add_argument("runs", nargs="+")
+
+    p = stage("figure", cmd_figure, "draw one figure from a gathered dataset")
+    p.add_argument("name", choices=["signal"])
+    p.add_argument("--settings", required=True, help="JSON: the whole resolved config")
+    p.add_argument("--study", required=True)
+    p.add_argument("--out", required=True)
+
+    p = stage("info", cmd_info, "print the provenance of files the pipeline wrote")
+    p.add_argument("paths", nargs="+")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        args.func(args)
+    except ConceptspaceError as err:
+        log.error("%s", err)
+        return 1
+    return 0

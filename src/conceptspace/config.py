@@ -1,0 +1,206 @@
+"""Loading and checking the study configuration.
+
+The JSON schema (workflow/schemas/config.schema.yaml) fixes keys, types and ranges; the
+checks below add the rules that relate several keys. Every problem is reported at once,
+each naming the key and the fix, before Snakemake plans a single job.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import jsonschema
+import yaml
+
+from conceptspace.concepts import Signal, run_id
+from conceptspace.io import ConceptspaceError
+
+# Colors stay inside [0, 1] when 0.5 + dc/2 + dc/8 <= 1; discs stay inside the image
+# when the largest radius 0.45 + ds/2 + 3ds/8 stays below 1.
+MAX_COLOR_GAP = 0.8
+MAX_SIZE_GAP = 0.6
+GAP_DECIMALS = 3  # run ids print gaps with 3 decimals; finer values would collide
+
+
+class ConfigError(ConceptspaceError):
+    """The configuration is invalid; the message lists every problem found."""
+
+
+@dataclass(frozen=True, order=True)
+class Run:
+    """One training run of the study: a signal level and a seed."""
+
+    color_gap: float
+    size_gap: float
+    seed: int
+
+    @property
+    def signal(self) -> Signal:
+        return Signal(self.color_gap, self.size_gap)
+
+    @property
+    def id(self) -> str:
+        return run_id(self.color_gap, self.size_gap, self.seed)
+
+
+def merge(base: dict, overlay: dict) -> dict:
+    """Overlay one config on another the way Snakemake does: dicts merge, lists replace."""
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_config(*paths: str | Path) -> dict:
+    """Read config.yaml and any presets laid over it, in order."""
+    config: dict = {}
+    for path in paths:
+        try:
+            layer = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist")
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}")
+        config = merge(config, layer)
+    return config
+
+
+def validate_config(config: dict, schema_path: str | Path) -> None:
+    """Raise ConfigError listing every problem of ``config``; return None if it is valid."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = [_describe(error) for error in validator.iter_errors(config)]
+    if not problems:  # relations between keys only make sense once each key is sound
+        problems = list(_cross_checks(config))
+    if problems:
+        raise ConfigError(
+            "invalid configuration:\n"
+            + "\n".join(f"  - {p}" for p in sorted(problems))
+            + "\nFix these in config.yaml or in the preset given with --configfile."
+        )
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        return f"config key '{key}': {error.message}; allowed keys here: {', '.join(allowed)}"
+    if error.validator == "required":
+        return f"config key '{key}': {error.message}"
+    return f"config key '{key}': {error.message}"
+
+
+def _cross_checks(config: dict) -> Iterable[str]:
+    training, checkpoints = config["training"], config["training"]["checkpoints"]
+    if checkpoints["first"] > checkpoints["last"]:
+        yield (
+            f"config key 'training.checkpoints.first' ({checkpoints['first']}) is after "
+            f"'training.checkpoints.last' ({checkpoints['last']}); make first <= last"
+        )
+    if checkpoints["last"] > training["steps"]:
+        yield (
+            f"config key 'training.checkpoints.last' ({checkpoints['last']}) is past the end of "
+            f"training ('training.steps' = {training['steps']}); make last <= steps"
+        )
+    span = checkpoints["last"] - checkpoints["first"] + 1
+    if checkpoints["count"] > span:
+        yield (
+            f"config key 'training.checkpoints.count' ({checkpoints['count']}) asks for more "
+            f"checkpoints than there are steps between first and last ({span})"
+        )
+    model = config["model"]
+    if model["gamma_min"] >= model["gamma_max"]:
+        yield "config key 'model.gamma_min' must be below 'model.gamma_max'"
+    for section in ("model", "probe"):
+        for width in config[section]["channels"]:
+            if width % config[section]["groups"]:
+                yield (
+                    f"config key '{section}.channels': {width} channels cannot be split into "
+                    f"'{section}.groups' = {config[section]['groups']} GroupNorm groups"
+                )
+            if width % config[section]["attention_heads"]:
+                yield (
+                    f"config key '{section}.channels': {width} channels cannot be split into "
+                    f"'{section}.attention_heads' = {config[section]['attention_heads']} heads"
+                )
+        downsamplings = len(config[section]["channels"]) - 1
+        if config["data"]["image_size"] % 2**downsamplings:
+            yield (
+                f"config key 'data.image_size' ({config['data']['image_size']}) must be "
+                f"divisible by 2^{downsamplings} for the {downsamplings + 1} levels of "
+                f"'{section}.channels'"
+            )
+    low, high = config["data"]["background_train"]
+    if low > high:
+        yield "config key 'data.background_train' must be [low, high] with low <= high"
+
+    sweeps = config["study"]["sweeps"]
+    names = [sweep["name"] for sweep in sweeps]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        yield f"config key 'study.sweeps': the name '{name}' is used twice; names must be unique"
+    for i, sweep in enumerate(sweeps):
+        for concept, limit in (("color_gap", MAX_COLOR_GAP), ("size_gap", MAX_SIZE_GAP)):
+            for value in sweep[concept]:
+                if value > limit:
+                    yield (
+                        f"config key 'study.sweeps.{i}.{concept}': {value} is above {limit}, "
+                        f"where training values would leave the image's range"
+                    )
+                if round(value, GAP_DECIMALS) != value:
+                    yield (
+                        f"config key 'study.sweeps.{i}.{concept}': {value} has more than "
+                        f"{GAP_DECIMALS} decimals; round it (run ids print {GAP_DECIMALS})"
+                    )
+    for key, concept in (("color_sweep", "color_gap"), ("size_sweep", "size_gap")):
+        wanted = config["figures"]["signal"][key]
+        if wanted not in names:
+            yield (
+                f"config key 'figures.signal.{key}': no sweep is named '{wanted}'; "
+                f"sweeps are: {', '.join(names)}"
+            )
+
+
+def study_runs(config: dict) -> list[Run]:
+    """Every run of the study: seeds x the union of the sweeps' grids, sorted."""
+    return sorted(
+        {Run(dc, ds, seed) for dc, ds in signal_levels(config) for seed in config["study"]["seeds"]}
+    )
+
+
+def signal_levels(config: dict) -> list[tuple[float, float]]:
+    """The distinct (color gap, size gap) pairs of all sweeps, sorted."""
+    return sorted(
+        {
+            (float(dc), float(ds))
+            for sweep in config["study"]["sweeps"]
+            for dc in sweep["color_gap"]
+            for ds in sweep["size_gap"]
+        }
+    )
+
+
+def sweep(config: dict, name: str) -> dict[str, Any]:
+    for candidate in config["study"]["sweeps"]:
+        if candidate["name"] == name:
+            return candidate
+    raise ConfigError(f"no sweep named '{name}' in study.sweeps")
+
+
+def checkpoint_steps(training: dict) -> list[int]:
+    """Steps at which training saves a checkpoint: `count` steps from `first` to `last`,
+    evenly spaced in sqrt(step), so early training, where concepts emerge, is sampled
+    densely (the authors' quadratic schedule). A pure function of the config, so the DAG
+    knows every evaluation job before training starts."""
+    spec = training["checkpoints"]
+    first, last, count = spec["first"], spec["last"], spec["count"]
+    if count == 1:
+        return [last]
+    roots = [first**0.5 + (last**0.5 - first**0.5) * i / (count - 1) for i in range(count)]
+    steps = sorted({round(r * r) for r in roots} | {first, last})
+    return [s for s in steps if first <= s <= last]

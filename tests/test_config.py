@@ -1,0 +1,125 @@
+"""The config schema and the checks between keys: every bad value is named."""
+
+import copy
+
+import pytest
+import yaml
+
+from conceptspace.config import (
+    ConfigError,
+    checkpoint_steps,
+    load_config,
+    merge,
+    signal_levels,
+    study_runs,
+    validate_config,
+)
+from conftest import REPO, SCHEMA, SMOKE
+
+
+@pytest.fixture(scope="module")
+def paper():
+    return load_config(REPO / "config.yaml")
+
+
+def rejected(config) -> str:
+    with pytest.raises(ConfigError) as caught:
+        validate_config(config, SCHEMA)
+    return str(caught.value)
+
+
+def test_paper_and_smoke_configs_are_valid(paper):
+    validate_config(paper, SCHEMA)
+    validate_config(load_config(REPO / "config.yaml", SMOKE), SCHEMA)
+
+
+def test_paper_study_matches_the_spec(paper):
+    assert paper["study"]["seeds"] == [0, 100, 200, 300, 400]
+    sweeps = {s["name"]: s for s in paper["study"]["sweeps"]}
+    assert len(sweeps["color_gap"]["color_gap"]) == 20 and sweeps["color_gap"]["size_gap"] == [0.4]
+    assert min(sweeps["color_gap"]["color_gap"]) == 0.1
+    assert max(sweeps["color_gap"]["color_gap"]) == 0.8
+    assert len(sweeps["size_gap"]["size_gap"]) == 20 and sweeps["size_gap"]["color_gap"] == [0.4]
+    steps = checkpoint_steps(paper["training"])
+    assert len(steps) == 60 and steps[0] == 500 and steps[-1] == 20000
+    # 58 distinct levels: the grid shares (0.4, 0.2) and (0.4, 0.4) with the size sweep.
+    assert len(signal_levels(paper)) == 58
+    assert len(study_runs(paper)) == 58 * 5
+
+
+def test_unknown_key_is_named(paper):
+    config = copy.deepcopy(paper)
+    config["training"]["learning_rate"] = 0.1
+    message = rejected(config)
+    assert "'training'" in message and "learning_rate" in message
+
+
+def test_wrong_type_is_named(paper):
+    config = copy.deepcopy(paper)
+    config["training"]["batch_size"] = "64"
+    assert "training.batch_size" in rejected(config)
+
+
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        (("study", "sweeps", 0, "color_gap"), [-0.2]),
+        (("study", "sweeps", 1, "size_gap"), []),
+        (("study", "seeds"), []),
+        (("data", "validation_fraction"), 1.5),
+        (("evaluation", "threshold"), 1.2),
+        (("training", "precision"), "fp16"),
+    ],
+)
+def test_out_of_range_value_is_named(paper, path, value):
+    config = copy.deepcopy(paper)
+    target = config
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    assert ".".join(str(p) for p in path) in rejected(config)
+
+
+def test_checkpoints_past_training_are_rejected(paper):
+    config = copy.deepcopy(paper)
+    config["training"]["checkpoints"]["last"] = 30000
+    message = rejected(config)
+    assert "training.checkpoints.last" in message and "training.steps" in message
+
+
+def test_gap_that_leaves_the_color_range_is_rejected(paper):
+    config = copy.deepcopy(paper)
+    config["study"]["sweeps"][0]["color_gap"] = [0.9]
+    assert "study.sweeps.0.color_gap" in rejected(config)
+
+
+def test_figure_must_name_an_existing_sweep(paper):
+    config = copy.deepcopy(paper)
+    config["figures"]["signal"]["color_sweep"] = "nope"
+    assert "figures.signal.color_sweep" in rejected(config)
+
+
+def test_overlay_merges_dicts_and_replaces_lists(paper):
+    smoke = yaml.safe_load(SMOKE.read_text())
+    merged = merge(paper, smoke)
+    assert merged["model"]["channels"] == smoke["model"]["channels"]
+    assert merged["model"]["dropout"] == paper["model"]["dropout"]  # kept from the base
+    assert merged["study"]["sweeps"] == smoke["study"]["sweeps"]  # replaced whole
+
+
+def test_checkpoint_steps_are_quadratically_spaced(paper):
+    steps = checkpoint_steps(paper["training"])
+    gaps = [b - a for a, b in zip(steps, steps[1:])]
+    assert all(g > 0 for g in gaps)
+    assert gaps[-1] > 5 * gaps[0]  # later checkpoints are sparser
+    roots = [s**0.5 for s in steps]
+    root_gaps = [b - a for a, b in zip(roots, roots[1:])]
+    assert max(root_gaps) - min(root_gaps) < 0.05  # evenly spaced in sqrt(step)
+
+
+def test_runs_are_seeds_times_the_union_of_sweeps():
+    config = load_config(REPO / "config.yaml", SMOKE)
+    runs = study_runs(config)
+    assert {(r.color_gap, r.size_gap) for r in runs} == {(0.3, 0.4), (0.6, 0.4), (0.6, 0.3)}
+    assert len(runs) == 6
+    assert runs[0].id == "dc0.300_ds0.400_seed0"

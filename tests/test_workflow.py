@@ -1,0 +1,165 @@
+"""The pipeline through Snakemake: lint, formatting, planning, and the smoke preset end
+to end, with its outputs checked (not only its exit code)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from conceptspace.config import checkpoint_steps, load_config, study_runs
+from conftest import REPO, SMOKE, venv_tool
+
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(workdir, *args, configs=(REPO / "config.yaml",), check=True, timeout=900):
+    """Run snakemake on the repository's Snakefile in ``workdir`` with the given configs
+    (config.yaml first: the configfile directive only finds it from the repository)."""
+    command = [
+        venv_tool("snakemake"),
+        "--snakefile", str(REPO / "Snakefile"),
+        "--directory", str(workdir),
+        "--configfile", *map(str, configs),
+        *args,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        pytest.fail(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_lint_has_no_findings():
+    result = subprocess.run(
+        [venv_tool("snakemake"), "--lint"], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations" in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_rules_and_code_are_formatted():
+    snakefmt = subprocess.run(
+        [venv_tool("snakefmt"), "--check", "Snakefile", "workflow"],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert snakefmt.returncode == 0, snakefmt.stderr
+    black = subprocess.run(
+        [venv_tool("black"), "--check", "src", "tests"],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert black.returncode == 0, black.stderr
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """Job counts per rule from `snakemake -n --quiet rules`."""
+    counts = {}
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_dry_run_plans_the_paper_scale_study(tmp_path):
+    config = load_config(REPO / "config.yaml")
+    result = snakemake(tmp_path, "-n", "--quiet", "rules")
+    jobs = planned_jobs(result.stdout)
+    runs = len(study_runs(config))
+    assert jobs["render_training_set"] == runs == 290
+    assert jobs["train_vdm"] == runs
+    assert jobs["train_probe"] == 1
+    assert jobs["evaluate_checkpoint"] == runs * len(checkpoint_steps(config["training"]))
+    assert jobs["gather_run"] == runs and jobs["gather_study"] == 1 and jobs["fig_signal"] == 1
+
+
+def test_bad_config_stops_before_planning_and_names_the_key(tmp_path):
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text("training:\n  stepz: 10\nevaluation:\n  threshold: 2\n")
+    result = snakemake(tmp_path, "-n", configs=(REPO / "config.yaml", overlay), check=False)
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "stepz" in message and "evaluation.threshold" in message
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """The smoke preset run once through Snakemake on 2 cores."""
+    workdir = tmp_path_factory.mktemp("smoke")
+    snakemake(workdir, "--cores", "2", configs=(REPO / "config.yaml", SMOKE))
+    return workdir, load_config(REPO / "config.yaml", SMOKE)
+
+
+def test_smoke_run_leaves_the_study_dataset(smoke_run):
+    workdir, config = smoke_run
+    steps = checkpoint_steps(config["training"])
+    with xr.open_dataset(workdir / "results" / "signal" / "study.nc") as study:
+        assert dict(study.sizes) == {
+            "seed": 2, "color_gap": 2, "size_gap": 2, "step": len(steps), "prompt": 4, "concept": 2
+        }  # fmt: skip
+        assert list(study["step"].values) == steps
+        assert list(study["prompt"].values) == ["00", "01", "10", "11"]
+        prob = study["concept_prob"]
+        # Three signal levels of the 2x2 grid were run, for both seeds: 6 of 8 cells.
+        ran = prob.notnull().all(["step", "prompt", "concept"])
+        assert int(ran.sum()) == 6
+        assert not bool(ran.sel(color_gap=0.3, size_gap=0.3).any())
+        values = prob.values[np.isfinite(prob.values)]
+        assert values.min() >= 0 and values.max() <= 1
+        accuracy = study["accuracy"].values
+        product = prob.prod("concept", skipna=False).values
+        np.testing.assert_allclose(accuracy[np.isfinite(accuracy)], product[np.isfinite(product)])
+        assert study["learning_time"].dims == ("seed", "color_gap", "size_gap")
+        assert "units" in study["step"].attrs
+        assert json.loads(study.attrs["config"])["training"]["steps"] == 60
+
+
+def test_smoke_run_keeps_checkpoints_manifests_and_logs(smoke_run):
+    workdir, config = smoke_run
+    results = workdir / "results"
+    steps = checkpoint_steps(config["training"])
+    for run in study_runs(config):
+        manifest = json.loads((results / "signal" / "runs" / run.id / "manifest.json").read_text())
+        listed = [entry["step"] for entry in manifest["checkpoints"]]
+        assert listed == steps
+        for step in steps:
+            assert (
+                results / "signal" / "runs" / run.id / "checkpoints" / f"step_{step:06d}.pt"
+            ).exists()
+        assert (results / "logs" / "train_vdm" / f"{run.id}.log").stat().st_size > 0
+    metrics = json.loads((results / "signal" / "probe" / "metrics.json").read_text())
+    assert min(metrics["accuracy"].values()) >= config["probe"]["min_accuracy"]
+    for rule in ("render_training_set", "train_probe", "evaluate_checkpoint", "gather_run",
+                 "gather_study", "figures"):  # fmt: skip
+        assert (results / "logs" / rule).exists(), f"no log folder for {rule}"
+
+
+def test_smoke_run_draws_fig_signal(smoke_run):
+    workdir, _ = smoke_run
+    figures = workdir / "results" / "figures"
+    assert (figures / "fig_signal.pdf").read_bytes()[:5] == b"%PDF-"
+    assert (figures / "fig_signal.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_smoke_run_is_complete_and_one_figure_rebuilds_alone(smoke_run):
+    workdir, _ = smoke_run
+    configs = (REPO / "config.yaml", SMOKE)
+    nothing = snakemake(workdir, "-n", configs=configs)
+    assert "Nothing to be done" in nothing.stdout + nothing.stderr
+    (workdir / "results" / "figures" / "fig_signal.pdf").unlink()
+    plan = snakemake(workdir, "-n", "--quiet", "rules", "results/figures/fig_signal.pdf",
+                     configs=configs)  # fmt: skip
+    assert planned_jobs(plan.stdout) == {"fig_signal": 1, "total": 1}
+
+
+def test_smoke_outputs_carry_provenance(smoke_run):
+    workdir, _ = smoke_run
+    study = workdir / "results" / "signal" / "study.nc"
+    info = subprocess.run(
+        [sys.executable, "-m", "conceptspace", "info", str(study)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "git_commit" in info.stdout and "config_hash" in info.stdout and "torch" in info.stdout

@@ -1,0 +1,18 @@
+# Figures: drawn only from gathered datasets, as PDF with a PNG beside it.
+
+
+rule fig_signal:
+    input:
+        STUDY_DATASET,
+    output:
+        pdf=RESULTS / "figures" / "fig_signal.pdf",
+        png=RESULTS / "figures" / "fig_signal.png",
+    log:
+        LOGS / "figures" / "fig_signal.log",
+    conda:
+        ENV
+    params:
+        settings=json.dumps(config, sort_keys=True),
+    shell:
+        "python -m conceptspace figure signal --settings {params.settings:q}"
+        " --study {input:q} --out {output.pdf:q} > {log:q} 2>&1"

@@ -1,0 +1,44 @@
+# Training: the VDM of each run, and the concept classifier (probe) of the study.
+# Checkpoints live in an undeclared folder of the run: Snakemake deletes the declared
+# outputs of a failed job, and a killed training must resume from its checkpoints.
+# The manifest, written last, is the declared output.
+
+
+rule train_vdm:
+    input:
+        SIGNAL / "data" / "{run}.npz",
+    output:
+        SIGNAL / "runs" / "{run}" / "manifest.json",
+    log:
+        LOGS / "train_vdm" / "{run}.log",
+    conda:
+        ENV
+    threads: threads_for("train")
+    params:
+        settings=settings("model", "training"),
+        fields=run_fields,
+        run_dir=lambda wildcards: SIGNAL / "runs" / wildcards.run,
+        device=config["compute"]["device"],
+    shell:
+        "python -m conceptspace train --settings {params.settings:q} --data {input:q}"
+        " --seed {params.fields[seed]} --run-dir {params.run_dir:q} --manifest {output:q}"
+        " --device {params.device} --threads {threads} >> {log:q} 2>&1"
+
+
+rule train_probe:
+    output:
+        probe=SIGNAL / "probe" / "probe.pt",
+        metrics=SIGNAL / "probe" / "metrics.json",
+    log:
+        LOGS / "train_probe" / "probe.log",
+    conda:
+        ENV
+    threads: threads_for("probe")
+    params:
+        settings=settings("data", "probe", signals=signal_levels(config)),
+        seed=config["study"]["seeds"][0],
+        device=config["compute"]["device"],
+    shell:
+        "python -m conceptspace probe --settings {params.settings:q} --seed {params.seed}"
+        " --out {output.probe:q} --metrics {output.metrics:q}"
+        " --device {params.device} --threads {threads} > {log:q} 2>&1"
