@@ -31,16 +31,9 @@ def cmd_render(args: argparse.Namespace) -> None:
 
     settings = _settings(args.settings)
     signal = Signal(args.color_gap, args.size_gap)
-    arrays, metadata = _split_metadata(render_training_set(settings["data"], signal, args.seed))
-    save_dataset(args.out, arrays, metadata)
-    log.info("wrote %s (%d images)", args.out, len(arrays["images"]))
-
-
-def _split_metadata(result):
-    """render_* return either arrays or (arrays, metadata); accept both."""
-    if isinstance(result, tuple):
-        return result
-    return result, {}
+    dataset = render_training_set(settings["data"], signal, args.seed)
+    save_dataset(args.out, dataset)  # the rendered set carries its metadata and provenance
+    log.info("wrote %s (%d images)", args.out, len(dataset["images"]))
 
 
 def cmd_probe(args: argparse.Namespace) -> None:

@@ -40,6 +40,11 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     )
     os.close(fd)
     tmp = Path(tmp)
+    # mkstemp makes the file private (0600); outputs are shared results, so give them the
+    # permissions an ordinary file would get under the user's umask.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
         os.replace(tmp, path)
