@@ -1,0 +1,658 @@
+"""Training one VDM run, with checkpoints that a killed job resumes from exactly.
+
+Layout of a run (``run_dir``)::
+
+    checkpoints/step_000500.pt     torch.save dict, loadable with weights_only=True:
+                                   model, optimizer, step, rng, config, metrics, provenance
+    checkpoints/step_000500.json   sidecar: step, metrics, config, provenance
+    <manifest_path>                written last: the checkpoints, the config, final loss
+
+Checkpoints are saved at ``checkpoint_steps(training_cfg)`` (the schedule the Snakemake
+DAG plans evaluations for) and at the last step. Each is written sidecar first, then the
+.pt through ``io.atomic_path``, so a .pt that exists is complete.
+
+Determinism: every random number of training (batch indices, t0, eps, dropout) comes
+from the global torch RNG, seeded once with ``torch.manual_seed(seed)``; a checkpoint
+stores that RNG's state, and validation draws its fixed noise from a generator of its
+own, so it never touches it. A resumed run therefore ends with exactly the weights of an
+uninterrupted one (same device, same thread count; CUDA kernels with atomics aside).
+
+Speed (see PERF-NOTES): the training images live in one tensor on the device, batch
+indices are drawn there, and the host syncs only every ``log_every`` steps and at
+checkpoints; the loss is accumulated on the device meanwhile. A NaN/inf is therefore
+noticed at the next log or checkpoint, always before a checkpoint is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import pickle
+import re
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+# One schedule for training and for the DAG: `count` steps evenly spaced in sqrt(step)
+# from `first` to `last`, rounded to ints, duplicates removed, sorted.
+from conceptspace.config import checkpoint_steps
+from conceptspace.io import ConceptspaceError, atomic_path, provenance, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+__all__ = ["checkpoint_steps", "train_run", "load_checkpoint"]
+
+# Validation ELBO: a fixed subset of held-out images and fixed noise at every checkpoint.
+VALIDATION_IMAGES = 256
+VALIDATION_SEED_OFFSET = 7919  # validation noise differs from the training stream
+# Training keys that do not change the weights; a resume may change them freely.
+COSMETIC_TRAINING_KEYS = ("log_every",)
+_CHECKPOINT_NAME = re.compile(r"step_(\d{6,})\.pt")
+_CHECKPOINT_KEYS = ("model", "optimizer", "step", "rng", "config")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'auto' (or None) -> CUDA when available, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:06d}.pt"
+
+
+def _plain(obj: Any) -> Any:
+    """JSON round trip: tuples become lists, so stored and requested configs compare equal."""
+    return json.loads(json.dumps(obj, sort_keys=True))
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        flat: dict[str, Any] = {}
+        for key, value in obj.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: obj}
+
+
+def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a run's config that fix its weights (what a resume must match).
+
+    The dataset is identified by its content (fingerprint), sizes and origin, not by its
+    path or the data settings that do not change its images (a results folder can move,
+    data.background_test can change, without breaking resumes).
+    """
+    training = {k: v for k, v in config["training"].items() if k not in COSMETIC_TRAINING_KEYS}
+    dataset = {k: v for k, v in config["dataset"].items() if k not in ("path", "data")}
+    return {
+        "model": config["model"],
+        "training": training,
+        "seed": config["seed"],
+        "dataset": dataset,
+    }
+
+
+def _config_differences(stored: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
+    old, new = _flatten(_identity(stored)), _flatten(_identity(requested))
+    return [
+        f"{key} (checkpoint {old.get(key, '<absent>')!r}, requested {new.get(key, '<absent>')!r})"
+        for key in sorted(set(old) | set(new))
+        if old.get(key, "<absent>") != new.get(key, "<absent>")
+    ]
+
+
+def _dataset_summary(path: str | os.PathLike, arrays: dict, metadata: dict) -> dict[str, Any]:
+    """What identifies a dataset: its origin (kind, signal, seed, data settings), its
+    sizes, and a fingerprint of its contents (images and h, as trained on)."""
+    digest = hashlib.sha256()
+    for name in ("images", "h", "is_validation"):
+        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+    n_validation = int(np.count_nonzero(arrays["is_validation"]))
+    return _plain(
+        {
+            "path": str(path),
+            "kind": metadata.get("kind"),
+            "signal": metadata.get("signal"),
+            "seed": metadata.get("seed"),
+            "data": metadata.get("data"),
+            "n_images": int(len(arrays["images"])),
+            "n_train": int(len(arrays["images"]) - n_validation),
+            "n_validation": n_validation,
+            "fingerprint": digest.hexdigest()[:16],
+        }
+    )
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    """Global RNG states as tensors and plain values (weights_only cannot load ndarrays)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy = state["numpy"]
+    np.random.set_state(
+        (
+            numpy["kind"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["pos"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+    )
+    if device.type == "cuda":
+        if "cuda" not in state:
+            raise ConceptspaceError(
+                "the checkpoint was written by a CPU run and holds no CUDA RNG state, so a "
+                "CUDA resume cannot reproduce it; resume with --device cpu or delete the run "
+                "folder to restart on CUDA"
+            )
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """torch.load(weights_only=True) with every way a file can be broken turned into a
+    ConceptspaceError that names the file and the fix."""
+    if not path.exists():
+        raise ConceptspaceError(
+            f"checkpoint {path} does not exist; rerun training (`snakemake`) to write it"
+        )
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        missing = [key for key in _CHECKPOINT_KEYS if key not in checkpoint]
+        if missing:
+            raise KeyError(f"keys {missing} are missing")
+    except (
+        OSError,
+        EOFError,
+        RuntimeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        zipfile.BadZipFile,
+        pickle.UnpicklingError,
+    ) as err:
+        raise ConceptspaceError(
+            f"checkpoint {path} could not be read ({type(err).__name__}: {err}); it is "
+            "truncated or corrupt: delete it and rerun training (`snakemake`), which resumes "
+            "from the previous checkpoint and writes it again"
+        ) from err
+    return checkpoint
+
+
+def _build_vdm(model_cfg: Mapping[str, Any], h_dim: int, image_size: int):
+    from conceptspace.unet import UNet
+    from conceptspace.vdm import VDM
+
+    net = UNet.from_config(dict(model_cfg), h_dim, image_size)
+    return VDM(
+        net,
+        float(model_cfg["gamma_min"]),
+        float(model_cfg["gamma_max"]),
+        float(model_cfg["reconstruction_sigma"]),
+    )
+
+
+def _autocast_network(net: torch.nn.Module, device_type: str) -> None:
+    """Run the network's forward under bf16 autocast and hand float32 back, so the
+    ELBO's arithmetic (small terms, the learned schedule) stays in float32. Patching the
+    instance keeps the state_dict keys unchanged."""
+    forward = net.forward
+
+    def forward_bf16(*args, **kwargs):
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            out = forward(*args, **kwargs)
+        return out.float()
+
+    net.forward = forward_bf16
+
+
+def _use_channels_last(device: torch.device, precision: str) -> bool:
+    # CPU (oneDNN): ~1.2x in fp32 and in bf16 (PERF-NOTES). CUDA: pays off with bf16
+    # tensor cores; fp32 convolutions there gain little and GroupNorm may lose.
+    return device.type == "cpu" or precision == "bf16"
+
+
+def _format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _scalar_terms(terms: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().float() for k, v in terms.items() if torch.is_tensor(v) and v.ndim == 0}
+
+
+@torch.no_grad()
+def _validation_elbo(
+    vdm, images: torch.Tensor, h: torch.Tensor, batch_size: int, seed: int
+) -> dict[str, float] | None:
+    """The ELBO terms (bits/dim) on the fixed validation subset, in eval mode, with the
+    same t0 and eps at every checkpoint: they come from a private generator, so the
+    training RNG is untouched and a resumed run stays exact."""
+    if len(images) == 0:
+        return None
+    was_training = vdm.training
+    vdm.eval()
+    generator = torch.Generator(images.device).manual_seed(seed + VALIDATION_SEED_OFFSET)
+    totals: dict[str, torch.Tensor] = {}
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size]
+        terms = _scalar_terms(vdm.loss(x, h[start : start + batch_size], generator=generator))
+        for name, value in terms.items():
+            totals[name] = totals.get(name, 0.0) + value * len(x)
+    vdm.train(was_training)
+    return {name: float(total) / len(images) for name, total in totals.items()}
+
+
+def _schedule_ends(vdm) -> dict[str, float]:
+    """gamma(0) and gamma(1) of the learned schedule: whether bf16 or anything else
+    moves it is worth seeing next to the loss."""
+    try:
+        with torch.no_grad():
+            ends = vdm.gamma(torch.tensor([0.0, 1.0], device=next(vdm.parameters()).device))
+        return {"gamma_0": float(ends[0]), "gamma_1": float(ends[1])}
+    except Exception as err:  # informative only; never stop training for it
+        log.debug("could not read the schedule's end points: %s", err)
+        return {}
+
+
+def _sidecar_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _manifest_entry(path: Path) -> dict[str, Any]:
+    """A checkpoint's line in the manifest, from its sidecar (or the .pt if that is gone)."""
+    try:
+        record = read_json(_sidecar_path(path))
+        metrics = record["metrics"]
+    except (ConceptspaceError, KeyError, TypeError):
+        metrics = _read_checkpoint(path).get("metrics", {})
+    return {
+        "step": int(_CHECKPOINT_NAME.fullmatch(path.name)[1]),
+        "path": str(path),
+        "sidecar": str(_sidecar_path(path)),
+        "train_loss": metrics.get("train_loss"),
+        "validation_bpd": metrics.get("validation_bpd"),
+    }
+
+
+def _write_manifest(
+    manifest_path, run_dir, save_steps, config, scheduled, record
+) -> dict[str, Any]:
+    entries = [_manifest_entry(checkpoint_path(run_dir, step)) for step in save_steps]
+    final = entries[-1]
+    manifest = {
+        "run_dir": str(run_dir),
+        "checkpoints": [e for e in entries if e["step"] in scheduled],
+        "final_checkpoint": final,
+        "final_step": final["step"],
+        # Mean training loss over the steps since the previous checkpoint (bits/dim).
+        "final_train_loss": final["train_loss"],
+        "final_validation_bpd": final["validation_bpd"],
+        "config": config,
+        "provenance": record,
+    }
+    write_json(manifest_path, manifest)
+    log.info("wrote manifest %s (%d checkpoints)", manifest_path, len(manifest["checkpoints"]))
+    return manifest
+
+
+def _stored_steps(checkpoints_dir: Path) -> list[int]:
+    steps = []
+    for path in checkpoints_dir.glob("step_*.pt"):
+        match = _CHECKPOINT_NAME.fullmatch(path.name)
+        if match:
+            steps.append(int(match[1]))
+    return sorted(steps)
+
+
+def _remove_stale_temporaries(checkpoints_dir: Path) -> None:
+    """A job killed inside torch.save leaves atomic_path's temporary file behind."""
+    for path in checkpoints_dir.glob(".step_*"):
+        log.info("removing %s, left by a write that was interrupted", path)
+        path.unlink(missing_ok=True)
+
+
+def _find_resume_checkpoint(
+    run_dir: Path, save_steps: list[int], device: torch.device
+) -> tuple[Path | None, dict | None]:
+    """The latest checkpoint that loads, no later than the first scheduled one missing
+    (so a deleted intermediate checkpoint is written again). Corrupt ones are skipped."""
+    stored = _stored_steps(run_dir / "checkpoints")
+    missing = [step for step in save_steps if step not in stored]
+    limit = missing[0] if missing else save_steps[-1]
+    for step in reversed([s for s in stored if s <= limit]):
+        path = checkpoint_path(run_dir, step)
+        try:
+            return path, _read_checkpoint(path, device)
+        except ConceptspaceError as err:
+            reason = err.__cause__ or err
+            log.warning(
+                "checkpoint %s does not load (%s: %s); skipping it: training resumes from an "
+                "earlier checkpoint and writes it again",
+                path,
+                type(reason).__name__,
+                reason,
+            )
+    return None, None
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_run(
+    model_cfg: Mapping[str, Any],
+    training_cfg: Mapping[str, Any],
+    dataset_path: str | os.PathLike,
+    seed: int,
+    run_dir: str | os.PathLike,
+    manifest_path: str | os.PathLike,
+    device: str | torch.device = "auto",
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Train one VDM on a rendered dataset, resuming from ``run_dir``'s last checkpoint.
+
+    Returns the manifest (also written to ``manifest_path``, last). Raises
+    ConceptspaceError if ``run_dir`` holds checkpoints of a different config, or if the
+    loss becomes NaN/inf (the last good checkpoint is kept).
+    """
+    from conceptspace.render import load_dataset
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    device = resolve_device(device)
+    run_dir = Path(run_dir)
+    steps = int(training_cfg["steps"])
+    batch_size = int(training_cfg["batch_size"])
+    log_every = max(1, int(training_cfg["log_every"]))
+    precision = training_cfg.get("precision", "fp32")
+    if precision not in ("fp32", "bf16"):
+        raise ConceptspaceError(
+            f"training.precision is {precision!r}; use 'fp32' or 'bf16' in config.yaml"
+        )
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConceptspaceError(
+            f"{torch.cuda.get_device_name(device)} has no bfloat16 support; set "
+            "training.precision: fp32"
+        )
+    scheduled = checkpoint_steps(training_cfg)
+    if not scheduled or scheduled[-1] > steps:
+        raise ConceptspaceError(
+            f"checkpoints {scheduled} do not fit in training.steps = {steps}; make "
+            "training.checkpoints.last <= training.steps"
+        )
+    # The last step is always saved too, so a finished run never retrains its tail.
+    save_steps = sorted(set(scheduled) | {steps})
+
+    # --- data: one tensor per split, on the device
+    arrays, metadata = load_dataset(dataset_path)
+    images = torch.from_numpy(np.ascontiguousarray(arrays["images"], dtype=np.float32))
+    h_all = torch.from_numpy(np.ascontiguousarray(arrays["h"], dtype=np.float32))
+    held_out = torch.from_numpy(np.asarray(arrays["is_validation"], dtype=bool))
+    train_images, train_h = images[~held_out].to(device), h_all[~held_out].to(device)
+    validation_images = images[held_out][:VALIDATION_IMAGES].to(device)
+    validation_h = h_all[held_out][:VALIDATION_IMAGES].to(device)
+    n_train = len(train_images)
+    if n_train == 0:
+        raise ConceptspaceError(
+            f"dataset {dataset_path} has no training images (all are validation); lower "
+            "data.validation_fraction or raise data.images_per_class"
+        )
+    h_dim, image_size = int(h_all.shape[1]), int(images.shape[-1])
+
+    config = _plain(
+        {
+            "model": dict(model_cfg),
+            "training": dict(training_cfg),
+            "seed": int(seed),
+            "h_dim": h_dim,
+            "image_size": image_size,
+            "dataset": _dataset_summary(dataset_path, arrays, metadata),
+        }
+    )
+    record = provenance(config, seed)
+    del arrays, images, h_all
+
+    # --- resume
+    checkpoints_dir = run_dir / "checkpoints"
+    checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(checkpoints_dir)
+    resume_path, checkpoint = _find_resume_checkpoint(run_dir, save_steps, device)
+    if checkpoint is not None:
+        differences = _config_differences(checkpoint["config"], config)
+        if differences:
+            raise ConceptspaceError(
+                f"{run_dir} holds checkpoints of a different configuration ({resume_path}); "
+                f"differing keys: {'; '.join(differences)}. Either restore these settings "
+                f"(config.yaml or the preset) to resume, or delete {run_dir} to train "
+                "this configuration from scratch."
+            )
+        if checkpoint["step"] == steps:
+            log.info(
+                "all %d checkpoints exist in %s; rewriting the manifest",
+                len(save_steps),
+                checkpoints_dir,
+            )
+            return _write_manifest(manifest_path, run_dir, save_steps, config, scheduled, record)
+
+    # --- model and optimizer; all randomness from the global torch RNG
+    torch.manual_seed(seed)
+    vdm = _build_vdm(model_cfg, h_dim, image_size).to(device)
+    channels_last = _use_channels_last(device, precision)
+    if channels_last:
+        vdm = vdm.to(memory_format=torch.channels_last)
+    if precision == "bf16":
+        _autocast_network(vdm.net, device.type)
+    params = [p for p in vdm.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=float(training_cfg["lr"]), weight_decay=float(training_cfg["weight_decay"])
+    )
+    grad_clip = float(training_cfg["grad_clip"])
+    start = 0
+    if checkpoint is not None:
+        vdm.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        _set_rng_state(checkpoint["rng"], device)
+        start = int(checkpoint["step"])
+        log.info("resuming from step %d (%s)", start, resume_path)
+    del checkpoint
+
+    log.info(
+        "training %s: %d parameters, %d train / %d validation images (%dx%d), h_dim %d; "
+        "steps %d -> %d, batch %d, %s on %s (%d threads)%s",
+        run_dir,
+        sum(p.numel() for p in params),
+        n_train,
+        len(validation_images),
+        image_size,
+        image_size,
+        h_dim,
+        start,
+        steps,
+        batch_size,
+        precision,
+        device,
+        torch.get_num_threads(),
+        ", channels_last" if channels_last else "",
+    )
+
+    # --- the loop: no host syncs except at log and checkpoint steps
+    vdm.train()
+    log_loss = torch.zeros((), device=device)
+    log_grad = torch.zeros((), device=device)
+    interval_loss = torch.zeros((), device=device)  # since the previous checkpoint
+    last_log_step = last_checked = interval_start = start
+    started = last_log_time = time.perf_counter()
+    for step in range(start + 1, steps + 1):
+        index = torch.randint(n_train, (batch_size,), device=device)
+        x, h = train_images[index], train_h[index]
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss = vdm.loss(x, h)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        loss = loss.detach().float()
+        log_loss += loss
+        interval_loss += loss
+        log_grad += grad_norm.detach().float()
+
+        report, save = step % log_every == 0 or step == steps, step in save_steps
+        if not (report or save):
+            continue
+        # One sync covers every step since the last check: a NaN/inf in a loss or a
+        # gradient norm poisons these sums, and is caught before any checkpoint is written.
+        if not torch.isfinite(log_loss + log_grad + interval_loss).item():
+            raise _diverged(run_dir, last_checked, step)
+        last_checked = step
+        if report:
+            n = step - last_log_step
+            now = time.perf_counter()
+            rate = n / max(now - last_log_time, 1e-9)
+            overall = (step - start) / max(now - started, 1e-9)
+            log.info(
+                "step %d/%d loss %.4f bits/dim grad-norm %.3g | %.2f steps/s %.0f images/s "
+                "| ETA %s",
+                step,
+                steps,
+                (log_loss / n).item(),
+                (log_grad / n).item(),
+                rate,
+                rate * batch_size,
+                _format_duration((steps - step) / overall),
+            )
+            log_loss.zero_()
+            log_grad.zero_()
+            last_log_step, last_log_time = step, now
+        if save:
+            save_started = time.perf_counter()
+            train_loss = (interval_loss / (step - interval_start)).item()
+            validation = _validation_elbo(vdm, validation_images, validation_h, batch_size, seed)
+            _save_checkpoint(
+                run_dir, step, vdm, optimizer, device, config, record, train_loss, validation
+            )
+            interval_loss.zero_()
+            interval_start = step
+            # Checkpoint time is not training time: keep steps/s honest (ETA includes it).
+            last_log_time += time.perf_counter() - save_started
+
+    return _write_manifest(manifest_path, run_dir, save_steps, config, scheduled, record)
+
+
+def _diverged(run_dir: Path, last_good: int, step: int) -> ConceptspaceError:
+    stored = _stored_steps(run_dir / "checkpoints")
+    kept = (
+        f"the last good checkpoint, {checkpoint_path(run_dir, stored[-1])}, is kept"
+        if stored
+        else "no checkpoint had been written yet"
+    )
+    return ConceptspaceError(
+        f"training diverged: the loss or gradient norm became NaN/inf between steps "
+        f"{last_good + 1} and {step} of {run_dir}; {kept}. Lower training.lr or "
+        "training.grad_clip, use training.precision: fp32, or check the dataset; a rerun "
+        "resumes from the last checkpoint."
+    )
+
+
+def _save_checkpoint(
+    run_dir: Path,
+    step: int,
+    vdm,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    config: dict,
+    record: dict,
+    train_loss: float,
+    validation: dict[str, float] | None,
+) -> None:
+    metrics = {
+        # Mean training loss (bits/dim) over the steps since the previous checkpoint.
+        "train_loss": train_loss,
+        # ELBO (bits/dim) of the fixed validation subset, fixed noise; None without one.
+        "validation_bpd": None if validation is None else validation.get("loss"),
+        "validation_terms": validation,
+        **_schedule_ends(vdm),
+    }
+    path = checkpoint_path(run_dir, step)
+    # Sidecar first: a .pt that exists always has its sidecar.
+    write_json(
+        _sidecar_path(path),
+        {"step": step, "metrics": metrics, "config": config, "provenance": record},
+    )
+    payload = {
+        "model": vdm.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "rng": _rng_state(device),
+        "config": config,
+        "metrics": metrics,
+        "provenance": record,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    log.info(
+        "checkpoint step %d: train loss %.4f, validation %s bits/dim -> %s",
+        step,
+        train_loss,
+        "n/a" if metrics["validation_bpd"] is None else f"{metrics['validation_bpd']:.4f}",
+        path,
+    )
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Rebuild the VDM of a checkpoint, in eval mode on ``device``: (vdm, metadata).
+
+    metadata: step, config, metrics, provenance. A missing or corrupt file raises
+    ConceptspaceError naming the file and the fix.
+    """
+    path = Path(path)
+    device = resolve_device(device)
+    checkpoint = _read_checkpoint(path, device)
+    config = checkpoint["config"]
+    try:
+        vdm = _build_vdm(config["model"], int(config["h_dim"]), int(config["image_size"]))
+        vdm.load_state_dict(checkpoint["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ConceptspaceError(
+            f"checkpoint {path} does not match the model code ({type(err).__name__}: {err}); "
+            "it was written by another version of conceptspace: delete the run folder and "
+            "rerun training"
+        ) from err
+    metadata = {
+        "path": str(path),
+        "step": int(checkpoint["step"]),
+        "config": config,
+        "metrics": checkpoint.get("metrics", {}),
+        "provenance": checkpoint.get("provenance", {}),
+    }
+    return vdm.to(device).eval(), metadata

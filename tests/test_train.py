@@ -1,0 +1,362 @@
+"""Training: the checkpoint schedule, checkpoints and manifest, exact resumes (in process
+and after a real SIGKILL), refusals (changed config, NaN loss) and checkpoint loading."""
+
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from conceptspace.concepts import Signal
+from conceptspace.io import ConceptspaceError
+from conceptspace.render import render_training_set, save_dataset
+from conceptspace.train import checkpoint_path, checkpoint_steps, load_checkpoint, train_run
+
+DATA = {
+    "image_size": 8,
+    "images_per_class": 8,
+    "validation_fraction": 0.25,
+    "blur_sigma_px": 1.0,
+    "noise_std": 0.001,
+    "position_range": 0.5,
+    "background_train": [0.8, 1.0],
+    "background_test": 0.9,
+}
+MODEL = {
+    "channels": [8, 16],
+    "blocks_per_level": 1,
+    "groups": 4,
+    "attention_heads": 2,
+    "dropout": 0.1,  # dropout on: its random numbers must be restored on resume too
+    "time_dim": 16,
+    "gamma_min": -5.0,
+    "gamma_max": 10.0,
+    "reconstruction_sigma": 0.001,
+}
+TRAINING = {
+    "steps": 12,
+    "batch_size": 4,
+    "lr": 0.001,
+    "weight_decay": 0.01,
+    "grad_clip": 0.01,
+    "checkpoints": {"count": 3, "first": 4, "last": 12},
+    "precision": "fp32",
+    "log_every": 4,
+}
+SEED = 3
+
+
+def with_training(**changes):
+    return {**TRAINING, **changes}
+
+
+def final_state(run_dir, steps=TRAINING["steps"]):
+    return torch.load(checkpoint_path(run_dir, steps), weights_only=True)["model"]
+
+
+def assert_same_weights(actual, expected):
+    assert actual.keys() == expected.keys()
+    different = [name for name in expected if not torch.equal(actual[name], expected[name])]
+    assert not different, f"tensors differ: {different}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and in-process runs then match each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "train.npz"
+    save_dataset(path, render_training_set(DATA, Signal(0.4, 0.4), seed=0), {})
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(dataset, tmp_path_factory):
+    """An uninterrupted run, in this process: (run_dir, manifest)."""
+    root = tmp_path_factory.mktemp("reference")
+    manifest = train_run(MODEL, TRAINING, dataset, SEED, root / "run", root / "manifest.json")
+    return root / "run", manifest
+
+
+def copy_run(run_dir, tmp_path, keep_steps):
+    """A copy of a finished run holding only the checkpoints of ``keep_steps``."""
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    for path in (copy / "checkpoints").glob("step_*.pt"):
+        if int(path.stem[5:]) not in keep_steps:
+            path.unlink()
+    return copy
+
+
+# ------------------------------------------------------------------- the schedule
+
+
+def test_checkpoint_steps_are_spaced_quadratically():
+    steps = checkpoint_steps({"checkpoints": {"count": 60, "first": 500, "last": 20000}})
+    assert len(steps) == 60 and steps[0] == 500 and steps[-1] == 20000
+    gaps = [b - a for a, b in zip(steps, steps[1:])]
+    assert all(gap > 0 for gap in gaps)
+    # Evenly spaced in sqrt(step): gaps grow steadily, late ones far wider than early ones.
+    assert all(later >= earlier for earlier, later in zip(gaps, gaps[1:]))
+    assert gaps[-1] > 5 * gaps[0]
+    roots = [math.sqrt(s) for s in steps]
+    root_gaps = [b - a for a, b in zip(roots, roots[1:])]
+    assert max(root_gaps) - min(root_gaps) < 0.05
+
+    small = checkpoint_steps(TRAINING)
+    assert small == [4, 7, 12]
+
+
+# ------------------------------------------------------------------- a run's files
+
+
+def test_run_writes_checkpoints_sidecars_and_manifest(reference, dataset):
+    run_dir, manifest = reference
+    scheduled = checkpoint_steps(TRAINING)
+    assert [entry["step"] for entry in manifest["checkpoints"]] == scheduled
+    assert json.loads((run_dir.parent / "manifest.json").read_text())["final_step"] == 12
+    for entry in manifest["checkpoints"]:
+        path = checkpoint_path(run_dir, entry["step"])
+        assert entry["path"] == str(path)
+        checkpoint = torch.load(path, weights_only=True)
+        assert checkpoint["step"] == entry["step"]
+        assert {"model", "optimizer", "rng", "config", "provenance"} <= checkpoint.keys()
+        assert isinstance(checkpoint["rng"]["torch"], torch.Tensor)
+        assert checkpoint["config"]["seed"] == SEED
+        assert checkpoint["config"]["training"] == TRAINING
+        assert checkpoint["config"]["dataset"]["path"] == str(dataset)
+        assert checkpoint["config"]["h_dim"] == 4 and checkpoint["config"]["image_size"] == 8
+        assert len(checkpoint["provenance"]["config_hash"]) == 16
+        sidecar = json.loads(path.with_suffix(".json").read_text())
+        assert sidecar["step"] == entry["step"]
+        assert sidecar["metrics"]["train_loss"] == entry["train_loss"]
+        assert math.isfinite(entry["train_loss"]) and entry["train_loss"] > 0
+        assert math.isfinite(entry["validation_bpd"]) and entry["validation_bpd"] > 0
+    assert manifest["final_train_loss"] == manifest["checkpoints"][-1]["train_loss"]
+    assert manifest["config"]["model"] == MODEL
+    assert manifest["provenance"]["seed"] == SEED
+    # Training moved the weights away from their initialisation.
+    first, last = (torch.load(checkpoint_path(run_dir, s))["model"] for s in (4, 12))
+    assert any(not torch.equal(first[name], last[name]) for name in last)
+
+
+def test_validation_elbo_has_fixed_noise_and_leaves_training_rng_alone(reference, dataset):
+    from conceptspace.render import load_dataset
+    from conceptspace.train import VALIDATION_IMAGES, _validation_elbo
+
+    run_dir, manifest = reference
+    vdm, _ = load_checkpoint(checkpoint_path(run_dir, 12))
+    arrays, _ = load_dataset(dataset)
+    held_out = torch.from_numpy(arrays["is_validation"])
+    images = torch.from_numpy(arrays["images"])[held_out][:VALIDATION_IMAGES]
+    h = torch.from_numpy(arrays["h"])[held_out][:VALIDATION_IMAGES]
+    rng = torch.get_rng_state()
+    first = _validation_elbo(vdm, images, h, 4, SEED)
+    second = _validation_elbo(vdm, images, h, 4, SEED)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert first == second
+    assert first["loss"] == pytest.approx(manifest["final_validation_bpd"], rel=1e-4)
+    assert _validation_elbo(vdm, images, h, 4, SEED + 1)["loss"] != first["loss"]
+
+
+# ------------------------------------------------------------------- resuming
+
+
+def test_resume_in_process_matches_an_uninterrupted_run(reference, dataset, tmp_path, caplog):
+    run_dir, _ = reference
+    copy = copy_run(run_dir, tmp_path, keep_steps={4})
+    with caplog.at_level(logging.INFO, logger="conceptspace.train"):
+        train_run(MODEL, TRAINING, dataset, SEED, copy, tmp_path / "manifest.json")
+    assert f"resuming from step 4 ({checkpoint_path(copy, 4)})" in caplog.text
+    for step in (7, 12):
+        assert_same_weights(final_state(copy, step), final_state(run_dir, step))
+
+
+def test_corrupt_latest_checkpoint_is_skipped_with_a_warning(reference, dataset, tmp_path, caplog):
+    run_dir, _ = reference
+    copy = copy_run(run_dir, tmp_path, keep_steps={4, 7, 12})
+    latest = checkpoint_path(copy, 12)
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # truncated
+    with caplog.at_level(logging.INFO, logger="conceptspace.train"):
+        train_run(MODEL, TRAINING, dataset, SEED, copy, tmp_path / "manifest.json")
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(str(latest) in r.getMessage() for r in warnings)
+    assert "resuming from step 7" in caplog.text
+    assert_same_weights(final_state(copy), final_state(run_dir))
+
+
+def test_finished_run_only_rewrites_its_manifest(reference, dataset, tmp_path, caplog):
+    run_dir, manifest = reference
+    copy = copy_run(run_dir, tmp_path, keep_steps={4, 7, 12})
+    before = {p.name: p.stat().st_mtime_ns for p in (copy / "checkpoints").iterdir()}
+    # log_every does not change the weights, so a finished run accepts a new value.
+    with caplog.at_level(logging.INFO, logger="conceptspace.train"):
+        rewritten = train_run(
+            MODEL, with_training(log_every=5), dataset, SEED, copy, tmp_path / "m.json"
+        )
+    assert "resuming" not in caplog.text
+    after = {p.name: p.stat().st_mtime_ns for p in (copy / "checkpoints").iterdir()}
+    assert after == before
+    assert (tmp_path / "m.json").exists()
+    assert [e["train_loss"] for e in rewritten["checkpoints"]] == [
+        e["train_loss"] for e in manifest["checkpoints"]
+    ]
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"training": with_training(lr=0.002)}, "training.lr"),
+        ({"model": {**MODEL, "dropout": 0.0}}, "model.dropout"),
+        ({"seed": SEED + 1}, "seed"),
+    ],
+)
+def test_resume_with_a_changed_config_is_refused(reference, dataset, tmp_path, change, key):
+    run_dir, _ = reference
+    copy = copy_run(run_dir, tmp_path, keep_steps={4})
+    args = {"model": MODEL, "training": TRAINING, "seed": SEED, **change}
+    with pytest.raises(ConceptspaceError) as caught:
+        train_run(args["model"], args["training"], dataset, args["seed"], copy, tmp_path / "m.json")
+    message = str(caught.value)
+    assert key in message and "delete" in message
+    assert not (tmp_path / "m.json").exists()
+    assert not checkpoint_path(copy, 7).exists()
+
+
+def test_resume_on_another_dataset_is_refused(reference, tmp_path):
+    run_dir, _ = reference
+    copy = copy_run(run_dir, tmp_path, keep_steps={4})
+    other = tmp_path / "other.npz"
+    save_dataset(other, render_training_set(DATA, Signal(0.4, 0.4), seed=1), {})
+    with pytest.raises(ConceptspaceError, match="dataset.fingerprint"):
+        train_run(MODEL, TRAINING, other, SEED, copy, tmp_path / "m.json")
+
+
+def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(dataset, tmp_path):
+    """SIGKILL a real training process mid-run, rerun it, compare with a clean run."""
+    training = with_training(
+        steps=120, checkpoints={"count": 3, "first": 10, "last": 120}, log_every=40
+    )
+    script = textwrap.dedent("""
+        import json, logging, sys
+        import torch
+        torch.set_num_threads(1)
+        from conceptspace.train import train_run
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        a = json.loads(sys.argv[1])
+        train_run(a["model"], a["training"], a["data"], a["seed"], a["run_dir"], a["manifest"],
+                  device="cpu", threads=1)
+        """)
+
+    def start(name):
+        args = {
+            "model": MODEL,
+            "training": training,
+            "data": str(dataset),
+            "seed": SEED,
+            "run_dir": str(tmp_path / name),
+            "manifest": str(tmp_path / f"{name}.json"),
+        }
+        return subprocess.Popen(
+            [sys.executable, "-c", script, json.dumps(args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    clean, killed = start("clean"), start("killed")
+    first = checkpoint_path(tmp_path / "killed", 10)
+    deadline = time.monotonic() + 60
+    while not first.exists():
+        assert killed.poll() is None, killed.communicate()[0]
+        assert time.monotonic() < deadline, "no checkpoint after 60 s"
+        time.sleep(0.005)
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed.json").exists(), "the run finished before it was killed"
+    assert not checkpoint_path(tmp_path / "killed", 120).exists()
+
+    resumed = start("killed")
+    output = resumed.communicate(timeout=120)[0]
+    assert resumed.returncode == 0, output
+    assert "resuming from step" in output
+    output = clean.communicate(timeout=120)[0]
+    assert clean.returncode == 0, output
+    assert_same_weights(final_state(tmp_path / "killed", 120), final_state(tmp_path / "clean", 120))
+
+
+# ------------------------------------------------------------------- failures and loading
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(dataset, tmp_path, monkeypatch):
+    from conceptspace.vdm import VDM
+
+    original, calls = VDM.loss, {"train": 0}
+
+    def poisoned(self, *args, **kwargs):
+        terms = original(self, *args, **kwargs)
+        if self.training:
+            calls["train"] += 1
+            if calls["train"] >= 6:  # step 6: after the checkpoint at step 4
+                terms = {**terms, "loss": terms["loss"] * float("nan")}
+        return terms
+
+    monkeypatch.setattr(VDM, "loss", poisoned)
+    with pytest.raises(ConceptspaceError, match="NaN") as caught:
+        train_run(MODEL, TRAINING, dataset, SEED, tmp_path / "run", tmp_path / "m.json")
+    assert str(checkpoint_path(tmp_path / "run", 4)) in str(caught.value)
+    good = torch.load(checkpoint_path(tmp_path / "run", 4), weights_only=True)["model"]
+    assert all(torch.isfinite(t).all() for t in good.values() if t.is_floating_point())
+    assert not checkpoint_path(tmp_path / "run", 7).exists()
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_load_checkpoint_round_trips(reference):
+    run_dir, _ = reference
+    path = checkpoint_path(run_dir, 12)
+    vdm, metadata = load_checkpoint(path)
+    assert not vdm.training
+    assert metadata["step"] == 12 and metadata["config"]["model"] == MODEL
+    assert_same_weights(vdm.state_dict(), torch.load(path, weights_only=True)["model"])
+    torch.manual_seed(0)
+    terms = vdm.loss(torch.rand(2, 3, 8, 8), torch.rand(2, 4))
+    assert torch.isfinite(terms["loss"])
+
+
+def test_load_checkpoint_names_a_missing_or_corrupt_file(tmp_path):
+    missing = tmp_path / "step_000001.pt"
+    with pytest.raises(ConceptspaceError, match="does not exist") as caught:
+        load_checkpoint(missing)
+    assert str(missing) in str(caught.value)
+    corrupt = tmp_path / "step_000002.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConceptspaceError, match="delete it") as caught:
+        load_checkpoint(corrupt)
+    assert str(corrupt) in str(caught.value)
+
+
+def test_bf16_runs_the_network_in_bfloat16_and_keeps_float32_weights(reference, dataset, tmp_path):
+    manifest = train_run(
+        MODEL, with_training(precision="bf16"), dataset, SEED, tmp_path / "run", tmp_path / "m.json"
+    )
+    assert math.isfinite(manifest["final_train_loss"])
+    weights = final_state(tmp_path / "run")
+    assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())
+    # Autocast really ran: bf16 arithmetic leads to other weights than the fp32 run's.
+    fp32 = final_state(reference[0])
+    assert any(not torch.equal(weights[name], fp32[name]) for name in fp32)
