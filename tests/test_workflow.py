@@ -2,8 +2,10 @@
 to end, with its outputs checked (not only its exit code)."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,10 +24,12 @@ def snakemake(workdir, *args, configs=(REPO / "config.yaml",), check=True, timeo
         venv_tool("snakemake"),
         "--snakefile", str(REPO / "Snakefile"),
         "--directory", str(workdir),
-        "--configfile", *map(str, configs),
         *args,
+        "--configfile", *map(str, configs),
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    # Rules call `python -m conceptspace`: put this interpreter's folder first on PATH.
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     if check and result.returncode != 0:
         pytest.fail(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -148,7 +152,7 @@ def test_smoke_run_is_complete_and_one_figure_rebuilds_alone(smoke_run):
     nothing = snakemake(workdir, "-n", configs=configs)
     assert "Nothing to be done" in nothing.stdout + nothing.stderr
     (workdir / "results" / "figures" / "fig_signal.pdf").unlink()
-    plan = snakemake(workdir, "-n", "--quiet", "rules", "results/figures/fig_signal.pdf",
+    plan = snakemake(workdir, "results/figures/fig_signal.pdf", "-n", "--quiet", "rules",
                      configs=configs)  # fmt: skip
     assert planned_jobs(plan.stdout) == {"fig_signal": 1, "total": 1}
 

@@ -1,0 +1,539 @@
+"""Gathering evaluations into trajectories in concept space, and learning times.
+
+Three levels of files, all netCDF (engine netcdf4), all written through
+``io.atomic_path`` by :func:`save_dataset_nc`:
+
+- one evaluation per checkpoint (``evaluate.write_evaluation``): ``p_target``
+  (prompt, concept, sample), the probe's probability that each sample shows the
+  prompt's target value of each concept;
+- one trajectory per run (:func:`gather_run`): the evaluations stacked over ``step``,
+  with the concept-space point of each prompt (``concept_prob``, the mean over samples)
+  and its accuracy (the product of the two coordinates);
+- one study (:func:`gather_study`): all runs on the outer grid seed x color gap x size
+  gap, without the sample dimension, plus the learning times of the unseen class.
+
+Learning time (SPEC "Probes and evaluation"):
+
+- :func:`learning_time` [paper, the default]: the first checkpoint at which the unseen
+  class's accuracy reaches ``evaluation.threshold`` (0.8); NaN if it never does.
+- :func:`learning_time_smoothed` [the authors' code]: per concept, the unseen class's
+  concept probability smoothed over checkpoints with a Gaussian (sigma in checkpoint
+  indices), then the first checkpoint from which it stays >= ``smoothed.threshold`` for
+  ``smoothed.consecutive`` checkpoints in a row. [inferred] The reported step is the
+  first of those checkpoints; near the ends of the trajectory (and around missing
+  values) the truncated kernel is renormalised over the checkpoints that exist.
+
+The speed of learning is 1 / learning time, in 1/optimizer steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import xarray as xr
+
+from conceptspace.concepts import UNSEEN_CLASS
+from conceptspace.io import ConceptspaceError, atomic_path, provenance
+
+log = logging.getLogger(__name__)
+
+STEP_UNITS = "optimizer steps"
+SPEED_UNITS = "1/optimizer steps"
+# Gaps are compared after rounding: run ids and configs print them with 3 decimals.
+GAP_DECIMALS = 6
+# The Gaussian kernel is cut at this many sigmas on each side.
+KERNEL_TRUNCATE = 4.0
+
+COORD_ATTRS = {
+    "step": {"units": STEP_UNITS, "long_name": "training step of the checkpoint"},
+    "prompt": {
+        "units": "1",
+        "long_name": "prompted class (digits: color 0 red / 1 blue, size 0 large / 1 small)",
+    },
+    "concept": {"units": "1", "long_name": "concept scored by the probe"},
+    "sample": {"units": "1", "long_name": "sample index within a prompt"},
+    "seed": {"units": "1", "long_name": "training seed of the run"},
+    "color_gap": {"units": "RGB units", "long_name": "color gap dc between red and blue means"},
+    "size_gap": {"units": "grid units", "long_name": "size gap ds between large and small radii"},
+}
+P_TARGET_ATTRS = {
+    "units": "1",
+    "long_name": "probe probability that a sample shows the prompt's target value of the concept",
+}
+CONCEPT_PROB_ATTRS = {
+    "units": "1",
+    "long_name": "concept-space coordinate: mean over samples of the probability of the "
+    "prompt's target value of the concept",
+}
+ACCURACY_ATTRS = {
+    "units": "1",
+    "long_name": "accuracy of the prompt: product over concepts of the concept-space coordinates",
+}
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def netcdf_attrs(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``record`` as netCDF attributes, which must be strings or numbers.
+
+    Strings and numbers stay as they are (numpy scalars become Python ones, bools 0/1);
+    anything else (dicts, lists, None) becomes a JSON string. ``prefix`` is put before
+    every key.
+    """
+    attrs: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, bool):
+            value = int(value)
+        if not isinstance(value, (str, int, float)):
+            value = json.dumps(value, sort_keys=True, default=_json_default)
+        attrs[f"{prefix}{key}"] = value
+    return attrs
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def save_dataset_nc(ds: xr.Dataset, path: str | os.PathLike) -> None:
+    """Write ``ds`` to ``path`` (netCDF4, floats compressed) atomically."""
+    encoding = {
+        name: {"zlib": True, "complevel": 4}
+        for name, variable in ds.data_vars.items()
+        if np.issubdtype(variable.dtype, np.floating)
+    }
+    with atomic_path(path, suffix=".nc") as tmp:
+        ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
+
+
+def _open_netcdf(path: str | os.PathLike, kind: str, required: Iterable[str]) -> xr.Dataset:
+    """Read a whole netCDF file into memory (the file is closed again); a missing,
+    corrupt or foreign file raises ConceptspaceError naming the file and the fix."""
+    path = Path(path)
+    if not path.exists():
+        raise ConceptspaceError(f"{kind} {path} does not exist; run `snakemake` to build it")
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            ds = ds.load()
+    except Exception as err:  # any reader failure means a damaged file
+        raise ConceptspaceError(
+            f"{kind} {path} could not be read ({type(err).__name__}: {err}); it is truncated "
+            "or corrupt: delete it and rerun `snakemake` to rebuild it"
+        ) from err
+    missing = [name for name in required if name not in ds.variables]
+    if missing:
+        raise ConceptspaceError(
+            f"{path} is not a {kind} (it lacks {', '.join(missing)}); delete it and rerun "
+            "`snakemake` to rebuild it"
+        )
+    return ds
+
+
+def open_evaluation(path: str | os.PathLike) -> xr.Dataset:
+    """One checkpoint's evaluation, as written by ``evaluate.write_evaluation``."""
+    ds = _open_netcdf(path, "evaluation", ("p_target",))
+    missing = [key for key in ("step", "seed", "color_gap", "size_gap") if key not in ds.attrs]
+    if missing:
+        raise ConceptspaceError(
+            f"evaluation {path} lacks the attributes {', '.join(missing)}; it was not written "
+            "by `conceptspace evaluate`: delete it and rerun `snakemake`"
+        )
+    return ds
+
+
+def open_trajectory(path: str | os.PathLike) -> xr.Dataset:
+    """One run's trajectory, as written by :func:`gather_run`."""
+    return _open_netcdf(
+        path, "run trajectory", ("concept_prob", "accuracy", "seed", "color_gap", "size_gap")
+    )
+
+
+def open_study(path: str | os.PathLike) -> xr.Dataset:
+    """The study dataset written by :func:`gather_study`, loaded into memory."""
+    return _open_netcdf(
+        path, "study dataset", ("concept_prob", "accuracy", "learning_time", "learning_speed")
+    )
+
+
+# ----------------------------------------------------------------------------- learning times
+
+
+def _first_step(reached: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Along the last axis: the step of the first True, NaN where there is none."""
+    steps = np.asarray(steps, dtype=float)
+    if reached.shape[-1] == 0:
+        return np.full(reached.shape[:-1], np.nan)
+    first = np.argmax(reached, axis=-1)
+    return np.where(reached.any(axis=-1), steps[first], np.nan)
+
+
+def _check_step_dim(array: xr.DataArray, name: str) -> None:
+    if "step" not in array.dims:
+        raise ValueError(f"{name} needs a 'step' dimension; it has {array.dims}")
+
+
+def learning_time(accuracy_over_step: xr.DataArray, threshold: float) -> xr.DataArray:
+    """The first step at which ``accuracy_over_step`` >= ``threshold``; NaN if never.
+
+    Works along dim 'step' (its coordinate gives the steps), over any other dims. A
+    missing value (NaN) never counts as reaching the threshold.
+    """
+    _check_step_dim(accuracy_over_step, "learning_time")
+    steps = accuracy_over_step["step"].values
+
+    def first_crossing(values: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            return _first_step(values >= threshold, steps)
+
+    result = xr.apply_ufunc(
+        first_crossing, accuracy_over_step, input_core_dims=[["step"]], keep_attrs=False
+    )
+    result.attrs = {
+        "units": STEP_UNITS,
+        "long_name": f"first step with accuracy >= {threshold}",
+        "threshold": float(threshold),
+    }
+    return result
+
+
+def smooth_over_steps(values: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing along the last axis, sigma in samples (checkpoint indices).
+
+    The kernel is cut at 4 sigma and renormalised over the points that exist, so the
+    ends of a trajectory and missing (NaN) points do not pull values toward zero; a
+    point with no finite neighbour within the kernel stays NaN. sigma 0: unchanged.
+    """
+    values = np.asarray(values, dtype=float)
+    if sigma < 0:
+        raise ValueError(f"sigma must be >= 0; got {sigma}")
+    if sigma == 0 or values.shape[-1] == 0:
+        return values.copy()
+    radius = int(np.ceil(KERNEL_TRUNCATE * sigma))
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    finite = np.isfinite(values)
+    filled = np.where(finite, values, 0.0)
+    n = values.shape[-1]
+    weighted = np.zeros_like(filled)
+    weights = np.zeros_like(filled)
+    for offset, weight in zip(offsets, kernel):
+        # out[i] += weight * x[i + offset] where 0 <= i + offset < n
+        lo, hi = max(0, -offset), min(n, n - offset)
+        if lo >= hi:
+            continue
+        weighted[..., lo:hi] += weight * filled[..., lo + offset : hi + offset]
+        weights[..., lo:hi] += weight * finite[..., lo + offset : hi + offset]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(weights > 0, weighted / weights, np.nan)
+
+
+def learning_time_smoothed(
+    prob_over_step: xr.DataArray, threshold: float, sigma: float, consecutive: int
+) -> xr.DataArray:
+    """The authors' learning time: smooth ``prob_over_step`` over checkpoints (Gaussian,
+    ``sigma`` in checkpoint indices), then return the first step from which it stays
+    >= ``threshold`` for ``consecutive`` checkpoints in a row; NaN if never.
+
+    Works along dim 'step' over any other dims (e.g. concept).
+    """
+    _check_step_dim(prob_over_step, "learning_time_smoothed")
+    consecutive = int(consecutive)
+    if consecutive < 1:
+        raise ValueError(f"consecutive must be >= 1; got {consecutive}")
+    steps = prob_over_step["step"].values
+
+    def first_stable_crossing(values: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            above = smooth_over_steps(values, sigma) >= threshold
+        if above.shape[-1] < consecutive:
+            return np.full(above.shape[:-1], np.nan)
+        windows = np.lib.stride_tricks.sliding_window_view(above, consecutive, axis=-1)
+        return _first_step(windows.all(axis=-1), steps[: windows.shape[-2]])
+
+    result = xr.apply_ufunc(
+        first_stable_crossing, prob_over_step, input_core_dims=[["step"]], keep_attrs=False
+    )
+    result.attrs = {
+        "units": STEP_UNITS,
+        "long_name": (
+            f"first step from which the Gaussian-smoothed (sigma {sigma} checkpoints) concept "
+            f"probability stays >= {threshold} for {consecutive} checkpoints"
+        ),
+        "threshold": float(threshold),
+        "sigma_checkpoints": float(sigma),
+        "consecutive": consecutive,
+    }
+    return result
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def _same_gap(a: float, b: float) -> bool:
+    return round(float(a), GAP_DECIMALS) == round(float(b), GAP_DECIMALS)
+
+
+def gather_run(eval_paths: Sequence[str | os.PathLike]) -> xr.Dataset:
+    """One run's evaluations stacked over 'step' (sorted), with its concept-space path.
+
+    Variables: ``p_target`` (step, prompt, concept, sample); ``concept_prob`` (step,
+    prompt, concept), the mean over samples: the concept-space point of each prompt;
+    ``accuracy`` (step, prompt), the product over concepts of concept_prob. Scalar
+    coords seed, color_gap, size_gap. All files must come from one run (same seed and
+    gaps), hold distinct steps, and share prompts, concepts and samples; otherwise
+    ConceptspaceError.
+    """
+    if not eval_paths:
+        raise ConceptspaceError("gather_run needs at least one evaluation file")
+    evaluations = [(Path(path), open_evaluation(path)) for path in eval_paths]
+    first_path, first = evaluations[0]
+    run = {key: first.attrs[key] for key in ("seed", "color_gap", "size_gap")}
+    seen_steps: dict[int, Path] = {}
+    for path, ds in evaluations:
+        attrs = ds.attrs
+        if int(attrs["seed"]) != int(run["seed"]) or not (
+            _same_gap(attrs["color_gap"], run["color_gap"])
+            and _same_gap(attrs["size_gap"], run["size_gap"])
+        ):
+            raise ConceptspaceError(
+                f"{path} belongs to another run (seed {attrs['seed']}, color gap "
+                f"{attrs['color_gap']}, size gap {attrs['size_gap']}) than {first_path} (seed "
+                f"{run['seed']}, color gap {run['color_gap']}, size gap {run['size_gap']}); "
+                "gather one run's evaluations at a time"
+            )
+        step = int(attrs["step"])
+        if step in seen_steps:
+            raise ConceptspaceError(
+                f"{path} and {seen_steps[step]} both evaluate step {step}; pass each "
+                "checkpoint's evaluation once"
+            )
+        seen_steps[step] = path
+        for coord in ("prompt", "concept", "sample"):
+            if not np.array_equal(ds[coord].values, first[coord].values):
+                raise ConceptspaceError(
+                    f"{path} has {coord}s {list(ds[coord].values)}, {first_path} has "
+                    f"{list(first[coord].values)}; evaluate all checkpoints with the same "
+                    "settings (delete the stale files and rerun `snakemake`)"
+                )
+
+    steps = [int(ds.attrs["step"]) for _, ds in evaluations]
+    p_target = xr.concat(
+        [ds["p_target"].astype(float) for _, ds in evaluations],
+        dim=xr.DataArray(steps, dims="step"),
+        coords="minimal",
+        join="exact",
+    ).sortby("step")
+    p_target.attrs = dict(P_TARGET_ATTRS)
+    concept_prob = p_target.mean("sample")
+    concept_prob.attrs = dict(CONCEPT_PROB_ATTRS)
+    accuracy = concept_prob.prod("concept")
+    accuracy.attrs = dict(ACCURACY_ATTRS)
+
+    ds = xr.Dataset(
+        {"p_target": p_target, "concept_prob": concept_prob, "accuracy": accuracy},
+        coords={
+            "seed": int(run["seed"]),
+            "color_gap": float(run["color_gap"]),
+            "size_gap": float(run["size_gap"]),
+        },
+    )
+    _set_coord_attrs(ds)
+    ordered_paths = [str(path) for _, path in sorted(seen_steps.items())]
+    record = provenance({"evaluations": ordered_paths}, int(run["seed"]))
+    ds.attrs = {
+        "description": (
+            "One training run in concept space: for each checkpoint (step) and prompted "
+            "class, the probe's probability that each sample shows the prompt's target "
+            "value of each concept, its mean over samples (the concept-space point) and "
+            "the product over concepts (accuracy)."
+        ),
+        **_carried_attrs(first.attrs),
+        "evaluations": json.dumps(ordered_paths),
+        **netcdf_attrs(record),
+    }
+    log.info(
+        "gathered run seed %s, color gap %s, size gap %s: %d checkpoints (steps %d..%d)",
+        run["seed"],
+        run["color_gap"],
+        run["size_gap"],
+        len(steps),
+        min(steps),
+        max(steps),
+    )
+    return ds
+
+
+# Evaluation attributes that hold for the whole run (the per-checkpoint ones, step and
+# checkpoint path, become the step coordinate and the 'evaluations' list).
+_RUN_LEVEL_ATTRS = ("evaluation_cfg", "min_accuracy", "probe", "sampling")
+
+
+def _carried_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        key: value
+        for key, value in attrs.items()
+        if key in _RUN_LEVEL_ATTRS or key.startswith("probe_accuracy_")
+    }
+
+
+def _set_coord_attrs(ds: xr.Dataset) -> None:
+    for name, attrs in COORD_ATTRS.items():
+        if name in ds.coords:
+            ds[name].attrs = dict(attrs)
+
+
+# ----------------------------------------------------------------------------- the study
+
+
+def gather_study(
+    run_paths: Sequence[str | os.PathLike],
+    config: Mapping[str, Any],
+    evaluation_cfg: Mapping[str, Any],
+) -> xr.Dataset:
+    """All runs on the outer grid (seed, color_gap, size_gap, step, prompt, concept).
+
+    Keeps ``concept_prob`` and ``accuracy`` (no sample dim); NaN where a (seed, color
+    gap, size gap) was not run. Adds the unseen class's learning times:
+    ``learning_time`` (seed, color_gap, size_gap), the first step with accuracy >=
+    ``evaluation_cfg['threshold']``; ``learning_time_smoothed`` (..., concept), the
+    authors' per-concept variant (``evaluation_cfg['smoothed']``); and
+    ``learning_speed`` = 1 / learning_time. Runs must share steps, prompts and
+    concepts, and each grid point may appear once; otherwise ConceptspaceError.
+    """
+    if not run_paths:
+        raise ConceptspaceError("gather_study needs at least one run trajectory")
+    runs = [(Path(path), open_trajectory(path)) for path in run_paths]
+    first_path, first = runs[0]
+    for path, ds in runs[1:]:
+        for coord in ("step", "prompt", "concept"):
+            if not np.array_equal(ds[coord].values, first[coord].values):
+                raise ConceptspaceError(
+                    f"{path} has {coord}s {list(ds[coord].values)} but {first_path} has "
+                    f"{list(first[coord].values)}; all runs of a study must be evaluated at "
+                    "the same checkpoints with the same prompts (same training.checkpoints "
+                    "and evaluation settings): delete the stale trajectories and rerun "
+                    "`snakemake`"
+                )
+    if UNSEEN_CLASS not in first["prompt"].values:
+        raise ConceptspaceError(
+            f"the trajectories hold no prompt '{UNSEEN_CLASS}' (the unseen class); "
+            "learning times cannot be computed"
+        )
+
+    def key(ds: xr.Dataset) -> tuple[int, float, float]:
+        return (
+            int(ds["seed"]),
+            round(float(ds["color_gap"]), GAP_DECIMALS),
+            round(float(ds["size_gap"]), GAP_DECIMALS),
+        )
+
+    placed: dict[tuple[int, float, float], Path] = {}
+    for path, ds in runs:
+        if key(ds) in placed:
+            raise ConceptspaceError(
+                f"{path} and {placed[key(ds)]} are the same run (seed, color gap, size gap "
+                f"= {key(ds)}); pass each run's trajectory once"
+            )
+        placed[key(ds)] = path
+    seeds = sorted({k[0] for k in placed})
+    color_gaps = sorted({k[1] for k in placed})
+    size_gaps = sorted({k[2] for k in placed})
+
+    shape = (len(seeds), len(color_gaps), len(size_gaps))
+    concept_prob = np.full(shape + first["concept_prob"].shape, np.nan)
+    accuracy = np.full(shape + first["accuracy"].shape, np.nan)
+    for _, ds in runs:
+        seed, color_gap, size_gap = key(ds)
+        index = (seeds.index(seed), color_gaps.index(color_gap), size_gaps.index(size_gap))
+        concept_prob[index] = ds["concept_prob"].transpose("step", "prompt", "concept").values
+        accuracy[index] = ds["accuracy"].transpose("step", "prompt").values
+
+    grid = ("seed", "color_gap", "size_gap")
+    study = xr.Dataset(
+        {
+            "concept_prob": (
+                grid + ("step", "prompt", "concept"),
+                concept_prob,
+                CONCEPT_PROB_ATTRS,
+            ),
+            "accuracy": (grid + ("step", "prompt"), accuracy, ACCURACY_ATTRS),
+        },
+        coords={
+            "seed": np.array(seeds, dtype=np.int64),
+            "color_gap": np.array(color_gaps, dtype=float),
+            "size_gap": np.array(size_gaps, dtype=float),
+            "step": first["step"].values,
+            "prompt": first["prompt"].values,
+            "concept": first["concept"].values,
+        },
+    )
+
+    threshold = float(evaluation_cfg["threshold"])
+    unseen = study.sel(prompt=UNSEEN_CLASS)
+    times = learning_time(unseen["accuracy"], threshold)
+    times.attrs["long_name"] = (
+        f"learning time: first step at which the unseen class {UNSEEN_CLASS}'s accuracy "
+        f">= {threshold} (NaN: never reached, or not run)"
+    )
+    smoothed_cfg = evaluation_cfg["smoothed"]
+    smoothed_times = learning_time_smoothed(
+        unseen["concept_prob"],
+        float(smoothed_cfg["threshold"]),
+        float(smoothed_cfg["sigma"]),
+        int(smoothed_cfg["consecutive"]),
+    )
+    smoothed_times.attrs["long_name"] = (
+        f"learning time of each concept of the unseen class {UNSEEN_CLASS} (authors' code): "
+        + smoothed_times.attrs["long_name"]
+        + " (NaN: never reached, or not run)"
+    )
+    speed = 1.0 / times
+    speed.attrs = {
+        "units": SPEED_UNITS,
+        "long_name": f"speed of learning the unseen class {UNSEEN_CLASS}: 1 / learning_time",
+        "threshold": threshold,
+    }
+    study["learning_time"] = times.transpose(*grid)
+    study["learning_time_smoothed"] = smoothed_times.transpose(*grid, "concept")
+    study["learning_speed"] = speed.transpose(*grid)
+    _set_coord_attrs(study)
+
+    run_list = [str(placed[k]) for k in sorted(placed)]
+    study.attrs = {
+        "description": (
+            "Concept-space study: for each run (seed x color gap x size gap; NaN where not "
+            "run), checkpoint and prompted class, the concept-space point (mean probe "
+            "probability of each target concept value) and accuracy (their product); and "
+            f"the learning time and speed of the unseen class {UNSEEN_CLASS}."
+        ),
+        "config": json.dumps(config, sort_keys=True, default=_json_default),
+        "evaluation_cfg": json.dumps(evaluation_cfg, sort_keys=True, default=_json_default),
+        "runs": json.dumps(run_list),
+        "n_runs": len(run_list),
+        **netcdf_attrs(provenance(dict(config))),
+    }
+    n_reached = int(np.isfinite(study["learning_time"].values).sum())
+    log.info(
+        "study: %d runs (%d seeds x %d color gaps x %d size gaps grid), %d steps; %d runs "
+        "reached accuracy %.2f on %s",
+        len(runs),
+        len(seeds),
+        len(color_gaps),
+        len(size_gaps),
+        study.sizes["step"],
+        n_reached,
+        threshold,
+        UNSEEN_CLASS,
+    )
+    return study

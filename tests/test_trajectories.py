@@ -1,0 +1,303 @@
+"""Trajectories: learning times on hand-made arrays, gathering evaluations into runs and
+runs into the study grid, the netCDF round trip, and the refusals."""
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from conceptspace.concepts import CLASSES, CONCEPTS
+from conceptspace.evaluate import write_evaluation
+from conceptspace.io import ConceptspaceError
+from conceptspace.trajectories import (
+    gather_run,
+    gather_study,
+    learning_time,
+    learning_time_smoothed,
+    open_study,
+    save_dataset_nc,
+    smooth_over_steps,
+)
+
+STEPS = [10 * (i + 1) ** 2 for i in range(16)]  # quadratic, like the checkpoint schedule
+EVALUATION = {
+    "samples_per_prompt": 4,
+    "sampler_steps": 5,
+    "batch_size": 8,
+    "threshold": 0.8,
+    "smoothed": {"threshold": 0.9, "sigma": 2.0, "consecutive": 3},
+}
+CONFIG = {"study": {"seeds": [0, 1]}, "evaluation": EVALUATION, "note": "a test config"}
+UNSEEN = CLASSES.index("11")
+
+
+def over_steps(values, steps=None):
+    steps = steps if steps is not None else [100 * (i + 1) for i in range(len(values))]
+    return xr.DataArray(np.asarray(values, dtype=float), dims="step", coords={"step": steps})
+
+
+# ----------------------------------------------------------------------------- learning times
+
+
+def test_learning_time_is_first_crossing_and_exact_threshold_counts():
+    assert float(learning_time(over_steps([0.1, 0.5, 0.8, 0.9]), 0.8)) == 300
+    # The first crossing counts even if accuracy dips again afterwards.
+    assert float(learning_time(over_steps([0.2, 0.85, 0.3, 0.3]), 0.8)) == 200
+    assert float(learning_time(over_steps([0.79999, 0.8]), 0.8)) == 200
+
+
+def test_learning_time_never_reached_or_missing_is_nan():
+    assert np.isnan(float(learning_time(over_steps([0.1, 0.5, 0.79]), 0.8)))
+    assert np.isnan(float(learning_time(over_steps([np.nan, np.nan]), 0.8)))
+    # NaN never counts as reaching the threshold
+    assert float(learning_time(over_steps([np.nan, 0.9]), 0.8)) == 200
+
+
+def test_learning_time_uses_step_coordinate_over_other_dims():
+    accuracy = xr.DataArray(
+        [[0.0, 0.9, 0.9], [0.0, 0.0, 0.0], [0.95, 0.0, 0.0]],
+        dims=("seed", "step"),
+        coords={"seed": [0, 1, 2], "step": [500, 1500, 4000]},
+    )
+    times = learning_time(accuracy, 0.8)
+    assert times.dims == ("seed",)
+    np.testing.assert_array_equal(times.values, [1500, np.nan, 500])
+    assert times.attrs["units"] == "optimizer steps"
+
+
+def test_learning_time_smoothed_needs_consecutive_checkpoints():
+    values = over_steps([0.0, 0.95, 0.95, 0.0, 0.95, 0.95, 0.95, 0.95])
+    # Without smoothing (sigma 0): the first pair is too short, the run from index 4 counts.
+    assert float(learning_time_smoothed(values, 0.9, sigma=0.0, consecutive=3)) == 500
+    assert float(learning_time_smoothed(values, 0.9, sigma=0.0, consecutive=2)) == 200
+    assert float(learning_time_smoothed(values, 0.9, sigma=0.0, consecutive=1)) == 200
+    assert np.isnan(float(learning_time_smoothed(values[:3], 0.9, sigma=0.0, consecutive=4)))
+
+
+def test_learning_time_smoothed_ignores_a_single_spike():
+    spike = over_steps([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+    # Unsmoothed, the spike alone would count...
+    assert float(learning_time_smoothed(spike, 0.9, sigma=0.0, consecutive=1)) == 400
+    # ...smoothed it is spread below the threshold.
+    assert np.isnan(float(learning_time_smoothed(spike, 0.9, sigma=2.0, consecutive=1)))
+
+
+def test_learning_time_smoothed_delays_a_step_by_the_smoothing():
+    values = np.array([0.0] * 6 + [1.0] * 12)
+    steps = list(range(len(values)))
+    sigma = 2.0
+    # Reference smoothing written out: the truncated kernel renormalised over the points
+    # that exist.
+    smoothed = []
+    for i in range(len(values)):
+        js = np.arange(max(0, i - 8), min(len(values), i + 9))
+        weights = np.exp(-0.5 * ((js - i) / sigma) ** 2)
+        smoothed.append(np.sum(weights * values[js]) / weights.sum())
+    expected = next(i for i, v in enumerate(smoothed) if v >= 0.9)
+    time = float(learning_time_smoothed(over_steps(values, steps), 0.9, sigma, consecutive=3))
+    assert time == expected
+    assert time > 6  # later than the raw step
+
+
+def test_smoothing_keeps_constants_at_the_edges_and_skips_nan():
+    np.testing.assert_allclose(smooth_over_steps(np.full(7, 0.7), 2.0), 0.7)
+    with_gap = smooth_over_steps(np.array([0.5, np.nan, 0.5, 0.5]), 1.0)
+    np.testing.assert_allclose(with_gap, 0.5)
+    assert np.isnan(smooth_over_steps(np.array([np.nan, np.nan]), 1.0)).all()
+
+
+def test_learning_time_smoothed_keeps_other_dims():
+    probs = xr.DataArray(
+        [[0.0, 1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0]],
+        dims=("concept", "step"),
+        coords={"concept": ["color", "size"], "step": [1, 2, 3, 4, 5]},
+    )
+    times = learning_time_smoothed(probs, 0.9, sigma=0.0, consecutive=3)
+    assert times.dims == ("concept",)
+    np.testing.assert_array_equal(times.values, [2, np.nan])
+
+
+# ----------------------------------------------------------------------------- fabricated runs
+
+
+def unseen_probability(step_index, crossing_index):
+    """Per-concept probability of the unseen class: 1 from crossing_index on, else 0.3."""
+    if crossing_index is not None and step_index >= crossing_index:
+        return 1.0
+    return 0.3
+
+
+def write_run(folder, seed, color_gap, size_gap, crossing_index, steps=STEPS, samples=4):
+    """Evaluation files of one fabricated run, written in a shuffled step order."""
+    rng = np.random.default_rng(seed * 1000 + int(color_gap * 100) + int(size_gap * 10))
+    paths = []
+    for step_index in rng.permutation(len(steps)):
+        p_target = rng.uniform(0, 1, size=(len(CLASSES), len(CONCEPTS), samples))
+        p_target[UNSEEN] = unseen_probability(step_index, crossing_index)
+        path = folder / f"s{seed}_dc{color_gap}_ds{size_gap}_step{steps[step_index]:06d}.nc"
+        attrs = {
+            "step": steps[step_index],
+            "seed": seed,
+            "color_gap": color_gap,
+            "size_gap": size_gap,
+            "checkpoint": f"step_{steps[step_index]:06d}.pt",
+            "evaluation_cfg": EVALUATION,
+            "probe_accuracy_color": 0.99,
+            "provenance_like": {"nested": [1, 2]},
+        }
+        write_evaluation(path, p_target, CLASSES, CONCEPTS, attrs)
+        paths.append(path)
+    return paths
+
+
+def write_trajectory(folder, seed, color_gap, size_gap, crossing_index, steps=STEPS):
+    paths = write_run(folder, seed, color_gap, size_gap, crossing_index, steps)
+    out = folder / f"trajectory_s{seed}_dc{color_gap}_ds{size_gap}.nc"
+    save_dataset_nc(gather_run(paths), out)
+    return out
+
+
+def assert_described(ds):
+    for name in list(ds.data_vars) + list(ds.coords):
+        assert ds[name].attrs.get("units"), f"{name} has no units"
+        assert ds[name].attrs.get("long_name"), f"{name} has no long_name"
+
+
+def test_gather_run_sorts_steps_and_averages(tmp_path):
+    paths = write_run(tmp_path, 0, 0.3, 0.4, crossing_index=3)
+    run = gather_run(paths)
+    assert list(run["step"].values) == STEPS
+    assert run["p_target"].dims == ("step", "prompt", "concept", "sample")
+    assert list(run["prompt"].values) == list(CLASSES)
+    assert list(run["concept"].values) == list(CONCEPTS)
+    assert int(run["seed"]) == 0 and float(run["color_gap"]) == 0.3
+    assert run["step"].attrs["units"] == "optimizer steps"
+    assert_described(run)
+
+    # Each step's values come from its own file, whatever order the files were given in.
+    for path in paths:
+        with xr.open_dataset(path) as single:
+            np.testing.assert_allclose(
+                run["p_target"].sel(step=single.attrs["step"]).values,
+                single["p_target"].values,
+                rtol=1e-6,
+            )
+    expected_prob = run["p_target"].values.mean(axis=-1)
+    np.testing.assert_allclose(run["concept_prob"].values, expected_prob)
+    np.testing.assert_allclose(run["accuracy"].values, expected_prob.prod(axis=-1))
+    np.testing.assert_allclose(run["accuracy"].sel(prompt="11").values[3:], 1.0)
+    np.testing.assert_allclose(run["accuracy"].sel(prompt="11").values[:3], 0.09, rtol=1e-6)
+    assert json.loads(run.attrs["evaluation_cfg"]) == EVALUATION
+
+
+def test_gather_run_rejects_mixed_runs_and_duplicate_steps(tmp_path):
+    first = write_run(tmp_path, 0, 0.3, 0.4, crossing_index=3)
+    other_seed = write_run(tmp_path, 1, 0.3, 0.4, crossing_index=3)
+    other_gap = write_run(tmp_path, 0, 0.6, 0.4, crossing_index=3)
+    with pytest.raises(ConceptspaceError, match="another run"):
+        gather_run(first[:4] + other_seed[:1])
+    with pytest.raises(ConceptspaceError, match="another run"):
+        gather_run(first[:4] + other_gap[:1])
+    with pytest.raises(ConceptspaceError, match="both evaluate step"):
+        gather_run(first + first[:1])
+    with pytest.raises(ConceptspaceError, match="does not exist"):
+        gather_run([tmp_path / "missing.nc"])
+
+
+@pytest.fixture(scope="module")
+def study_runs(tmp_path_factory):
+    """Two seeds; levels (0.3, 0.4), (0.6, 0.4), (0.6, 0.3); seed 1 never ran (0.6, 0.3),
+    and seed 1 at (0.3, 0.4) never reaches the threshold."""
+    crossings = {
+        (0, 0.3, 0.4): 5,
+        (1, 0.3, 0.4): None,
+        (0, 0.6, 0.4): 2,
+        (1, 0.6, 0.4): 3,
+        (0, 0.6, 0.3): 4,
+    }
+    folder = tmp_path_factory.mktemp("runs")
+    paths = [write_trajectory(folder, *run, crossing) for run, crossing in crossings.items()]
+    return paths, crossings
+
+
+def test_gather_study_builds_the_outer_grid(study_runs, tmp_path):
+    paths, crossings = study_runs
+    study = gather_study(paths, CONFIG, EVALUATION)
+    assert study["concept_prob"].dims == (
+        "seed",
+        "color_gap",
+        "size_gap",
+        "step",
+        "prompt",
+        "concept",
+    )
+    assert study["accuracy"].dims == ("seed", "color_gap", "size_gap", "step", "prompt")
+    assert "p_target" not in study and "sample" not in study.dims
+    assert list(study["seed"].values) == [0, 1]
+    np.testing.assert_allclose(study["color_gap"].values, [0.3, 0.6])
+    np.testing.assert_allclose(study["size_gap"].values, [0.3, 0.4])
+    assert_described(study)
+    assert json.loads(study.attrs["config"]) == CONFIG
+    assert "config_hash" in study.attrs and study.attrs["description"]
+
+    # Grid points never run are NaN throughout.
+    for seed, color_gap, size_gap in [(0, 0.3, 0.3), (1, 0.3, 0.3), (1, 0.6, 0.3)]:
+        point = dict(seed=seed, color_gap=color_gap, size_gap=size_gap)
+        assert study["accuracy"].sel(point).isnull().all()
+        assert np.isnan(float(study["learning_time"].sel(point)))
+
+    # Learning times: the step of the known crossing, NaN when never reached.
+    for (seed, color_gap, size_gap), crossing in crossings.items():
+        point = dict(seed=seed, color_gap=color_gap, size_gap=size_gap)
+        time = float(study["learning_time"].sel(point))
+        speed = float(study["learning_speed"].sel(point))
+        if crossing is None:
+            assert np.isnan(time) and np.isnan(speed)
+            assert study["accuracy"].sel(point).notnull().all()  # it ran
+        else:
+            assert time == STEPS[crossing]
+            assert speed == pytest.approx(1 / STEPS[crossing])
+            smoothed = study["learning_time_smoothed"].sel(point)
+            assert smoothed.dims == ("concept",)
+            # a clean jump 0.3 -> 1: smoothing delays it by a few checkpoints
+            assert (smoothed.values > time).all()
+            assert (smoothed.values <= STEPS[crossing + 4]).all()
+    assert study["learning_time_smoothed"].dims == ("seed", "color_gap", "size_gap", "concept")
+    assert study["learning_speed"].attrs["units"] == "1/optimizer steps"
+
+
+def test_study_round_trips_through_netcdf(study_runs, tmp_path):
+    paths, _ = study_runs
+    study = gather_study(paths, CONFIG, EVALUATION)
+    out = tmp_path / "study" / "study.nc"
+    save_dataset_nc(study, out)
+    reread = open_study(out)
+    xr.testing.assert_allclose(reread, study)
+    assert reread.attrs["config"] == study.attrs["config"]
+    for name in study.variables:
+        assert reread[name].attrs == study[name].attrs, name
+    assert list(reread["prompt"].values) == list(CLASSES)
+    assert not list(out.parent.glob(".*")), "temporary files left behind"
+
+
+def test_gather_study_rejects_runs_with_other_steps(tmp_path, study_runs):
+    paths, _ = study_runs
+    shifted = write_trajectory(tmp_path, 2, 0.3, 0.4, 3, steps=[s + 1 for s in STEPS])
+    with pytest.raises(ConceptspaceError, match="steps"):
+        gather_study(paths + [shifted], CONFIG, EVALUATION)
+    with pytest.raises(ConceptspaceError, match="same run"):
+        gather_study(paths + paths[:1], CONFIG, EVALUATION)
+
+
+def test_open_study_refuses_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(ConceptspaceError, match="does not exist"):
+        open_study(tmp_path / "absent.nc")
+    corrupt = tmp_path / "corrupt.nc"
+    corrupt.write_bytes(b"CDF\x01 this is not really netCDF")
+    with pytest.raises(ConceptspaceError, match="corrupt"):
+        open_study(corrupt)
+    not_a_study = tmp_path / "other.nc"
+    save_dataset_nc(xr.Dataset({"x": ("a", [1.0, 2.0])}), not_a_study)
+    with pytest.raises(ConceptspaceError, match="not a study dataset"):
+        open_study(not_a_study)
