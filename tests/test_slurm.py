@@ -1,0 +1,466 @@
+"""The Slurm path on a real Slurm: a single-node cluster brought up on this machine
+(tests/slurm/cluster_up.sh: munge, MariaDB, slurmdbd, slurmctld, slurmd, two fake GPUs)
+runs the smoke preset through `snakemake --executor slurm` with the project's profile
+(workflow/profiles/slurm). Checked: every job went through Slurm (sacct), GPU rules ran
+on the gpu partition with a GPU, evaluations were bundled one job per run, the study
+dataset equals that of a local run although one training job was requeued midway
+(scontrol requeue, what a preempting scheduler does) and resumed from its checkpoint, a
+training job cancelled midway (scancel) is resubmitted with a larger runtime and resumes,
+and a job that fails once succeeds on its retry with a larger runtime.
+
+The smoke run uses the plugin's default job status command (sacct), as users on clusters
+with accounting do. The cancel test runs with `--slurm-status-command squeue`: plugin 2.8.0
+reads sacct's state of a cancelled job, "CANCELLED by <uid>", as still running and would
+wait for it forever (docs/slurm.md).
+
+Needs root and Debian's Slurm packages (tests/slurm/install.sh, which this module runs
+when they are missing); skipped otherwise, unless CONCEPTSPACE_REQUIRE_SLURM=1 (CI), which
+turns every reason to skip into a failure. CONCEPTSPACE_SLURM_KEEP=1 keeps the cluster's
+scratch folder (configuration and daemon logs) after the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+from conceptspace.config import checkpoint_steps, load_config, study_runs
+from conftest import REPO, SMOKE, venv_tool
+
+pytestmark = pytest.mark.slurm
+
+HARNESS = REPO / "tests" / "slurm"
+PROFILE = REPO / "workflow" / "profiles" / "slurm"
+REQUIRED = os.environ.get("CONCEPTSPACE_REQUIRE_SLURM") == "1"
+KEEP = os.environ.get("CONCEPTSPACE_SLURM_KEEP") == "1"
+DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "slurmdbd", "mariadbd", "sbatch")
+GPU_RULES = ("train_vdm", "train_probe", "evaluate_checkpoint")
+RULES = ("render_training_set", "train_vdm", "train_probe", "evaluate_checkpoint", "gather_run",
+         "gather_study", "fig_signal")  # fmt: skip
+SNAKEMAKE_LIMIT_S = 600  # a hung snakemake ignores SIGTERM: timeout -k kills it
+RUN = r"dc\d+\.\d{3}_ds\d+\.\d{3}_seed\d+"
+SMOKE_CONFIG = load_config(REPO / "config.yaml", SMOKE)
+SMOKE_RUNS = [run.id for run in study_runs(SMOKE_CONFIG)]
+STEPS = checkpoint_steps(SMOKE_CONFIG["training"])
+
+
+def unavailable(reason: str):
+    if REQUIRED:
+        pytest.fail(f"{reason} (CONCEPTSPACE_REQUIRE_SLURM=1)")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- cluster
+
+
+@dataclass
+class Cluster:
+    scratch: Path
+    env: dict  # the environment jobs inherit: the virtual environment, SLURM_CONF
+    timings: dict = field(default_factory=dict)
+
+    def run(self, *command, check=True) -> str | None:
+        """stdout of a Slurm command; None if it failed and check is False."""
+        result = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            if check:
+                raise AssertionError(f"{' '.join(command)} failed: {result.stderr}")
+            return None
+        return result.stdout
+
+    def sacct(self, name: str) -> list[dict]:
+        """Every Slurm job (and every requeued instance of one, -D) named ``name``."""
+        columns = ["JobIDRaw", "State", "Partition", "Timelimit", "AllocTRES", "Comment"]
+        out = self.run("sacct", "-X", "-D", "--parsable2", "--noheader", "--name", name,
+                       "--starttime", "now-1days", "--format", ",".join(columns))  # fmt: skip
+        return [dict(zip(columns, line.split("|"))) for line in out.splitlines() if line]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        unavailable("the Slurm tests start daemons and need root on Linux")
+    etc_conf = Path("/etc/slurm/slurm.conf")
+    if etc_conf.exists() and not etc_conf.is_symlink():
+        unavailable(f"{etc_conf} exists: this machine runs its own Slurm")
+    if not all(shutil.which(c) or Path("/usr/sbin", c).exists() for c in DAEMONS):
+        install = subprocess.run(["bash", str(HARNESS / "install.sh")], capture_output=True,
+                                 text=True, timeout=900)  # fmt: skip
+        if install.returncode != 0:
+            unavailable(f"could not install Slurm's Debian packages:\n{install.stderr[-3000:]}")
+    # Daemons run as munge and mysql: the scratch folder must be readable by them, which
+    # pytest's own tmp folder (0700) is not.
+    scratch = Path(tempfile.mkdtemp(prefix="conceptspace-slurm-"))
+    scratch.chmod(0o755)
+    ports = {
+        f"SLURM_TEST_{name}_PORT": str(free_port()) for name in ("CTLD", "SLURMD", "DBD", "DB")
+    }
+    env = {**os.environ, **ports}
+    started = time.monotonic()
+    up = subprocess.run(
+        ["timeout", "-k", "10", "180", "bash", str(HARNESS / "cluster_up.sh"), str(scratch)],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    bring_up = time.monotonic() - started
+    try:
+        if up.returncode != 0:
+            raise AssertionError(f"cluster_up.sh failed ({up.returncode}):\n{up.stderr}")
+        venv_bin = str(Path(sys.executable).parent)
+        job_env = {
+            **env,
+            "SLURM_CONF": str(scratch / "etc" / "slurm.conf"),
+            "PATH": f"{venv_bin}:{env.get('PATH', '')}:/usr/sbin:/sbin",
+            "VIRTUAL_ENV": str(Path(venv_bin).parent),
+        }
+        yield Cluster(scratch, job_env, {"bring_up_s": round(bring_up, 1)})
+    finally:
+        subprocess.run(["timeout", "-k", "10", "120", "bash", str(HARNESS / "cluster_down.sh"),
+                        str(scratch)], env=env, capture_output=True)  # fmt: skip
+        if not KEEP:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def snakemake_command(workdir: Path, *args, snakefile=REPO / "Snakefile", configs=()):
+    configfiles = ["--configfile", *map(str, configs)] if configs else []
+    return [
+        "timeout", "-k", "30", str(SNAKEMAKE_LIMIT_S), venv_tool("snakemake"),
+        "--snakefile", str(snakefile), "--directory", str(workdir), *configfiles, *args,
+    ]  # fmt: skip
+
+
+def slurm_args() -> list[str]:
+    return ["--workflow-profile", str(PROFILE), "--slurm-init-seconds-before-status-checks", "2"]
+
+
+def start(command, workdir: Path, env: dict) -> subprocess.Popen:
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = open(workdir / "snakemake.out", "w")
+    return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir)
+
+
+def finish(process: subprocess.Popen, workdir: Path) -> tuple[int, str]:
+    process.wait()
+    return process.returncode, (workdir / "snakemake.out").read_text()
+
+
+def slurm_run_id(output_file: Path) -> str | None:
+    if not output_file.exists():
+        return None
+    match = re.search(r"SLURM run ID: (\S+)", output_file.read_text())
+    return match[1] if match else None
+
+
+class Interrupter(threading.Thread):
+    """Interrupts one running train_vdm job of the Snakemake run in ``workdir`` as soon as
+    its first checkpoint exists: "cancel" (scancel, what a user does; Snakemake resubmits
+    the job) or "requeue" (scontrol requeue, what a preempting scheduler does; Slurm runs
+    the same job again)."""
+
+    def __init__(self, cluster: Cluster, workdir: Path, training: dict, action: str):
+        super().__init__(daemon=True)
+        self.cluster, self.workdir, self.action = cluster, workdir, action
+        # Between the first checkpoint and the last one, the job is midway.
+        self.first_step = checkpoint_steps(training)[0]
+        self.last_step = int(training["steps"])
+        self.done: tuple[str, str] | None = None  # (run, Slurm job id)
+        self.error: str | None = None
+        self.stop = threading.Event()
+
+    def running_train_job(self, name: str, run: str) -> str | None:
+        out = self.cluster.run(
+            "squeue", "-h", "--name", name, "-t", "RUNNING", "-o", "%i|%k", check=False
+        )
+        for line in (out or "").splitlines():
+            jobid, _, comment = line.partition("|")
+            if comment == f"rule_train_vdm_wildcards_{run}":
+                return jobid
+        return None
+
+    def interrupt(self, jobid: str) -> bool:
+        """True if the job was interrupted (it may have ended just before)."""
+        if self.action == "cancel":
+            return self.cluster.run("scancel", jobid, check=False) is not None
+        if self.cluster.run("scontrol", "requeue", jobid, check=False) is None:
+            return False
+        # Slurm holds a requeued job back for about two minutes (BeginTime); release it.
+        for _ in range(50):
+            time.sleep(0.2)
+            state = self.cluster.run("squeue", "-h", "-j", jobid, "-o", "%T|%r", check=False)
+            if state and "BeginTime" in state:
+                self.cluster.run("scontrol", "update", f"jobid={jobid}", "StartTime=now")
+                break
+        return True
+
+    def run(self):
+        runs = self.workdir / "results" / "signal" / "runs"
+        pattern = f"*/checkpoints/step_{self.first_step:06d}.pt"
+        tried = set()
+        try:
+            while self.done is None and not self.stop.wait(0.2):
+                name = slurm_run_id(self.workdir / "snakemake.out")
+                if name is None:
+                    continue
+                for checkpoint in sorted(runs.glob(pattern)):
+                    run_dir = checkpoint.parents[1]
+                    last = run_dir / "checkpoints" / f"step_{self.last_step:06d}.pt"
+                    if run_dir.name in tried or last.exists():
+                        continue
+                    jobid = self.running_train_job(name, run_dir.name)
+                    if jobid is None:
+                        continue
+                    tried.add(run_dir.name)
+                    if self.interrupt(jobid):
+                        self.done = (run_dir.name, jobid)
+                        break
+        except Exception as err:  # reported by the test that needs the interruption
+            self.error = repr(err)
+
+
+# A run long enough to be caught between its first checkpoint and its end.
+CANCEL_OVERLAY = """\
+study:
+  seeds: [0]
+  sweeps:
+    - {name: color_gap, color_gap: [0.6], size_gap: [0.4]}
+    - {name: size_gap, color_gap: [0.6], size_gap: [0.4]}
+training:
+  steps: 150
+  checkpoints: {count: 3, first: 20, last: 150}
+"""
+CANCEL_RUN = "dc0.600_ds0.400_seed0"
+
+
+@dataclass
+class Run:
+    workdir: Path
+    returncode: int
+    output: str
+    name: str | None  # the Slurm job name (the plugin's run id)
+    interrupted: tuple[str, str] | None = None
+    interrupt_error: str | None = None
+
+    def succeeded(self) -> "Run":
+        if self.returncode != 0:
+            raise AssertionError(
+                f"snakemake in {self.workdir} exited {self.returncode}:\n{self.output[-6000:]}"
+            )
+        return self
+
+
+@pytest.fixture(scope="module")
+def runs(cluster, tmp_path_factory) -> dict[str, Run]:
+    """At once: the smoke preset through Slurm (one training job requeued midway); the
+    same preset locally on 2 cores; one longer training through Slurm, cancelled midway;
+    and the fail-once workflow through Slurm."""
+    base = tmp_path_factory.mktemp("slurm-runs")
+    smoke = (REPO / "config.yaml", SMOKE)
+    overlay = base / "cancel.yaml"
+    overlay.write_text(CANCEL_OVERLAY)
+    target = f"results/signal/runs/{CANCEL_RUN}/manifest.json"
+    commands = {
+        "slurm": snakemake_command(base / "slurm", *slurm_args(), configs=smoke),
+        "local": snakemake_command(base / "local", "--cores", "2", configs=smoke),
+        "cancel": snakemake_command(
+            base / "cancel",
+            *slurm_args(),
+            *("--slurm-status-command", "squeue", target),
+            configs=(*smoke, overlay),
+        ),
+        "flaky": snakemake_command(base / "flaky", *slurm_args(), snakefile=HARNESS / "retry.smk"),
+    }
+    started = time.monotonic()
+    processes = {key: start(command, base / key, cluster.env) for key, command in commands.items()}
+    interrupters = {
+        "slurm": Interrupter(cluster, base / "slurm", SMOKE_CONFIG["training"], "requeue"),
+        "cancel": Interrupter(
+            cluster, base / "cancel", load_config(*smoke, overlay)["training"], "cancel"
+        ),
+    }
+    for interrupter in interrupters.values():
+        interrupter.start()
+    results = {}
+    try:
+        while len(results) < len(processes):
+            for key, process in processes.items():
+                if key not in results and process.poll() is not None:
+                    cluster.timings[f"{key}_run_s"] = round(time.monotonic() - started, 1)
+                    returncode, output = finish(process, base / key)
+                    name = slurm_run_id(base / key / "snakemake.out")
+                    results[key] = Run(base / key, returncode, output, name)
+            time.sleep(0.5)
+    finally:
+        for interrupter in interrupters.values():
+            interrupter.stop.set()
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+    for key, interrupter in interrupters.items():
+        interrupter.join(timeout=10)
+        results[key].interrupted = interrupter.done
+        results[key].interrupt_error = interrupter.error
+    print(f"\nSlurm test timings (s): {json.dumps(cluster.timings)}", file=sys.stderr)
+    return results
+
+
+def profile_runtime(rule: str | None, attempt: int) -> int:
+    """Minutes the profile asks for: a rule's runtime, or the default (rule None)."""
+    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    resources = profile["default-resources"] | profile["set-resources"].get(rule, {})
+    return int(eval(str(resources["runtime"]), {"attempt": attempt}))
+
+
+def minutes(timelimit: str) -> int:
+    """Slurm's [D-]HH:MM:SS as minutes."""
+    days, _, clock = timelimit.rpartition("-")
+    hours, mins, _ = (int(part) for part in clock.split(":"))
+    return (int(days) if days else 0) * 1440 + hours * 60 + mins
+
+
+def rule_of(comment: str) -> tuple[str, str | None]:
+    """(rule, run) of a Slurm job from the comment the plugin gives it."""
+    bundle = re.fullmatch(rf"rule_evaluate_({RUN})_.*", comment)
+    if bundle:
+        return "evaluate_checkpoint", bundle[1]
+    for rule in RULES:
+        if comment == f"rule_{rule}":
+            return rule, None
+        if comment.startswith(f"rule_{rule}_wildcards_"):
+            return rule, comment.removeprefix(f"rule_{rule}_wildcards_")
+    raise AssertionError(f"a Slurm job with an unexpected comment: {comment!r}")
+
+
+def slurm_jobs(cluster: Cluster, name: str) -> dict[str, list[dict]]:
+    """Rule -> the distinct Slurm jobs of that rule (requeued instances folded)."""
+    jobs: dict[str, dict[str, dict]] = {}
+    for row in cluster.sacct(name):
+        rule, run = rule_of(row["Comment"])
+        row = {**row, "rule": rule, "run": run}
+        jobs.setdefault(rule, {}).setdefault(row["JobIDRaw"], row)
+        if row["State"] not in ("REQUEUED",):  # keep the final instance's fields
+            jobs[rule][row["JobIDRaw"]] = row
+    return {rule: list(by_id.values()) for rule, by_id in jobs.items()}
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_every_rule_ran_as_a_slurm_job(cluster, runs):
+    slurm = runs["slurm"].succeeded()
+    ran_locally = re.findall(r"^localrule (\w+):", slurm.output, flags=re.M)
+    assert ran_locally == ["all"], f"jobs that did not go through Slurm: {ran_locally}"
+    jobs = slurm_jobs(cluster, slurm.name)
+    expected = {rule: len(SMOKE_RUNS) for rule in ("render_training_set", "train_vdm")}
+    expected |= {"train_probe": 1, "gather_run": len(SMOKE_RUNS), "gather_study": 1}
+    expected |= {"fig_signal": 1, "evaluate_checkpoint": len(SMOKE_RUNS)}  # a bundle per run
+    assert {rule: len(rows) for rule, rows in jobs.items()} == expected
+    for rule, rows in jobs.items():
+        for row in rows:
+            assert row["State"] == "COMPLETED", f"{rule}: {row}"
+
+
+def test_gpu_rules_ran_on_the_gpu_partition_with_a_gpu(cluster, runs):
+    for rule, rows in slurm_jobs(cluster, runs["slurm"].succeeded().name).items():
+        for row in rows:
+            if rule in GPU_RULES:
+                assert row["Partition"] == "gpu" and "gres/gpu=1" in row["AllocTRES"], row
+            else:
+                assert row["Partition"] == "cpu" and "gres/gpu" not in row["AllocTRES"], row
+
+
+def test_evaluations_are_bundled_one_slurm_job_per_run(cluster, runs):
+    slurm = runs["slurm"].succeeded()
+    bundles = slurm_jobs(cluster, slurm.name)["evaluate_checkpoint"]
+    assert sorted(row["run"] for row in bundles) == sorted(SMOKE_RUNS)
+    per_checkpoint = profile_runtime("evaluate_checkpoint", attempt=1)
+    for row in bundles:
+        # A bundle asks for the runtime of all its checkpoints, evaluated one at a time.
+        assert minutes(row["Timelimit"]) == per_checkpoint * len(STEPS), row
+        assert re.search(r"\bcpu=1,.*gres/gpu=1\b", row["AllocTRES"]), row
+        evaluated = (slurm.workdir / "results/signal/runs" / row["run"] / "eval").glob("*.nc")
+        assert len(list(evaluated)) == len(STEPS)
+
+
+def test_study_equals_a_local_run(runs):
+    with (
+        xr.open_dataset(runs["slurm"].succeeded().workdir / "results/signal/study.nc") as on_slurm,
+        xr.open_dataset(runs["local"].succeeded().workdir / "results/signal/study.nc") as local,
+    ):
+        assert dict(on_slurm.sizes) == dict(local.sizes)
+        assert sorted(on_slurm.data_vars) == sorted(local.data_vars)
+        for name in list(local.coords) + list(local.data_vars):
+            np.testing.assert_array_equal(on_slurm[name].values, local[name].values, err_msg=name)
+        assert on_slurm.attrs["config_hash"] == local.attrs["config_hash"]
+
+
+def resumed_steps(workdir: Path, run: str) -> list[int]:
+    log = (workdir / "results/logs/train_vdm" / f"{run}.log").read_text()
+    return [int(step) for step in re.findall(r"resuming from step (\d+)", log)]
+
+
+def interrupted(run: Run, action: str) -> tuple[str, str]:
+    assert run.interrupt_error is None, run.interrupt_error
+    assert (
+        run.interrupted
+    ), f"no training job was caught running after its first checkpoint ({action})"
+    return run.interrupted
+
+
+def test_requeued_training_resumes_in_the_same_slurm_job(cluster, runs):
+    slurm = runs["slurm"].succeeded()
+    run, jobid = interrupted(slurm, "requeue")
+    assert resumed_steps(slurm.workdir, run) and min(resumed_steps(slurm.workdir, run)) >= STEPS[0]
+    instances = [row for row in cluster.sacct(slurm.name) if row["JobIDRaw"] == jobid]
+    assert [row["State"] for row in instances] == ["REQUEUED", "COMPLETED"]
+    train_jobs = [r for r in slurm_jobs(cluster, slurm.name)["train_vdm"] if r["run"] == run]
+    assert [r["JobIDRaw"] for r in train_jobs] == [jobid]  # Slurm reran it; no resubmission
+
+
+def test_cancelled_training_is_resubmitted_with_more_time_and_resumes(cluster, runs):
+    cancel = runs["cancel"].succeeded()
+    run, jobid = interrupted(cancel, "cancel")
+    assert run == CANCEL_RUN
+    assert resumed_steps(cancel.workdir, run) and min(resumed_steps(cancel.workdir, run)) >= 20
+    train_jobs = slurm_jobs(cluster, cancel.name)["train_vdm"]
+    assert [r["JobIDRaw"] == jobid for r in train_jobs] == [True, False]
+    cancelled, again = train_jobs
+    assert cancelled["State"].startswith("CANCELLED") and again["State"] == "COMPLETED"
+    assert minutes(cancelled["Timelimit"]) == profile_runtime("train_vdm", attempt=1)
+    assert minutes(again["Timelimit"]) == profile_runtime("train_vdm", attempt=2)
+    manifest = cancel.workdir / "results/signal/runs" / run / "manifest.json"
+    assert json.loads(manifest.read_text())["final_step"] == 150
+
+
+def test_a_job_that_fails_once_succeeds_on_retry_with_a_larger_runtime(cluster, runs):
+    flaky = runs["flaky"].succeeded()
+    rows = cluster.sacct(flaky.name)
+    assert [row["State"] for row in rows] == ["FAILED", "COMPLETED"], rows
+    runtimes = [profile_runtime(None, attempt) for attempt in (1, 2)]  # the default runtime
+    assert runtimes[1] > runtimes[0]
+    assert [minutes(row["Timelimit"]) for row in rows] == runtimes
+    assert (flaky.workdir / "flaky.txt").read_text().split() == [
+        "attempt=2",
+        f"runtime={runtimes[1]}",
+    ]
