@@ -11,13 +11,27 @@ import contextlib
 import hashlib
 import json
 import os
+import pickle
 import platform
 import subprocess
 import sys
 import tempfile
+import zipfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
+
+# What torch.load raises on a truncated, corrupt or foreign file.
+DAMAGED_TORCH_FILE_ERRORS = (
+    OSError,
+    EOFError,
+    RuntimeError,
+    KeyError,
+    TypeError,
+    ValueError,
+    zipfile.BadZipFile,
+    pickle.UnpicklingError,
+)
 
 PROVENANCE_PACKAGES = ("torch", "torchvision", "numpy", "xarray", "netCDF4", "matplotlib")
 
@@ -55,7 +69,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -70,7 +84,7 @@ def read_json(path: str | os.PathLike) -> Any:
         )
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
     if isinstance(obj, Path):
@@ -80,7 +94,7 @@ def _json_default(obj: Any) -> Any:
 
 def config_hash(config: Any) -> str:
     """A short, stable hash of a (JSON-serialisable) config."""
-    text = json.dumps(config, sort_keys=True, default=_json_default)
+    text = json.dumps(config, sort_keys=True, default=json_default)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

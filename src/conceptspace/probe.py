@@ -15,9 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pickle
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -26,7 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from conceptspace.concepts import CONCEPTS, Signal
-from conceptspace.io import ConceptspaceError, atomic_path, provenance, write_json
+from conceptspace.io import (
+    DAMAGED_TORCH_FILE_ERRORS,
+    ConceptspaceError,
+    atomic_path,
+    provenance,
+    write_json,
+)
 from conceptspace.render import concept_labels, render_probe_set
 
 log = logging.getLogger(__name__)
@@ -308,16 +312,7 @@ def load_probe(
         accuracy = checkpoint["accuracy"]
         probe = ProbeNet(**config)
         probe.load_state_dict(checkpoint["state_dict"])
-    except (
-        OSError,
-        EOFError,
-        RuntimeError,
-        KeyError,
-        TypeError,
-        ValueError,
-        zipfile.BadZipFile,
-        pickle.UnpicklingError,
-    ) as err:
+    except DAMAGED_TORCH_FILE_ERRORS as err:
         raise ConceptspaceError(
             f"probe {path} could not be read ({type(err).__name__}: {err}); it is truncated or "
             "corrupt: delete it and rerun `snakemake` to train it again"

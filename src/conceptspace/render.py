@@ -195,6 +195,20 @@ def _signal_record(signal: Signal) -> dict[str, float]:
     return {"color_gap": float(signal.color_gap), "size_gap": float(signal.size_gap)}
 
 
+def _dataset_arrays(images, colors, sizes, labels, positions, backgrounds, is_validation):
+    """The arrays every dataset file holds; h = (r, g, b, size) is the sample's own values."""
+    return {
+        "images": images,
+        "h": np.concatenate([colors, sizes[:, None]], axis=1).astype(np.float32),
+        "label": labels,
+        "color": colors,
+        "size": sizes,
+        "position": positions,
+        "background": backgrounds,
+        "is_validation": is_validation,
+    }
+
+
 def render_training_set(data_cfg: Mapping[str, Any], signal: Signal, seed: int) -> RenderedSet:
     """``images_per_class`` images of each training class (00, 01, 10); 11 is held out.
 
@@ -211,18 +225,10 @@ def render_training_set(data_cfg: Mapping[str, Any], signal: Signal, seed: int) 
     positions = _positions(len(labels), data_cfg, streams["positions"])
     backgrounds = _backgrounds(len(labels), data_cfg, streams["backgrounds"])
     images = render_images(colors, sizes, positions, backgrounds, data_cfg, streams["noise"])
-    arrays = {
-        "images": images,
-        "h": np.concatenate([colors, sizes[:, None]], axis=1).astype(np.float32),
-        "label": labels,
-        "color": colors,
-        "size": sizes,
-        "position": positions,
-        "background": backgrounds,
-        "is_validation": _validation_flags(
-            labels, float(data_cfg["validation_fraction"]), streams["split"]
-        ),
-    }
+    arrays = _dataset_arrays(
+        images, colors, sizes, labels, positions, backgrounds,
+        _validation_flags(labels, float(data_cfg["validation_fraction"]), streams["split"]),
+    )  # fmt: skip
     metadata = {
         "kind": "training_set",
         "data": dict(data_cfg),
@@ -270,18 +276,16 @@ def render_probe_set(
     positions = _positions(n, data_cfg, streams["positions"])
     backgrounds = _backgrounds(n, data_cfg, streams["backgrounds"])
     images = render_images(colors, sizes, positions, backgrounds, data_cfg, streams["noise"])
-    arrays = {
-        "images": images,
-        "h": np.concatenate([colors, sizes[:, None]], axis=1).astype(np.float32),
-        "label": labels,
-        "color": colors,
-        "size": sizes,
-        "position": positions,
-        "background": backgrounds,
-        "is_validation": _validation_flags(labels, validation_fraction, streams["split"]),
-        "color_gap": np.array([signals[i].color_gap for i in level], dtype=np.float32),
-        "size_gap": np.array([signals[i].size_gap for i in level], dtype=np.float32),
-    }
+    arrays = _dataset_arrays(
+        images, colors, sizes, labels, positions, backgrounds,
+        _validation_flags(labels, validation_fraction, streams["split"]),
+    )  # fmt: skip
+    arrays.update(
+        {
+            "color_gap": np.array([signals[i].color_gap for i in level], dtype=np.float32),
+            "size_gap": np.array([signals[i].size_gap for i in level], dtype=np.float32),
+        }
+    )
     signal_records = [_signal_record(s) for s in signals]
     metadata = {
         "kind": "probe_set",

@@ -30,10 +30,8 @@ import json
 import logging
 import math
 import os
-import pickle
 import re
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -43,7 +41,14 @@ import torch
 # One schedule for training and for the DAG: `count` steps evenly spaced in sqrt(step)
 # from `first` to `last`, rounded to ints, duplicates removed, sorted.
 from conceptspace.config import checkpoint_steps
-from conceptspace.io import ConceptspaceError, atomic_path, provenance, read_json, write_json
+from conceptspace.io import (
+    DAMAGED_TORCH_FILE_ERRORS,
+    ConceptspaceError,
+    atomic_path,
+    provenance,
+    read_json,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -186,16 +191,7 @@ def _read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str
         missing = [key for key in _CHECKPOINT_KEYS if key not in checkpoint]
         if missing:
             raise KeyError(f"keys {missing} are missing")
-    except (
-        OSError,
-        EOFError,
-        RuntimeError,
-        KeyError,
-        TypeError,
-        ValueError,
-        zipfile.BadZipFile,
-        pickle.UnpicklingError,
-    ) as err:
+    except DAMAGED_TORCH_FILE_ERRORS as err:
         raise ConceptspaceError(
             f"checkpoint {path} could not be read ({type(err).__name__}: {err}); it is "
             "truncated or corrupt: delete it and rerun training (`snakemake`), which resumes "

@@ -38,7 +38,7 @@ import numpy as np
 import xarray as xr
 
 from conceptspace.concepts import UNSEEN_CLASS
-from conceptspace.io import ConceptspaceError, atomic_path, provenance
+from conceptspace.io import ConceptspaceError, atomic_path, json_default, provenance
 
 log = logging.getLogger(__name__)
 
@@ -93,17 +93,9 @@ def netcdf_attrs(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         if isinstance(value, bool):
             value = int(value)
         if not isinstance(value, (str, int, float)):
-            value = json.dumps(value, sort_keys=True, default=_json_default)
+            value = json.dumps(value, sort_keys=True, default=json_default)
         attrs[f"{prefix}{key}"] = value
     return attrs
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
 
 def save_dataset_nc(ds: xr.Dataset, path: str | os.PathLike) -> None:
@@ -517,8 +509,8 @@ def gather_study(
             "probability of each target concept value) and accuracy (their product); and "
             f"the learning time and speed of the unseen class {UNSEEN_CLASS}."
         ),
-        "config": json.dumps(config, sort_keys=True, default=_json_default),
-        "evaluation_cfg": json.dumps(evaluation_cfg, sort_keys=True, default=_json_default),
+        "config": json.dumps(config, sort_keys=True, default=json_default),
+        "evaluation_cfg": json.dumps(evaluation_cfg, sort_keys=True, default=json_default),
         "runs": json.dumps(run_list),
         "n_runs": len(run_list),
         **netcdf_attrs(provenance(dict(config))),
