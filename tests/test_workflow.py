@@ -2,37 +2,17 @@
 to end, with its outputs checked (not only its exit code)."""
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 
 from conceptspace.config import checkpoint_steps, load_config, study_runs
-from conftest import REPO, SMOKE, venv_tool
+from conftest import REPO, SMOKE, planned_jobs, snakemake, venv_tool
 
 pytestmark = pytest.mark.workflow
-
-
-def snakemake(workdir, *args, configs=(REPO / "config.yaml",), check=True, timeout=900):
-    """Run snakemake on the repository's Snakefile in ``workdir`` with the given configs
-    (config.yaml first: the configfile directive only finds it from the repository)."""
-    command = [
-        venv_tool("snakemake"),
-        "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(workdir),
-        *args,
-        "--configfile", *map(str, configs),
-    ]  # fmt: skip
-    # Rules call `python -m conceptspace`: put this interpreter's folder first on PATH.
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-    if check and result.returncode != 0:
-        pytest.fail(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def test_lint_has_no_findings():
@@ -56,16 +36,6 @@ def test_rules_and_code_are_formatted():
     assert black.returncode == 0, black.stderr
 
 
-def planned_jobs(output: str) -> dict[str, int]:
-    """Job counts per rule from `snakemake -n --quiet rules`."""
-    counts = {}
-    for line in output.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
-    return counts
-
-
 def test_dry_run_plans_the_paper_scale_study(tmp_path):
     config = load_config(REPO / "config.yaml")
     result = snakemake(tmp_path, "-n", "--quiet", "rules")
@@ -85,14 +55,6 @@ def test_bad_config_stops_before_planning_and_names_the_key(tmp_path):
     assert result.returncode != 0
     message = result.stdout + result.stderr
     assert "stepz" in message and "evaluation.threshold" in message
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """The smoke preset run once through Snakemake on 2 cores."""
-    workdir = tmp_path_factory.mktemp("smoke")
-    snakemake(workdir, "--cores", "2", configs=(REPO / "config.yaml", SMOKE))
-    return workdir, load_config(REPO / "config.yaml", SMOKE)
 
 
 def test_smoke_run_leaves_the_study_dataset(smoke_run):
