@@ -4,6 +4,22 @@ ones (one seed, one level, nothing ever learned, a requested gap that was not ru
 import numpy as np
 import pytest
 
+import json
+
+import xarray as xr
+from PIL import Image
+
+from conceptspace.figures.hidden import plot_hidden
+from conceptspace.figures.patching import plot_patching
+from conceptspace.figures.sheets import plot_sample_sheet, sheet_canvas, sheet_rows
+from conceptspace.figures.trajectories import (
+    blue_small,
+    convergence_step,
+    memorization_turn,
+    plot_trajectories,
+)
+from conceptspace.io import provenance
+from conceptspace.trajectories import learning_time
 from conceptspace.concepts import CLASSES, CONCEPTS
 from conceptspace.evaluate import write_evaluation
 from conceptspace.figures.signal import plot_signal
@@ -102,3 +118,248 @@ def test_plot_signal_refuses_a_dataset_that_is_not_a_study(tmp_path):
     with pytest.raises(ConceptspaceError, match="learning_speed"):
         plot_signal(study, tmp_path / "x.pdf", 0.4, 0.4)
     assert not (tmp_path / "x.pdf").exists()
+
+
+# ----------------------------------------------------------------------------- claims 2-4
+# Study datasets built directly to the contract of gather_study with a method dimension
+# (docs/architecture.md): dims seed, color_gap, size_gap, step, method, prompt, concept.
+
+CONTRACT_STEPS = [100, 400, 900, 1600, 2500, 3600]
+# (P(blue), P(small)) of the unseen class 11 at each step: naive prompting memorizes
+# 01 red small (nearest at step 900), then turns to 11; eliciting methods get there early.
+NAIVE_PATH = [(0.5, 0.5), (0.2, 0.8), (0.05, 0.9), (0.4, 0.95), (0.85, 0.97), (0.95, 0.98)]
+ELICITED_PATH = [(0.5, 0.5), (0.5, 0.85), (0.9, 0.95), (0.95, 0.97), (0.97, 0.98), (0.98, 0.99)]
+METHOD_KINDS = {
+    "naive": "naive",
+    "overprompt_0": "overprompt",
+    "overprompt": "overprompt",
+    "intervention_0": "intervention",
+    "intervention": "intervention",
+    "patched_final": "patched",
+}
+LEVELS = [(0.3, 0.4), (0.6, 0.4)]
+
+
+def contract_study(methods=tuple(METHOD_KINDS), seeds=(0, 1), levels=LEVELS, threshold=0.8):
+    """A study dataset: every prompt's target probability rises with step; the unseen
+    class follows NAIVE_PATH under naive prompting, ELICITED_PATH otherwise (plus a
+    little noise per seed). Overprompt and intervention hold values on 11 only."""
+    rng = np.random.default_rng(1)
+    color_gaps = sorted({dc for dc, _ in levels})
+    size_gaps = sorted({ds for _, ds in levels})
+    shape = (len(seeds), len(color_gaps), len(size_gaps), len(CONTRACT_STEPS), len(methods))
+    prob = np.full(shape + (len(CLASSES), len(CONCEPTS)), np.nan)
+    rise = np.linspace(0.5, 0.99, len(CONTRACT_STEPS))[:, None]  # training classes
+    for dc, ds in levels:
+        at = (slice(None), color_gaps.index(dc), size_gaps.index(ds))
+        for m, method in enumerate(methods):
+            path = np.array(NAIVE_PATH if method == "naive" else ELICITED_PATH)
+            noise = rng.uniform(-0.01, 0.01, (len(seeds),) + path.shape)
+            prob[at + (slice(None), m, CLASSES.index("11"))] = np.clip(path + noise, 0, 1)
+            if METHOD_KINDS[method] in ("naive", "patched"):
+                for prompt in ("00", "01", "10"):
+                    prob[at + (slice(None), m, CLASSES.index(prompt))] = rise
+    study = xr.Dataset(
+        {
+            "concept_prob": (
+                ("seed", "color_gap", "size_gap", "step", "method", "prompt", "concept"),
+                prob,
+            )
+        },
+        coords={
+            "seed": list(seeds),
+            "color_gap": color_gaps,
+            "size_gap": size_gaps,
+            "step": CONTRACT_STEPS,
+            "method": list(methods),
+            "method_kind": ("method", [METHOD_KINDS[m] for m in methods]),
+            "method_setting": ("method", ["setting"] * len(methods)),
+            "prompt": list(CLASSES),
+            "concept": list(CONCEPTS),
+        },
+    )
+    study["accuracy"] = study["concept_prob"].prod("concept", skipna=False)
+    times = learning_time(study["accuracy"].sel(prompt="11"), threshold)
+    study["learning_time"] = times.transpose("seed", "color_gap", "size_gap", "method")
+    study.attrs["config"] = json.dumps({"evaluation": {"threshold": threshold}})
+    return study
+
+
+def concept_path(points, steps=None):
+    steps = steps or CONTRACT_STEPS[: len(points)]
+    return xr.DataArray(
+        np.array(points, dtype=float),
+        dims=("step", "concept"),
+        coords={"step": steps, "concept": ["color", "size"]},
+    )
+
+
+@pytest.mark.parametrize(
+    "points, expected",
+    [
+        (NAIVE_PATH, (900, "01")),  # weak color gap: pulled to red small, then turns
+        ([(0.5, 0.5), (0.9, 0.2), (0.95, 0.1), (0.97, 0.5), (0.98, 0.9)], (900, "10")),
+        ([(0.5, 0.5), (0.1, 0.9), (0.1, 0.9), (0.6, 0.95)], (900, "01")),  # tie: the last
+        ([(0.5, 0.5), (0.7, 0.7), (0.9, 0.9), (1.0, 1.0)], (np.nan, None)),  # no pull
+        ([(0.3, 0.3), (0.4, 0.6), (0.45, 0.9), (0.9, 0.95)], (900, "01")),
+    ],
+)
+def test_memorization_turn_on_hand_made_paths(points, expected):
+    step, pulled_to = memorization_turn(concept_path(points))
+    assert pulled_to == expected[1]
+    np.testing.assert_equal(step, expected[0])
+
+
+def test_memorization_turn_skips_missing_checkpoints_and_all_missing_paths():
+    points = [(np.nan, np.nan), (0.2, 0.8), (0.05, 0.9), (np.nan, 0.2), (0.9, 0.9)]
+    assert memorization_turn(concept_path(points)) == (900, "01")
+    step, pulled_to = memorization_turn(concept_path([(np.nan, np.nan)] * 3))
+    assert np.isnan(step) and pulled_to is None
+
+
+def accuracy_table(rows, steps=CONTRACT_STEPS):
+    return xr.DataArray(
+        np.array(list(rows.values()), dtype=float),
+        dims=("prompt", "step"),
+        coords={"prompt": list(rows), "step": steps[: len(next(iter(rows.values())))]},
+    )
+
+
+def test_convergence_step_is_the_first_step_all_training_classes_reach_the_threshold():
+    rows = {
+        "00": [0.1, 0.85, 0.9, 0.9, 0.95],
+        "01": [0.1, 0.2, 0.5, 0.81, 0.9],
+        "10": [0.1, 0.3, 0.8, 0.85, 0.9],
+        "11": [0.0, 0.0, 0.0, 0.0, 0.0],  # the unseen class does not count
+    }
+    assert convergence_step(accuracy_table(rows), 0.8) == 1600
+    rows["00"][3] = 0.79  # one class dips back below: all three must hold at once
+    assert convergence_step(accuracy_table(rows), 0.8) == 2500
+    rows["10"][4] = np.nan  # a missing value never counts as reached
+    assert np.isnan(convergence_step(accuracy_table(rows), 0.8))
+
+
+def test_blue_small_turns_target_probabilities_into_one_frame():
+    study = contract_study(methods=("naive",), seeds=(0,), levels=[(0.3, 0.4)])
+    target = study["concept_prob"].isel(seed=0, color_gap=0, size_gap=0, method=0, step=-1)
+    frame = blue_small(target)
+    assert frame.sel(prompt="00").values == pytest.approx(1 - target.sel(prompt="00").values)
+    assert frame.sel(prompt="11").values == pytest.approx(target.sel(prompt="11").values)
+    assert frame.sel(prompt="01", concept="size") == pytest.approx(
+        target.sel(prompt="01", concept="size")
+    )
+    assert frame.sel(prompt="01", concept="color") == pytest.approx(
+        1 - target.sel(prompt="01", concept="color")
+    )
+
+
+@pytest.mark.parametrize("plot", [plot_trajectories, plot_hidden, plot_patching])
+def test_claim_figures_write_pdf_and_png(tmp_path, plot):
+    out = tmp_path / "figures" / f"{plot.__name__}.pdf"
+    # The third level was not run: its panel says so instead of failing.
+    pdf, png = plot(contract_study(), out, [*LEVELS, (0.9, 0.4)])
+    assert (pdf, png) == (out, out.with_suffix(".png"))
+    assert_written(out)
+
+
+def test_claim_figures_with_one_seed_and_nothing_reached(tmp_path):
+    study = contract_study(seeds=(5,), levels=[(0.3, 0.4)], threshold=0.999)
+    assert study["learning_time"].isnull().all()
+    for plot in (plot_trajectories, plot_hidden, plot_patching):
+        out = tmp_path / f"{plot.__name__}.pdf"
+        plot(study, out, [(0.3, 0.4)])
+        assert_written(out)
+
+
+def test_figures_carry_provenance(tmp_path):
+    record = provenance({"figures": "test"}, seed=None)
+    out = tmp_path / "fig_hidden.pdf"
+    plot_hidden(contract_study(), out, LEVELS, record=record)
+    with Image.open(out.with_suffix(".png")) as png:
+        stored = json.loads(png.info["Description"])
+    assert stored["config_hash"] == record["config_hash"]
+
+
+@pytest.mark.parametrize(
+    "plot, methods, missing",
+    [
+        (plot_hidden, ("naive", "overprompt", "patched_final"), "intervention"),
+        (plot_patching, ("naive", "overprompt", "intervention"), "patched"),
+        (plot_trajectories, ("overprompt", "intervention"), "naive"),
+    ],
+)
+def test_a_figure_without_its_method_says_which_and_how_to_fix(tmp_path, plot, methods, missing):
+    study = contract_study(methods=methods)
+    out = tmp_path / "x.pdf"
+    with pytest.raises(ConceptspaceError, match=f"{missing}.*switch"):
+        plot(study, out, LEVELS)
+    assert not out.exists() and not out.with_suffix(".png").exists()
+
+
+def test_a_study_without_the_method_dimension_is_refused(tmp_path):
+    study = contract_study().sel({"method": "naive"}, drop=True)
+    with pytest.raises(ConceptspaceError, match="method.*gather_study"):
+        plot_hidden(study, tmp_path / "x.pdf", LEVELS)
+
+
+def fake_samples(steps=(100, 900, 3600), methods=("naive", "overprompt_0", "patched_final")):
+    """A samples file as `conceptspace sample` writes it: each image a flat color that
+    encodes (step, method, prompt, sample), 0 where the method does not apply."""
+    size, n_samples = 8, 3
+    applied = np.array(
+        [[True] * 4 if m != "overprompt_0" else [False] * 3 + [True] for m in methods]
+    )
+    images = np.zeros((len(steps), len(methods), 4, n_samples, size, size, 3), np.uint8)
+    for index in np.ndindex(images.shape[:4]):
+        if applied[index[1], index[2]]:
+            images[index] = (10 * index[0] + 1, 10 * index[1] + index[2], 10 * index[3] + 2)
+    return xr.Dataset(
+        {
+            "images": (("step", "method", "prompt", "sample", "y", "x", "channel"), images),
+            "applied": (("method", "prompt"), applied),
+        },
+        coords={
+            "step": list(steps),
+            "method": list(methods),
+            "method_kind": ("method", [METHOD_KINDS[m] for m in methods]),
+            "method_setting": ("method", ["class means", "rgb=(0.1, 0.1, 0.9)", "donor=final"]),
+            "prompt": list(CLASSES),
+            "sample": np.arange(n_samples),
+        },
+    )
+
+
+def test_sample_sheet_rows_are_the_sampled_pairs_unseen_first():
+    assert sheet_rows(fake_samples()) == [
+        ("naive", "11"),
+        ("naive", "00"),
+        ("naive", "01"),
+        ("naive", "10"),
+        ("overprompt_0", "11"),
+        ("patched_final", "11"),
+        ("patched_final", "00"),
+        ("patched_final", "01"),
+        ("patched_final", "10"),
+    ]
+
+
+def test_sample_sheet_canvas_puts_each_image_in_its_cell():
+    samples = fake_samples()
+    rows = sheet_rows(samples)
+    canvas = sheet_canvas(samples, rows, per_cell=2)
+    size, gap, cell_gap = 8, 1, 6
+    cell_width = 2 * size + gap
+    assert canvas.shape == (9 * size + 8 * cell_gap, 3 * cell_width + 2 * cell_gap, 3)
+    # Row 4 is overprompt_0 on 11; column 2 is step 3600; the second sample.
+    top, left = 4 * (size + cell_gap), 2 * (cell_width + cell_gap) + size + gap
+    expected = (10 * 2 + 1, 10 * 1 + 3, 10 * 1 + 2)
+    assert (canvas[top : top + size, left : left + size] == expected).all()
+    assert (canvas[top : top + size, left - gap] == 255).all()  # the gap is background
+
+
+def test_sample_sheet_writes_a_png(tmp_path):
+    out = tmp_path / "figures" / "samples_dc0.300_ds0.400_seed0.png"
+    assert plot_sample_sheet(fake_samples(), out, "samples of one run") == out
+    with Image.open(out) as png:
+        assert png.format == "PNG" and png.size[0] > 300 and png.size[1] > 300
+    assert not list(out.parent.glob(".*")), "temporary files left behind"

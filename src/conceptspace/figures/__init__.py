@@ -3,19 +3,49 @@
 Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas attached
 explicitly: no pyplot, no global state, no GUI backend, whatever backend the caller
 has chosen. :func:`save_figure` writes the PDF and a PNG beside it atomically.
+
+Select methods with a dict, ``ds.sel({"method": name})``: ``method`` is also a keyword
+of ``sel`` itself (inexact matching), so ``ds.sel(method=name)`` silently selects nothing.
+
+The helpers below are shared by the figures of the study dataset (the contract of
+``trajectories.gather_study``): picking one signal level, checking that the methods a
+figure needs were evaluated, summarising over seeds, and drawing an accuracy curve.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+import xarray as xr
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from conceptspace.io import atomic_path
+from conceptspace.concepts import (
+    COLOR_NAMES,
+    SIZE_NAMES,
+    TRAINING_CLASSES,
+    UNSEEN_CLASS,
+    class_digits,
+)
+from conceptspace.io import ConceptspaceError, atomic_path, json_default
 
 PNG_DPI = 150
+# Gaps in the config and in the dataset are compared to this tolerance.
+GAP_TOLERANCE = 1e-6
+STEP_LABEL = "training step (optimizer steps)"
+# One color per prompting method kind, the same in every figure.
+METHOD_COLORS = {"naive": "C0", "overprompt": "C1", "intervention": "C2", "patched": "C3"}
+METHOD_NAMES = {
+    "naive": "naive prompting",
+    "overprompt": "overprompting (best of the prompts)",
+    "intervention": "latent intervention (best of the alphas)",
+    "patched_final": "naive, final embedding module patched in",
+}
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -25,14 +55,240 @@ def new_figure(width: float, height: float) -> Figure:
     return figure
 
 
+def file_metadata(title: str, record: Mapping[str, Any] | None, fmt: str) -> dict[str, str]:
+    """Title and provenance record (JSON) in the metadata fields of a PDF or PNG."""
+    metadata = {"Title": title}
+    if record is not None:
+        field = "Subject" if fmt == "pdf" else "Description"
+        metadata[field] = json.dumps(record, sort_keys=True, default=json_default)
+    return metadata
+
+
 def save_figure(
-    figure: Figure, out_pdf: str | os.PathLike, dpi: int = PNG_DPI
+    figure: Figure,
+    out_pdf: str | os.PathLike,
+    dpi: int = PNG_DPI,
+    record: Mapping[str, Any] | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``out_pdf`` and the PNG with the same stem beside it, each atomically."""
+    """Write ``out_pdf`` and the PNG with the same stem beside it, each atomically.
+
+    ``record`` (``io.provenance(...)``) goes into the PDF's Subject and the PNG's
+    Description field."""
     out_pdf = Path(out_pdf)
     out_png = out_pdf.with_suffix(".png")
-    with atomic_path(out_pdf, suffix=".pdf") as tmp:
-        figure.savefig(tmp, format="pdf")
-    with atomic_path(out_png, suffix=".png") as tmp:
-        figure.savefig(tmp, format="png", dpi=dpi)
+    for path, fmt in ((out_pdf, "pdf"), (out_png, "png")):
+        with atomic_path(path, suffix=f".{fmt}") as tmp:
+            metadata = file_metadata(out_pdf.stem, record, fmt)
+            figure.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata)
     return out_pdf, out_png
+
+
+def class_label(name: str) -> str:
+    """'11 blue small' for class '11'."""
+    color, size = class_digits(name)
+    return f"{name} {COLOR_NAMES[color]} {SIZE_NAMES[size]}"
+
+
+def method_label(method: str) -> str:
+    """A reader's name for a method coordinate value ('patched_step_002000' as it is)."""
+    return METHOD_NAMES.get(method, method.replace("_", " "))
+
+
+def level_title(color_gap: float, size_gap: float) -> str:
+    return f"color gap \u0394c = {color_gap:g}, size gap \u0394s = {size_gap:g}"
+
+
+def note(ax: Axes, text: str) -> None:
+    """Grey text in the middle of a panel that has nothing else to show."""
+    ax.text(
+        0.5,
+        0.5,
+        text,
+        transform=ax.transAxes,
+        ha="center",
+        va="center",
+        fontsize=10,
+        color="0.35",
+        wrap=True,
+    )
+
+
+def label_corners(ax: Axes, labels: Mapping[tuple[float, float], str], unseen: str) -> None:
+    """Write each label inside the unit square at its corner; the one that starts with
+    ``unseen`` (the unseen class) in bold, marked unseen."""
+    for (x, y), label in labels.items():
+        is_unseen = label.startswith(unseen)
+        ax.annotate(
+            label + (" (unseen)" if is_unseen else ""),
+            (x, y),
+            textcoords="offset points",
+            xytext=(4 if x == 0 else -4, 4 if y == 0 else -4),
+            ha="left" if x == 0 else "right",
+            va="bottom" if y == 0 else "top",
+            fontsize=8,
+            color="0.3",
+            fontweight="bold" if is_unseen else "normal",
+        )
+
+
+def require(study: xr.Dataset, variables: Iterable[str], figure: str) -> None:
+    """ConceptspaceError unless ``study`` holds ``variables`` and a 'method' dimension."""
+    missing = [name for name in variables if name not in study]
+    if missing or "method" not in study.dims:
+        lacking = ", ".join(missing) if missing else "the 'method' dimension"
+        raise ConceptspaceError(
+            f"the study dataset lacks {lacking}, which {figure} needs; it was gathered by an "
+            "older version: delete results/signal/study.nc and rerun `snakemake` (rule "
+            "gather_study)"
+        )
+
+
+def require_methods(study: xr.Dataset, methods: Sequence[str], figure: str) -> None:
+    """ConceptspaceError naming each of ``methods`` the study was not evaluated with."""
+    present = [str(method) for method in study["method"].values]
+    missing = [method for method in methods if method not in present]
+    if missing:
+        raise ConceptspaceError(
+            f"{figure} needs the prompting method(s) {', '.join(missing)}, but the study "
+            f"dataset holds only {', '.join(present)}; switch them on in the evaluation "
+            "section of the config and rerun `snakemake` (the checkpoints are evaluated "
+            "again), or leave this figure out"
+        )
+
+
+def select_level(study: xr.Dataset, color_gap: float, size_gap: float) -> xr.Dataset | None:
+    """The study at one signal level (dims seed, step, method, prompt[, concept]); None
+    if that level is not on the grid or none of its runs has data."""
+    indices = {}
+    for dim, value in (("color_gap", color_gap), ("size_gap", size_gap)):
+        matches = np.flatnonzero(np.abs(study[dim].values - float(value)) < GAP_TOLERANCE)
+        if not len(matches):
+            return None
+        indices[dim] = int(matches[0])
+    level = study.isel(indices)
+    ran = level["accuracy"].notnull().any([dim for dim in level["accuracy"].dims if dim != "seed"])
+    if not ran.any():
+        return None
+    return level.isel(seed=np.flatnonzero(ran.values))  # the seeds that were run
+
+
+def threshold_of(study: xr.Dataset) -> float:
+    """The accuracy threshold of the learning times."""
+    try:
+        return float(study["learning_time"].attrs["threshold"])
+    except KeyError:
+        raise ConceptspaceError(
+            "the study's learning_time carries no 'threshold' attribute; delete "
+            "results/signal/study.nc and rerun `snakemake` (rule gather_study)"
+        ) from None
+
+
+def seed_summary(values: xr.DataArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, minimum and maximum over 'seed' (NaN-skipping; NaN where no seed has data)."""
+    finite = values.notnull().any("seed")
+    mean = values.mean("seed", skipna=True).where(finite)
+    low = values.min("seed", skipna=True).where(finite)
+    high = values.max("seed", skipna=True).where(finite)
+    return mean.values, low.values, high.values
+
+
+def draw_accuracy(
+    ax: Axes,
+    accuracy: xr.DataArray,
+    color: str,
+    label: str,
+    linestyle: str = "-",
+    learning_times: np.ndarray | None = None,
+    threshold: float | None = None,
+) -> None:
+    """An accuracy (seed, step) against step: the mean over seeds as a line, the range
+    (min to max) over seeds as a band. With ``learning_times`` (one per seed, NaN: never
+    reached), a vertical dashed line at the mean of those that reached ``threshold``,
+    and in the legend how many seeds reached it."""
+    mean, low, high = seed_summary(accuracy.transpose("seed", "step"))
+    steps = accuracy["step"].values
+    if learning_times is not None:
+        reached = learning_times[np.isfinite(learning_times)]
+        n_seeds = len(learning_times)
+        if len(reached):
+            first = float(reached.mean())
+            ax.axvline(first, color=color, ls="--", lw=1.0, alpha=0.9)
+            label += f"; \u2265 {threshold:g} at step {first:.0f} ({len(reached)}/{n_seeds} seeds)"
+        else:
+            label += f"; never \u2265 {threshold:g} (0/{n_seeds} seeds)"
+    ax.fill_between(steps, low, high, color=color, alpha=0.15, linewidth=0)
+    ax.plot(steps, mean, linestyle, marker=".", ms=4, color=color, lw=1.5, label=label)
+
+
+def accuracy_axes(ax: Axes, title: str, threshold: float) -> None:
+    """Labels, limits and the threshold line of an accuracy-against-step panel."""
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel(STEP_LABEL)
+    ax.set_ylabel("accuracy: P(color) \u00d7 P(size) of the target (probability)")
+    ax.set_ylim(-0.03, 1.03)
+    ax.axhline(threshold, color="0.4", ls=":", lw=1.0, label=f"threshold {threshold:g}")
+    ax.grid(alpha=0.3)
+
+
+def levels_from(settings: Sequence[dict]) -> list[tuple[float, float]]:
+    """The config's ``figures.levels`` as (color gap, size gap) pairs."""
+    return [(float(level["color_gap"]), float(level["size_gap"])) for level in settings]
+
+
+def plot_accuracy_levels(
+    study: xr.Dataset,
+    out_pdf: str | os.PathLike,
+    levels: Sequence[tuple[float, float]],
+    methods: Sequence[str],
+    figure_name: str,
+    title: str,
+    training_classes: bool = False,
+    record: Mapping[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """The unseen class's accuracy against step under each of ``methods`` (colored by
+    method kind), one panel per (color gap, size gap) in ``levels``, with each method's
+    first step at the threshold; with ``training_classes`` also the mean accuracy of
+    the training classes, dotted. Levels without runs are drawn empty with a note.
+    Shared by the hidden-capability and the patching figures; writes ``out_pdf`` and
+    its PNG."""
+    require(study, ("accuracy", "learning_time"), figure_name)
+    require_methods(study, methods, figure_name)
+    if not levels:
+        raise ConceptspaceError(f"{figure_name} needs signal levels; list them in figures.levels")
+    threshold = threshold_of(study)
+    kinds = study["method_kind"].to_series() if "method_kind" in study.coords else {}
+    training = list(TRAINING_CLASSES)
+
+    figure = new_figure(5.6 * len(levels), 6.6 if training_classes else 6.0)
+    axes = np.atleast_1d(figure.subplots(1, len(levels), sharey=True))
+    n_seeds = []
+    for ax, (color_gap, size_gap) in zip(axes, levels):
+        accuracy_axes(ax, level_title(color_gap, size_gap), threshold)
+        level = select_level(study.sel({"method": list(methods)}), color_gap, size_gap)
+        if level is None:
+            note(ax, "not run")
+            continue
+        n_seeds.append(level.sizes["seed"])
+        for index, method in enumerate(methods):
+            color = METHOD_COLORS.get(kinds.get(method, method), f"C{index + 4}")
+            accuracy = level["accuracy"].sel({"method": method})
+            draw_accuracy(
+                ax,
+                accuracy.sel(prompt=UNSEEN_CLASS),
+                color,
+                f"{method_label(method)}, class {UNSEEN_CLASS}",
+                learning_times=level["learning_time"].sel({"method": method}).values,
+                threshold=threshold,
+            )
+            on_training = accuracy.sel(prompt=training).mean("prompt", skipna=False)
+            if training_classes and on_training.notnull().any():
+                label = f"{method_label(method)}, training classes (mean of {', '.join(training)})"
+                draw_accuracy(ax, on_training, color, label, linestyle=":")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13))
+    seeds_text = f"{max(n_seeds)} seeds" if n_seeds else "seeds"
+    figure.suptitle(
+        f"{title}\nline: mean over {seeds_text}; band: range (min to max) over seeds; dashed "
+        "vertical: mean over seeds of the first step at the threshold",
+        fontsize=11,
+    )
+    return save_figure(figure, out_pdf, record=record)

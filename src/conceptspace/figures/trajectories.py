@@ -1,0 +1,238 @@
+"""Figure "trajectories": concept memorization first, then a sharp turn (claim 2).
+
+One panel per chosen signal level (``figures.levels``): the concept-space paths of the
+unseen class 11 and of the three training classes under naive prompting, mean over
+seeds, in one frame for all prompts: x = P(color = blue), y = P(size = small), so each
+class's own images score at its corner (00 red large at (0, 0), 01 red small at (0, 1),
+10 blue large at (1, 0), 11 blue small at (1, 1)). The study stores the probability of
+each prompt's target value; the probe is binary per concept, so for a red or large
+target the blue or small probability is 1 minus it. Points are colored by training
+step; faint lines are the single seeds of class 11.
+
+Two events are marked, each defined from the data:
+
+- The turn from memorization (:func:`memorization_turn`). Memorization pulls the
+  unseen class's generations toward a training class that differs from it in one
+  concept: 01 red small at (0, 1) or 10 blue large at (1, 0). The class it
+  is pulled to is the one of those two corners its mean path comes nearest to; the turn
+  is the step of that nearest approach (on ties the last, from which it leaves). If the
+  path is never nearer to that corner than to (1, 1), no memorization is seen and no
+  turn is marked.
+- The convergence of the training classes (:func:`convergence_step`): the first step
+  at which the mean accuracy over seeds of all three training classes is at least the
+  learning-time threshold (``evaluation.threshold``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import xarray as xr
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.lines import Line2D
+
+from conceptspace.concepts import (
+    CLASSES,
+    CONCEPTS,
+    TRAINING_CLASSES,
+    UNSEEN_CLASS,
+    class_digits,
+)
+from conceptspace.figures import (
+    class_label,
+    label_corners,
+    level_title,
+    new_figure,
+    note,
+    require,
+    require_methods,
+    save_figure,
+    select_level,
+    threshold_of,
+)
+from conceptspace.io import ConceptspaceError
+from conceptspace.trajectories import learning_time
+
+# Each class's corner in the (P(blue), P(small)) frame; memorization pulls the unseen
+# class toward 01 or 10, the training classes one concept away from it.
+CORNERS = {"00": (0.0, 0.0), "01": (0.0, 1.0), "10": (1.0, 0.0), "11": (1.0, 1.0)}
+PULL_CORNERS = {name: CORNERS[name] for name in ("01", "10")}
+UNSEEN_CORNER = CORNERS[UNSEEN_CLASS]
+MARKERS = {"00": "s", "01": "^", "10": "v", "11": "o"}
+FIGURE = "fig_trajectories"
+
+
+def memorization_turn(path: xr.DataArray) -> tuple[float, str | None]:
+    """(step, training class) of the turn from memorization of a concept-space path.
+
+    ``path`` (step, concept) holds the unseen class's coordinates ('color', 'size').
+    The class is the training class, 01 at (0, 1) or 10 at (1, 0), that the path comes
+    nearest to; the step is that nearest approach (the last on ties). (NaN, None) if the
+    path has no finite point or is never nearer to that class than to (1, 1).
+    """
+    x = path.sel(concept="color").values.astype(float)
+    y = path.sel(concept="size").values.astype(float)
+    steps = path["step"].values
+    finite = np.isfinite(x) & np.isfinite(y)
+    if not finite.any():
+        return np.nan, None
+    best: tuple[float, float, str] | None = None  # (distance, step, class)
+    for name, (cx, cy) in PULL_CORNERS.items():
+        distance = np.where(finite, np.hypot(x - cx, y - cy), np.inf)
+        nearest = np.flatnonzero(distance == distance.min())[-1]
+        if best is None or distance[nearest] < best[0]:
+            best = (float(distance[nearest]), float(steps[nearest]), name)
+    distance, step, name = best
+    index = int(np.flatnonzero(steps == step)[0])
+    to_unseen = np.hypot(x[index] - UNSEEN_CORNER[0], y[index] - UNSEEN_CORNER[1])
+    if not distance < to_unseen:
+        return np.nan, None
+    return step, name
+
+
+def blue_small(concept_prob: xr.DataArray) -> xr.DataArray:
+    """Concept-space points (prompt, concept, ...) in the frame shared by all prompts:
+    P(color = blue) and P(size = small) instead of the prompt's target values."""
+    prompts, concepts = concept_prob["prompt"].values, concept_prob["concept"].values
+    # Digit 0 of a concept (red, large) is the value whose probability must be flipped.
+    flips = xr.DataArray(
+        [[class_digits(str(p))[CONCEPTS.index(str(c))] == 0 for c in concepts] for p in prompts],
+        dims=("prompt", "concept"),
+        coords={"prompt": prompts, "concept": concepts},
+    )
+    return xr.where(flips, 1.0 - concept_prob, concept_prob).transpose(*concept_prob.dims)
+
+
+def convergence_step(accuracy: xr.DataArray, threshold: float) -> float:
+    """The first step at which every training class's accuracy is >= ``threshold``.
+
+    ``accuracy`` (prompt, step) holds at least the training classes; NaN if never (a
+    missing value never counts as reached).
+    """
+    training = accuracy.sel(prompt=list(TRAINING_CLASSES))
+    return float(learning_time(training.min("prompt", skipna=False), threshold))
+
+
+def plot_trajectories(
+    study: xr.Dataset,
+    out_pdf: str | os.PathLike,
+    levels: Sequence[tuple[float, float]],
+    record: Mapping[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """Draw the trajectories figure, one panel per (color gap, size gap) in ``levels``;
+    write ``out_pdf`` and its PNG. Levels without runs are drawn empty with a note."""
+    require(study, ("concept_prob", "accuracy", "learning_time"), FIGURE)
+    require_methods(study, ["naive"], FIGURE)
+    if not levels:
+        raise ConceptspaceError(f"{FIGURE} needs signal levels; list them in figures.levels")
+    threshold = threshold_of(study)
+    naive = study.sel({"method": "naive"})
+    steps = study["step"].values
+    norm, cmap = Normalize(float(steps.min()), float(steps.max())), colormaps["viridis"]
+
+    figure = new_figure(5.6 * len(levels) + 1.2, 6.2)
+    axes = np.atleast_1d(figure.subplots(1, len(levels)))
+    n_seeds = []
+    for ax, (color_gap, size_gap) in zip(axes, levels):
+        level = select_level(naive, color_gap, size_gap)
+        _concept_square(ax, level_title(color_gap, size_gap))
+        if level is None:
+            note(ax, "not run")
+            continue
+        n_seeds.append(level.sizes["seed"])
+        _level_panel(ax, level, threshold, norm, cmap)
+    figure.colorbar(
+        ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), label="training step", shrink=0.8
+    )
+    seeds_text = f"mean over {max(n_seeds)} seeds" if n_seeds else "no runs"
+    figure.suptitle(
+        f"Concept memorization, then a turn: class {class_label(UNSEEN_CLASS)} (unseen) and "
+        f"the training classes in concept space, naive prompting; {seeds_text}",
+        fontsize=12,
+    )
+    return save_figure(figure, out_pdf, record=record)
+
+
+def _concept_square(ax: Axes, title: str) -> None:
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel("P(color = blue), mean over samples (probability)")
+    ax.set_ylabel("P(size = small), mean over samples (probability)")
+    ax.set_xlim(-0.1, 1.1)
+    ax.set_ylim(-0.1, 1.1)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    label_corners(ax, {corner: class_label(name) for name, corner in CORNERS.items()}, UNSEEN_CLASS)
+
+
+def _level_panel(ax: Axes, level: xr.Dataset, threshold: float, norm, cmap) -> None:
+    points = blue_small(level["concept_prob"])
+    mean = points.mean("seed", skipna=True)  # (step, prompt, concept)
+    for seed_path in points.sel(prompt=UNSEEN_CLASS).transpose("seed", "step", "concept"):
+        ax.plot(seed_path.sel(concept="color"), seed_path.sel(concept="size"), color="0.7", lw=0.6)
+    for prompt in CLASSES:
+        path = mean.sel(prompt=prompt)
+        x, y = path.sel(concept="color").values, path.sel(concept="size").values
+        unseen = prompt == UNSEEN_CLASS
+        ax.plot(x, y, color="0.25" if unseen else "0.55", lw=1.4 if unseen else 0.8, zorder=2)
+        ax.scatter(
+            x,
+            y,
+            c=cmap(norm(level["step"].values)),
+            marker=MARKERS[prompt],
+            s=36 if unseen else 18,
+            edgecolors="k" if unseen else "none",
+            linewidths=0.4,
+            zorder=3,
+        )
+    handles = [
+        Line2D([], [], ls="", marker=MARKERS[p], color="0.4", label=f"prompt {class_label(p)}")
+        for p in CLASSES
+    ]
+    handles.append(Line2D([], [], color="0.7", lw=0.6, label=f"single seeds, {UNSEEN_CLASS}"))
+
+    turn_step, pulled_to = memorization_turn(mean.sel(prompt=UNSEEN_CLASS))
+    if pulled_to is not None:
+        _ring(ax, mean.sel(prompt=UNSEEN_CLASS, step=turn_step), "*", 260, "C3")
+        handles.append(
+            Line2D(
+                [],
+                [],
+                ls="",
+                marker="*",
+                ms=13,
+                mfc="none",
+                mec="C3",
+                label=f"turn from memorization of {class_label(pulled_to)}: step {turn_step:.0f}",
+            )
+        )
+    else:
+        handles.append(Line2D([], [], ls="", label="no memorization seen (no turn)"))
+
+    converged = convergence_step(level["accuracy"].mean("seed", skipna=True), threshold)
+    if np.isfinite(converged):
+        _ring(ax, mean.sel(step=int(converged)), "D", 120, "C1")
+        label = f"training classes all \u2265 {threshold:g}: step {converged:.0f}"
+    else:
+        label = f"training classes never all \u2265 {threshold:g}"
+    handles.append(Line2D([], [], ls="", marker="D", mfc="none", mec="C1", label=label))
+    ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+
+
+def _ring(ax: Axes, points: xr.DataArray, marker: str, size: float, color: str) -> None:
+    """Hollow ``marker`` around concept-space ``points`` (..., concept)."""
+    ax.scatter(
+        points.sel(concept="color"),
+        points.sel(concept="size"),
+        s=size,
+        marker=marker,
+        c="none",
+        edgecolors=color,
+        linewidths=1.5,
+        zorder=4,
+    )
