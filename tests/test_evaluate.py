@@ -1,6 +1,8 @@
-"""Evaluation of a checkpoint: a tiny trained VDM prompted for every class and read by a
-tiny trained probe; the file it writes, its determinism (same noise whatever the
-batching), and its refusals (a weak probe, a checkpoint of another run)."""
+"""Evaluation of a checkpoint: a tiny trained VDM prompted for every class with every
+method and read by a tiny trained probe; the file it writes, its determinism (same
+noise whatever the batching and the method: identity settings of every method give
+the naive samples), the sample command, and its refusals (a weak probe, a checkpoint of
+another run, a missing donor)."""
 
 import json
 
@@ -11,7 +13,15 @@ import xarray as xr
 
 from conceptspace.cli import main as cli_main
 from conceptspace.concepts import CLASSES, CONCEPTS, Signal
-from conceptspace.evaluate import evaluate_checkpoint, sample_seed, target_probabilities
+from conceptspace.evaluate import (
+    conditions_of,
+    evaluate_checkpoint,
+    generate_images,
+    prepare_checkpoint,
+    sample_checkpoints,
+    sample_seed,
+    target_probabilities,
+)
 from conceptspace.io import ConceptspaceError
 from conceptspace.probe import train_probe
 from conceptspace.render import render_training_set, save_dataset
@@ -62,13 +72,46 @@ PROBE = {
     "validation_fraction": 0.25,
     "min_accuracy": 0.0,
 }
+BLUE = [float(c) for c in SIGNAL.color_mean(1)]  # the unseen class's own color
+METHODS = {
+    "overprompt": {"colors": [[0.2, 0.2, 0.8], BLUE]},
+    "intervention": {
+        "alphas": [2.0],
+        "beta": 0.1,
+        "color_direction": [0.05, 0.05, 0.95],
+        "size_direction": 0.6,
+    },
+    "patching": {"donors": ["final", 2]},
+}
+# Every method at its identity setting: each must reproduce naive prompting.
+IDENTITY_METHODS = {
+    "overprompt": {"colors": [BLUE]},
+    "intervention": {**METHODS["intervention"], "alphas": [0.0], "beta": 0.0},
+    "patching": {"donors": ["final"]},
+}
+OFF = {
+    "overprompt": {"colors": []},
+    "intervention": {**METHODS["intervention"], "alphas": []},
+    "patching": {"donors": []},
+}
 EVALUATION = {
     "samples_per_prompt": 3,
     "sampler_steps": 4,
-    "batch_size": 5,  # 12 samples in batches of 5: batches cut across prompts
+    "batch_size": 5,  # batches cut across prompts and methods
     "threshold": 0.8,
     "smoothed": {"threshold": 0.9, "sigma": 2.0, "consecutive": 3},
+    "methods": METHODS,
 }
+# naive and 2 patched: 4 prompts each; 2 overprompts and 1 intervention: the unseen class
+N_CONDITIONS = 3 * 4 + 3
+METHOD_NAMES = [
+    "naive",
+    "overprompt_0",
+    "overprompt_1",
+    "intervention_0",
+    "patched_final",
+    "patched_step_000002",
+]
 
 
 @pytest.fixture(scope="module")
@@ -105,19 +148,32 @@ def test_sample_seeds_are_distinct_and_independent_of_the_step():
     assert all(0 <= seed < 2**63 for seed in seeds)
 
 
+class FakeNet:
+    """Embeds h as itself; an intervention would be unsupported (none is configured)."""
+
+    image_size, image_channels = 8, 3
+
+    def embed(self, h, intervention=None):
+        assert intervention is None
+        return [h]
+
+
 class FakeVDM:
     """Stands in for a VDM: each image carries its h and one uniform draw from its own
     generator, so the expected scores can be recomputed sample by sample."""
 
     def __init__(self):
         self.batch_sizes = []
+        self.net = FakeNet()
 
     def sample(self, h, steps, generators, embeddings=None):
+        (h,) = embeddings
         assert len(generators) == len(h)
         self.batch_sizes.append(len(h))
         images = torch.zeros(len(h), 3, 8, 8)
         for row, generator in enumerate(generators):
-            images[row, 0] = torch.rand(1, generator=generator)  # P(color = blue)
+            # P(color = blue) := one draw times the prompt's blue channel
+            images[row, 0] = torch.rand(1, generator=generator) * h[row, 2]
             images[row, 1] = h[row, 3]  # P(size = small) := the prompt's radius
         return images
 
@@ -128,18 +184,21 @@ def fake_predict_proba(probe, images):
 
 
 def test_evaluation_scores_each_sample_against_its_own_prompt(monkeypatch, tmp_path):
-    """With a fake model and probe: every score lands at its (prompt, concept, sample),
-    is the probability of that prompt's own value, and uses the sample's own noise."""
+    """With a fake model and probe: every score lands at its (method, prompt, concept,
+    sample), is the probability of that prompt's own value, uses the condition's h and
+    the sample's own noise (the same for every method), and methods share batches."""
     import conceptspace.probe
     import conceptspace.train
 
     vdm = FakeVDM()
     metadata = {
+        "path": "fake.pt",
         "step": 7,
         "config": {
             "image_size": 8,
             "seed": SEED,
             "dataset": {"signal": {"color_gap": 0.4, "size_gap": 0.4}},
+            "training": TRAINING,
         },
     }
     probe = type("FakeProbe", (), {"image_size": 8, "accuracy": {"color": 1.0, "size": 1.0}})()
@@ -147,19 +206,35 @@ def test_evaluation_scores_each_sample_against_its_own_prompt(monkeypatch, tmp_p
     monkeypatch.setattr(conceptspace.probe, "load_probe", lambda path, floor, device: probe)
     monkeypatch.setattr(conceptspace.probe, "predict_proba", fake_predict_proba)
 
-    out = evaluate(("fake.pt", "fake_probe.pt"), tmp_path / "fake.nc")
-    assert vdm.batch_sizes == [5, 5, 2]  # 12 samples, all prompts share the calls
+    methods = {**OFF, "overprompt": METHODS["overprompt"]}
+    out = evaluate(
+        ("fake.pt", "fake_probe.pt"), tmp_path / "fake.nc", {**EVALUATION, "methods": methods}
+    )
+    assert vdm.batch_sizes == [5, 5, 5, 3]  # (4 naive + 2 overprompt) x 3 samples, shared
     with xr.open_dataset(out) as ds:
-        p_target = ds["p_target"].values
+        p_target = ds["p_target"]
+        assert list(ds["method"].values) == ["naive", "overprompt_0", "overprompt_1"]
         assert ds.attrs["step"] == 7
-    for p, prompt in enumerate(CLASSES):
-        color, size = int(prompt[0]), int(prompt[1])
-        radius = SIGNAL.size_mean(size)
-        for i in range(EVALUATION["samples_per_prompt"]):
-            noise = torch.Generator().manual_seed(sample_seed(SEED, prompt, i))
-            blue = float(torch.rand(1, generator=noise))
-            assert p_target[p, 0, i] == pytest.approx(blue if color else 1 - blue, abs=1e-6)
-            assert p_target[p, 1, i] == pytest.approx(radius if size else 1 - radius, abs=1e-6)
+        p_target = p_target.values
+    colors = {"naive": None, "overprompt_0": [0.2, 0.2, 0.8], "overprompt_1": BLUE}
+    for m, (method, color) in enumerate(colors.items()):
+        for p, prompt in enumerate(CLASSES):
+            if method != "naive" and prompt != "11":
+                assert np.isnan(p_target[m, p]).all()
+                continue
+            color_digit, size = int(prompt[0]), int(prompt[1])
+            blue = SIGNAL.class_h(prompt)[2] if color is None else color[2]
+            radius = SIGNAL.size_mean(size)
+            for i in range(EVALUATION["samples_per_prompt"]):
+                noise = torch.Generator().manual_seed(sample_seed(SEED, prompt, i))
+                p_blue = float(torch.rand(1, generator=noise)) * blue
+                expected_color = p_blue if color_digit else 1 - p_blue
+                assert p_target[m, p, 0, i] == pytest.approx(expected_color, abs=1e-6)
+                assert p_target[m, p, 1, i] == pytest.approx(
+                    radius if size else 1 - radius, abs=1e-6
+                )
+    # the overprompt equal to the class means scores exactly like naive prompting
+    np.testing.assert_array_equal(p_target[2, 3], p_target[0, 3])
 
 
 def test_evaluation_writes_p_target(trained, tmp_path):
@@ -167,11 +242,32 @@ def test_evaluation_writes_p_target(trained, tmp_path):
     assert evaluate(trained, out) == out
     with xr.open_dataset(out) as ds:
         p_target = ds["p_target"]
-        assert p_target.dims == ("prompt", "concept", "sample")
-        assert p_target.shape == (len(CLASSES), len(CONCEPTS), EVALUATION["samples_per_prompt"])
+        assert p_target.dims == ("method", "prompt", "concept", "sample")
+        samples = EVALUATION["samples_per_prompt"]
+        assert p_target.shape == (len(METHOD_NAMES), len(CLASSES), len(CONCEPTS), samples)
+        assert list(ds["method"].values) == METHOD_NAMES
+        assert list(ds["method_kind"].values) == [
+            "naive",
+            "overprompt",
+            "overprompt",
+            "intervention",
+            "patched",
+            "patched",
+        ]
+        settings = list(ds["method_setting"].values)
+        assert settings[1] == "rgb=(0.2, 0.2, 0.8)" and settings[3] == "alpha=2 beta=0.1"
+        assert settings[4] == "donor=final (step 4)" and settings[5] == "donor=step 2"
         assert list(ds["prompt"].values) == list(CLASSES)
         assert list(ds["concept"].values) == list(CONCEPTS)
-        values = p_target.values
+        applied = p_target.notnull().all(dim=["concept", "sample"])
+        for method in METHOD_NAMES:
+            expected = [
+                method in ("naive", "patched_final", "patched_step_000002") or c == "11"
+                for c in CLASSES
+            ]
+            assert list(applied.sel({"method": method}).values) == expected, method
+        assert not (p_target.isnull() & applied).any()  # all or nothing per (method, prompt)
+        values = p_target.values[np.broadcast_to(applied.values[:, :, None, None], p_target.shape)]
         assert np.isfinite(values).all() and (values >= 0).all() and (values <= 1).all()
         assert values.std() > 0  # not a constant placeholder
         assert p_target.attrs["units"] == "1" and p_target.attrs["long_name"]
@@ -191,7 +287,7 @@ def test_evaluation_is_deterministic_and_independent_of_batching(trained, tmp_pa
     evaluate(trained, first)
     # Again through the command line, with all 12 samples in one batch.
     checkpoint, probe = trained
-    settings = {"evaluation": {**EVALUATION, "batch_size": 12}, "probe": PROBE}
+    settings = {"evaluation": {**EVALUATION, "batch_size": 3 * N_CONDITIONS}, "probe": PROBE}
     code = cli_main(
         ["evaluate", "--settings", json.dumps(settings), "--checkpoint", str(checkpoint)]
         + ["--probe", str(probe), "--color-gap", "0.4", "--size-gap", "0.4"]
@@ -202,6 +298,12 @@ def test_evaluation_is_deterministic_and_independent_of_batching(trained, tmp_pa
         np.testing.assert_allclose(a["p_target"].values, b["p_target"].values, atol=1e-5)
         # each sample has its own noise: samples of one prompt differ
         assert (a["p_target"].std("sample") > 0).any()
+        # the overprompt at the class means reproduces naive prompting (other batches)
+        np.testing.assert_allclose(
+            a["p_target"].sel({"method": "overprompt_1", "prompt": "11"}).values,
+            a["p_target"].sel({"method": "naive", "prompt": "11"}).values,
+            atol=1e-5,
+        )
 
 
 def test_evaluation_refuses_a_probe_below_its_floor(trained, tmp_path):
@@ -218,3 +320,101 @@ def test_evaluation_refuses_a_checkpoint_of_another_run(trained, tmp_path):
     with pytest.raises(ConceptspaceError, match="seed"):
         evaluate(trained, out, seed=SEED + 1)
     assert not out.exists()
+
+
+def condition_images(prepared, conditions, samples=2, batch_size=8):
+    batches = generate_images(
+        prepared.vdm,
+        conditions,
+        samples,
+        SIGNAL,
+        SEED,
+        EVALUATION["sampler_steps"],
+        batch_size,
+        torch.device("cpu"),
+        prepared.directions,
+        prepared.donors,
+    )
+    return torch.cat([images for _, images in batches])
+
+
+def test_identity_settings_of_every_method_give_the_naive_samples(trained):
+    """alpha = beta = 0, patching with the checkpoint's own embedding module (loaded again
+    from its file) and an overprompt equal to the class means: bit-identical samples."""
+    checkpoint, _ = trained
+    torch.set_num_threads(1)
+    prepared = prepare_checkpoint(checkpoint, IDENTITY_METHODS, SIGNAL, SEED, torch.device("cpu"))
+    by_name = {c.method.name: c for c in prepared.conditions if c.prompt == "11"}
+    assert set(by_name) == {"naive", "overprompt_0", "intervention_0", "patched_final"}
+    assert prepared.donors[4] is not prepared.vdm.net  # a second copy, read from disk
+    naive = condition_images(prepared, [by_name["naive"]])
+    assert naive.std() > 0
+    for name in ("overprompt_0", "intervention_0", "patched_final"):
+        assert torch.equal(condition_images(prepared, [by_name[name]]), naive), name
+    # patching every class with the own module: the naive samples of every class
+    naive_all = [c for c in prepared.conditions if c.method.name == "naive"]
+    patched_all = [c for c in prepared.conditions if c.method.name == "patched_final"]
+    assert torch.equal(
+        condition_images(prepared, patched_all), condition_images(prepared, naive_all)
+    )
+
+
+def test_a_sample_does_not_depend_on_the_methods_it_shares_a_batch_with(trained):
+    checkpoint, _ = trained
+    prepared = prepare_checkpoint(checkpoint, METHODS, SIGNAL, SEED, torch.device("cpu"))
+    conditions = prepared.conditions
+    assert len(conditions) == N_CONDITIONS
+    together = condition_images(prepared, conditions, batch_size=2 * N_CONDITIONS)
+    for c, condition in enumerate(conditions):
+        alone = condition_images(prepared, [condition], batch_size=1)
+        torch.testing.assert_close(together[2 * c : 2 * c + 2], alone, rtol=0, atol=1e-5)
+    by_name = {c.method.name: k for k, c in enumerate(conditions) if c.prompt == "11"}
+    # the methods act (a 4-step model barely conditions, so any change counts): a pushed
+    # overprompt, the intervention and an early donor change the samples
+    for name in ("overprompt_0", "intervention_0", "patched_step_000002"):
+        k, naive = by_name[name], by_name["naive"]
+        assert not torch.equal(together[2 * k : 2 * k + 2], together[2 * naive : 2 * naive + 2])
+
+
+def test_sample_command_writes_the_evaluated_images(trained, tmp_path):
+    checkpoint, _ = trained
+    out = tmp_path / "samples.nc"
+    early = checkpoint.parent / "step_000002.pt"
+    settings = {"evaluation": EVALUATION}
+    code = cli_main(
+        ["sample", "--settings", json.dumps(settings), "--color-gap", "0.4", "--size-gap", "0.4"]
+        + ["--seed", str(SEED), "--samples", "2", "--out", str(out), "--device", "cpu"]
+        + ["--threads", "1", str(checkpoint), str(early)]
+    )
+    assert code == 0
+    with xr.open_dataset(out) as ds:
+        images = ds["images"]
+        assert images.dims == ("step", "method", "prompt", "sample", "y", "x", "channel")
+        assert images.dtype == np.uint8 and images.shape[-3:] == (8, 8, 3)
+        assert list(ds["step"].values) == [2, 4]
+        assert list(ds["method"].values) == METHOD_NAMES
+        assert ds["method_kind"].values[4] == "patched"
+        assert bool(ds["applied"].sel({"method": "overprompt_0", "prompt": "11"}))
+        assert not bool(ds["applied"].sel({"method": "overprompt_0", "prompt": "00"}))
+        assert (images.sel({"method": "overprompt_0", "prompt": "00"}) == 0).all()
+        # the same images the evaluation draws
+        prepared = prepare_checkpoint(checkpoint, METHODS, SIGNAL, SEED, torch.device("cpu"))
+        naive = [c for c in prepared.conditions if c.method.name == "naive"]
+        expected = condition_images(prepared, naive)  # (4 prompts x 2 samples, 3, 8, 8)
+        expected = (expected * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        got = images.sel({"step": 4, "method": "naive"}).values.reshape(8, 8, 8, 3)
+        assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+        assert ds.attrs["config_hash"]
+
+
+def test_evaluation_with_methods_off_has_only_naive(trained, tmp_path):
+    out = evaluate(trained, tmp_path / "off.nc", {**EVALUATION, "methods": OFF})
+    with xr.open_dataset(out) as ds:
+        assert list(ds["method"].values) == ["naive"]
+        assert ds["p_target"].notnull().all()
+
+
+def test_evaluation_refuses_a_missing_donor(trained, tmp_path):
+    methods = {**OFF, "patching": {"donors": [3]}}  # not a checkpoint step of the run
+    with pytest.raises(ConceptspaceError, match="not a checkpoint step"):
+        evaluate(trained, tmp_path / "x.nc", {**EVALUATION, "methods": methods})

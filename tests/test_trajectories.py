@@ -1,5 +1,6 @@
-"""Trajectories: learning times on hand-made arrays, gathering evaluations into runs and
-runs into the study grid, the netCDF round trip, and the refusals."""
+"""Trajectories: learning times on hand-made arrays, gathering evaluations (with their
+method dimension and the best-of methods) into runs and runs into the study grid, the
+netCDF round trip, and the refusals."""
 
 import json
 
@@ -10,6 +11,7 @@ import xarray as xr
 from conceptspace.concepts import CLASSES, CONCEPTS
 from conceptspace.evaluate import write_evaluation
 from conceptspace.io import ConceptspaceError
+from conceptspace.methods import build_methods
 from conceptspace.trajectories import (
     gather_run,
     gather_study,
@@ -30,6 +32,24 @@ EVALUATION = {
 }
 CONFIG = {"study": {"seeds": [0, 1]}, "evaluation": EVALUATION, "note": "a test config"}
 UNSEEN = CLASSES.index("11")
+METHODS_CFG = {
+    "overprompt": {"colors": [[0.3, 0.3, 0.7], [0.1, 0.1, 0.9]]},
+    "intervention": {
+        "alphas": [1.0],
+        "beta": 0.1,
+        "color_direction": [0.05, 0.05, 0.95],
+        "size_direction": 0.6,
+    },
+    "patching": {"donors": ["final"]},
+}
+OFF_CFG = {
+    "overprompt": {"colors": []},
+    "intervention": {**METHODS_CFG["intervention"], "alphas": []},
+    "patching": {"donors": []},
+}
+METHODS = build_methods(METHODS_CFG, STEPS[-1])
+EVALUATED = ["naive", "overprompt_0", "overprompt_1", "intervention_0", "patched_final"]
+GATHERED = EVALUATED + ["overprompt", "intervention"]  # best-of methods appended
 
 
 def over_steps(values, steps=None):
@@ -128,13 +148,21 @@ def unseen_probability(step_index, crossing_index):
     return 0.3
 
 
-def write_run(folder, seed, color_gap, size_gap, crossing_index, steps=STEPS, samples=4):
-    """Evaluation files of one fabricated run, written in a shuffled step order."""
+def write_run(
+    folder, seed, color_gap, size_gap, crossing_index, steps=STEPS, samples=4, methods=METHODS
+):
+    """Evaluation files of one fabricated run, written in a shuffled step order. The naive
+    unseen class crosses at ``crossing_index``; other methods get random values on the
+    prompts they apply to (NaN elsewhere)."""
     rng = np.random.default_rng(seed * 1000 + int(color_gap * 100) + int(size_gap * 10))
     paths = []
     for step_index in rng.permutation(len(steps)):
-        p_target = rng.uniform(0, 1, size=(len(CLASSES), len(CONCEPTS), samples))
-        p_target[UNSEEN] = unseen_probability(step_index, crossing_index)
+        p_target = rng.uniform(0, 1, size=(len(methods), len(CLASSES), len(CONCEPTS), samples))
+        for m, method in enumerate(methods):
+            for p, prompt in enumerate(CLASSES):
+                if prompt not in method.prompts:
+                    p_target[m, p] = np.nan
+        p_target[0, UNSEEN] = unseen_probability(step_index, crossing_index)
         path = folder / f"s{seed}_dc{color_gap}_ds{size_gap}_step{steps[step_index]:06d}.nc"
         attrs = {
             "step": steps[step_index],
@@ -146,7 +174,7 @@ def write_run(folder, seed, color_gap, size_gap, crossing_index, steps=STEPS, sa
             "probe_accuracy_color": 0.99,
             "provenance_like": {"nested": [1, 2]},
         }
-        write_evaluation(path, p_target, CLASSES, CONCEPTS, attrs)
+        write_evaluation(path, p_target, methods, CLASSES, CONCEPTS, attrs)
         paths.append(path)
     return paths
 
@@ -168,7 +196,8 @@ def test_gather_run_sorts_steps_and_averages(tmp_path):
     paths = write_run(tmp_path, 0, 0.3, 0.4, crossing_index=3)
     run = gather_run(paths)
     assert list(run["step"].values) == STEPS
-    assert run["p_target"].dims == ("step", "prompt", "concept", "sample")
+    assert run["p_target"].dims == ("step", "method", "prompt", "concept", "sample")
+    assert list(run["method"].values) == GATHERED
     assert list(run["prompt"].values) == list(CLASSES)
     assert list(run["concept"].values) == list(CONCEPTS)
     assert int(run["seed"]) == 0 and float(run["color_gap"]) == 0.3
@@ -179,16 +208,61 @@ def test_gather_run_sorts_steps_and_averages(tmp_path):
     for path in paths:
         with xr.open_dataset(path) as single:
             np.testing.assert_allclose(
-                run["p_target"].sel(step=single.attrs["step"]).values,
+                run["p_target"].sel(step=single.attrs["step"]).isel(method=slice(0, 5)).values,
                 single["p_target"].values,
                 rtol=1e-6,
             )
-    expected_prob = run["p_target"].values.mean(axis=-1)
-    np.testing.assert_allclose(run["concept_prob"].values, expected_prob)
-    np.testing.assert_allclose(run["accuracy"].values, expected_prob.prod(axis=-1))
-    np.testing.assert_allclose(run["accuracy"].sel(prompt="11").values[3:], 1.0)
-    np.testing.assert_allclose(run["accuracy"].sel(prompt="11").values[:3], 0.09, rtol=1e-6)
+    evaluated = run.isel(method=slice(0, len(EVALUATED)))
+    expected_prob = evaluated["p_target"].values.mean(axis=-1)  # NaN stays NaN
+    np.testing.assert_allclose(evaluated["concept_prob"].values, expected_prob)
+    np.testing.assert_allclose(evaluated["accuracy"].values, expected_prob.prod(axis=-1))
+    naive = run["accuracy"].sel({"method": "naive", "prompt": "11"}).values
+    np.testing.assert_allclose(naive[3:], 1.0)
+    np.testing.assert_allclose(naive[:3], 0.09, rtol=1e-6)
+    # a method not applied to a prompt is NaN, never a product of NaNs taken as 1
+    assert run["accuracy"].sel({"method": "overprompt_0", "prompt": "00"}).isnull().all()
     assert json.loads(run.attrs["evaluation_cfg"]) == EVALUATION
+
+
+def test_gather_run_best_of_is_the_best_variant_at_each_step(tmp_path):
+    run = gather_run(write_run(tmp_path, 0, 0.3, 0.4, crossing_index=3))
+    assert list(run["method_kind"].values) == [
+        "naive",
+        "overprompt",
+        "overprompt",
+        "intervention",
+        "patched",
+        "overprompt",
+        "intervention",
+    ]
+    assert list(run["method_setting"].values)[-2:] == ["best of 2", "best of 1"]
+    assert run["method_setting"].values[1] == "rgb=(0.3, 0.3, 0.7)"
+    variants = run.sel({"method": ["overprompt_0", "overprompt_1"], "prompt": "11"})
+    accuracy = variants["accuracy"].values  # (step, variant)
+    best = run.sel({"method": "overprompt", "prompt": "11"})
+    np.testing.assert_array_equal(best["accuracy"].values, accuracy.max(axis=1))
+    chosen = accuracy.argmax(axis=1)
+    assert len(set(chosen)) == 2  # the random variants trade places: a real per-step choice
+    np.testing.assert_array_equal(
+        best["concept_prob"].values,
+        variants["concept_prob"].values[np.arange(len(STEPS)), chosen],
+    )
+    # a single variant is its own best
+    np.testing.assert_array_equal(
+        run["accuracy"].sel({"method": "intervention"}).values,
+        run["accuracy"].sel({"method": "intervention_0"}).values,
+    )
+    # best-of: NaN on prompts the method does not apply to, and no p_target
+    assert run["accuracy"].sel({"method": "overprompt", "prompt": "00"}).isnull().all()
+    assert run["p_target"].sel({"method": "overprompt"}).isnull().all()
+    assert_described(run)
+
+
+def test_gather_run_with_methods_off_has_naive_only(tmp_path):
+    naive_only = build_methods(OFF_CFG, STEPS[-1])
+    run = gather_run(write_run(tmp_path, 0, 0.3, 0.4, 3, methods=naive_only))
+    assert list(run["method"].values) == ["naive"]
+    assert run["accuracy"].notnull().all()
 
 
 def test_gather_run_rejects_mixed_runs_and_duplicate_steps(tmp_path):
@@ -229,10 +303,13 @@ def test_gather_study_builds_the_outer_grid(study_runs, tmp_path):
         "color_gap",
         "size_gap",
         "step",
+        "method",
         "prompt",
         "concept",
     )
-    assert study["accuracy"].dims == ("seed", "color_gap", "size_gap", "step", "prompt")
+    assert study["accuracy"].dims == ("seed", "color_gap", "size_gap", "step", "method", "prompt")
+    assert list(study["method"].values) == GATHERED
+    assert study["method_kind"].values[-1] == "intervention"
     assert "p_target" not in study and "sample" not in study.dims
     assert list(study["seed"].values) == [0, 1]
     np.testing.assert_allclose(study["color_gap"].values, [0.3, 0.6])
@@ -245,13 +322,20 @@ def test_gather_study_builds_the_outer_grid(study_runs, tmp_path):
     for seed, color_gap, size_gap in [(0, 0.3, 0.3), (1, 0.3, 0.3), (1, 0.6, 0.3)]:
         point = dict(seed=seed, color_gap=color_gap, size_gap=size_gap)
         assert study["accuracy"].sel(point).isnull().all()
-        assert np.isnan(float(study["learning_time"].sel(point)))
+        assert study["learning_time"].sel(point).isnull().all()
 
     # Learning times: the step of the known crossing, NaN when never reached.
+    grid = ("seed", "color_gap", "size_gap")
+    assert study["learning_time"].dims == grid + ("method",)
+    assert study["learning_speed"].dims == grid + ("method",)
     for (seed, color_gap, size_gap), crossing in crossings.items():
-        point = dict(seed=seed, color_gap=color_gap, size_gap=size_gap)
+        point = dict(seed=seed, color_gap=color_gap, size_gap=size_gap, method="naive")
         time = float(study["learning_time"].sel(point))
         speed = float(study["learning_speed"].sel(point))
+        # best-of: its learning time is the earliest of its variants'
+        times = study["learning_time"].sel({**point, "method": ["overprompt_0", "overprompt_1"]})
+        best = float(study["learning_time"].sel({**point, "method": "overprompt"}))
+        np.testing.assert_equal(best, np.nanmin(times.values) if times.notnull().any() else np.nan)
         if crossing is None:
             assert np.isnan(time) and np.isnan(speed)
             assert study["accuracy"].sel(point).notnull().all()  # it ran
@@ -263,7 +347,7 @@ def test_gather_study_builds_the_outer_grid(study_runs, tmp_path):
             # a clean jump 0.3 -> 1: smoothing delays it by a few checkpoints
             assert (smoothed.values > time).all()
             assert (smoothed.values <= STEPS[crossing + 4]).all()
-    assert study["learning_time_smoothed"].dims == ("seed", "color_gap", "size_gap", "concept")
+    assert study["learning_time_smoothed"].dims == grid + ("method", "concept")
     assert study["learning_speed"].attrs["units"] == "1/optimizer steps"
 
 

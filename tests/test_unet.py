@@ -1,11 +1,14 @@
 """The conditional U-Net: shapes for 2 and 3 levels, the per-block embedding module, the
-embeddings= path, zero-initialised output, bf16 autocast and channels_last."""
+embeddings= path, the linear latent intervention, zero-initialised output, bf16 autocast
+and channels_last."""
 
 import pytest
 import torch
 
 from conceptspace.io import ConceptspaceError
-from conceptspace.unet import UNet, sinusoidal_embedding
+import torch.nn.functional as F
+
+from conceptspace.unet import LinearIntervention, UNet, intervene, sinusoidal_embedding
 
 H_DIM = 4
 TINY = dict(groups=4, attention_heads=2, dropout=0.0, time_dim=16)
@@ -137,6 +140,23 @@ def test_channels_last_matches_default_layout():
     torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
 
 
+def test_set_precision_bf16_autocasts_forward_and_returns_float32():
+    net = tiny_net((8, 16, 32), 16, 1)
+    z, t, h = inputs(2, 16)
+    reference = net(z, t, h=h)
+    keys = list(net.state_dict())
+    net.set_precision("bf16")
+    out = net(z, t, h=h)
+    assert out.dtype == torch.float32 and list(net.state_dict()) == keys
+    assert not torch.equal(out, reference)  # it did run in bf16
+    relative = ((out - z) - (reference - z)).norm() / (reference - z).norm()
+    assert relative < 0.05, f"bf16 output differs from fp32 by {relative:.3f} (relative)"
+    net.set_precision("fp32")
+    assert torch.equal(net(z, t, h=h), reference)
+    with pytest.raises(ValueError, match="precision"):
+        net.set_precision("fp16")
+
+
 def test_bf16_autocast_runs_and_stays_close_to_fp32():
     net = tiny_net((8, 16, 32), 16, 1).to(memory_format=torch.channels_last)
     z, t, h = inputs(2, 16)
@@ -168,3 +188,40 @@ def test_config_errors_name_the_fix():
         UNet(H_DIM, 16, channels=(8, 16), **TINY | {"attention_heads": 3})
     with pytest.raises(ConceptspaceError, match="time_dim"):
         UNet.from_config({k: v for k, v in PAPER_MODEL.items() if k != "time_dim"}, H_DIM, 32)
+
+
+def test_intervention_projection_on_hand_made_vectors():
+    """e' = e + alpha (e.u_c) u_c, e'' = e' - beta (e'.u_s) u_s, row by row."""
+    e = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 1.0], [5.0, -3.0, 2.0]])
+    u_color = torch.tensor([1.0, 0.0, 0.0])
+    u_size = torch.tensor([0.6, 0.8, 0.0])
+    alpha = torch.tensor([2.0, 1.0, 0.0])
+    beta = torch.tensor([0.5, 1.0, 0.0])
+    # row 0: e.u_c = 1 -> e' = (3, 2, 0); e'.u_s = 3.4 -> e'' = (3, 2, 0) - 1.7 (0.6, 0.8, 0)
+    # row 1: e.u_c = 0 -> e' = e; e'.u_s = 0.8 -> e'' = (0, 1, 1) - 0.8 (0.6, 0.8, 0)
+    # row 2: alpha = beta = 0 -> unchanged
+    expected = torch.tensor([[1.98, 0.64, 0.0], [-0.48, 0.36, 1.0], [5.0, -3.0, 2.0]])
+    out = intervene(e, u_color, u_size, alpha, beta)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    assert torch.equal(out[2], e[2])
+
+
+def test_embed_applies_the_intervention_in_every_block_with_its_own_directions():
+    net = tiny_net((8, 16, 32), 16, 1)
+    _, _, h = inputs(3, 16)
+    color_h = torch.tensor([0.05, 0.05, 0.95, 0.0])
+    size_h = torch.tensor([0.0, 0.0, 0.0, 0.6])
+    alpha, beta = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([0.0, 0.1, 0.1])
+    with torch.no_grad():
+        plain = net.embed(h)
+        intervened = net.embed(h, LinearIntervention(alpha, beta, color_h, size_h))
+        assert len(intervened) == len(plain) == len(net.embedding)
+        for block, (e, out) in enumerate(zip(plain, intervened)):
+            mlp = net.embedding[block]
+            u_color = F.normalize(mlp(color_h), dim=0)
+            u_size = F.normalize(mlp(size_h), dim=0)
+            e1 = e + alpha[:, None] * (e @ u_color)[:, None] * u_color
+            e2 = e1 - beta[:, None] * (e1 @ u_size)[:, None] * u_size
+            torch.testing.assert_close(out, e2, rtol=1e-5, atol=1e-6)
+            assert torch.equal(out[0], e[0])  # alpha = beta = 0 row: bit-identical
+            assert not torch.allclose(out[2], e[2])  # alpha = 2 moves the embedding

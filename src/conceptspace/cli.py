@@ -88,6 +88,23 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_sample(args: argparse.Namespace) -> None:
+    from conceptspace.concepts import Signal
+    from conceptspace.evaluate import sample_checkpoints
+
+    settings = _settings(args.settings)
+    sample_checkpoints(
+        args.checkpoints,
+        settings["evaluation"],
+        Signal(args.color_gap, args.size_gap),
+        args.seed,
+        args.samples,
+        args.out,
+        device=args.device,
+        threads=args.threads,
+    )
+
+
 def cmd_gather_run(args: argparse.Namespace) -> None:
     from conceptspace.trajectories import gather_run, save_dataset_nc
 
@@ -185,6 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size-gap", type=float, required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True)
+    compute(p)
+
+    p = stage("sample", cmd_sample, "images of every method and prompt, as evaluated")
+    p.add_argument("--settings", required=True, help="JSON: 'evaluation'")
+    p.add_argument("--color-gap", type=float, required=True)
+    p.add_argument("--size-gap", type=float, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--samples", type=int, required=True, help="first N samples per condition")
+    p.add_argument("--out", required=True, help="netCDF: images (step, method, prompt, ...)")
+    p.add_argument("checkpoints", nargs="+", help="checkpoints of one run")
     compute(p)
 
     p = stage("gather-run", cmd_gather_run, "one run's evaluations -> trajectory")

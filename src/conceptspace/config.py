@@ -157,6 +157,7 @@ def _cross_checks(config: dict) -> Iterable[str]:
                         f"config key 'study.sweeps.{i}.{concept}': {value} has more than "
                         f"{GAP_DECIMALS} decimals; round it (run ids print {GAP_DECIMALS})"
                     )
+    yield from _evaluation_problems(config)
     for key, concept in (("color_sweep", "color_gap"), ("size_sweep", "size_gap")):
         wanted = config["figures"]["signal"][key]
         if wanted not in names:
@@ -164,6 +165,17 @@ def _cross_checks(config: dict) -> Iterable[str]:
                 f"config key 'figures.signal.{key}': no sweep is named '{wanted}'; "
                 f"sweeps are: {', '.join(names)}"
             )
+
+
+def _evaluation_problems(config: dict) -> Iterable[str]:
+    """Patching donors and the sample sheet's run must exist in the study."""
+    from conceptspace.methods import method_problems, sample_sheet_problems
+
+    steps = checkpoint_steps(config["training"])
+    yield from method_problems(config["evaluation"]["methods"], steps)
+    yield from sample_sheet_problems(
+        config["figures"]["sample_sheet"], signal_levels(config), config["study"]["seeds"], steps
+    )
 
 
 def study_runs(config: dict) -> list[Run]:

@@ -1,22 +1,31 @@
-"""Scoring one checkpoint in concept space (SPEC "Probes and evaluation").
+"""Scoring one checkpoint in concept space (SPEC "Probes and evaluation" and "Eliciting
+hidden capabilities").
 
-Naive prompting: each class of ``concepts.CLASSES`` is prompted with its concept means,
-h = ``signal.class_h(class)``, ``samples_per_prompt`` times with the ancestral sampler
-(``sampler_steps`` steps). The probe reads every sample; ``p_target[prompt, concept,
-sample]`` is its probability that the sample shows the prompt's target value of that
-concept (the class's digit: color 0 red / 1 blue, size 0 large / 1 small).
+Conditions: every prompting method of ``conceptspace.methods`` (naive, overprompt_i,
+intervention_i, patched_*) applied to each prompt it is defined for (overprompts and
+interventions only to the unseen class 11). Each condition is sampled
+``samples_per_prompt`` times with the ancestral sampler (``sampler_steps`` steps); the
+probe reads every sample; ``p_target[method, prompt, concept, sample]`` is its
+probability that the sample shows the prompt's target value of that concept (the
+class's digit: color 0 red / 1 blue, size 0 large / 1 small), NaN where the method is
+not applied to the prompt.
 
-Common random numbers: the noise of sample i of prompt c comes from its own
-``torch.Generator`` seeded from (run seed, prompt, i) only, never from the checkpoint's
-step or the batch it lands in. Every checkpoint of a run therefore starts from the same
-initial noise and draws the same per-step noise, so the differences between
-checkpoints are the model's, not the sampler's, and trajectories over training are
-much less noisy. (The generators live on the evaluation device: a CPU and a CUDA
-evaluation of one checkpoint draw different noise.)
+Common random numbers: the noise of sample i of a condition comes from its own
+``torch.Generator`` seeded from (run seed, target class, i) only, never from the method,
+the checkpoint's step or the batch it lands in. Every method and every checkpoint of a
+run therefore starts from the same noise, so differences between methods and between
+checkpoints are the model's, not the sampler's. An overprompt equal to the class means,
+an intervention with alpha = beta = 0, or patching with the checkpoint's own embedding
+module reproduce the naive samples. (The generators live on the evaluation device: a
+CPU and a CUDA evaluation draw different noise; and a row's floating-point result can
+move in the last bits with the batch it shares, never more.)
 
-All prompts share sampler calls: the 4 x samples_per_prompt samples are cut into
-batches of ``evaluation.batch_size`` (the memory limit), so a checkpoint takes
-ceil(4 x samples_per_prompt / batch_size) sampler calls.
+All conditions share sampler calls: the (condition, sample) pairs are cut into batches
+of ``evaluation.batch_size`` (the memory limit), whatever their method: a batch mixes
+prompts, interventions (alpha, beta per row) and donors (embeddings per row), so a
+checkpoint takes ceil(n_conditions x samples_per_prompt / batch_size) sampler calls.
+:func:`generate_images` is that loop, shared by the evaluation, the ``sample`` command
+(:func:`sample_checkpoints`) and the benchmarks.
 """
 
 from __future__ import annotations
@@ -25,8 +34,9 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +44,14 @@ import xarray as xr
 
 from conceptspace.concepts import CLASSES, CONCEPTS, UNSEEN_CLASS, Signal, class_digits
 from conceptspace.io import ConceptspaceError, config_hash, provenance
-from conceptspace.trajectories import COORD_ATTRS, P_TARGET_ATTRS, netcdf_attrs, save_dataset_nc
+from conceptspace.methods import Method, build_methods, method_problems
+from conceptspace.trajectories import (
+    COORD_ATTRS,
+    P_TARGET_ATTRS,
+    method_coords,
+    netcdf_attrs,
+    save_dataset_nc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +59,16 @@ log = logging.getLogger(__name__)
 EVALUATION_STREAM = 0x5EED_E7A1
 # Gaps recorded in a checkpoint and given on the command line must agree this closely.
 GAP_TOLERANCE = 5e-4
+COLOR_SLICE = slice(0, 3)  # h = (r, g, b, size): concepts.H_LAYOUT
+SIZE_INDEX = 3
 
 
 def sample_seed(seed: int, prompt: str, sample: int) -> int:
-    """The seed of one sample's generator: a hash of (run seed, prompt, sample index).
+    """The seed of one sample's generator: a hash of (run seed, target class, sample index).
 
-    Independent of the checkpoint's step (common random numbers across checkpoints) and
-    of batching. Prompts are identified by their class digits, so adding a prompt does
-    not change the noise of the others.
+    Independent of the method, of the checkpoint's step (common random numbers across
+    checkpoints) and of batching. Prompts are identified by their class digits, so adding
+    a prompt does not change the noise of the others.
     """
     color, size = class_digits(prompt)
     sequence = np.random.SeedSequence([EVALUATION_STREAM, int(seed), color, size, int(sample)])
@@ -67,45 +86,124 @@ def _generators(
     return generators
 
 
-def write_evaluation(
-    path: str | os.PathLike,
-    p_target: np.ndarray,
-    prompts: Sequence[str],
-    concepts: Sequence[str],
-    attrs: Mapping[str, Any],
-) -> None:
-    """Write one checkpoint's evaluation as netCDF: ``p_target`` (prompt, concept,
-    sample) with its coordinates; ``attrs`` (which must hold step, seed, color_gap and
-    size_gap) become global attributes, non-scalars as JSON strings."""
-    p_target = np.asarray(p_target, dtype=np.float32)
-    expected = (len(prompts), len(concepts))
-    if p_target.ndim != 3 or p_target.shape[:2] != expected:
-        raise ValueError(
-            f"p_target must be (prompt, concept, sample) = ({expected[0]}, {expected[1]}, n); "
-            f"got {p_target.shape}"
+# ----------------------------------------------------------------------------- conditions
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One method applied to one prompt (its target class)."""
+
+    method: Method
+    prompt: str
+
+    def h(self, signal: Signal) -> np.ndarray:
+        """The h given to the model: the class means, the color overridden by an overprompt."""
+        h = signal.class_h(self.prompt).copy()
+        if self.method.color is not None:
+            h[COLOR_SLICE] = self.method.color
+        return h
+
+
+def conditions_of(methods: Sequence[Method]) -> list[Condition]:
+    """Every (method, prompt) pair, method-major, prompts in ``CLASSES`` order."""
+    return [Condition(method, prompt) for method in methods for prompt in method.prompts]
+
+
+def intervention_directions(methods_cfg: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(color_h, size_h): h holding only the color direction, and only the size one."""
+    cfg = methods_cfg["intervention"]
+    color_h = torch.zeros(SIZE_INDEX + 1)
+    color_h[COLOR_SLICE] = torch.tensor([float(c) for c in cfg["color_direction"]])
+    size_h = torch.zeros(SIZE_INDEX + 1)
+    size_h[SIZE_INDEX] = float(cfg["size_direction"])
+    return color_h, size_h
+
+
+def condition_embeddings(
+    net: torch.nn.Module,
+    rows: Sequence[Condition],
+    h: torch.Tensor,
+    directions: tuple[torch.Tensor, torch.Tensor] | None,
+    donors: Mapping[int, torch.nn.Module],
+) -> list[torch.Tensor]:
+    """Per-block embeddings (B, C_i) of a batch whose rows may mix methods: each row is
+    embedded by its donor's embedding module (``net``'s own when it has none), with its
+    own alpha and beta when its method intervenes."""
+    groups: dict[int | None, list[int]] = {}
+    for row, condition in enumerate(rows):
+        groups.setdefault(condition.method.donor_step, []).append(row)
+    parts = []
+    for donor_step, index in groups.items():
+        module = net if donor_step is None else donors[donor_step]
+        members = [rows[row].method for row in index]
+        intervention = None
+        if any(m.alpha or m.beta for m in members):
+            from conceptspace.unet import LinearIntervention
+
+            if directions is None:
+                raise ValueError("interventions need the directions (color_h, size_h)")
+            intervention = LinearIntervention(
+                torch.tensor([m.alpha for m in members]),
+                torch.tensor([m.beta for m in members]),
+                *directions,
+            )
+        sub_h = h if len(index) == len(rows) else h[index]
+        parts.append((index, module.embed(sub_h, intervention)))
+    if len(parts) == 1:
+        return parts[0][1]
+    embeddings = [torch.empty(len(rows), *e.shape[1:], device=e.device) for e in parts[0][1]]
+    for index, part in parts:
+        for full, e in zip(embeddings, part):
+            full[index] = e
+    return embeddings
+
+
+def generate_images(
+    vdm: torch.nn.Module,
+    conditions: Sequence[Condition],
+    samples: int,
+    signal: Signal,
+    seed: int,
+    sampler_steps: int,
+    batch_size: int,
+    device: torch.device,
+    directions: tuple[torch.Tensor, torch.Tensor] | None = None,
+    donors: Mapping[int, torch.nn.Module] | None = None,
+) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor]]:
+    """Sample ``samples`` images of every condition, in as few sampler calls as
+    ``batch_size`` allows. Yields (items, images) per batch: items the (condition index,
+    sample index) of each row, images (B, C, S, S) in [0, 1]. Sample i of a condition
+    uses the generator of (seed, its target class, i): the same noise for every method.
+    ``donors`` maps a donor step to the network whose embedding module patched
+    conditions use; ``directions`` are the intervention's (color_h, size_h)."""
+    donors = donors or {}
+    items = [(c, i) for c in range(len(conditions)) for i in range(samples)]
+    h_of = [torch.from_numpy(condition.h(signal)) for condition in conditions]
+    n_batches = math.ceil(len(items) / batch_size)
+    started = time.perf_counter()
+    for batch in range(n_batches):
+        chunk = items[batch * batch_size : (batch + 1) * batch_size]
+        rows = [conditions[c] for c, _ in chunk]
+        h = torch.stack([h_of[c] for c, _ in chunk]).to(device)
+        with torch.no_grad():
+            embeddings = condition_embeddings(vdm.net, rows, h, directions, donors)
+            generators = _generators(
+                [(row.prompt, i) for row, (_, i) in zip(rows, chunk)], seed, device
+            )
+            images = vdm.sample(None, sampler_steps, generators, embeddings=embeddings)
+        done = batch * batch_size + len(chunk)
+        elapsed = time.perf_counter() - started
+        log.info(
+            "batch %d/%d: %d conditions, %d/%d samples (%.1f s, %.2f samples/s)",
+            batch + 1,
+            n_batches,
+            len({c for c, _ in chunk}),
+            done,
+            len(items),
+            elapsed,
+            done / max(elapsed, 1e-9),
         )
-    missing = [key for key in ("step", "seed", "color_gap", "size_gap") if key not in attrs]
-    if missing:
-        raise ValueError(f"evaluation attrs lack {', '.join(missing)}")
-    ds = xr.Dataset(
-        {"p_target": (("prompt", "concept", "sample"), p_target, dict(P_TARGET_ATTRS))},
-        coords={
-            "prompt": np.array([str(p) for p in prompts], dtype=object),
-            "concept": np.array([str(c) for c in concepts], dtype=object),
-            "sample": np.arange(p_target.shape[2], dtype=np.int64),
-        },
-    )
-    for name in ("prompt", "concept", "sample"):
-        ds[name].attrs = dict(COORD_ATTRS[name])
-    ds.attrs = {
-        "description": (
-            "Naive prompting of one checkpoint: for each prompted class, concept and "
-            "sample, the probe's probability that the sample shows the prompt's target "
-            "value of the concept."
-        ),
-        **netcdf_attrs(attrs),
-    }
-    save_dataset_nc(ds, path)
+        yield chunk, images
 
 
 def target_probabilities(probabilities: torch.Tensor, prompts: Sequence[str]) -> np.ndarray:
@@ -114,6 +212,9 @@ def target_probabilities(probabilities: torch.Tensor, prompts: Sequence[str]) ->
     targets = torch.tensor([class_digits(p) for p in prompts], device=probabilities.device)
     chosen = probabilities.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return chosen.double().cpu().numpy()
+
+
+# ----------------------------------------------------------------------------- loading
 
 
 def _check_run(metadata: Mapping[str, Any], signal: Signal, seed: int, path: Path) -> None:
@@ -135,6 +236,201 @@ def _check_run(metadata: Mapping[str, Any], signal: Signal, seed: int, path: Pat
             )
 
 
+def _sampling_settings(evaluation_cfg: Mapping[str, Any]) -> tuple[int, int, int]:
+    values = tuple(
+        int(evaluation_cfg[k]) for k in ("samples_per_prompt", "sampler_steps", "batch_size")
+    )
+    if min(values) < 1:
+        raise ConceptspaceError(
+            "evaluation.samples_per_prompt, sampler_steps and batch_size must be >= 1; got "
+            f"{values[0]}, {values[1]}, {values[2]}"
+        )
+    if "methods" not in evaluation_cfg:
+        raise ConceptspaceError(
+            "the evaluation settings lack 'methods'; add evaluation.methods to the config "
+            "(see config.yaml)"
+        )
+    return values
+
+
+@dataclass
+class Prepared:
+    """A checkpoint ready to sample: its VDM, metadata, methods, conditions and donors."""
+
+    vdm: torch.nn.Module
+    metadata: dict
+    step: int
+    methods: list[Method]
+    conditions: list[Condition]
+    donors: dict[int, torch.nn.Module]
+    directions: tuple[torch.Tensor, torch.Tensor]
+
+    def generate(
+        self, samples: int, signal: Signal, seed: int, evaluation_cfg: Mapping[str, Any], device
+    ) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor]]:
+        """:func:`generate_images` of all this checkpoint's conditions."""
+        _, sampler_steps, batch_size = _sampling_settings(evaluation_cfg)
+        return generate_images(
+            self.vdm,
+            self.conditions,
+            samples,
+            signal,
+            seed,
+            sampler_steps,
+            batch_size,
+            device,
+            self.directions,
+            self.donors,
+        )
+
+
+def prepare_checkpoint(
+    checkpoint_path: str | os.PathLike,
+    methods_cfg: Mapping[str, Any],
+    signal: Signal,
+    seed: int,
+    device: torch.device,
+) -> Prepared:
+    """Load a checkpoint and the donor checkpoints its patching methods need (from the
+    same run folder; "final" is the run's last scheduled checkpoint)."""
+    from conceptspace.config import checkpoint_steps
+    from conceptspace.train import checkpoint_path as step_path
+    from conceptspace.train import load_checkpoint
+
+    checkpoint_path = Path(checkpoint_path)
+    vdm, metadata = load_checkpoint(checkpoint_path, device)
+    _check_run(metadata, signal, seed, checkpoint_path)
+    step = int(metadata["step"])
+    steps = checkpoint_steps(metadata["config"]["training"])
+    problems = list(method_problems(methods_cfg, steps))
+    if problems:
+        raise ConceptspaceError("; ".join(problems))
+    methods = build_methods(methods_cfg, steps[-1])
+    donors: dict[int, torch.nn.Module] = {}
+    run_dir = checkpoint_path.parent.parent
+    for method in methods:
+        donor_step = method.donor_step
+        if donor_step is None or donor_step in donors:
+            continue
+        donor_path = step_path(run_dir, donor_step)
+        if not donor_path.exists():
+            raise ConceptspaceError(
+                f"{method.name} needs the donor checkpoint {donor_path}, which does not exist; "
+                "finish training the run (rule train_vdm) or remove the donor from "
+                "evaluation.methods.patching.donors"
+            )
+        donor, donor_metadata = load_checkpoint(donor_path, device)
+        _check_run(donor_metadata, signal, seed, donor_path)
+        donors[donor_step] = donor.net
+    return Prepared(
+        vdm,
+        metadata,
+        step,
+        methods,
+        conditions_of(methods),
+        donors,
+        intervention_directions(methods_cfg),
+    )
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def method_index(methods: Sequence[Method]) -> dict[str, Any]:
+    """The method coordinate and its kind and setting, for xarray ``coords``."""
+    return method_coords(
+        [m.name for m in methods], [m.kind for m in methods], [m.setting for m in methods]
+    )
+
+
+def write_evaluation(
+    path: str | os.PathLike,
+    p_target: np.ndarray,
+    methods: Sequence[Method],
+    prompts: Sequence[str],
+    concepts: Sequence[str],
+    attrs: Mapping[str, Any],
+) -> None:
+    """Write one checkpoint's evaluation as netCDF: ``p_target`` (method, prompt, concept,
+    sample), NaN where a method is not applied to a prompt, with its coordinates (method
+    with method_kind and method_setting); ``attrs`` (which must hold step, seed, color_gap
+    and size_gap) become global attributes, non-scalars as JSON strings."""
+    p_target = np.asarray(p_target, dtype=np.float32)
+    expected = (len(methods), len(prompts), len(concepts))
+    if p_target.ndim != 4 or p_target.shape[:3] != expected:
+        raise ValueError(
+            f"p_target must be (method, prompt, concept, sample) = ({', '.join(map(str, expected))}"
+            f", n); got {p_target.shape}"
+        )
+    missing = [key for key in ("step", "seed", "color_gap", "size_gap") if key not in attrs]
+    if missing:
+        raise ValueError(f"evaluation attrs lack {', '.join(missing)}")
+    ds = xr.Dataset(
+        {
+            "p_target": (
+                ("method", "prompt", "concept", "sample"),
+                p_target,
+                dict(P_TARGET_ATTRS),
+            )
+        },
+        coords={
+            **method_index(methods),
+            "prompt": np.array([str(p) for p in prompts], dtype=object),
+            "concept": np.array([str(c) for c in concepts], dtype=object),
+            "sample": np.arange(p_target.shape[3], dtype=np.int64),
+        },
+    )
+    for name in ("prompt", "concept", "sample"):
+        ds[name].attrs = dict(COORD_ATTRS[name])
+    ds.attrs = {
+        "description": (
+            "One checkpoint prompted with every method: for each method, prompted class, "
+            "concept and sample, the probe's probability that the sample shows the prompt's "
+            "target value of the concept (NaN: method not applied to the prompt)."
+        ),
+        **netcdf_attrs(attrs),
+    }
+    save_dataset_nc(ds, path)
+
+
+def _run_attrs(
+    prepared: Prepared, evaluation_cfg: Mapping[str, Any], signal: Signal, seed: int, device
+) -> dict[str, Any]:
+    """Attributes every file made from one checkpoint carries."""
+    settings = {
+        "evaluation": dict(evaluation_cfg),
+        "signal": {"color_gap": signal.color_gap, "size_gap": signal.size_gap},
+        "checkpoint_config_hash": config_hash(prepared.metadata["config"]),
+        "step": prepared.step,
+    }
+    return {
+        "step": prepared.step,
+        "seed": int(seed),
+        "color_gap": float(signal.color_gap),
+        "size_gap": float(signal.size_gap),
+        "checkpoint": str(prepared.metadata["path"]),
+        "evaluation_cfg": dict(evaluation_cfg),  # stored as a JSON string
+        "methods_cfg": dict(evaluation_cfg["methods"]),
+        "sampling": (
+            "every method's conditions in shared batches; noise per sample seeded from "
+            "(seed, target class, sample index), the same for every method and checkpoint "
+            f"(common random numbers); generators on {device.type}"
+        ),
+        **provenance(settings, int(seed)),
+    }
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def _compute_device(device: str | torch.device, threads: int | None) -> torch.device:
+    from conceptspace.train import resolve_device
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    return resolve_device(device)
+
+
 def evaluate_checkpoint(
     checkpoint_path: str | os.PathLike,
     probe_path: str | os.PathLike,
@@ -146,109 +442,153 @@ def evaluate_checkpoint(
     device: str | torch.device = "cpu",
     threads: int | None = None,
 ) -> Path:
-    """Prompt every class naively, score the samples with the probe, write netCDF.
-
-    Writes ``out_path`` (see :func:`write_evaluation`) and returns its path. The probe
+    """Prompt the checkpoint with every method, score the samples with the probe, write
+    netCDF (see :func:`write_evaluation`) to ``out_path`` and return its path. The probe
     is loaded with ``min_accuracy`` as its floor, so a weak probe is refused
-    (ConceptspaceError) before any sampling.
-    """
+    (ConceptspaceError) before any sampling."""
     from conceptspace.probe import load_probe, predict_proba
-    from conceptspace.train import load_checkpoint, resolve_device
 
-    if threads:
-        torch.set_num_threads(int(threads))
-    device = resolve_device(device)
-    checkpoint_path, probe_path = Path(checkpoint_path), Path(probe_path)
-    samples_per_prompt = int(evaluation_cfg["samples_per_prompt"])
-    sampler_steps = int(evaluation_cfg["sampler_steps"])
-    batch_size = int(evaluation_cfg["batch_size"])
-    if samples_per_prompt < 1 or sampler_steps < 1 or batch_size < 1:
-        raise ConceptspaceError(
-            "evaluation.samples_per_prompt, sampler_steps and batch_size must be >= 1; got "
-            f"{samples_per_prompt}, {sampler_steps}, {batch_size}"
-        )
+    device = _compute_device(device, threads)
+    probe_path = Path(probe_path)
+    samples_per_prompt, sampler_steps, batch_size = _sampling_settings(evaluation_cfg)
 
     probe = load_probe(probe_path, min_accuracy, device)
-    vdm, metadata = load_checkpoint(checkpoint_path, device)
-    _check_run(metadata, signal, seed, checkpoint_path)
-    step = int(metadata["step"])
-    image_size = int(metadata["config"]["image_size"])
+    prepared = prepare_checkpoint(checkpoint_path, evaluation_cfg["methods"], signal, seed, device)
+    image_size = int(prepared.metadata["config"]["image_size"])
     if image_size != probe.image_size:
         raise ConceptspaceError(
             f"checkpoint {checkpoint_path} makes {image_size}px images but probe {probe_path} "
             f"reads {probe.image_size}px ones; train both with the same data.image_size"
         )
 
-    # Every (prompt, sample) pair, prompt-major; batches cut across prompts.
-    items = [(prompt, i) for prompt in CLASSES for i in range(samples_per_prompt)]
-    prompt_h = {prompt: torch.from_numpy(signal.class_h(prompt)) for prompt in CLASSES}
-    n_batches = math.ceil(len(items) / batch_size)
+    methods, conditions = prepared.methods, prepared.conditions
+    n_samples = len(conditions) * samples_per_prompt
     log.info(
-        "evaluating %s (step %d) on %s: %d prompts x %d samples, %d sampler steps, "
-        "%d batches of <= %d",
+        "evaluating %s (step %d) on %s: %d methods, %d conditions x %d samples = %d, "
+        "%d sampler steps, %d batches of <= %d",
         checkpoint_path,
-        step,
+        prepared.step,
         device,
-        len(CLASSES),
+        len(methods),
+        len(conditions),
         samples_per_prompt,
+        n_samples,
         sampler_steps,
-        n_batches,
+        math.ceil(n_samples / batch_size),
         batch_size,
     )
-    scores = np.empty((len(items), len(CONCEPTS)))
-    started = time.perf_counter()
-    with torch.no_grad():
-        for batch in range(n_batches):
-            chunk = items[batch * batch_size : (batch + 1) * batch_size]
-            prompts = [prompt for prompt, _ in chunk]
-            h = torch.stack([prompt_h[prompt] for prompt in prompts]).to(device)
-            images = vdm.sample(h, sampler_steps, _generators(chunk, seed, device))
-            probabilities = predict_proba(probe, images)
-            start = batch * batch_size
-            scores[start : start + len(chunk)] = target_probabilities(probabilities, prompts)
-            elapsed = time.perf_counter() - started
-            log.info(
-                "batch %d/%d: %d samples (%.1f s, %.2f samples/s)",
-                batch + 1,
-                n_batches,
-                start + len(chunk),
-                elapsed,
-                (start + len(chunk)) / max(elapsed, 1e-9),
-            )
-    # (prompt * sample, concept) -> (prompt, concept, sample)
-    p_target = scores.reshape(len(CLASSES), samples_per_prompt, len(CONCEPTS)).transpose(0, 2, 1)
+    p_target = np.full((len(methods), len(CLASSES), len(CONCEPTS), samples_per_prompt), np.nan)
+    where = [(methods.index(c.method), CLASSES.index(c.prompt)) for c in conditions]
+    for chunk, images in prepared.generate(
+        samples_per_prompt, signal, seed, evaluation_cfg, device
+    ):
+        scores = target_probabilities(
+            predict_proba(probe, images), [conditions[c].prompt for c, _ in chunk]
+        )
+        for (c, i), row in zip(chunk, scores):
+            p_target[where[c] + (slice(None), i)] = row
 
+    attrs = _run_attrs(prepared, evaluation_cfg, signal, seed, device)
     probe_accuracy = dict(getattr(probe, "accuracy", {}) or {})
-    settings = {
-        "evaluation": dict(evaluation_cfg),
-        "min_accuracy": float(min_accuracy),
-        "signal": {"color_gap": signal.color_gap, "size_gap": signal.size_gap},
-        "checkpoint_config_hash": config_hash(metadata["config"]),
-        "step": step,
-    }
-    attrs = {
-        "step": step,
-        "seed": int(seed),
-        "color_gap": float(signal.color_gap),
-        "size_gap": float(signal.size_gap),
-        "checkpoint": str(checkpoint_path),
-        "probe": str(probe_path),
-        "min_accuracy": float(min_accuracy),
+    attrs.update(
+        probe=str(probe_path),
+        min_accuracy=float(min_accuracy),
         **{f"probe_accuracy_{name}": float(value) for name, value in probe_accuracy.items()},
-        "evaluation_cfg": dict(evaluation_cfg),  # stored as a JSON string
-        "sampling": (
-            "naive prompting with the class means; noise per sample seeded from (seed, "
-            "prompt, sample index), the same at every checkpoint (common random numbers); "
-            f"generators on {device.type}"
-        ),
-        **provenance(settings, int(seed)),
-    }
-    write_evaluation(out_path, p_target, CLASSES, CONCEPTS, attrs)
-    unseen = p_target[CLASSES.index(UNSEEN_CLASS)]
+    )
+    write_evaluation(out_path, p_target, methods, CLASSES, CONCEPTS, attrs)
+    unseen = p_target[:, CLASSES.index(UNSEEN_CLASS)].mean(axis=-1)  # (method, concept)
     log.info(
-        "wrote %s; unseen class %s, mean p_target: %s",
+        "wrote %s; unseen class %s, mean p_target (color, size): %s",
         out_path,
         UNSEEN_CLASS,
-        ", ".join(f"{c} {unseen[i].mean():.3f}" for i, c in enumerate(CONCEPTS)),
+        "; ".join(
+            f"{m.name} {unseen[k, 0]:.3f} {unseen[k, 1]:.3f}"
+            for k, m in enumerate(methods)
+            if UNSEEN_CLASS in m.prompts
+        ),
+    )
+    return Path(out_path)
+
+
+def sample_checkpoints(
+    checkpoint_paths: Sequence[str | os.PathLike],
+    evaluation_cfg: Mapping[str, Any],
+    signal: Signal,
+    seed: int,
+    samples: int,
+    out_path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+) -> Path:
+    """The first ``samples`` samples of every condition of each checkpoint, drawn with
+    the evaluation's generators (so they are the images the evaluation scored), written
+    as netCDF to ``out_path``:
+
+    ``images`` uint8 (step, method, prompt, sample, y, x, channel), 0 where a method is
+    not applied to a prompt; ``applied`` bool (method, prompt); coords as in the
+    evaluation files (method with method_kind, method_setting).
+    """
+    device = _compute_device(device, threads)
+    _sampling_settings(evaluation_cfg)  # refuse bad settings before loading anything
+    if samples < 1 or not checkpoint_paths:
+        raise ConceptspaceError("sample needs at least one checkpoint and --samples >= 1")
+
+    stacks, steps, methods, first = [], [], None, None
+    for path in checkpoint_paths:
+        prepared = prepare_checkpoint(path, evaluation_cfg["methods"], signal, seed, device)
+        if methods is None:
+            methods, first = prepared.methods, prepared
+        size = prepared.vdm.net.image_size
+        channels = prepared.vdm.net.image_channels
+        images = np.zeros((len(methods), len(CLASSES), samples, size, size, channels), np.uint8)
+        conditions = prepared.conditions
+        log.info("sampling %s (step %d): %d conditions", path, prepared.step, len(conditions))
+        for chunk, batch in prepared.generate(samples, signal, seed, evaluation_cfg, device):
+            pixels = (batch * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            for (c, i), image in zip(chunk, pixels):
+                condition = conditions[c]
+                images[methods.index(condition.method), CLASSES.index(condition.prompt), i] = image
+        stacks.append(images)
+        steps.append(prepared.step)
+
+    order = np.argsort(steps)
+    applied = np.array([[p in m.prompts for p in CLASSES] for m in methods])
+    ds = xr.Dataset(
+        {
+            "images": (
+                ("step", "method", "prompt", "sample", "y", "x", "channel"),
+                np.stack([stacks[k] for k in order]),
+                {"units": "1", "long_name": "generated image, RGB in 0..255 (0: not applied)"},
+            ),
+            "applied": (
+                ("method", "prompt"),
+                applied,
+                {"units": "1", "long_name": "whether the method prompts the class"},
+            ),
+        },
+        coords={
+            "step": np.array(sorted(steps), dtype=np.int64),
+            **method_index(methods),
+            "prompt": np.array(list(CLASSES), dtype=object),
+            "sample": np.arange(samples, dtype=np.int64),
+            "channel": np.array(["red", "green", "blue"], dtype=object),
+        },
+    )
+    for name in ("step", "prompt", "sample"):
+        ds[name].attrs = dict(COORD_ATTRS[name])
+    ds["channel"].attrs = {"units": "1", "long_name": "color channel"}
+    attrs = _run_attrs(first, evaluation_cfg, signal, seed, device)
+    attrs.pop("step")
+    attrs["checkpoint"] = [str(p) for p in checkpoint_paths]
+    ds.attrs = {
+        "description": (
+            "Sample sheet: the first samples of every method and prompt at each checkpoint, "
+            "drawn with the evaluation's per-sample generators (the images it scored)."
+        ),
+        **netcdf_attrs(attrs),
+    }
+    save_dataset_nc(ds, out_path)
+    log.info(
+        "wrote %s: %d steps x %d methods x %d samples", out_path, len(steps), len(methods), samples
     )
     return Path(out_path)

@@ -4,13 +4,23 @@ Three levels of files, all netCDF (engine netcdf4), all written through
 ``io.atomic_path`` by :func:`save_dataset_nc`:
 
 - one evaluation per checkpoint (``evaluate.write_evaluation``): ``p_target``
-  (prompt, concept, sample), the probe's probability that each sample shows the
-  prompt's target value of each concept;
+  (method, prompt, concept, sample), the probe's probability that each sample shows the
+  prompt's target value of each concept, NaN where a method does not prompt the class;
 - one trajectory per run (:func:`gather_run`): the evaluations stacked over ``step``,
-  with the concept-space point of each prompt (``concept_prob``, the mean over samples)
-  and its accuracy (the product of the two coordinates);
+  with the concept-space point of each method and prompt (``concept_prob``, the mean
+  over samples) and its accuracy (the product of the two coordinates);
 - one study (:func:`gather_study`): all runs on the outer grid seed x color gap x size
-  gap, without the sample dimension, plus the learning times of the unseen class.
+  gap, without the sample dimension, plus the learning times of the unseen class for
+  every method.
+
+Methods (``conceptspace.methods``): the ``method`` dimension holds the evaluated variants
+(naive, overprompt_i, intervention_i, patched_*) with non-dimension coordinates
+``method_kind`` and ``method_setting``. :func:`gather_run` appends one best-of method per
+kind with several variants (``overprompt``, ``intervention``; setting "best of k"): at
+each step and prompt, the concept_prob and accuracy of the variant with the highest
+accuracy there (the SPEC's "score = best over the prompts / over alpha"). The choice is
+made per step, so a best-of trajectory is an upper envelope of its variants, and its
+learning time is the earliest of theirs; its p_target is NaN (no single sample set).
 
 Learning time (SPEC "Probes and evaluation"):
 
@@ -39,6 +49,7 @@ import xarray as xr
 
 from conceptspace.concepts import UNSEEN_CLASS
 from conceptspace.io import ConceptspaceError, atomic_path, json_default, provenance
+from conceptspace.methods import BEST_OF_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +81,15 @@ CONCEPT_PROB_ATTRS = {
     "long_name": "concept-space coordinate: mean over samples of the probability of the "
     "prompt's target value of the concept",
 }
+METHOD_ATTRS = {
+    "method": {"units": "1", "long_name": "prompting method (variant)"},
+    "method_kind": {
+        "units": "1",
+        "long_name": "kind of prompting method: naive, overprompt, intervention or patched",
+    },
+    "method_setting": {"units": "1", "long_name": "setting of the prompting method"},
+}
+METHOD_COORDS = tuple(METHOD_ATTRS)
 ACCURACY_ATTRS = {
     "units": "1",
     "long_name": "accuracy of the prompt: product over concepts of the concept-space coordinates",
@@ -96,6 +116,22 @@ def netcdf_attrs(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
             value = json.dumps(value, sort_keys=True, default=json_default)
         attrs[f"{prefix}{key}"] = value
     return attrs
+
+
+def method_coords(
+    names: Sequence[str], kinds: Sequence[str], settings: Sequence[str]
+) -> dict[str, xr.Variable]:
+    """The ``method`` dimension coordinate with its ``method_kind`` and ``method_setting``."""
+    return {
+        name: xr.Variable(
+            "method", np.array([str(v) for v in values], dtype=object), dict(METHOD_ATTRS[name])
+        )
+        for name, values in (
+            ("method", names),
+            ("method_kind", kinds),
+            ("method_setting", settings),
+        )
+    }
 
 
 def save_dataset_nc(ds: xr.Dataset, path: str | os.PathLike) -> None:
@@ -279,11 +315,13 @@ def _same_gap(a: float, b: float) -> bool:
 def gather_run(eval_paths: Sequence[str | os.PathLike]) -> xr.Dataset:
     """One run's evaluations stacked over 'step' (sorted), with its concept-space path.
 
-    Variables: ``p_target`` (step, prompt, concept, sample); ``concept_prob`` (step,
-    prompt, concept), the mean over samples: the concept-space point of each prompt;
-    ``accuracy`` (step, prompt), the product over concepts of concept_prob. Scalar
-    coords seed, color_gap, size_gap. All files must come from one run (same seed and
-    gaps), hold distinct steps, and share prompts, concepts and samples; otherwise
+    Variables: ``p_target`` (step, method, prompt, concept, sample); ``concept_prob``
+    (step, method, prompt, concept), the mean over samples: the concept-space point of
+    each method and prompt; ``accuracy`` (step, method, prompt), the product over
+    concepts of concept_prob. NaN where a method does not prompt a class. The method
+    dim ends with the best-of methods (see the module docstring). Scalar coords seed,
+    color_gap, size_gap. All files must come from one run (same seed and gaps), hold
+    distinct steps, and share methods, prompts, concepts and samples; otherwise
     ConceptspaceError.
     """
     if not eval_paths:
@@ -311,7 +349,7 @@ def gather_run(eval_paths: Sequence[str | os.PathLike]) -> xr.Dataset:
                 "checkpoint's evaluation once"
             )
         seen_steps[step] = path
-        for coord in ("prompt", "concept", "sample"):
+        for coord in ("method", "method_setting", "prompt", "concept", "sample"):
             if not np.array_equal(ds[coord].values, first[coord].values):
                 raise ConceptspaceError(
                     f"{path} has {coord}s {list(ds[coord].values)}, {first_path} has "
@@ -326,11 +364,21 @@ def gather_run(eval_paths: Sequence[str | os.PathLike]) -> xr.Dataset:
         coords="minimal",
         join="exact",
     ).sortby("step")
-    p_target.attrs = dict(P_TARGET_ATTRS)
-    concept_prob = p_target.mean("sample")
-    concept_prob.attrs = dict(CONCEPT_PROB_ATTRS)
-    accuracy = concept_prob.prod("concept")
-    accuracy.attrs = dict(ACCURACY_ATTRS)
+    concept_prob = p_target.mean("sample", skipna=False)
+    accuracy = concept_prob.prod("concept", skipna=False)
+    concept_prob, accuracy = with_best_of(concept_prob, accuracy)
+    # best-of rows of p_target: NaN (no single set of samples)
+    p_target = (
+        p_target.drop_vars(METHOD_COORDS[1:])
+        .reindex({"method": concept_prob["method"].values})
+        .assign_coords({name: concept_prob[name] for name in METHOD_COORDS})
+    )
+    for array, attrs in (
+        (p_target, P_TARGET_ATTRS),
+        (concept_prob, CONCEPT_PROB_ATTRS),
+        (accuracy, ACCURACY_ATTRS),
+    ):
+        array.attrs = dict(attrs)
 
     ds = xr.Dataset(
         {"p_target": p_target, "concept_prob": concept_prob, "accuracy": accuracy},
@@ -345,10 +393,12 @@ def gather_run(eval_paths: Sequence[str | os.PathLike]) -> xr.Dataset:
     record = provenance({"evaluations": ordered_paths}, int(run["seed"]))
     ds.attrs = {
         "description": (
-            "One training run in concept space: for each checkpoint (step) and prompted "
-            "class, the probe's probability that each sample shows the prompt's target "
-            "value of each concept, its mean over samples (the concept-space point) and "
-            "the product over concepts (accuracy)."
+            "One training run in concept space: for each checkpoint (step), prompting "
+            "method and prompted class, the probe's probability that each sample shows the "
+            "prompt's target value of each concept, its mean over samples (the concept-space "
+            "point) and the product over concepts (accuracy). Best-of methods (kind "
+            "overprompt / intervention, setting 'best of k') take, at each step and prompt, "
+            "the variant with the highest accuracy: an upper envelope; their p_target is NaN."
         ),
         **_carried_attrs(first.attrs),
         "evaluations": json.dumps(ordered_paths),
@@ -366,9 +416,46 @@ def gather_run(eval_paths: Sequence[str | os.PathLike]) -> xr.Dataset:
     return ds
 
 
+def with_best_of(
+    concept_prob: xr.DataArray, accuracy: xr.DataArray
+) -> tuple[xr.DataArray, xr.DataArray]:
+    """Append a best-of method for each kind of ``methods.BEST_OF_KINDS`` present: at each
+    (step, prompt) the variant with the highest accuracy (NaN where none is applied)."""
+    kinds = accuracy["method_kind"].values
+    best_probs, best_accuracies, names, settings = [], [], [], []
+    for kind in BEST_OF_KINDS:
+        variants = [str(m) for m, k in zip(accuracy["method"].values, kinds) if k == kind]
+        if not variants:
+            continue
+        variant_accuracy = accuracy.sel({"method": variants})
+        applied = variant_accuracy.notnull().any("method")
+        choice = variant_accuracy.fillna(-np.inf).argmax("method")
+        best_probs.append(
+            concept_prob.sel({"method": variants})
+            .isel(method=choice)
+            .where(applied)
+            .drop_vars(METHOD_COORDS, errors="ignore")
+        )
+        best_accuracies.append(
+            variant_accuracy.isel(method=choice)
+            .where(applied)
+            .drop_vars(METHOD_COORDS, errors="ignore")
+        )
+        names.append(kind)
+        settings.append(f"best of {len(variants)}")
+    if not names:
+        return concept_prob, accuracy
+    coords = method_coords(names, names, settings)
+    best_prob = xr.concat(best_probs, dim="method").assign_coords(coords)
+    best_accuracy = xr.concat(best_accuracies, dim="method").assign_coords(coords)
+    concept_prob = xr.concat([concept_prob, best_prob], dim="method")
+    accuracy = xr.concat([accuracy, best_accuracy], dim="method")
+    return concept_prob, accuracy
+
+
 # Evaluation attributes that hold for the whole run (the per-checkpoint ones, step and
 # checkpoint path, become the step coordinate and the 'evaluations' list).
-_RUN_LEVEL_ATTRS = ("evaluation_cfg", "min_accuracy", "probe", "sampling")
+_RUN_LEVEL_ATTRS = ("evaluation_cfg", "methods_cfg", "min_accuracy", "probe", "sampling")
 
 
 def _carried_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -380,7 +467,7 @@ def _carried_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _set_coord_attrs(ds: xr.Dataset) -> None:
-    for name, attrs in COORD_ATTRS.items():
+    for name, attrs in {**COORD_ATTRS, **METHOD_ATTRS}.items():
         if name in ds.coords:
             ds[name].attrs = dict(attrs)
 
@@ -393,28 +480,30 @@ def gather_study(
     config: Mapping[str, Any],
     evaluation_cfg: Mapping[str, Any],
 ) -> xr.Dataset:
-    """All runs on the outer grid (seed, color_gap, size_gap, step, prompt, concept).
+    """All runs on the outer grid (seed, color_gap, size_gap, step, method, prompt,
+    concept).
 
     Keeps ``concept_prob`` and ``accuracy`` (no sample dim); NaN where a (seed, color
-    gap, size gap) was not run. Adds the unseen class's learning times:
-    ``learning_time`` (seed, color_gap, size_gap), the first step with accuracy >=
-    ``evaluation_cfg['threshold']``; ``learning_time_smoothed`` (..., concept), the
-    authors' per-concept variant (``evaluation_cfg['smoothed']``); and
-    ``learning_speed`` = 1 / learning_time. Runs must share steps, prompts and
-    concepts, and each grid point may appear once; otherwise ConceptspaceError.
+    gap, size gap) was not run or a method does not prompt a class. Adds the unseen
+    class's learning times for every method: ``learning_time`` (seed, color_gap,
+    size_gap, method), the first step with accuracy >= ``evaluation_cfg['threshold']``;
+    ``learning_time_smoothed`` (..., method, concept), the authors' per-concept variant
+    (``evaluation_cfg['smoothed']``); and ``learning_speed`` = 1 / learning_time. Runs
+    must share steps, methods, prompts and concepts, and each grid point may appear
+    once; otherwise ConceptspaceError.
     """
     if not run_paths:
         raise ConceptspaceError("gather_study needs at least one run trajectory")
     runs = [(Path(path), open_trajectory(path)) for path in run_paths]
     first_path, first = runs[0]
     for path, ds in runs[1:]:
-        for coord in ("step", "prompt", "concept"):
+        for coord in ("step", "method", "method_setting", "prompt", "concept"):
             if not np.array_equal(ds[coord].values, first[coord].values):
                 raise ConceptspaceError(
                     f"{path} has {coord}s {list(ds[coord].values)} but {first_path} has "
                     f"{list(first[coord].values)}; all runs of a study must be evaluated at "
-                    "the same checkpoints with the same prompts (same training.checkpoints "
-                    "and evaluation settings): delete the stale trajectories and rerun "
+                    "the same checkpoints with the same methods and prompts (same "
+                    "training.checkpoints and evaluation settings): delete the stale trajectories and rerun "
                     "`snakemake`"
                 )
     if UNSEEN_CLASS not in first["prompt"].values:
@@ -448,24 +537,27 @@ def gather_study(
     for _, ds in runs:
         seed, color_gap, size_gap = key(ds)
         index = (seeds.index(seed), color_gaps.index(color_gap), size_gaps.index(size_gap))
-        concept_prob[index] = ds["concept_prob"].transpose("step", "prompt", "concept").values
-        accuracy[index] = ds["accuracy"].transpose("step", "prompt").values
+        concept_prob[index] = (
+            ds["concept_prob"].transpose("step", "method", "prompt", "concept").values
+        )
+        accuracy[index] = ds["accuracy"].transpose("step", "method", "prompt").values
 
     grid = ("seed", "color_gap", "size_gap")
     study = xr.Dataset(
         {
             "concept_prob": (
-                grid + ("step", "prompt", "concept"),
+                grid + ("step", "method", "prompt", "concept"),
                 concept_prob,
                 CONCEPT_PROB_ATTRS,
             ),
-            "accuracy": (grid + ("step", "prompt"), accuracy, ACCURACY_ATTRS),
+            "accuracy": (grid + ("step", "method", "prompt"), accuracy, ACCURACY_ATTRS),
         },
         coords={
             "seed": np.array(seeds, dtype=np.int64),
             "color_gap": np.array(color_gaps, dtype=float),
             "size_gap": np.array(size_gaps, dtype=float),
             "step": first["step"].values,
+            **{name: first[name].variable for name in METHOD_COORDS},
             "prompt": first["prompt"].values,
             "concept": first["concept"].values,
         },
@@ -496,18 +588,19 @@ def gather_study(
         "long_name": f"speed of learning the unseen class {UNSEEN_CLASS}: 1 / learning_time",
         "threshold": threshold,
     }
-    study["learning_time"] = times.transpose(*grid)
-    study["learning_time_smoothed"] = smoothed_times.transpose(*grid, "concept")
-    study["learning_speed"] = speed.transpose(*grid)
+    study["learning_time"] = times.transpose(*grid, "method")
+    study["learning_time_smoothed"] = smoothed_times.transpose(*grid, "method", "concept")
+    study["learning_speed"] = speed.transpose(*grid, "method")
     _set_coord_attrs(study)
 
     run_list = [str(placed[k]) for k in sorted(placed)]
     study.attrs = {
         "description": (
             "Concept-space study: for each run (seed x color gap x size gap; NaN where not "
-            "run), checkpoint and prompted class, the concept-space point (mean probe "
-            "probability of each target concept value) and accuracy (their product); and "
-            f"the learning time and speed of the unseen class {UNSEEN_CLASS}."
+            "run), checkpoint, prompting method and prompted class, the concept-space point "
+            "(mean probe probability of each target concept value) and accuracy (their "
+            f"product); and per method the learning time and speed of the unseen class "
+            f"{UNSEEN_CLASS}. Best-of methods are upper envelopes over their variants."
         ),
         "config": json.dumps(config, sort_keys=True, default=json_default),
         "evaluation_cfg": json.dumps(evaluation_cfg, sort_keys=True, default=json_default),
@@ -515,10 +608,10 @@ def gather_study(
         "n_runs": len(run_list),
         **netcdf_attrs(provenance(dict(config))),
     }
-    n_reached = int(np.isfinite(study["learning_time"].values).sum())
+    n_reached = int(np.isfinite(study["learning_time"].sel({"method": "naive"}).values).sum())
     log.info(
         "study: %d runs (%d seeds x %d color gaps x %d size gaps grid), %d steps; %d runs "
-        "reached accuracy %.2f on %s",
+        "reached accuracy %.2f on %s with naive prompting",
         len(runs),
         len(seeds),
         len(color_gaps),

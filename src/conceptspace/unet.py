@@ -24,13 +24,26 @@ for time and h alike).
 Embedding module (the code's "sep_mlp"): every residual block (down, middle and up, in
 that order; 14 for the paper config) has its own MLP h -> Linear(C) -> GELU -> Linear(C)
 -> GELU. They live together in ``net.embedding`` (an nn.ModuleList), which is what
-interventions act on (``net(z, t, embeddings=...)``) and what patching swaps
-(``net.embedding.load_state_dict(...)``).
+interventions act on (``net.embed(h, intervention=...)``) and what patching swaps
+(``net(z, t, embeddings=donor.embed(h))``).
+
+Linear latent intervention (SPEC "Eliciting hidden capabilities", the authors' code): in
+every block, with e the block's embedding of the prompt and u_color, u_size the block's
+normalised embeddings of an h holding only the color direction and only the size
+direction,
+    e'  = e  + alpha (e . u_color) u_color
+    e'' = e' - beta  (e' . u_size) u_size
+alpha and beta are per row, so one batch can mix interventions with plain prompts. h's
+embedding does not depend on time, so the intervention acts at every sampling step.
+
+Precision: ``net.set_precision("bf16")`` runs the forward pass under bf16 autocast and
+hands float32 back (the VDM's loss and sampler arithmetic stay in float32).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -75,6 +88,39 @@ def zero_init(module: nn.Module) -> nn.Module:
 
 def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+
+
+def intervene(
+    e: torch.Tensor,
+    u_color: torch.Tensor,
+    u_size: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor,
+) -> torch.Tensor:
+    """e (B, C) -> e'' with e' = e + alpha (e.u_color) u_color, e'' = e' - beta (e'.u_size)
+    u_size; u_color and u_size are unit vectors (C,), alpha and beta (B,) per row."""
+    e = e + (alpha * (e @ u_color))[:, None] * u_color
+    return e - (beta * (e @ u_size))[:, None] * u_size
+
+
+@dataclass(frozen=True)
+class LinearIntervention:
+    """The latent intervention applied by ``UNet.embed``: per-row alpha and beta (B,),
+    and the h vectors whose embeddings give the directions (``color_h`` holds only the
+    color, e.g. (0.05, 0.05, 0.95, 0); ``size_h`` only the size, e.g. (0, 0, 0, 0.6))."""
+
+    alpha: torch.Tensor
+    beta: torch.Tensor
+    color_h: torch.Tensor
+    size_h: torch.Tensor
+
+    def apply(self, embedding_mlp: nn.Module, e: torch.Tensor) -> torch.Tensor:
+        """Intervene on one block's embeddings e (B, C), directions from its own MLP."""
+        directions = torch.stack([self.color_h, self.size_h]).to(e.device, e.dtype)
+        u_color, u_size = F.normalize(embedding_mlp(directions), dim=1)
+        alpha = self.alpha.to(e.device, e.dtype)
+        beta = self.beta.to(e.device, e.dtype)
+        return intervene(e, u_color, u_size, alpha, beta)
 
 
 class ResidualBlock(nn.Module):
@@ -193,6 +239,7 @@ class UNet(nn.Module):
         self.embedding = nn.ModuleList(
             mlp(h_dim, residual.out_channels) for residual in self.residual_blocks()
         )
+        self.autocast_bf16 = False  # set_precision; not state, so checkpoints are unchanged
 
     @classmethod
     def from_config(cls, model_cfg: Mapping[str, Any], h_dim: int, image_size: int) -> "UNet":
@@ -220,9 +267,24 @@ class UNet(nn.Module):
         up = [block for level in self.up_levels for block in level]
         return down + list(self.middle) + up
 
-    def embed(self, h: torch.Tensor) -> list[torch.Tensor]:
-        """h (B, h_dim) -> one embedding (B, C_i) per residual block, in forward order."""
-        return [embedding_mlp(h) for embedding_mlp in self.embedding]
+    def set_precision(self, precision: str) -> None:
+        """ "bf16": run forward under bf16 autocast (output float32); "fp32": plain."""
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        self.autocast_bf16 = precision == "bf16"
+
+    def embed(
+        self, h: torch.Tensor, intervention: LinearIntervention | None = None
+    ) -> list[torch.Tensor]:
+        """h (B, h_dim) -> one embedding (B, C_i) per residual block, in forward order,
+        with ``intervention`` applied in every block if given."""
+        embeddings = []
+        for embedding_mlp in self.embedding:
+            e = embedding_mlp(h)
+            if intervention is not None:
+                e = intervention.apply(embedding_mlp, e)
+            embeddings.append(e)
+        return embeddings
 
     def forward(
         self,
@@ -238,6 +300,18 @@ class UNet(nn.Module):
         """
         if (h is None) == (embeddings is None):
             raise ValueError("give exactly one of h or embeddings")
+        if self.autocast_bf16:
+            with torch.autocast(z.device.type, dtype=torch.bfloat16):
+                return self._forward(z, t_input, h, embeddings).float()
+        return self._forward(z, t_input, h, embeddings)
+
+    def _forward(
+        self,
+        z: torch.Tensor,
+        t_input: torch.Tensor,
+        h: torch.Tensor | None,
+        embeddings: Sequence[torch.Tensor] | None,
+    ) -> torch.Tensor:
         if embeddings is None:
             embeddings = self.embed(h)
         if len(embeddings) != len(self.embedding):

@@ -63,6 +63,8 @@ def plot_signal(
             f"the study dataset lacks {', '.join(missing)}; rebuild it with `snakemake` "
             "(rule gather_study)"
         )
+    if "method" in study.dims:  # this figure is about naive prompting
+        study = study.sel({"method": "naive"})
     threshold = study["learning_speed"].attrs.get("threshold")
     threshold_text = "the threshold" if threshold is None else f"{float(threshold):g}"
     n_seeds = study.sizes.get("seed", 1)

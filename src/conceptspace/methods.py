@@ -1,0 +1,143 @@
+"""The ways of prompting a checkpoint (SPEC "Eliciting hidden capabilities").
+
+One evaluation scores several *methods*; each is a named variant with a kind:
+
+- ``naive``: every class prompted with its concept means, h = ``signal.class_h(class)``.
+- ``overprompt_<i>`` (kind overprompt): the unseen class only, its color replaced by
+  ``evaluation.methods.overprompt.colors[i]`` (pushed past the training values), its
+  size kept at the class mean.
+- ``intervention_<i>`` (kind intervention): the unseen class, prompted naively, with
+  the linear latent intervention of ``unet.LinearIntervention`` at alpha =
+  ``alphas[i]`` and the configured beta in every block's embedding.
+- ``patched_final`` / ``patched_step_XXXXXX`` (kind patched): every class prompted
+  naively, the embeddings computed by the donor checkpoint's embedding module (the
+  final checkpoint of the run, or a chosen step).
+
+Method names, and the order overprompts and alphas appear in the config, are the
+contract with the gathered datasets (docs/architecture.md). An empty list switches a
+method off; its variants are then absent. This module has no torch dependency: the
+config checks run while Snakemake parses the workflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+from conceptspace.concepts import CLASSES, UNSEEN_CLASS
+
+METHOD_KINDS = ("naive", "overprompt", "intervention", "patched")
+# Kinds whose variants are summarised by the best variant at each step (gather_run).
+BEST_OF_KINDS = ("overprompt", "intervention")
+FINAL_DONOR = "final"
+
+
+@dataclass(frozen=True)
+class Method:
+    """One prompting variant. ``color`` (overprompt) replaces the prompt's RGB; alpha and
+    beta (intervention) scale the latent intervention; ``donor_step`` (patched) names the
+    checkpoint whose embedding module computes the embeddings."""
+
+    name: str
+    kind: str
+    setting: str
+    prompts: tuple[str, ...]
+    color: tuple[float, float, float] | None = None
+    alpha: float = 0.0
+    beta: float = 0.0
+    donor_step: int | None = None
+
+
+NAIVE = Method("naive", "naive", "class means", CLASSES)
+
+
+def donor_name(donor: str | int) -> str:
+    """The method name of a patching donor: patched_final or patched_step_XXXXXX."""
+    return "patched_final" if str(donor) == FINAL_DONOR else f"patched_step_{int(donor):06d}"
+
+
+def build_methods(methods_cfg: Mapping[str, Any], final_step: int) -> list[Method]:
+    """Every variant of ``evaluation.methods``, naive first, in config order.
+
+    ``final_step`` is the run's last checkpoint step (the "final" donor).
+    """
+    methods = [NAIVE]
+    for i, color in enumerate(methods_cfg["overprompt"]["colors"]):
+        rgb = tuple(float(c) for c in color)
+        setting = "rgb=(" + ", ".join(f"{c:g}" for c in rgb) + ")"
+        methods.append(Method(f"overprompt_{i}", "overprompt", setting, (UNSEEN_CLASS,), rgb))
+    intervention = methods_cfg["intervention"]
+    beta = float(intervention["beta"])
+    for i, alpha in enumerate(intervention["alphas"]):
+        setting = f"alpha={float(alpha):g} beta={beta:g}"
+        methods.append(
+            Method(
+                f"intervention_{i}",
+                "intervention",
+                setting,
+                (UNSEEN_CLASS,),
+                alpha=float(alpha),
+                beta=beta,
+            )
+        )
+    for donor in methods_cfg["patching"]["donors"]:
+        step = int(final_step) if str(donor) == FINAL_DONOR else int(donor)
+        label = f"final (step {step})" if str(donor) == FINAL_DONOR else f"step {step}"
+        methods.append(
+            Method(donor_name(donor), "patched", f"donor={label}", CLASSES, donor_step=step)
+        )
+    return methods
+
+
+def method_problems(methods_cfg: Mapping[str, Any], steps: Sequence[int]) -> Iterable[str]:
+    """Relations the schema cannot check: donors must be checkpoint steps (or "final")
+    and distinct. ``steps`` are the run's checkpoint steps."""
+    donors = [str(d) for d in methods_cfg["patching"]["donors"]]
+    for donor in donors:
+        if donor == FINAL_DONOR:
+            continue
+        if not donor.isdigit() or int(donor) not in steps:
+            yield (
+                f"config key 'evaluation.methods.patching.donors': {donor} is not a checkpoint "
+                f'step; use "final" or one of the steps training.checkpoints makes: '
+                f"{', '.join(str(s) for s in steps)}"
+            )
+    if len(set(donors)) != len(donors) or (FINAL_DONOR in donors and str(steps[-1]) in donors):
+        yield (
+            "config key 'evaluation.methods.patching.donors' names a donor twice (\"final\" "
+            f"is step {steps[-1]}); list each donor once"
+        )
+
+
+def sample_sheet_problems(
+    sheet_cfg: Mapping[str, Any],
+    levels: Sequence[tuple[float, float]],
+    seeds: Sequence[int],
+    steps: Sequence[int],
+) -> Iterable[str]:
+    """``figures.sample_sheet`` must name a run of the study and checkpoint steps."""
+    level = (float(sheet_cfg["color_gap"]), float(sheet_cfg["size_gap"]))
+    if not any(abs(level[0] - a) < 1e-9 and abs(level[1] - b) < 1e-9 for a, b in levels):
+        yield (
+            f"config key 'figures.sample_sheet': (color_gap, size_gap) = {level} is not a "
+            f"signal level of the study; choose one of {', '.join(map(str, levels))}"
+        )
+    if int(sheet_cfg["seed"]) not in seeds:
+        yield (
+            f"config key 'figures.sample_sheet.seed': {sheet_cfg['seed']} is not a seed of "
+            f"the study; choose one of {', '.join(map(str, seeds))}"
+        )
+    chosen = sheet_cfg["steps"]
+    if chosen != "all":
+        for step in chosen:
+            if step not in steps:
+                yield (
+                    f"config key 'figures.sample_sheet.steps': {step} is not a checkpoint "
+                    f"step; use \"all\" or steps from: {', '.join(str(s) for s in steps)}"
+                )
+
+
+def sample_sheet_steps(sheet_cfg: Mapping[str, Any], steps: Sequence[int]) -> list[int]:
+    return (
+        list(steps) if sheet_cfg["steps"] == "all" else sorted(int(s) for s in sheet_cfg["steps"])
+    )
