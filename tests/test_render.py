@@ -230,17 +230,6 @@ def test_save_and_load_round_trip(tmp_path, training_set):
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
 
 
-def test_a_truncated_dataset_names_the_file_and_the_fix(tmp_path, training_set):
-    path = tmp_path / "data.npz"
-    save_dataset(path, training_set)
-    content = path.read_bytes()
-    path.write_bytes(content[: len(content) // 2])
-    with pytest.raises(ConceptspaceError) as caught:
-        load_dataset(path)
-    message = str(caught.value)
-    assert str(path) in message and "delete" in message and "snakemake" in message
-
-
 def test_a_missing_or_foreign_dataset_is_refused(tmp_path):
     with pytest.raises(ConceptspaceError, match="does not exist"):
         load_dataset(tmp_path / "absent.npz")

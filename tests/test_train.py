@@ -303,29 +303,6 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(dataset, tmp_
 # ------------------------------------------------------------------- failures and loading
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(dataset, tmp_path, monkeypatch):
-    from conceptspace.vdm import VDM
-
-    original, calls = VDM.loss, {"train": 0}
-
-    def poisoned(self, *args, **kwargs):
-        terms = original(self, *args, **kwargs)
-        if self.training:
-            calls["train"] += 1
-            if calls["train"] >= 6:  # step 6: after the checkpoint at step 4
-                terms = {**terms, "loss": terms["loss"] * float("nan")}
-        return terms
-
-    monkeypatch.setattr(VDM, "loss", poisoned)
-    with pytest.raises(ConceptspaceError, match="NaN") as caught:
-        train_run(MODEL, TRAINING, dataset, SEED, tmp_path / "run", tmp_path / "m.json")
-    assert str(checkpoint_path(tmp_path / "run", 4)) in str(caught.value)
-    good = torch.load(checkpoint_path(tmp_path / "run", 4), weights_only=True)["model"]
-    assert all(torch.isfinite(t).all() for t in good.values() if t.is_floating_point())
-    assert not checkpoint_path(tmp_path / "run", 7).exists()
-    assert not (tmp_path / "m.json").exists()
-
-
 def test_load_checkpoint_round_trips(reference):
     run_dir, _ = reference
     path = checkpoint_path(run_dir, 12)
@@ -336,18 +313,6 @@ def test_load_checkpoint_round_trips(reference):
     torch.manual_seed(0)
     terms = vdm.loss(torch.rand(2, 3, 8, 8), torch.rand(2, 4))
     assert torch.isfinite(terms["loss"])
-
-
-def test_load_checkpoint_names_a_missing_or_corrupt_file(tmp_path):
-    missing = tmp_path / "step_000001.pt"
-    with pytest.raises(ConceptspaceError, match="does not exist") as caught:
-        load_checkpoint(missing)
-    assert str(missing) in str(caught.value)
-    corrupt = tmp_path / "step_000002.pt"
-    corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(ConceptspaceError, match="delete it") as caught:
-        load_checkpoint(corrupt)
-    assert str(corrupt) in str(caught.value)
 
 
 def test_bf16_runs_the_network_in_bfloat16_and_keeps_float32_weights(reference, dataset, tmp_path):

@@ -8,6 +8,7 @@ each naming the key and the fix, before Snakemake plans a single job.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -77,7 +78,7 @@ def validate_config(config: dict, schema_path: str | Path) -> None:
     validator = jsonschema.Draft202012Validator(schema)
     problems = [_describe(error) for error in validator.iter_errors(config)]
     if not problems:  # relations between keys only make sense once each key is sound
-        problems = list(_cross_checks(config))
+        problems = list(_cross_checks(config)) + list(_results_problems(config["results"]))
     if problems:
         raise ConfigError(
             "invalid configuration:\n"
@@ -94,6 +95,26 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "required":
         return f"config key '{key}': {error.message}"
     return f"config key '{key}': {error.message}"
+
+
+def _results_problems(results: str) -> Iterable[str]:
+    """The results folder must be writable, or creatable in a writable folder: said now,
+    not as a traceback deep inside the first job. Nothing is created here (dry runs)."""
+    folder = Path(results).absolute()
+    existing = folder
+    while not existing.exists():  # a path through a regular file "does not exist" either
+        existing = existing.parent
+    if not existing.is_dir():
+        yield (
+            f"config key 'results' ({results}): {existing} is a file, so the results folder "
+            f"{folder} cannot be made; set 'results' to a folder path, or move the file"
+        )
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        what = "the results folder" if existing == folder else f"{folder} would be made in"
+        yield (
+            f"config key 'results' ({results}): {what} {existing}, which this user cannot "
+            f"write to; set 'results' to a folder you can write (or fix its permissions)"
+        )
 
 
 def _cross_checks(config: dict) -> Iterable[str]:

@@ -26,7 +26,7 @@ DAMAGED_TORCH_FILE_ERRORS = (
     OSError,
     EOFError,
     RuntimeError,
-    KeyError,
+    LookupError,  # KeyError, and IndexError from some garbage
     TypeError,
     ValueError,
     zipfile.BadZipFile,

@@ -58,7 +58,7 @@ __all__ = ["checkpoint_steps", "train_run", "load_checkpoint"]
 VALIDATION_IMAGES = 256
 VALIDATION_SEED_OFFSET = 7919  # validation noise differs from the training stream
 # Training keys that do not change the weights; a resume may change them freely.
-COSMETIC_TRAINING_KEYS = ("log_every",)
+COSMETIC_TRAINING_KEYS = ("log_every", "explode_factor")
 _CHECKPOINT_NAME = re.compile(r"step_(\d{6,})\.pt")
 _CHECKPOINT_KEYS = ("model", "optimizer", "step", "rng", "config")
 
@@ -373,6 +373,9 @@ def train_run(
     steps = int(training_cfg["steps"])
     batch_size = int(training_cfg["batch_size"])
     log_every = max(1, int(training_cfg["log_every"]))
+    # Stop when the loss explodes (None: only NaN/inf stop training); see docs/trust.md.
+    explode_factor = training_cfg.get("explode_factor")
+    explode_factor = None if explode_factor is None else float(explode_factor)
     precision = training_cfg.get("precision", "fp32")
     if precision not in ("fp32", "bf16"):
         raise ConceptspaceError(
@@ -491,6 +494,7 @@ def train_run(
     log_grad = torch.zeros((), device=device)
     interval_loss = torch.zeros((), device=device)  # since the previous checkpoint
     last_log_step = last_checked = interval_start = start
+    lowest_loss = math.inf  # lowest mean loss of a log interval (explode check)
     started = last_log_time = time.perf_counter()
     for step in range(start + 1, steps + 1):
         index = torch.randint(n_train, (batch_size,), device=device)
@@ -513,7 +517,22 @@ def train_run(
         # One sync covers every step since the last check: a NaN/inf in a loss or a
         # gradient norm poisons these sums, and is caught before any checkpoint is written.
         if not torch.isfinite(log_loss + log_grad + interval_loss).item():
-            raise _diverged(run_dir, last_checked, step)
+            raise _diverged(run_dir, last_checked, step, "the loss or gradient norm became NaN/inf")
+        if explode_factor is not None:
+            # Mean loss since the last report, against the lowest full-interval mean so far
+            # (bits/dim are >= 0; the reference restarts at a resume).
+            recent = (log_loss / (step - last_log_step)).item()
+            if lowest_loss > 0 and recent > explode_factor * lowest_loss:
+                raise _diverged(
+                    run_dir,
+                    last_checked,
+                    step,
+                    f"the mean loss rose to {recent:.4g} bits/dim, more than "
+                    f"training.explode_factor = {explode_factor:g} times its lowest "
+                    f"{lowest_loss:.4g}",
+                )
+            if report:
+                lowest_loss = min(lowest_loss, recent)
         last_checked = step
         if report:
             n = step - last_log_step
@@ -549,7 +568,7 @@ def train_run(
     return _write_manifest(manifest_path, run_dir, save_steps, config, scheduled, record)
 
 
-def _diverged(run_dir: Path, last_good: int, step: int) -> ConceptspaceError:
+def _diverged(run_dir: Path, last_good: int, step: int, what: str) -> ConceptspaceError:
     stored = _stored_steps(run_dir / "checkpoints")
     kept = (
         f"the last good checkpoint, {checkpoint_path(run_dir, stored[-1])}, is kept"
@@ -557,10 +576,11 @@ def _diverged(run_dir: Path, last_good: int, step: int) -> ConceptspaceError:
         else "no checkpoint had been written yet"
     )
     return ConceptspaceError(
-        f"training diverged: the loss or gradient norm became NaN/inf between steps "
-        f"{last_good + 1} and {step} of {run_dir}; {kept}. Lower training.lr or "
-        "training.grad_clip, use training.precision: fp32, or check the dataset; a rerun "
-        "resumes from the last checkpoint."
+        f"training diverged: {what} between steps {last_good + 1} and {step} of {run_dir}; "
+        f"{kept}. Lower training.lr or training.grad_clip, use training.precision: fp32, or "
+        f"check the dataset, then delete {run_dir} to train again (a run does not resume "
+        "under a changed config). Rerunning unchanged resumes from the last checkpoint and, "
+        "training being deterministic, most likely diverges again."
     )
 
 

@@ -1,0 +1,317 @@
+"""Bad input, one test per kind: each is answered with a ConceptspaceError (a WorkflowError
+at the Snakemake level) whose message names the problem and the fix, and leaves nothing
+half-written behind. docs/trust.md lists the cases and where each is caught.
+
+Config errors go through ``config.validate_config`` (what the Snakefile calls before
+planning) and once through the real ``snakemake -n`` command line; file errors through
+the ``python -m conceptspace`` commands the rules run, or the loader they call.
+"""
+
+import copy
+import json
+import logging
+import os
+import random
+
+import pytest
+import torch
+
+from conceptspace import cli
+from conceptspace.concepts import CONCEPTS, Signal
+from conceptspace.config import ConfigError, load_config, validate_config
+from conceptspace.io import ConceptspaceError
+from conceptspace.probe import ProbeNet, load_probe
+from conceptspace.render import render_training_set, save_dataset
+from conceptspace.train import checkpoint_path, load_checkpoint, train_run
+from conftest import REPO, SCHEMA, snakemake
+from test_train import DATA, MODEL, SEED, TRAINING
+
+# The reference run checks for explosions too: a healthy run must not trip the check.
+GUARDED = {**TRAINING, "explode_factor": 10.0}
+
+
+@pytest.fixture(scope="module")
+def paper():
+    return load_config(REPO / "config.yaml")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "train.npz"
+    save_dataset(path, render_training_set(DATA, Signal(0.4, 0.4), seed=0), {})
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    train_run(MODEL, GUARDED, dataset, SEED, root / "run", root / "manifest.json")
+    return root / "run"
+
+
+def rejected(config) -> str:
+    with pytest.raises(ConfigError) as caught:
+        validate_config(config, SCHEMA)
+    message = str(caught.value)
+    assert "Fix these in config.yaml or in the preset" in message  # the fix, always
+    return message
+
+
+def changed(config, path, value):
+    config = copy.deepcopy(config)
+    target = config
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return config
+
+
+def half_written(folder) -> list[str]:
+    """Temporary files of atomic_path (".<name>.<random><suffix>") under ``folder``."""
+    return [str(p) for p in folder.rglob(".*") if p.is_file()]
+
+
+def run_cli(caplog, *argv) -> tuple[int, str]:
+    """``python -m conceptspace ARGV`` in process: (exit status, the error it logged)."""
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="conceptspace"):
+        status = cli.main([str(a) for a in argv])
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    return status, "\n".join(errors)
+
+
+def train_cli(caplog, dataset, run_dir, training=TRAINING):
+    settings = {"model": MODEL, "training": training}
+    return run_cli(
+        caplog, "train", "--settings", json.dumps(settings),
+        "--data", dataset, "--seed", SEED, "--run-dir", run_dir,
+        "--manifest", run_dir.parent / "manifest.json", "--device", "cpu", "--threads", 1,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------- the config
+
+
+def test_unknown_key_is_named_with_the_allowed_ones(paper):
+    message = rejected(changed(paper, ("training", "learning_rate"), 0.1))
+    assert "'training'" in message and "learning_rate" in message
+    assert "allowed keys here:" in message and "lr" in message
+
+
+def test_wrong_type_is_named(paper):
+    message = rejected(changed(paper, ("training", "batch_size"), "64"))
+    assert "training.batch_size" in message and "not of type 'integer'" in message
+
+
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        (("study", "sweeps", 0, "color_gap"), [-0.2]),  # a negative gap
+        (("study", "sweeps", 1, "size_gap"), []),  # an empty sweep
+        (("study", "seeds"), []),
+        (("data", "validation_fraction"), 1.5),
+        (("evaluation", "threshold"), 1.2),
+        (("training", "precision"), "fp16"),
+        (("training", "explode_factor"), 0.5),  # would stop every healthy run
+    ],
+)
+def test_out_of_range_value_is_named(paper, path, value):
+    assert ".".join(str(p) for p in path) in rejected(changed(paper, path, value))
+
+
+def test_checkpoints_past_training_are_named_with_the_fix(paper):
+    message = rejected(changed(paper, ("training", "checkpoints", "last"), 30000))
+    assert "training.checkpoints.last" in message and "make last <= steps" in message
+
+
+def test_gap_that_leaves_the_color_range_is_named(paper):
+    config = changed(paper, ("study", "sweeps", 0, "color_gap"), [0.9])
+    assert "study.sweeps.0.color_gap': 0.9 is above 0.8" in rejected(config)
+
+
+def test_figure_must_name_an_existing_sweep(paper):
+    message = rejected(changed(paper, ("figures", "signal", "color_sweep"), "nope"))
+    assert "figures.signal.color_sweep" in message and "sweeps are: color_gap" in message
+
+
+def test_results_under_a_file_is_refused(paper, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    message = rejected(changed(paper, ("results",), str(blocker / "results")))
+    assert f"{blocker} is a file" in message and "set 'results' to a folder" in message
+    assert list(tmp_path.iterdir()) == [blocker]  # checking creates nothing
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_results_is_refused(paper, tmp_path):
+    tmp_path.chmod(0o500)
+    try:
+        message = rejected(changed(paper, ("results",), str(tmp_path / "results")))
+    finally:
+        tmp_path.chmod(0o700)
+    assert "cannot write" in message and "set 'results' to a folder you can write" in message
+
+
+@pytest.mark.workflow
+def test_snakemake_names_an_unwritable_results_folder_before_any_job(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text(f"results: {blocker / 'results'}\n")
+    result = snakemake(tmp_path, "-n", configs=(REPO / "config.yaml", overlay), check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "config key 'results'" in output and "is a file" in output, output
+    assert "Traceback" not in output  # the message alone explains it
+    assert "Job stats" not in output  # stopped before planning
+    assert blocker.read_text() == ""
+
+
+# ------------------------------------------------------------------- damaged files
+
+
+def test_a_truncated_dataset_stops_training_before_anything_is_written(dataset, tmp_path, caplog):
+    truncated = tmp_path / "train.npz"
+    content = dataset.read_bytes()
+    truncated.write_bytes(content[: len(content) // 2])
+    status, error = train_cli(caplog, truncated, tmp_path / "run")
+    assert status == 1
+    assert str(truncated) in error and "delete it" in error and "snakemake" in error
+    assert not (tmp_path / "manifest.json").exists()
+    assert not list((tmp_path).rglob("step_*")) and not half_written(tmp_path)
+
+
+# Garbage whose seeds make torch.load fail each of the ways it can (UnpicklingError,
+# IndexError, KeyError, UnicodeDecodeError, found by trying 200 seeds).
+@pytest.mark.parametrize("damage", ["truncated", 0, 2, 20, 195, "foreign"])
+def test_a_damaged_checkpoint_is_named_with_the_fix(finished_run, tmp_path, damage):
+    good = checkpoint_path(finished_run, TRAINING["steps"])
+    path = tmp_path / good.name
+    if damage == "truncated":
+        path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif isinstance(damage, int):
+        path.write_bytes(random.Random(damage).randbytes(4096))
+    else:  # a readable torch file that is no checkpoint
+        torch.save({"model": {}}, path)
+    with pytest.raises(ConceptspaceError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert str(path) in message and "truncated or corrupt" in message
+    assert "delete it and rerun training" in message
+
+
+def test_a_corrupt_evaluation_stops_gathering_without_output(tmp_path, caplog):
+    corrupt = tmp_path / "step_000004.nc"
+    corrupt.write_bytes(b"CDF\x01" + random.Random(0).randbytes(512))
+    out = tmp_path / "trajectory.nc"
+    status, error = run_cli(caplog, "gather-run", "--out", out, corrupt)
+    assert status == 1
+    assert str(corrupt) in error and "corrupt" in error and "snakemake" in error
+    assert not out.exists() and not half_written(tmp_path)
+
+
+def test_info_on_a_damaged_file_names_it(finished_run, tmp_path, caplog):
+    damaged = tmp_path / "step_000012.pt"
+    damaged.write_bytes(checkpoint_path(finished_run, 12).read_bytes()[:1000])
+    status, error = run_cli(caplog, "info", damaged)
+    assert status == 1 and str(damaged) in error and "delete it and rerun" in error
+
+
+# ------------------------------------------------------------------- refusals
+
+
+def test_resuming_under_a_changed_config_names_the_keys_and_leaves_the_run(
+    finished_run, dataset, tmp_path, caplog
+):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").mkdir()
+    first = checkpoint_path(finished_run, 4)
+    kept = checkpoint_path(run_dir, 4)
+    kept.write_bytes(first.read_bytes())
+    status, error = train_cli(caplog, dataset, run_dir, {**TRAINING, "lr": 0.005, "steps": 14})
+    assert status == 1
+    assert "training.lr (checkpoint 0.001, requested 0.005)" in error
+    assert "training.steps (checkpoint 12, requested 14)" in error
+    assert "restore these settings" in error and f"delete {run_dir}" in error
+    assert kept.read_bytes() == first.read_bytes()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [kept.name]
+    assert not (tmp_path / "manifest.json").exists() and not half_written(tmp_path)
+
+
+def weak_probe(path, accuracy) -> None:
+    """A probe file as train_probe writes it, with the held-out accuracy given."""
+    config = {"image_size": 8, "channels": [8, 8], "groups": 4, "attention_heads": 2}
+    torch.save(
+        {
+            "state_dict": ProbeNet(**config).state_dict(),
+            "config": config,
+            "accuracy": accuracy,
+            "concepts": list(CONCEPTS),
+        },
+        path,
+    )
+
+
+def test_a_probe_below_its_floor_is_refused_naming_the_concept_and_the_fix(tmp_path):
+    path = tmp_path / "probe.pt"
+    weak_probe(path, {"color": 0.99, "size": 0.62})
+    with pytest.raises(ConceptspaceError) as caught:
+        load_probe(path, min_accuracy=0.95)
+    message = str(caught.value)
+    assert "size" in message and "0.62" in message and "0.95" in message
+    assert "raise probe.steps" in message and "color" not in message
+    assert load_probe(path, min_accuracy=0.6).accuracy["size"] == 0.62  # a floor it meets
+
+
+def test_a_damaged_or_missing_probe_is_refused(tmp_path):
+    path = tmp_path / "probe.pt"
+    weak_probe(path, {"color": 1.0, "size": 1.0})
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(ConceptspaceError, match="truncated or corrupt: delete it"):
+        load_probe(path, min_accuracy=0.5)
+    with pytest.raises(ConceptspaceError, match="does not exist; run `snakemake`"):
+        load_probe(tmp_path / "absent.pt", min_accuracy=0.5)
+
+
+@pytest.mark.parametrize(
+    "poison, words",
+    [(float("nan"), "NaN/inf"), (1e4, "training.explode_factor = 10 times its lowest")],
+)
+def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(
+    dataset, tmp_path, monkeypatch, poison, words
+):
+    from conceptspace.vdm import VDM
+
+    original, calls = VDM.loss, {"train": 0}
+
+    def poisoned(self, *args, **kwargs):
+        terms = original(self, *args, **kwargs)
+        if self.training:
+            calls["train"] += 1
+            if calls["train"] >= 6:  # step 6: after the checkpoint at step 4
+                terms = {**terms, "loss": terms["loss"] * poison}
+        return terms
+
+    monkeypatch.setattr(VDM, "loss", poisoned)
+    with pytest.raises(ConceptspaceError, match="training diverged") as caught:
+        train_run(MODEL, GUARDED, dataset, SEED, tmp_path / "run", tmp_path / "m.json")
+    message = str(caught.value)
+    kept = checkpoint_path(tmp_path / "run", 4)
+    assert words in message and "between steps 5 and 7" in message
+    assert (
+        f"the last good checkpoint, {kept}, is kept" in message and "Lower training.lr" in message
+    )
+    vdm, metadata = load_checkpoint(kept)  # still loads
+    assert metadata["step"] == 4
+    assert all(torch.isfinite(p).all() for p in vdm.parameters())
+    assert not checkpoint_path(tmp_path / "run", 7).exists()
+    assert not (tmp_path / "m.json").exists() and not half_written(tmp_path)
