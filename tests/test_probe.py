@@ -3,6 +3,7 @@ refuse a weak one."""
 
 import json
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -110,5 +111,6 @@ def test_the_same_seed_gives_the_same_probe(tmp_path, caplog):
     # Progress: about one line per 10% of the steps, never a carriage return.
     progress = [r.getMessage() for r in caplog.records if "probe step" in r.getMessage()]
     assert len(progress) == 10 and progress[-1].startswith("probe step 20/20")
+    assert all(re.search(r"steps/s, ETA \d+:\d\d:\d\d\)$", line) for line in progress)
     assert not any("\r" in line for line in progress)
     assert np.isfinite(float(progress[-1].split("loss ")[1].split()[0]))

@@ -43,7 +43,7 @@ import torch
 import xarray as xr
 
 from conceptspace.concepts import CLASSES, CONCEPTS, UNSEEN_CLASS, Signal, class_digits
-from conceptspace.io import ConceptspaceError, config_hash, provenance
+from conceptspace.io import ConceptspaceError, config_hash, eta, provenance
 from conceptspace.methods import Method, build_methods, method_problems
 from conceptspace.trajectories import (
     COORD_ATTRS,
@@ -194,7 +194,7 @@ def generate_images(
         done = batch * batch_size + len(chunk)
         elapsed = time.perf_counter() - started
         log.info(
-            "batch %d/%d: %d conditions, %d/%d samples (%.1f s, %.2f samples/s)",
+            "batch %d/%d: %d conditions, %d/%d samples (%.1f s, %.2f samples/s, ETA %s)",
             batch + 1,
             n_batches,
             len({c for c, _ in chunk}),
@@ -202,6 +202,7 @@ def generate_images(
             len(items),
             elapsed,
             done / max(elapsed, 1e-9),
+            eta(done, len(items), elapsed),
         )
         yield chunk, images
 

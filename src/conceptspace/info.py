@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from conceptspace.io import ConceptspaceError
 
 PROVENANCE_KEYS = ("config_hash", "git_commit", "seed", "versions", "host", "command")
+# Where figures.save_figure puts the provenance record (JSON) of a figure.
+FIGURE_FIELDS = {".pdf": "Subject", ".png": "Description"}
+_PDF_ESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"b": b"\b", b"f": b"\f"}
 
 
 def read_provenance(path: Path) -> dict[str, Any]:
-    """The provenance record of a dataset (.npz), checkpoint (.pt), netCDF or JSON file."""
+    """The provenance record of a dataset (.npz), checkpoint or probe (.pt), netCDF
+    (.nc), JSON (sidecar, manifest, metrics) or figure (.pdf, .png) file."""
     if not path.exists():
         raise ConceptspaceError(f"{path} does not exist")
     suffix = path.suffix
@@ -36,6 +41,14 @@ def read_provenance(path: Path) -> dict[str, Any]:
         if suffix == ".json":
             record = json.loads(path.read_text())
             return record.get("provenance", record)
+        if suffix in FIGURE_FIELDS:  # figures.save_figure stores the record as JSON there
+            text = _png_text(path) if suffix == ".png" else _pdf_info_string(path)
+            if text is None:
+                raise ConceptspaceError(
+                    f"{path} carries no provenance ({FIGURE_FIELDS[suffix]} field); it was "
+                    "drawn by an older version: delete it and rerun snakemake to draw it again"
+                )
+            return json.loads(text)
     except ConceptspaceError:
         raise
     except Exception as err:  # any reader's failure means the file is damaged
@@ -44,6 +57,46 @@ def read_provenance(path: Path) -> dict[str, Any]:
             "corrupt: delete it and rerun snakemake to rebuild it"
         ) from err
     raise ConceptspaceError(f"{path}: no provenance reader for '{suffix}' files")
+
+
+def _png_text(path: Path) -> str | None:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()  # text chunks after the image data are read with it
+        return image.text.get(FIGURE_FIELDS[".png"])
+
+
+def _pdf_info_string(path: Path) -> str | None:
+    """The literal string of the PDF Info dictionary's key, as matplotlib writes it:
+    ASCII in parentheses with backslash escapes (the Info dictionary is not compressed)."""
+    data = path.read_bytes()
+    start = data.rfind(b"/" + FIGURE_FIELDS[".pdf"].encode() + b" (")
+    if start < 0:
+        return None
+    out, i, depth = bytearray(), data.index(b"(", start) + 1, 0
+    while True:
+        char = data[i : i + 1]
+        if not char:
+            raise ValueError("unterminated string in the PDF Info dictionary")
+        if char == b"\\":
+            following = data[i + 1 : i + 2]
+            if following.isdigit():  # octal escape, up to 3 digits
+                digits = re.match(rb"[0-7]{1,3}", data[i + 1 : i + 4])[0]
+                out.append(int(digits, 8))
+                i += 1 + len(digits)
+                continue
+            out += _PDF_ESCAPES.get(following, following)
+            i += 2
+            continue
+        if char == b"(":
+            depth += 1
+        elif char == b")":
+            if depth == 0:
+                return out.decode("latin-1")
+            depth -= 1
+        out += char
+        i += 1
 
 
 def _maybe_json(value: Any) -> Any:

@@ -67,6 +67,15 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             tmp.unlink()
 
 
+def eta(done: float, total: float, elapsed: float) -> str:
+    """Time left as H:MM:SS at the average rate so far ('?' before any progress): the one
+    format of every progress line (training, probe, evaluation)."""
+    if done <= 0 or elapsed <= 0:
+        return "?"
+    seconds = int(round((total - done) * elapsed / done))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")

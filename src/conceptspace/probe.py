@@ -28,6 +28,7 @@ from conceptspace.io import (
     DAMAGED_TORCH_FILE_ERRORS,
     ConceptspaceError,
     atomic_path,
+    eta,
     provenance,
     write_json,
 )
@@ -251,11 +252,12 @@ def train_probe(
         if step % report_every == 0 or step == steps:
             elapsed = time.perf_counter() - started
             log.info(
-                "probe step %d/%d loss %.4f (%.1f steps/s)",
+                "probe step %d/%d loss %.4f (%.1f steps/s, ETA %s)",
                 step,
                 steps,
                 running_loss / running_count,
                 step / max(elapsed, 1e-9),
+                eta(step, steps, elapsed),
             )
             running_loss, running_count = 0.0, 0
 

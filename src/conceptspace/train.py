@@ -45,6 +45,7 @@ from conceptspace.io import (
     DAMAGED_TORCH_FILE_ERRORS,
     ConceptspaceError,
     atomic_path,
+    eta,
     provenance,
     read_json,
     write_json,
@@ -217,13 +218,6 @@ def _use_channels_last(device: torch.device, precision: str) -> bool:
     # CPU (oneDNN): ~1.2x in fp32 and in bf16 (PERF-NOTES). CUDA: pays off with bf16
     # tensor cores; fp32 convolutions there gain little and GroupNorm may lose.
     return device.type == "cpu" or precision == "bf16"
-
-
-def _format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def _scalar_terms(terms: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -538,7 +532,6 @@ def train_run(
             n = step - last_log_step
             now = time.perf_counter()
             rate = n / max(now - last_log_time, 1e-9)
-            overall = (step - start) / max(now - started, 1e-9)
             log.info(
                 "step %d/%d loss %.4f bits/dim grad-norm %.3g | %.2f steps/s %.0f images/s "
                 "| ETA %s",
@@ -548,7 +541,7 @@ def train_run(
                 (log_grad / n).item(),
                 rate,
                 rate * batch_size,
-                _format_duration((steps - step) / overall),
+                eta(step - start, steps - start, now - started),
             )
             log_loss.zero_()
             log_grad.zero_()

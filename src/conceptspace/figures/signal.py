@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import xarray as xr
@@ -51,6 +52,7 @@ def plot_signal(
     out_pdf: str | os.PathLike,
     color_sweep_size_gap: float,
     size_sweep_color_gap: float,
+    record: Mapping[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Draw the signal figure from a study dataset; write ``out_pdf`` and its PNG.
 
@@ -84,7 +86,7 @@ def plot_signal(
         f"\u2265 {threshold_text}; {n_seeds} seed{'s' if n_seeds != 1 else ''}",
         fontsize=12,
     )
-    return save_figure(figure, out_pdf)
+    return save_figure(figure, out_pdf, record=record)
 
 
 def _gap_index(study: xr.Dataset, dim: str, value: float) -> int | None:
