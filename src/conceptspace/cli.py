@@ -36,6 +36,28 @@ def cmd_render(args: argparse.Namespace) -> None:
     log.info("wrote %s (%d images)", args.out, len(dataset["images"]))
 
 
+def cmd_celeba(args: argparse.Namespace) -> None:
+    from conceptspace.celeba import prepare_celeba
+    from conceptspace.render import save_dataset
+
+    dataset = prepare_celeba(
+        args.root,
+        attributes=args.attributes,
+        held_out=args.held_out,
+        image_size=args.image_size,
+        per_class=args.per_class,
+        seed=args.seed,
+        split=args.split,
+        include_held_out=args.include_held_out,
+        validation_fraction=args.validation_fraction,
+        crop=args.crop,
+        verify_md5=args.verify_md5,
+        log_every=args.log_every,
+    )
+    save_dataset(args.out, dataset)  # the set carries its metadata and provenance
+    log.info("wrote %s (%d images)", args.out, len(dataset["images"]))
+
+
 def cmd_probe(args: argparse.Namespace) -> None:
     from conceptspace.concepts import Signal
     from conceptspace.probe import train_probe
@@ -177,6 +199,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--color-gap", type=float, required=True)
     p.add_argument("--size-gap", type=float, required=True)
     p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True)
+
+    p = stage("celeba", cmd_celeba, "balanced CelebA set (torchvision layout) as a dataset")
+    p.add_argument("--root", required=True, help="the folder holding celeba/ (data.celeba.root)")
+    p.add_argument("--attributes", nargs=2, default=["Male", "Wearing_Hat"], metavar="NAME")
+    p.add_argument(
+        "--held-out",
+        nargs=2,
+        type=int,
+        default=[0, 1],
+        metavar="DIGIT",
+        help="the unseen class, 1 = attribute present (default 0 1: female with hat)",
+    )
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--per-class", type=int, required=True, help="images of each class")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--split", default="train", choices=["train", "valid", "test", "all"])
+    p.add_argument("--include-held-out", action="store_true", help="all four classes (probe)")
+    p.add_argument("--validation-fraction", type=float, default=0.15)
+    p.add_argument("--crop", type=int, default=None, help="central square, px (default: width)")
+    p.add_argument(
+        "--no-verify-md5",
+        dest="verify_md5",
+        action="store_false",
+        help="accept edited text files (checks their format instead of the official md5s)",
+    )
+    p.add_argument("--log-every", type=int, default=1000, help="progress line every N images")
     p.add_argument("--out", required=True)
 
     p = stage("probe", cmd_probe, "train the concept classifier")
