@@ -4,6 +4,7 @@
 #   snakemake --cores 2 --configfile workflow/presets/smoke.yaml   a run of every rule in minutes
 #   snakemake results/figures/fig_signal.pdf              one figure and what it needs
 #   snakemake --executor slurm -j 64                      on a Slurm cluster
+#   snakemake --report results/report.html                the report, once the study has run
 
 
 from snakemake.utils import min_version
@@ -12,6 +13,10 @@ min_version("9.0")
 
 
 configfile: "config.yaml"
+
+
+# snakemake --report results/report.html: the study, then every figure with its caption.
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"

@@ -6,7 +6,11 @@ rule fig_signal:
         STUDY_DATASET,
     output:
         pdf=RESULTS / "figures" / "fig_signal.pdf",
-        png=RESULTS / "figures" / "fig_signal.png",
+        png=report(
+            RESULTS / "figures" / "fig_signal.png",
+            caption="../report/fig_signal.rst",
+            category="Figures",
+        ),
     log:
         LOGS / "figures" / "fig_signal.log",
     conda:
