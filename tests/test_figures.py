@@ -1,30 +1,33 @@
-"""The signal figure: PDF and PNG from fabricated study datasets, including the awkward
-ones (one seed, one level, nothing ever learned, a requested gap that was not run)."""
-
-import numpy as np
-import pytest
+"""The figures: PDF and PNG from fabricated study datasets, including the awkward ones
+(one seed, one level, nothing ever learned, a requested gap that was not run, a method
+that was not evaluated); the events the claim figures mark, on hand-made trajectories;
+sample sheets."""
 
 import json
 
+import numpy as np
+import pytest
 import xarray as xr
 from PIL import Image
 
+from conceptspace import cli
+from conceptspace.concepts import CLASSES, CONCEPTS, run_id
+from conceptspace.evaluate import write_evaluation
 from conceptspace.figures.hidden import plot_hidden
 from conceptspace.figures.patching import plot_patching
 from conceptspace.figures.sheets import plot_sample_sheet, sheet_canvas, sheet_rows
+from conceptspace.figures.signal import plot_signal
 from conceptspace.figures.trajectories import (
     blue_small,
     convergence_step,
     memorization_turn,
     plot_trajectories,
 )
-from conceptspace.io import provenance
-from conceptspace.trajectories import learning_time
-from conceptspace.concepts import CLASSES, CONCEPTS
-from conceptspace.evaluate import write_evaluation
-from conceptspace.figures.signal import plot_signal
-from conceptspace.io import ConceptspaceError
-from conceptspace.trajectories import gather_run, gather_study, save_dataset_nc
+from conceptspace.io import ConceptspaceError, provenance
+from conceptspace.methods import build_methods
+from conceptspace.trajectories import gather_run, gather_study, learning_time, save_dataset_nc
+from test_trajectories import METHODS_CFG as ALL_METHODS  # every kind of method
+from test_trajectories import OFF_CFG as NO_METHODS  # naive prompting only
 
 STEPS = [10, 40, 90, 160, 250, 360]
 EVALUATION = {
@@ -36,26 +39,33 @@ EVALUATION = {
 }
 
 
-def fabricate_study(folder, runs):
-    """runs: {(seed, color_gap, size_gap): crossing index or None}. The unseen class
-    walks from (color_gap / 2, 0.6) in concept space to (1, 1) at its crossing."""
+def fabricate_study(folder, runs, methods_cfg=NO_METHODS):
+    """runs: {(seed, color_gap, size_gap): crossing index or None}. Under naive prompting
+    the unseen class walks from (color_gap / 2, 0.6) in concept space to (1, 1) at its
+    crossing; every other method of ``methods_cfg`` crosses one checkpoint earlier. The
+    files go through write_evaluation, gather_run and gather_study, as in the pipeline."""
     rng = np.random.default_rng(0)
+    methods = build_methods(methods_cfg, final_step=STEPS[-1])
     trajectories = []
     for (seed, color_gap, size_gap), crossing in runs.items():
         paths = []
         for index, step in enumerate(STEPS):
-            p_target = rng.uniform(0.6, 1.0, size=(len(CLASSES), len(CONCEPTS), 3))
-            progress = (
-                1.0 if crossing is not None and index >= crossing else 0.5 * index / len(STEPS)
-            )
-            start = (color_gap * 0.5, 0.6)  # each color gap takes its own path
-            p_target[CLASSES.index("11")] = [
-                [start[0] + (1 - start[0]) * progress],
-                [start[1] + (1 - start[1]) * progress],
-            ]
+            shape = (len(methods), len(CLASSES), len(CONCEPTS), 3)
+            p_target = rng.uniform(0.6, 1.0, size=shape)
+            for m, method in enumerate(methods):
+                earlier = 0 if method.kind == "naive" else 1
+                reached = crossing is not None and index >= crossing - earlier
+                progress = 1.0 if reached else 0.5 * index / len(STEPS)
+                start = (color_gap * 0.5, 0.6)  # each color gap takes its own path
+                p_target[m, CLASSES.index("11")] = [
+                    [start[0] + (1 - start[0]) * progress],
+                    [start[1] + (1 - start[1]) * progress],
+                ]
+                for prompt in set(CLASSES) - set(method.prompts):
+                    p_target[m, CLASSES.index(prompt)] = np.nan
             path = folder / f"eval_{seed}_{color_gap}_{size_gap}_{step}.nc"
             attrs = {"step": step, "seed": seed, "color_gap": color_gap, "size_gap": size_gap}
-            write_evaluation(path, p_target, CLASSES, CONCEPTS, attrs)
+            write_evaluation(path, p_target, methods, CLASSES, CONCEPTS, attrs)
             paths.append(path)
         trajectory = folder / f"trajectory_{seed}_{color_gap}_{size_gap}.nc"
         save_dataset_nc(gather_run(paths), trajectory)
@@ -83,7 +93,7 @@ def test_plot_signal_writes_pdf_and_png(tmp_path):
         }.items()
     }
     runs[(1, 0.3, 0.4)] = None  # one run never learns: drawn, not dropped
-    study = fabricate_study(tmp_path, runs)
+    study = fabricate_study(tmp_path, runs, ALL_METHODS)
     out = tmp_path / "figures" / "fig_signal.pdf"
     pdf, png = plot_signal(study, out, color_sweep_size_gap=0.4, size_sweep_color_gap=0.6)
     assert (pdf, png) == (out, out.with_suffix(".png"))
@@ -181,6 +191,7 @@ def contract_study(methods=tuple(METHOD_KINDS), seeds=(0, 1), levels=LEVELS, thr
     study["accuracy"] = study["concept_prob"].prod("concept", skipna=False)
     times = learning_time(study["accuracy"].sel(prompt="11"), threshold)
     study["learning_time"] = times.transpose("seed", "color_gap", "size_gap", "method")
+    study["learning_speed"] = 1.0 / study["learning_time"]
     study.attrs["config"] = json.dumps({"evaluation": {"threshold": threshold}})
     return study
 
@@ -201,7 +212,9 @@ def concept_path(points, steps=None):
         ([(0.5, 0.5), (0.9, 0.2), (0.95, 0.1), (0.97, 0.5), (0.98, 0.9)], (900, "10")),
         ([(0.5, 0.5), (0.1, 0.9), (0.1, 0.9), (0.6, 0.95)], (900, "01")),  # tie: the last
         ([(0.5, 0.5), (0.7, 0.7), (0.9, 0.9), (1.0, 1.0)], (np.nan, None)),  # no pull
-        ([(0.3, 0.3), (0.4, 0.6), (0.45, 0.9), (0.9, 0.95)], (900, "01")),
+        ([(0.3, 0.3), (0.4, 0.6), (0.35, 0.9), (0.9, 0.95)], (900, "01")),  # 0.65 x 0.9
+        ([(0.3, 0.3), (0.4, 0.6), (0.45, 0.9), (0.9, 0.95)], (np.nan, None)),  # 0.55 x 0.9
+        ([(0.5, 0.5), (0.62, 0.45), (0.45, 0.58), (0.5, 0.6)], (np.nan, None)),  # noise
     ],
 )
 def test_memorization_turn_on_hand_made_paths(points, expected):
@@ -260,6 +273,19 @@ def test_claim_figures_write_pdf_and_png(tmp_path, plot):
     pdf, png = plot(contract_study(), out, [*LEVELS, (0.9, 0.4)])
     assert (pdf, png) == (out, out.with_suffix(".png"))
     assert_written(out)
+
+
+def test_claim_figures_from_a_study_gathered_by_the_pipeline(tmp_path):
+    runs = {(seed, color_gap, 0.4): 4 for seed in (0, 1) for color_gap in (0.3, 0.6)}
+    runs[(1, 0.3, 0.4)] = None
+    study = fabricate_study(tmp_path, runs, ALL_METHODS)
+    naive_time = study["learning_time"].sel({"method": "naive", "seed": 0}).values
+    elicited_time = study["learning_time"].sel({"method": "intervention", "seed": 0}).values
+    assert (elicited_time < naive_time).all()  # the figures have something to show
+    for plot in (plot_trajectories, plot_hidden, plot_patching):
+        out = tmp_path / "figures" / f"{plot.__name__}.pdf"
+        plot(study, out, [(0.3, 0.4), (0.6, 0.4)])
+        assert_written(out)
 
 
 def test_claim_figures_with_one_seed_and_nothing_reached(tmp_path):
@@ -363,3 +389,54 @@ def test_sample_sheet_writes_a_png(tmp_path):
     with Image.open(out) as png:
         assert png.format == "PNG" and png.size[0] > 300 and png.size[1] > 300
     assert not list(out.parent.glob(".*")), "temporary files left behind"
+
+
+def cli_config(levels):
+    """The config sections `figure` reads: the study's sweep and figures.levels."""
+    return {
+        "study": {
+            "seeds": [0, 1],
+            "sweeps": [{"name": "color_gap", "color_gap": [0.3, 0.6], "size_gap": [0.4]}],
+        },
+        "figures": {"levels": [{"color_gap": dc, "size_gap": ds} for dc, ds in levels]},
+    }
+
+
+def test_figure_command_draws_the_claim_figures_from_a_study_file(tmp_path):
+    study_path = tmp_path / "study.nc"
+    save_dataset_nc(contract_study(), study_path)
+    settings = json.dumps(cli_config(LEVELS))
+    for name in ("trajectories", "hidden", "patching"):
+        out = tmp_path / "figures" / f"fig_{name}.pdf"
+        argv = ["figure", name, "--settings", settings, "--study", str(study_path)]
+        assert cli.main([*argv, "--methods", "naive", "intervention", "--out", str(out)]) == 0
+        assert_written(out)
+
+
+def test_figure_command_refuses_a_level_the_study_did_not_run(tmp_path, caplog):
+    study_path = tmp_path / "study.nc"
+    save_dataset_nc(contract_study(), study_path)
+    settings = json.dumps(cli_config([(0.3, 0.4), (0.9, 0.4)]))
+    out = tmp_path / "fig_hidden.pdf"
+    argv = ["figure", "hidden", "--settings", settings, "--study", str(study_path)]
+    assert cli.main([*argv, "--out", str(out)]) == 1
+    assert "figures.levels" in caplog.text and "0.9" in caplog.text
+    assert not out.exists()
+
+
+def test_hidden_figure_needs_an_eliciting_method(tmp_path):
+    with pytest.raises(ConceptspaceError, match="overprompt.*intervention"):
+        plot_hidden(contract_study(), tmp_path / "x.pdf", LEVELS, methods=["naive"])
+
+
+@pytest.mark.workflow
+def test_smoke_run_draws_the_claim_figures_and_the_sample_sheet(smoke_run):
+    workdir, config = smoke_run
+    figures = workdir / "results" / "figures"
+    for name in ("trajectories", "hidden", "patching"):
+        assert_written(figures / f"fig_{name}.pdf")
+    sheet = config["figures"]["sample_sheet"]
+    run = run_id(sheet["color_gap"], sheet["size_gap"], sheet["seed"])
+    with Image.open(figures / f"samples_{run}.png") as png:
+        assert png.format == "PNG"
+        assert json.loads(png.info["Description"])["config_hash"]

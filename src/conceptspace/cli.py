@@ -144,10 +144,26 @@ def cmd_gather_study(args: argparse.Namespace) -> None:
 
 def cmd_figure(args: argparse.Namespace) -> None:
     from conceptspace.config import sweep
-    from conceptspace.trajectories import open_study
+    from conceptspace.io import provenance
 
     config = _settings(args.settings)
-    study = open_study(args.study)
+    record = provenance(config)
+    if args.name == "sheet":
+        from conceptspace.figures.sheets import open_samples, plot_sample_sheet
+
+        sheet = config["figures"]["sample_sheet"]
+        title = (
+            f"Generations of run seed {sheet['seed']}, color gap {sheet['color_gap']:g}, "
+            f"size gap {sheet['size_gap']:g}"
+        )
+        samples = open_samples(_required(args.samples, "--samples", args.name))
+        plot_sample_sheet(samples, args.out, title, int(sheet["samples"]), record=record)
+        log.info("wrote %s", args.out)
+        return
+
+    from conceptspace.trajectories import open_study
+
+    study = open_study(_required(args.study, "--study", args.name))
     if args.name == "signal":
         from conceptspace.figures.signal import plot_signal
 
@@ -159,8 +175,48 @@ def cmd_figure(args: argparse.Namespace) -> None:
             args.out,
             color_sweep_size_gap=_single(color_sweep, "size_gap"),
             size_sweep_color_gap=_single(size_sweep, "color_gap"),
+            record=record,
         )
+    elif args.name == "trajectories":
+        from conceptspace.figures.trajectories import plot_trajectories
+
+        plot_trajectories(study, args.out, _figure_levels(config), record=record)
+    elif args.name == "hidden":
+        from conceptspace.figures.hidden import METHODS, plot_hidden
+
+        methods = args.methods or METHODS
+        plot_hidden(study, args.out, _figure_levels(config), methods, record=record)
+    elif args.name == "patching":
+        from conceptspace.figures.patching import plot_patching
+
+        plot_patching(study, args.out, _figure_levels(config), record=record)
     log.info("wrote %s", args.out)
+
+
+def _required(value: str | None, option: str, figure: str) -> str:
+    if value is None:
+        raise ConceptspaceError(f"`figure {figure}` needs {option} PATH")
+    return value
+
+
+def _figure_levels(config: dict) -> list[tuple[float, float]]:
+    """figures.levels, each of which must be a signal level of the study."""
+    from conceptspace.config import signal_levels
+    from conceptspace.figures import GAP_TOLERANCE, levels_from
+
+    levels = levels_from(config["figures"]["levels"])
+    study_levels = signal_levels(config)
+    for color_gap, size_gap in levels:
+        if not any(
+            abs(color_gap - dc) < GAP_TOLERANCE and abs(size_gap - ds) < GAP_TOLERANCE
+            for dc, ds in study_levels
+        ):
+            raise ConceptspaceError(
+                f"config key 'figures.levels': (color_gap {color_gap:g}, size_gap "
+                f"{size_gap:g}) is not a signal level of the study; choose from "
+                + ", ".join(f"({dc:g}, {ds:g})" for dc, ds in study_levels)
+            )
+    return levels
 
 
 def _single(sweep_cfg: dict, key: str) -> float:
@@ -273,10 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+")
 
     p = stage("figure", cmd_figure, "draw one figure from a gathered dataset")
-    p.add_argument("name", choices=["signal"])
+    p.add_argument("name", choices=["signal", "trajectories", "hidden", "patching", "sheet"])
     p.add_argument("--settings", required=True, help="JSON: the whole resolved config")
-    p.add_argument("--study", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--study", help="study dataset (every figure but sheet)")
+    p.add_argument("--samples", help="samples file of one run (sheet)")
+    p.add_argument("--methods", nargs="+", help="hidden: methods to draw, naive first")
+    p.add_argument("--out", required=True, help="PDF (a PNG is written beside it); sheet: PNG")
 
     p = stage("info", cmd_info, "print the provenance of files the pipeline wrote")
     p.add_argument("paths", nargs="+")

@@ -27,7 +27,22 @@ RUN_IDS = [run.id for run in RUNS]
 STEPS = checkpoint_steps(config["training"])
 
 STUDY_DATASET = SIGNAL / "study.nc"
-FIGURES = [RESULTS / "figures" / "fig_signal.pdf"]
+# Claims 2-4: fig_hidden needs overprompting or latent intervention switched on, and
+# fig_patching a patching donor; figures whose methods are off are not built. The sample
+# sheet's PNG joins FIGURES in figures.smk, once evaluate.smk has named its run.
+METHODS_CFG = config["evaluation"]["methods"]
+HIDDEN_METHODS = ["naive"] + [
+    kind
+    for kind, variants in (
+        ("overprompt", METHODS_CFG["overprompt"]["colors"]),
+        ("intervention", METHODS_CFG["intervention"]["alphas"]),
+    )
+    if variants
+]
+FIGURE_NAMES = ["signal", "trajectories"]
+FIGURE_NAMES += ["hidden"] if len(HIDDEN_METHODS) > 1 else []
+FIGURE_NAMES += ["patching"] if METHODS_CFG["patching"]["donors"] else []
+FIGURES = [RESULTS / "figures" / f"fig_{name}.pdf" for name in FIGURE_NAMES]
 
 
 wildcard_constraints:

@@ -1,4 +1,5 @@
-# Figures: drawn only from gathered datasets, as PDF with a PNG beside it.
+# Figures: drawn only from gathered datasets, as PDF with a PNG beside it. Each PNG is
+# in the report (snakemake --report) with its caption from workflow/report/.
 
 
 rule fig_signal:
@@ -20,3 +21,56 @@ rule fig_signal:
     shell:
         "python -m conceptspace figure signal --settings {params.settings:q}"
         " --study {input:q} --out {output.pdf:q} > {log:q} 2>&1"
+
+
+# Claims 2-4 from the study's method dimension, one panel per figures.levels entry:
+# trajectories (memorization, then a turn), hidden (naive vs overprompting and latent
+# intervention), patching (naive vs a donor's embedding module). One rule per figure,
+# so that each PNG has its own caption in the report.
+for claim in ("trajectories", "hidden", "patching"):
+
+    rule:
+        name:
+            f"fig_{claim}"
+        input:
+            STUDY_DATASET,
+        output:
+            pdf=RESULTS / "figures" / f"fig_{claim}.pdf",
+            png=report(
+                RESULTS / "figures" / f"fig_{claim}.png",
+                caption=f"../report/fig_{claim}.rst",
+                category="Figures",
+            ),
+        log:
+            LOGS / "figures" / f"fig_{claim}.log",
+        conda:
+            ENV
+        params:
+            claim=claim,
+            settings=json.dumps(config, sort_keys=True),
+            methods=HIDDEN_METHODS,
+        shell:
+            "python -m conceptspace figure {params.claim} --settings {params.settings:q}"
+            " --study {input:q} --methods {params.methods} --out {output.pdf:q} > {log:q} 2>&1"
+
+
+SAMPLE_SHEET_PNG = RESULTS / "figures" / f"samples_{SAMPLE_SHEET_RUN}.png"
+FIGURES.append(SAMPLE_SHEET_PNG)
+
+
+# The generations of the run chosen by figures.sample_sheet: rows method x prompt,
+# columns checkpoint steps.
+rule sample_sheet:
+    input:
+        SAMPLE_SHEET_FILE,
+    output:
+        report(SAMPLE_SHEET_PNG, caption="../report/sample_sheet.rst", category="Samples"),
+    log:
+        LOGS / "figures" / f"samples_{SAMPLE_SHEET_RUN}.log",
+    conda:
+        ENV
+    params:
+        settings=json.dumps(config, sort_keys=True),
+    shell:
+        "python -m conceptspace figure sheet --settings {params.settings:q}"
+        " --samples {input:q} --out {output:q} > {log:q} 2>&1"

@@ -113,13 +113,13 @@ def note(ax: Axes, text: str) -> None:
     )
 
 
-def label_corners(ax: Axes, labels: Mapping[tuple[float, float], str], unseen: str) -> None:
-    """Write each label inside the unit square at its corner; the one that starts with
-    ``unseen`` (the unseen class) in bold, marked unseen."""
-    for (x, y), label in labels.items():
-        is_unseen = label.startswith(unseen)
+def label_corners(ax: Axes, corners: Mapping[str, tuple[float, float]]) -> None:
+    """Label each class at its corner of the unit square, inside it; the unseen class
+    in bold."""
+    for name, (x, y) in corners.items():
+        unseen = name == UNSEEN_CLASS
         ax.annotate(
-            label + (" (unseen)" if is_unseen else ""),
+            class_label(name) + (" (unseen)" if unseen else ""),
             (x, y),
             textcoords="offset points",
             xytext=(4 if x == 0 else -4, 4 if y == 0 else -4),
@@ -127,7 +127,7 @@ def label_corners(ax: Axes, labels: Mapping[tuple[float, float], str], unseen: s
             va="bottom" if y == 0 else "top",
             fontsize=8,
             color="0.3",
-            fontweight="bold" if is_unseen else "normal",
+            fontweight="bold" if unseen else "normal",
         )
 
 

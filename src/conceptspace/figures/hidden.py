@@ -20,6 +20,7 @@ import xarray as xr
 
 from conceptspace.concepts import UNSEEN_CLASS
 from conceptspace.figures import class_label, plot_accuracy_levels
+from conceptspace.io import ConceptspaceError
 
 METHODS = ("naive", "overprompt", "intervention")
 
@@ -33,6 +34,12 @@ def plot_hidden(
 ) -> tuple[Path, Path]:
     """Draw the hidden-capability figure for ``methods`` (naive first); write
     ``out_pdf`` and its PNG."""
+    if all(method == "naive" for method in methods):
+        raise ConceptspaceError(
+            "fig_hidden compares naive prompting with overprompting or latent intervention, "
+            "but neither is switched on (evaluation.methods: overprompt.colors and "
+            "intervention.alphas are empty); switch one on, or leave this figure out"
+        )
     return plot_accuracy_levels(
         study,
         out_pdf,

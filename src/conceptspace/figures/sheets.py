@@ -28,8 +28,9 @@ from conceptspace.trajectories import _open_netcdf
 # Pixels between samples in a cell, and between cells; the gaps show the background.
 SAMPLE_GAP, CELL_GAP = 1, 6
 GAP_GREY = 255
-# Each image pixel is drawn this many PNG pixels wide.
-UPSCALE = 3
+# Each image pixel is drawn up to this many PNG pixels wide, fewer if the sheet would
+# be wider than MAX_WIDTH pixels (paper scale: 60 steps).
+UPSCALE, MAX_WIDTH = 3, 6000
 
 
 def open_samples(path: str | os.PathLike) -> xr.Dataset:
@@ -92,8 +93,8 @@ def plot_sample_sheet(
     canvas = sheet_canvas(samples, rows, per_cell)
 
     dpi = 100
-    width = canvas.shape[1] * UPSCALE / dpi
-    height = canvas.shape[0] * UPSCALE / dpi
+    upscale = max(1, min(UPSCALE, MAX_WIDTH // canvas.shape[1]))
+    width, height = canvas.shape[1] * upscale / dpi, canvas.shape[0] * upscale / dpi
     figure = Figure(figsize=(width, height))  # no layout engine: the image fills it
     FigureCanvasAgg(figure)
     ax = figure.add_axes((0, 0, 1, 1))

@@ -15,9 +15,10 @@ Two events are marked, each defined from the data:
   unseen class's generations toward a training class that differs from it in one
   concept: 01 red small at (0, 1) or 10 blue large at (1, 0). The class it
   is pulled to is the one of those two corners its mean path comes nearest to; the turn
-  is the step of that nearest approach (on ties the last, from which it leaves). If the
-  path is never nearer to that corner than to (1, 1), no memorization is seen and no
-  turn is marked.
+  is the step of that nearest approach (on ties the last, from which it leaves). It
+  counts only if there the generations read as that class more likely than not (the
+  product of the probabilities of its color and its size >= 0.5); otherwise no
+  memorization is seen and no turn is marked.
 - The convergence of the training classes (:func:`convergence_step`): the first step
   at which the mean accuracy over seeds of all three training classes is at least the
   learning-time threshold (``evaluation.threshold``).
@@ -63,7 +64,9 @@ from conceptspace.trajectories import learning_time
 # class toward 01 or 10, the training classes one concept away from it.
 CORNERS = {"00": (0.0, 0.0), "01": (0.0, 1.0), "10": (1.0, 0.0), "11": (1.0, 1.0)}
 PULL_CORNERS = {name: CORNERS[name] for name in ("01", "10")}
-UNSEEN_CORNER = CORNERS[UNSEEN_CLASS]
+# Memorization is seen only where the generations read as the training class more
+# likely than not: the product of the probabilities of its color and its size.
+MEMORIZATION_MIN = 0.5
 MARKERS = {"00": "s", "01": "^", "10": "v", "11": "o"}
 FIGURE = "fig_trajectories"
 
@@ -72,28 +75,30 @@ def memorization_turn(path: xr.DataArray) -> tuple[float, str | None]:
     """(step, training class) of the turn from memorization of a concept-space path.
 
     ``path`` (step, concept) holds the unseen class's coordinates ('color', 'size').
-    The class is the training class, 01 at (0, 1) or 10 at (1, 0), that the path comes
-    nearest to; the step is that nearest approach (the last on ties). (NaN, None) if the
-    path has no finite point or is never nearer to that class than to (1, 1).
+    The class is the training class, 01 at (0, 1) or 10 at (1, 0), whose corner the path
+    comes nearest to; the step is that nearest approach (the last on ties). Memorization
+    counts only if there the generations read as that class more likely than not:
+    P(its color) x P(its size) >= MEMORIZATION_MIN. (NaN, None) if it does not, or if
+    the path has no finite point.
     """
     x = path.sel(concept="color").values.astype(float)
     y = path.sel(concept="size").values.astype(float)
-    steps = path["step"].values
     finite = np.isfinite(x) & np.isfinite(y)
     if not finite.any():
         return np.nan, None
-    best: tuple[float, float, str] | None = None  # (distance, step, class)
+    best: tuple[float, int, str] | None = None  # (distance, index, class)
     for name, (cx, cy) in PULL_CORNERS.items():
         distance = np.where(finite, np.hypot(x - cx, y - cy), np.inf)
-        nearest = np.flatnonzero(distance == distance.min())[-1]
+        nearest = int(np.flatnonzero(distance == distance.min())[-1])
         if best is None or distance[nearest] < best[0]:
-            best = (float(distance[nearest]), float(steps[nearest]), name)
-    distance, step, name = best
-    index = int(np.flatnonzero(steps == step)[0])
-    to_unseen = np.hypot(x[index] - UNSEEN_CORNER[0], y[index] - UNSEEN_CORNER[1])
-    if not distance < to_unseen:
+            best = (float(distance[nearest]), nearest, name)
+    _, index, name = best
+    cx, cy = PULL_CORNERS[name]
+    # The probability of the class's own color and size: 1 - the distance along each axis.
+    reads_as_class = (1 - abs(x[index] - cx)) * (1 - abs(y[index] - cy))
+    if reads_as_class < MEMORIZATION_MIN:
         return np.nan, None
-    return step, name
+    return float(path["step"].values[index]), name
 
 
 def blue_small(concept_prob: xr.DataArray) -> xr.DataArray:
@@ -167,7 +172,7 @@ def _concept_square(ax: Axes, title: str) -> None:
     ax.set_ylim(-0.1, 1.1)
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
-    label_corners(ax, {corner: class_label(name) for name, corner in CORNERS.items()}, UNSEEN_CLASS)
+    label_corners(ax, CORNERS)
 
 
 def _level_panel(ax: Axes, level: xr.Dataset, threshold: float, norm, cmap) -> None:
