@@ -9,10 +9,31 @@ h layout (compact; the authors' code uses an 11-d vector with unused slots):
     h = (r, g, b, size)
 the object's RGB color in [0, 1] and its radius in grid units. Training images are
 conditioned on their own sampled values; prompts use the class means.
+
+Layouts. The 2x2 study is one concept ``Layout`` among several (``LAYOUTS``); a layout
+names its concepts, its classes (one digit per concept, in concept order), which are
+trained and which unseen, and its h (each concept's slots, in concept order):
+
+    color_size             color x size; train 00 01 10, unseen 11 (blue small);
+                           h = (r, g, b, size). The signal study; the constants above.
+    color_shape            color x shape (0 disc, 1 triangle); train 00 (red disc),
+                           01 (red triangle), 10 (blue disc), unseen 11 (blue
+                           triangle); h = (r, g, b, shape). Objects are the 2x2's large
+                           size at the run's size gap (a nuisance, not in h). The
+                           underspecification study: ``mask_ratio`` p of the red
+                           triangles have their color masked (``MASK_VALUE``).
+    color_size_background  color x size x background (0 light, 1 dark grey,
+                           0.5 +- db/2); train 000 001 010 100, unseen 011 101 110 111;
+                           h = (r, g, b, size, background grey level).
+
+Masking [inferred]: a masked concept's slots of h hold ``MASK_VALUE`` = -1, a value no
+real concept value takes (colors, radii, shapes and grey levels are all >= 0), so the
+model can tell "color not given" apart from every real color.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +52,22 @@ SIZE_NAMES = ("large", "small")
 SIZE_CENTER = 0.45
 COLOR_CENTER = 0.5
 SIZE_FLOOR = 0.1
+BACKGROUND_CENTER = 0.5
+MASK_VALUE = -1.0
+
+# Each concept's value names (digit 0, 1) and its slots in h.
+CONCEPT_VALUES = {
+    "color": COLOR_NAMES,
+    "size": SIZE_NAMES,
+    "shape": ("disc", "triangle"),
+    "background": ("light", "dark"),
+}
+CONCEPT_SLOTS = {
+    "color": ("red", "green", "blue"),
+    "size": ("size",),
+    "shape": ("shape",),
+    "background": ("background",),
+}
 
 
 @dataclass(frozen=True)
@@ -39,6 +76,7 @@ class Signal:
 
     color_gap: float
     size_gap: float
+    background_gap: float = 0.0  # only the color_size_background layout uses it
 
     def color_mean(self, color: int) -> np.ndarray:
         """Mean RGB of color 0 (red) or 1 (blue)."""
@@ -62,10 +100,31 @@ class Signal:
     def size_halfwidth(self) -> float:
         return 3 * self.size_gap / 8
 
+    def background_mean(self, background: int) -> float:
+        """Grey level of background 0 (light) or 1 (dark): 0.5 +- db/2."""
+        half = self.background_gap / 2
+        return BACKGROUND_CENTER + half if background == 0 else BACKGROUND_CENTER - half
+
+    @property
+    def background_halfwidth(self) -> float:
+        # [inferred] as the color channels: +- db/8 keeps the two greys apart.
+        return self.background_gap / 8
+
+    def concept_mean(self, concept: str, value: int) -> np.ndarray:
+        """A concept's slots of h at its value 0 or 1 (class means; a shape is its digit)."""
+        if concept == "color":
+            return self.color_mean(value)
+        if concept == "size":
+            return np.array([self.size_mean(value)])
+        if concept == "shape":
+            return np.array([float(value)])
+        if concept == "background":
+            return np.array([self.background_mean(value)])
+        raise ValueError(f"unknown concept {concept!r}; concepts are {', '.join(CONCEPT_SLOTS)}")
+
     def class_h(self, name: str) -> np.ndarray:
-        """The prompt h of a class: its concept means."""
-        color, size = class_digits(name)
-        return np.concatenate([self.color_mean(color), [self.size_mean(size)]]).astype(np.float32)
+        """The prompt h of a 2x2 class: its concept means (``Layout.class_h`` for others)."""
+        return COLOR_SIZE.class_h(name, self)
 
 
 def class_digits(name: str) -> tuple[int, int]:
@@ -81,3 +140,79 @@ def class_index(name: str) -> int:
 def run_id(color_gap: float, size_gap: float, seed: int) -> str:
     """The name of one training run, also its folder: dc0.400_ds0.400_seed0."""
     return f"dc{color_gap:.3f}_ds{size_gap:.3f}_seed{seed}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Concepts, classes and the h of one study (see the module notes).
+
+    ``masked`` is (class, concept) of the layout's prompt masking, or None.
+    """
+
+    name: str
+    concepts: tuple[str, ...]
+    training_classes: tuple[str, ...]
+    masked: tuple[str, str] | None = None
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Every class, digits in concept order, sorted (00, 01, 10, 11)."""
+        return tuple("".join(d) for d in itertools.product("01", repeat=len(self.concepts)))
+
+    @property
+    def unseen_classes(self) -> tuple[str, ...]:
+        return tuple(c for c in self.classes if c not in self.training_classes)
+
+    @property
+    def h_layout(self) -> tuple[str, ...]:
+        return tuple(slot for concept in self.concepts for slot in CONCEPT_SLOTS[concept])
+
+    @property
+    def h_dim(self) -> int:
+        return len(self.h_layout)
+
+    def slots(self, concept: str) -> slice:
+        """Where ``concept`` sits in h."""
+        start = 0
+        for name in self.concepts:
+            if name == concept:
+                return slice(start, start + len(CONCEPT_SLOTS[name]))
+            start += len(CONCEPT_SLOTS[name])
+        raise ValueError(f"layout {self.name} has no concept {concept!r}")
+
+    def digits(self, name: str) -> tuple[int, ...]:
+        if name not in self.classes:
+            raise ValueError(
+                f"unknown class {name!r} of layout {self.name}; classes are "
+                + ", ".join(self.classes)
+            )
+        return tuple(int(d) for d in name)
+
+    def class_index(self, name: str) -> int:
+        return self.classes.index(name)
+
+    def class_h(self, name: str, signal: Signal) -> np.ndarray:
+        """The prompt h of a class: its concepts' means, float32."""
+        parts = [signal.concept_mean(c, v) for c, v in zip(self.concepts, self.digits(name))]
+        return np.concatenate(parts).astype(np.float32)
+
+    def label(self, name: str) -> str:
+        """Readable name of a class: 'blue triangle'."""
+        return " ".join(CONCEPT_VALUES[c][v] for c, v in zip(self.concepts, self.digits(name)))
+
+
+COLOR_SIZE = Layout("color_size", CONCEPTS, TRAINING_CLASSES)
+COLOR_SHAPE = Layout("color_shape", ("color", "shape"), ("00", "01", "10"), masked=("01", "color"))
+COLOR_SIZE_BACKGROUND = Layout(
+    "color_size_background", ("color", "size", "background"), ("000", "001", "010", "100")
+)
+LAYOUTS = {layout.name: layout for layout in (COLOR_SIZE, COLOR_SHAPE, COLOR_SIZE_BACKGROUND)}
+
+
+def layout_named(name: str | None) -> Layout:
+    """The layout of that name; None (files from before layouts existed) is the 2x2."""
+    if name is None:
+        return COLOR_SIZE
+    if name not in LAYOUTS:
+        raise ValueError(f"unknown concept layout {name!r}; layouts are {', '.join(LAYOUTS)}")
+    return LAYOUTS[name]

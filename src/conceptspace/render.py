@@ -1,16 +1,24 @@
-"""Synthetic images of the 2x2 study (SPEC "Synthetic data").
+"""Synthetic images of the concept layouts (SPEC "Synthetic data"; ``concepts.Layout``).
 
-An image is a blurred disc of one color on a flat background:
+An image is a blurred disc (or triangle) of one color on a flat background:
 
     grid     linspace(-1, 1, S) on both axes; pixel [i, j] sits at (x = grid[j], y = grid[i])
-    mask     1 where sqrt((x - x0)^2 + (y - y0)^2) < size, else 0
+    mask     1 where sqrt((x - x0)^2 + (y - y0)^2) < size, else 0 (a disc); a triangle
+             (shape 1) is equilateral with the disc's area (side sqrt(4 pi / sqrt 3) size),
+             its in-circle centred on (x0, y0), apex up (towards row 0)
     blur     Gaussian of ``blur_sigma_px`` pixels (separable; the mask is rendered on a
              grid padded beyond the image, so discs cut by the border blur correctly)
     image    m * color + (1 - m) * background + N(0, noise_std^2), clipped to [0, 1]
 
 Concept values of a class spread uniformly around its means (``Signal``): each color
-channel by +- dc/8, the radius by +- 3 ds/8 with a floor of 0.1. Training images are
-conditioned on their own values, h = (r, g, b, size).
+channel by +- dc/8, the radius by +- 3 ds/8 with a floor of 0.1, a background grey
+level (color_size_background) by +- db/8. Training images are conditioned on their own
+values, h = the layout's slots (2x2: (r, g, b, size)); layouts without a size concept
+draw the 2x2's large size as a nuisance, layouts without a background concept the
+nuisance background of ``data.background_train``. Prompt masking (color_shape): a
+``mask_ratio`` of the masked class's images, chosen at random from their own stream and
+nested across ratios (the images masked at p are masked at every larger p), get
+``concepts.MASK_VALUE`` in the masked concept's slots of h; the images do not change.
 
 Datasets are stored as .npz without pickle, images as uint8 = round(x * 255). The
 quantisation error (uniform, std 1/255/sqrt(12) ~ 0.0011) is about the size of the pixel
@@ -18,7 +26,8 @@ noise (std 0.001), so storing bytes changes the data no more than the noise alre
 
 Random streams: one ``np.random.SeedSequence`` per dataset, split with ``spawn`` into
 independent streams for concepts, positions, backgrounds, the validation split, pixel
-noise and (probe set) signal levels, so a seed fixes a dataset exactly.
+noise, (probe set) signal levels and (masking) the masked images, so a seed fixes a
+dataset exactly; the 2x2 draws are those of the 2x2-only renderer this one replaced.
 """
 
 from __future__ import annotations
@@ -31,16 +40,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from conceptspace.concepts import (
-    CLASSES,
-    CONCEPTS,
-    H_LAYOUT,
-    SIZE_FLOOR,
-    TRAINING_CLASSES,
-    Signal,
-    class_digits,
-    class_index,
-)
+from conceptspace.concepts import COLOR_SIZE, MASK_VALUE, SIZE_FLOOR, Layout, Signal
 from conceptspace.io import ConceptspaceError, atomic_path, provenance
 
 # Arrays every stored dataset holds (images uint8 on disk, float32 in memory).
@@ -59,7 +59,8 @@ IMAGE_ENCODING = "uint8 = round(x * 255); quantisation error std 1/255/sqrt(12) 
 # Separate purposes get separate entropy, so a probe set and a training set with the
 # same seed do not share random numbers.
 _TRAINING_SET, _PROBE_SET = 0, 1
-_STREAMS = ("concepts", "positions", "backgrounds", "split", "noise", "signals")
+# spawn() gives child i the same stream whatever the count: append, never reorder.
+_STREAMS = ("concepts", "positions", "backgrounds", "split", "noise", "signals", "mask")
 
 # Images rendered per chunk: bounds memory (float32 noise and padded masks) for big sets.
 _CHUNK = 1024
@@ -94,10 +95,22 @@ def _gaussian_kernel(sigma_px: float) -> np.ndarray:
     return (kernel / kernel.sum()).astype(np.float32)
 
 
+# A triangle of the disc's area: side sqrt(4 pi / sqrt 3) * size; in-radius side / (2 sqrt 3).
+TRIANGLE_INRADIUS = float(np.sqrt(4 * np.pi / np.sqrt(3)) / (2 * np.sqrt(3)))
+# Outward normals of the triangle's sides in (x, y), y growing downwards (rows): the base
+# faces down, so the apex points up.
+_TRIANGLE_NORMALS = ((0.0, 1.0), (np.sqrt(3) / 2, -0.5), (-np.sqrt(3) / 2, -0.5))
+
+
 def _blurred_masks(
-    sizes: np.ndarray, positions: np.ndarray, image_size: int, sigma_px: float
+    sizes: np.ndarray,
+    positions: np.ndarray,
+    image_size: int,
+    sigma_px: float,
+    shapes: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Disc masks r < size, blurred by a Gaussian of sigma_px pixels: (N, S, S) float32."""
+    """Object masks (disc r < size; triangle where ``shapes`` is 1), blurred by a
+    Gaussian of sigma_px pixels: (N, S, S) float32."""
     kernel = _gaussian_kernel(sigma_px) if sigma_px > 0 else np.ones(1, np.float32)
     pad = len(kernel) // 2
     spacing = 2.0 / (image_size - 1)
@@ -106,7 +119,14 @@ def _blurred_masks(
     padded = -1.0 + spacing * np.arange(-pad, image_size + pad)
     dx = padded[None, None, :] - positions[:, 0, None, None]
     dy = padded[None, :, None] - positions[:, 1, None, None]
-    masks = (dx**2 + dy**2 < sizes[:, None, None] ** 2).astype(np.float32)
+    masks = dx**2 + dy**2 < sizes[:, None, None] ** 2
+    if shapes is not None and np.any(shapes == 1):
+        inradius = TRIANGLE_INRADIUS * sizes[:, None, None]
+        triangle = np.logical_and.reduce(
+            [nx * dx + ny * dy <= inradius for nx, ny in _TRIANGLE_NORMALS]
+        )
+        masks = np.where((shapes == 1)[:, None, None], triangle, masks)
+    masks = masks.astype(np.float32)
     # Separable 'valid' convolution: a sum of shifted slices, vectorised over the batch.
     rows = sum(w * masks[:, k : k + image_size, :] for k, w in enumerate(kernel))
     return sum(w * rows[:, :, k : k + image_size] for k, w in enumerate(kernel))
@@ -119,18 +139,24 @@ def render_images(
     backgrounds: np.ndarray,
     data_cfg: Mapping[str, Any],
     rng: np.random.Generator,
+    shapes: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Render discs: float32 (N, 3, S, S) in [0, 1].
+    """Render objects: float32 (N, 3, S, S) in [0, 1].
 
     colors (N, 3) and backgrounds (N, 3) are RGB in [0, 1]; sizes (N,) are radii and
-    positions (N, 2) centres (x, y), both in grid units. ``rng`` draws the pixel noise.
+    positions (N, 2) centres (x, y), both in grid units; shapes (N,) 0 disc / 1 triangle
+    (None: all discs). ``rng`` draws the pixel noise.
     """
     colors = np.asarray(colors, np.float32).reshape(-1, 3)
     backgrounds = np.asarray(backgrounds, np.float32).reshape(-1, 3)
     sizes = np.asarray(sizes, np.float32).reshape(-1)
     positions = np.asarray(positions, np.float32).reshape(-1, 2)
     n = len(colors)
-    if not (len(backgrounds) == len(sizes) == len(positions) == n):
+    if shapes is not None:
+        shapes = np.asarray(shapes, np.int64).reshape(-1)
+    if not (len(backgrounds) == len(sizes) == len(positions) == n) or (
+        shapes is not None and len(shapes) != n
+    ):
         raise ValueError(
             f"render_images needs one value per image: {n} colors, {len(sizes)} sizes, "
             f"{len(positions)} positions, {len(backgrounds)} backgrounds"
@@ -142,7 +168,8 @@ def render_images(
     images = np.empty((n, 3, image_size, image_size), np.float32)
     for start in range(0, n, _CHUNK):
         part = slice(start, start + _CHUNK)
-        mask = _blurred_masks(sizes[part], positions[part], image_size, sigma_px)[:, None]
+        shape = None if shapes is None else shapes[part]
+        mask = _blurred_masks(sizes[part], positions[part], image_size, sigma_px, shape)[:, None]
         color = colors[part, :, None, None]
         background = backgrounds[part, :, None, None]
         chunk = mask * color + (1 - mask) * background
@@ -151,24 +178,50 @@ def render_images(
     return images
 
 
+def sample_objects(
+    class_names: Sequence[str],
+    signal: Signal,
+    rng: np.random.Generator,
+    layout: Layout = COLOR_SIZE,
+) -> dict[str, np.ndarray]:
+    """Per-sample concept values of the given classes of ``layout``.
+
+    Returns "color" (N, 3) and "size" (N,) float32 (every object has both; a layout
+    without size draws the large size), "shape" (N,) int64 and "background" (N,) float32
+    grey levels where the layout has those concepts. Each color channel is
+    Uniform(mean +- dc/8), the radius Uniform(mean +- 3 ds/8), at least 0.1, a grey level
+    Uniform(mean +- db/8), around the class means of ``signal``; drawn in that order.
+    """
+    digits = np.array([layout.digits(name) for name in class_names], dtype=np.int64)
+    digits = digits.reshape(-1, len(layout.concepts))
+    value = {concept: digits[:, i] for i, concept in enumerate(layout.concepts)}
+    n = len(digits)
+    color_means = np.stack([signal.color_mean(0), signal.color_mean(1)])
+    size_means = np.array([signal.size_mean(0), signal.size_mean(1)])
+    color_spread = rng.uniform(-signal.color_halfwidth, signal.color_halfwidth, size=(n, 3))
+    size_spread = rng.uniform(-signal.size_halfwidth, signal.size_halfwidth, size=n)
+    colors = color_means[value["color"]] + color_spread
+    size_digits = value.get("size", np.zeros(n, np.int64))
+    objects = {
+        "color": colors.astype(np.float32),
+        "size": np.maximum(size_means[size_digits] + size_spread, SIZE_FLOOR).astype(np.float32),
+    }
+    if "shape" in value:
+        objects["shape"] = value["shape"]
+    if "background" in value:
+        grey_means = np.array([signal.background_mean(0), signal.background_mean(1)])
+        halfwidth = signal.background_halfwidth
+        grey = grey_means[value["background"]] + rng.uniform(-halfwidth, halfwidth, size=n)
+        objects["background"] = grey.astype(np.float32)
+    return objects
+
+
 def sample_concepts(
     class_names: Sequence[str], signal: Signal, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample concept values of the given classes: colors (N, 3), sizes (N,), float32.
-
-    Each color channel is Uniform(mean +- dc/8) and the radius Uniform(mean +- 3 ds/8),
-    at least 0.1, around the class means of ``signal``.
-    """
-    digits = np.array([class_digits(name) for name in class_names], dtype=np.int64)
-    digits = digits.reshape(-1, 2)
-    color_means = np.stack([signal.color_mean(0), signal.color_mean(1)])
-    size_means = np.array([signal.size_mean(0), signal.size_mean(1)])
-    n = len(digits)
-    color_spread = rng.uniform(-signal.color_halfwidth, signal.color_halfwidth, size=(n, 3))
-    size_spread = rng.uniform(-signal.size_halfwidth, signal.size_halfwidth, size=n)
-    colors = color_means[digits[:, 0]] + color_spread
-    sizes = np.maximum(size_means[digits[:, 1]] + size_spread, SIZE_FLOOR)
-    return colors.astype(np.float32), sizes.astype(np.float32)
+    """2x2 classes' concept values: colors (N, 3), sizes (N,), float32 (``sample_objects``)."""
+    objects = sample_objects(class_names, signal, rng)
+    return objects["color"], objects["size"]
 
 
 def _positions(n: int, data_cfg: Mapping[str, Any], rng: np.random.Generator) -> np.ndarray:
@@ -191,54 +244,152 @@ def _validation_flags(labels: np.ndarray, fraction: float, rng: np.random.Genera
     return flags
 
 
-def _signal_record(signal: Signal) -> dict[str, float]:
-    return {"color_gap": float(signal.color_gap), "size_gap": float(signal.size_gap)}
+def _signal_record(signal: Signal, layout: Layout = COLOR_SIZE) -> dict[str, float]:
+    record = {"color_gap": float(signal.color_gap), "size_gap": float(signal.size_gap)}
+    if "background" in layout.concepts:
+        record["background_gap"] = float(signal.background_gap)
+    return record
 
 
-def _dataset_arrays(images, colors, sizes, labels, positions, backgrounds, is_validation):
-    """The arrays every dataset file holds; h = (r, g, b, size) is the sample's own values."""
+def _layout_record(layout: Layout) -> dict[str, Any]:
     return {
-        "images": images,
-        "h": np.concatenate([colors, sizes[:, None]], axis=1).astype(np.float32),
-        "label": labels,
-        "color": colors,
-        "size": sizes,
-        "position": positions,
-        "background": backgrounds,
-        "is_validation": is_validation,
+        "layout": layout.name,
+        "concepts": list(layout.concepts),
+        "unseen_classes": list(layout.unseen_classes),
+        "h_layout": list(layout.h_layout),
     }
 
 
-def render_training_set(data_cfg: Mapping[str, Any], signal: Signal, seed: int) -> RenderedSet:
-    """``images_per_class`` images of each training class (00, 01, 10); 11 is held out.
+def _render_objects(
+    class_names: Sequence[str],
+    signal: Signal,
+    layout: Layout,
+    data_cfg: Mapping[str, Any],
+    streams: dict[str, np.random.Generator],
+    validation_fraction: float,
+) -> dict[str, np.ndarray]:
+    """Render the classes' images and return the arrays every dataset file holds:
+    images, h (the sample's own values in the layout's slots), label (index into the
+    layout's classes), color, size, position, background (RGB), is_validation, and
+    shape where the layout has one."""
+    labels = np.array([layout.class_index(name) for name in class_names], dtype=np.int64)
+    objects = sample_objects(class_names, signal, streams["concepts"], layout)
+    return _objects_arrays(objects, labels, layout, data_cfg, streams, validation_fraction)
+
+
+def _objects_arrays(objects, labels, layout, data_cfg, streams, validation_fraction):
+    n = len(labels)
+    positions = _positions(n, data_cfg, streams["positions"])
+    if "background" in objects:  # the concept, grey in every channel
+        backgrounds = np.repeat(objects["background"][:, None], 3, axis=1)
+    else:
+        backgrounds = _backgrounds(n, data_cfg, streams["backgrounds"])
+    shapes = objects.get("shape")
+    images = render_images(
+        objects["color"], objects["size"], positions, backgrounds, data_cfg, streams["noise"],
+        shapes,
+    )  # fmt: skip
+    slots = {
+        "color": objects["color"],
+        "size": objects["size"][:, None],
+        "shape": None if shapes is None else shapes[:, None].astype(np.float32),
+        "background": objects.get("background", np.zeros(n))[:, None],
+    }
+    arrays = {
+        "images": images,
+        "h": np.concatenate([slots[c] for c in layout.concepts], axis=1).astype(np.float32),
+        "label": labels,
+        "color": objects["color"],
+        "size": objects["size"],
+        "position": positions,
+        "background": backgrounds,
+        "is_validation": _validation_flags(labels, validation_fraction, streams["split"]),
+    }
+    if shapes is not None:
+        arrays["shape"] = shapes
+    return arrays
+
+
+def mask_prompts(
+    arrays: dict[str, np.ndarray],
+    layout: Layout,
+    mask_ratio: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Mask round(mask_ratio * n) of the layout's masked class (in place): their masked
+    concept's slots of h become MASK_VALUE. Returns the bool mask (N,). The masked
+    images are the first of one random order of the class, so they nest across ratios."""
+    if not 0.0 <= float(mask_ratio) <= 1.0:
+        raise ConceptspaceError(
+            f"masking ratio {mask_ratio} is outside [0, 1]; it is the fraction of "
+            "masked-class images whose concept is hidden: choose values from 0 to 1 in "
+            "studies.underspecification.mask_ratios"
+        )
+    masked = np.zeros(len(arrays["label"]), dtype=bool)
+    if layout.masked is None:
+        if mask_ratio:
+            raise ConceptspaceError(
+                f"layout {layout.name} has no prompt masking, but the masking ratio is "
+                f"{mask_ratio}; use the color_shape layout or a ratio of 0"
+            )
+        return masked
+    masked_class, concept = layout.masked
+    members = np.flatnonzero(arrays["label"] == layout.class_index(masked_class))
+    chosen = rng.permutation(members)[: int(round(float(mask_ratio) * len(members)))]
+    masked[chosen] = True
+    arrays["h"][chosen, layout.slots(concept)] = MASK_VALUE
+    return masked
+
+
+def render_training_set(
+    data_cfg: Mapping[str, Any],
+    signal: Signal,
+    seed: int,
+    layout: Layout = COLOR_SIZE,
+    mask_ratio: float = 0.0,
+) -> RenderedSet:
+    """``images_per_class`` images of each training class of ``layout``; the unseen
+    classes are held out.
 
     Returns a ``RenderedSet`` (a dict of arrays with ``.metadata``): images float32
-    (N, 3, S, S), h float32 (N, 4) = the sample's own (r, g, b, size), label int64
-    (index into CLASSES), color, size, position, background, and is_validation (a random
-    ``validation_fraction`` of each class).
+    (N, 3, S, S), h float32 (N, h_dim) = the sample's own values (2x2: (r, g, b, size)),
+    label int64 (index into the layout's classes), color, size, position, background, and
+    is_validation (a random ``validation_fraction`` of each class); shape where the
+    layout has one; masked (bool) where it masks prompts (``mask_prompts``).
     """
     streams = _streams(seed, _TRAINING_SET)
     per_class = int(data_cfg["images_per_class"])
-    class_names = [name for name in TRAINING_CLASSES for _ in range(per_class)]
-    labels = np.array([class_index(name) for name in class_names], dtype=np.int64)
-    colors, sizes = sample_concepts(class_names, signal, streams["concepts"])
-    positions = _positions(len(labels), data_cfg, streams["positions"])
-    backgrounds = _backgrounds(len(labels), data_cfg, streams["backgrounds"])
-    images = render_images(colors, sizes, positions, backgrounds, data_cfg, streams["noise"])
-    arrays = _dataset_arrays(
-        images, colors, sizes, labels, positions, backgrounds,
-        _validation_flags(labels, float(data_cfg["validation_fraction"]), streams["split"]),
-    )  # fmt: skip
+    class_names = [name for name in layout.training_classes for _ in range(per_class)]
+    arrays = _render_objects(
+        class_names, signal, layout, data_cfg, streams, float(data_cfg["validation_fraction"])
+    )
+    settings = {"data": dict(data_cfg), "signal": _signal_record(signal, layout)}
     metadata = {
         "kind": "training_set",
         "data": dict(data_cfg),
-        "signal": _signal_record(signal),
+        "signal": _signal_record(signal, layout),
         "seed": int(seed),
-        "classes": list(TRAINING_CLASSES),
-        "class_means": {name: signal.class_h(name).tolist() for name in CLASSES},
-        "h_layout": list(H_LAYOUT),
-        "provenance": provenance({"data": dict(data_cfg), "signal": _signal_record(signal)}, seed),
+        "classes": list(layout.training_classes),
+        "class_means": {name: layout.class_h(name, signal).tolist() for name in layout.classes},
+        **_layout_record(layout),
     }
+    if layout.masked is not None:
+        arrays["masked"] = mask_prompts(arrays, layout, mask_ratio, streams["mask"])
+        masked_class, concept = layout.masked
+        settings.update(layout=layout.name, mask_ratio=float(mask_ratio))
+        metadata.update(
+            mask_ratio=float(mask_ratio),
+            masking=(
+                f"{concept} of {int(arrays['masked'].sum())} of the "
+                f"{int(np.sum(arrays['label'] == layout.class_index(masked_class)))} images "
+                f"of class {masked_class} ({layout.label(masked_class)}) is {MASK_VALUE} in h"
+            ),
+        )
+    elif mask_ratio:
+        mask_prompts(arrays, layout, mask_ratio, streams["mask"])  # refuses, naming the fix
+    elif layout is not COLOR_SIZE:
+        settings["layout"] = layout.name
+    metadata["provenance"] = provenance(settings, seed)
     return RenderedSet(arrays, metadata)
 
 
@@ -248,13 +399,15 @@ def render_probe_set(
     images_per_class: int,
     seed: int,
     validation_fraction: float | None = None,
+    layout: Layout = COLOR_SIZE,
 ) -> RenderedSet:
-    """Images of ALL four classes for the concept probe, pooled over signal levels.
+    """Images of ALL classes of ``layout`` for the concept probe, pooled over signal
+    levels.
 
     Each image's signal level is drawn uniformly from ``signals`` (the authors pool
     several settings, ~16k images). Backgrounds follow the training distribution, the
-    one the diffusion models learn and generate. Arrays as in ``render_training_set``,
-    plus color_gap and size_gap (N,) float32 of each image's signal level.
+    one the diffusion models learn and generate. Arrays as in ``render_training_set``
+    (h unmasked), plus color_gap and size_gap (N,) float32 of each image's signal level.
     ``validation_fraction`` defaults to ``data_cfg['validation_fraction']``.
     """
     if not signals:
@@ -262,31 +415,30 @@ def render_probe_set(
     if validation_fraction is None:
         validation_fraction = float(data_cfg["validation_fraction"])
     streams = _streams(seed, _PROBE_SET)
-    class_names = [name for name in CLASSES for _ in range(int(images_per_class))]
+    class_names = [name for name in layout.classes for _ in range(int(images_per_class))]
     n = len(class_names)
-    labels = np.array([class_index(name) for name in class_names], dtype=np.int64)
+    labels = np.array([layout.class_index(name) for name in class_names], dtype=np.int64)
     level = streams["signals"].integers(len(signals), size=n)
 
-    colors = np.empty((n, 3), np.float32)
-    sizes = np.empty(n, np.float32)
+    objects: dict[str, np.ndarray] = {}
     for index, signal in enumerate(signals):
         members = np.flatnonzero(level == index)
         chosen = [class_names[i] for i in members]
-        colors[members], sizes[members] = sample_concepts(chosen, signal, streams["concepts"])
-    positions = _positions(n, data_cfg, streams["positions"])
-    backgrounds = _backgrounds(n, data_cfg, streams["backgrounds"])
-    images = render_images(colors, sizes, positions, backgrounds, data_cfg, streams["noise"])
-    arrays = _dataset_arrays(
-        images, colors, sizes, labels, positions, backgrounds,
-        _validation_flags(labels, validation_fraction, streams["split"]),
-    )  # fmt: skip
+        drawn = sample_objects(chosen, signal, streams["concepts"], layout)
+        for name, values in drawn.items():
+            objects.setdefault(name, np.empty((n,) + values.shape[1:], values.dtype))
+            objects[name][members] = values
+    arrays = _objects_arrays(objects, labels, layout, data_cfg, streams, validation_fraction)
     arrays.update(
         {
             "color_gap": np.array([signals[i].color_gap for i in level], dtype=np.float32),
             "size_gap": np.array([signals[i].size_gap for i in level], dtype=np.float32),
         }
     )
-    signal_records = [_signal_record(s) for s in signals]
+    signal_records = [_signal_record(s, layout) for s in signals]
+    settings = {"data": dict(data_cfg), "signals": signal_records}
+    if layout is not COLOR_SIZE:
+        settings["layout"] = layout.name
     metadata = {
         "kind": "probe_set",
         "data": dict(data_cfg),
@@ -294,17 +446,16 @@ def render_probe_set(
         "images_per_class": int(images_per_class),
         "validation_fraction": float(validation_fraction),
         "seed": int(seed),
-        "classes": list(CLASSES),
-        "concepts": list(CONCEPTS),
-        "h_layout": list(H_LAYOUT),
-        "provenance": provenance({"data": dict(data_cfg), "signals": signal_records}, seed),
+        "classes": list(layout.classes),
+        **_layout_record(layout),
+        "provenance": provenance(settings, seed),
     }
     return RenderedSet(arrays, metadata)
 
 
-def concept_labels(labels: np.ndarray) -> np.ndarray:
-    """Class indices -> (N, n_concepts) concept values (color 0 red / 1 blue, size 0 / 1)."""
-    table = np.array([class_digits(name) for name in CLASSES], dtype=np.int64)
+def concept_labels(labels: np.ndarray, layout: Layout = COLOR_SIZE) -> np.ndarray:
+    """Class indices -> (N, n_concepts) concept values (the class's digits)."""
+    table = np.array([layout.digits(name) for name in layout.classes], dtype=np.int64)
     return table[np.asarray(labels, dtype=np.int64)]
 
 

@@ -1,0 +1,129 @@
+"""Concept layouts beyond 2x2: shape with prompt masking (underspecification) and the
+background concept (2x2x2). The 2x2 layout is the signal study's constants."""
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+from conceptspace.concepts import (
+    CLASSES,
+    COLOR_SHAPE,
+    COLOR_SIZE,
+    COLOR_SIZE_BACKGROUND,
+    H_LAYOUT,
+    MASK_VALUE,
+    TRAINING_CLASSES,
+    UNSEEN_CLASS,
+    Signal,
+    layout_named,
+)
+from conceptspace.config import load_config
+from conceptspace.io import ConceptspaceError
+from conceptspace.render import (
+    TRIANGLE_INRADIUS,
+    concept_labels,
+    render_images,
+    render_probe_set,
+    render_training_set,
+)
+
+SIGNAL = Signal(color_gap=0.4, size_gap=0.4, background_gap=0.4)
+# The data settings of config.yaml, small.
+DATA = {**load_config(REPO / "config.yaml")["data"], "image_size": 16, "images_per_class": 40}
+
+
+def test_the_2x2_layout_is_the_signal_studys_constants():
+    assert COLOR_SIZE.classes == CLASSES
+    assert COLOR_SIZE.training_classes == TRAINING_CLASSES
+    assert COLOR_SIZE.unseen_classes == (UNSEEN_CLASS,)
+    assert COLOR_SIZE.h_layout == H_LAYOUT
+    for name in CLASSES:
+        np.testing.assert_array_equal(COLOR_SIZE.class_h(name, SIGNAL), SIGNAL.class_h(name))
+    assert layout_named(None) is COLOR_SIZE  # files from before layouts existed
+
+
+def test_layouts_name_their_classes_and_h():
+    assert COLOR_SHAPE.unseen_classes == ("11",)
+    assert COLOR_SHAPE.label("11") == "blue triangle"
+    assert COLOR_SHAPE.label("01") == "red triangle"
+    np.testing.assert_allclose(COLOR_SHAPE.class_h("11", SIGNAL), [0.3, 0.3, 0.7, 1.0])
+    assert COLOR_SIZE_BACKGROUND.training_classes == ("000", "001", "010", "100")
+    assert COLOR_SIZE_BACKGROUND.unseen_classes == ("011", "101", "110", "111")
+    # background 1 = dark grey 0.5 - db/2, the last slot of h
+    np.testing.assert_allclose(
+        COLOR_SIZE_BACKGROUND.class_h("001", SIGNAL), [0.7, 0.3, 0.3, 0.65, 0.3], rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="unknown class"):
+        COLOR_SHAPE.digits("111")
+
+
+def test_the_triangle_has_the_discs_area_and_points_up():
+    size = 201
+    cfg = {**DATA, "image_size": size, "blur_sigma_px": 0.0, "noise_std": 0.0}
+    black, white = np.zeros((2, 3)), np.ones((2, 3))
+    images = render_images(
+        black, [0.5, 0.5], np.zeros((2, 2)), white, cfg, np.random.default_rng(0), [0, 1]
+    )
+    masks = 1 - images[:, 0]
+    pixel_area = (2 / (size - 1)) ** 2
+    disc, triangle = masks.sum(axis=(1, 2)) * pixel_area
+    assert disc == pytest.approx(np.pi * 0.25, rel=0.01)
+    assert triangle == pytest.approx(disc, rel=0.01)
+    rows = np.flatnonzero(masks[1].any(axis=1))
+    grid = np.linspace(-1, 1, size)
+    inradius = TRIANGLE_INRADIUS * 0.5
+    # apex up (row 0 is y = -1): 2 in-radii above the centre, the base 1 in-radius below
+    assert grid[rows[0]] == pytest.approx(-2 * inradius, abs=0.02)
+    assert grid[rows[-1]] == pytest.approx(inradius, abs=0.02)
+
+
+def test_masking_hides_the_color_of_a_fraction_of_red_triangles_only():
+    sets = {p: render_training_set(DATA, SIGNAL, 3, COLOR_SHAPE, p) for p in (0.0, 0.5, 1.0)}
+    labels = sets[0.0]["label"]
+    assert sorted(set(labels)) == [COLOR_SHAPE.class_index(c) for c in ("00", "01", "10")]
+    red_triangles = labels == COLOR_SHAPE.class_index("01")
+    for p, rendered in sets.items():
+        masked = rendered["masked"]
+        assert masked.sum() == round(p * red_triangles.sum())
+        assert not masked[~red_triangles].any()
+        np.testing.assert_array_equal(rendered["h"][masked, :3], MASK_VALUE)
+        assert (rendered["h"][~masked, :3] >= 0).all()
+        # the images, and every h slot but the masked color, do not depend on p
+        np.testing.assert_array_equal(rendered["images"], sets[0.0]["images"])
+        np.testing.assert_array_equal(rendered["h"][:, 3], rendered["shape"])
+        assert rendered.metadata["mask_ratio"] == p
+        assert rendered.metadata["layout"] == "color_shape"
+    # nested: what is masked at 0.5 is masked at 1.0
+    assert (sets[1.0]["masked"] | ~sets[0.5]["masked"]).all()
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.5])
+def test_a_masking_ratio_outside_0_1_is_refused(ratio):
+    with pytest.raises(ConceptspaceError, match=r"outside \[0, 1\].*mask_ratios"):
+        render_training_set(DATA, SIGNAL, 3, COLOR_SHAPE, ratio)
+
+
+def test_masking_a_layout_without_masking_is_refused():
+    with pytest.raises(ConceptspaceError, match="color_shape layout or a ratio of 0"):
+        render_training_set(DATA, SIGNAL, 3, COLOR_SIZE, 0.5)
+
+
+def test_background_is_a_third_concept():
+    rendered = render_training_set(DATA, SIGNAL, 3, COLOR_SIZE_BACKGROUND)
+    digits = concept_labels(rendered["label"], COLOR_SIZE_BACKGROUND)
+    grey = rendered["h"][:, 4]
+    means = np.where(digits[:, 2] == 0, 0.7, 0.3)
+    assert np.all(np.abs(grey - means) <= SIGNAL.background_halfwidth + 1e-6)
+    # every channel of the pixel background is the grey level of h
+    np.testing.assert_array_equal(rendered["background"], np.repeat(grey[:, None], 3, 1))
+    corner = rendered["images"][:, :, 0, 0]  # far from most objects: mostly background
+    assert np.median(np.abs(corner - grey[:, None])) < 0.01
+    assert rendered.metadata["unseen_classes"] == ["011", "101", "110", "111"]
+
+
+def test_probe_sets_hold_every_class_of_the_layout():
+    probe_set = render_probe_set(DATA, [SIGNAL], 10, seed=1, layout=COLOR_SHAPE)
+    digits = concept_labels(probe_set["label"], COLOR_SHAPE)
+    assert len(np.unique(digits, axis=0)) == 4
+    np.testing.assert_array_equal(probe_set["shape"], digits[:, 1])
+    assert (probe_set["h"][:, :3] >= 0).all()  # the probe's set is never masked
