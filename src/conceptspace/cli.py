@@ -89,6 +89,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         args.manifest,
         device=args.device,
         threads=args.threads,
+        compile=args.compile,
     )
 
 
@@ -297,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--run-dir", required=True)
     p.add_argument("--manifest", required=True)
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
     compute(p)
 
     p = stage("evaluate", cmd_evaluate, "score one checkpoint in concept space")

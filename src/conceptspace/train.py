@@ -351,8 +351,12 @@ def train_run(
     manifest_path: str | os.PathLike,
     device: str | torch.device = "auto",
     threads: int | None = None,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Train one VDM on a rendered dataset, resuming from ``run_dir``'s last checkpoint.
+
+    ``compile`` runs the network through torch.compile (compute.compile): it compiles
+    during the first steps, and pays only where benchmarks/README.md shows it does.
 
     Returns the manifest (also written to ``manifest_path``, last). Raises
     ConceptspaceError if ``run_dir`` holds checkpoints of a different config, or if the
@@ -449,6 +453,8 @@ def train_run(
     # bf16: the network autocasts its own forward and hands float32 back, so the ELBO's
     # arithmetic (small terms, the learned schedule) stays in float32
     vdm.net.set_precision(precision)
+    if compile:
+        vdm.net.compile()  # in place: the state_dict keys stay those of the eager network
     params = [p for p in vdm.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=float(training_cfg["lr"]), weight_decay=float(training_cfg["weight_decay"])

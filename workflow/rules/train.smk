@@ -19,10 +19,11 @@ rule train_vdm:
         fields=run_fields,
         run_dir=lambda wildcards: SIGNAL / "runs" / wildcards.run,
         device=config["compute"]["device"],
+        compile="--compile" if config["compute"]["compile"] else "",
     shell:
         "python -m conceptspace train --settings {params.settings:q} --data {input:q}"
         " --seed {params.fields[seed]} --run-dir {params.run_dir:q} --manifest {output:q}"
-        " --device {params.device} --threads {threads} >> {log:q} 2>&1"
+        " --device {params.device} --threads {threads} {params.compile} >> {log:q} 2>&1"
 
 
 rule train_probe:
