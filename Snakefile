@@ -25,6 +25,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/gather.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/claims.smk"
 
 
 rule all:
@@ -32,3 +33,4 @@ rule all:
     input:
         STUDY_DATASET,
         FIGURES,
+        CLAIMS_JSON,

@@ -230,6 +230,14 @@ def _single(sweep_cfg: dict, key: str) -> float:
     return float(values[0])
 
 
+def cmd_claims(args: argparse.Namespace) -> None:
+    from conceptspace.claims import write_claims
+
+    config = _settings(args.settings)
+    write_claims(args.out, args.table, config, args.study, args.underspecification)
+    log.info("wrote %s and %s", args.out, args.table)
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     from conceptspace.info import describe
 
@@ -337,6 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", help="samples file of one run (sheet)")
     p.add_argument("--methods", nargs="+", help="hidden: methods to draw, naive first")
     p.add_argument("--out", required=True, help="PDF (a PNG is written beside it); sheet: PNG")
+
+    p = stage("claims", cmd_claims, "judge the paper's claims from the study datasets")
+    p.add_argument("--settings", required=True, help="JSON: the whole resolved config")
+    p.add_argument("--study", required=True, help="the signal study dataset")
+    p.add_argument("--underspecification", help="the underspecification study (claim 5)")
+    p.add_argument("--out", required=True, help="claims JSON")
+    p.add_argument("--table", required=True, help="claims table, HTML")
 
     p = stage("info", cmd_info, "print the provenance of files the pipeline wrote")
     p.add_argument("paths", nargs="+")
