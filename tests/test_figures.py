@@ -440,3 +440,17 @@ def test_smoke_run_draws_the_claim_figures_and_the_sample_sheet(smoke_run):
     with Image.open(figures / f"samples_{run}.png") as png:
         assert png.format == "PNG"
         assert json.loads(png.info["Description"])["config_hash"]
+
+
+def test_figure_command_draws_the_sample_sheet_from_a_samples_file(tmp_path):
+    samples_path = tmp_path / "samples.nc"
+    save_dataset_nc(fake_samples(), samples_path)
+    sheet = {"seed": 0, "color_gap": 0.3, "size_gap": 0.4, "samples": 2, "steps": "all"}
+    settings = json.dumps({"figures": {"sample_sheet": sheet}})
+    out = tmp_path / "samples_dc0.300_ds0.400_seed0.png"
+    argv = ["figure", "sheet", "--settings", settings, "--out", str(out)]
+    assert cli.main(argv) == 1  # no --samples: refused, nothing written
+    assert not out.exists()
+    assert cli.main([*argv, "--samples", str(samples_path)]) == 0
+    with Image.open(out) as png:
+        assert "seed 0, color gap 0.3, size gap 0.4" in png.info["Title"]
