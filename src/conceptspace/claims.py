@@ -298,7 +298,7 @@ def judge_memorization(study: xr.Dataset, cfg: Mapping[str, Any]) -> dict[str, A
         entry.update({"pulled_to": pulled_to, "margin": None})
         if pulled_to is None:
             notes.append(
-                f"\u0394c {gap:g}: never nearer 01 or 10 than 11 before the threshold"
+                f"\u0394c {gap:g} ({which}): never nearer 01 or 10 than 11 before the threshold"
                 + (f" (reached at step {reached_at:.0f})" if np.isfinite(reached_at) else "")
             )
         else:
