@@ -18,7 +18,9 @@ from conceptspace.concepts import (
     layout_named,
 )
 from conceptspace.config import load_config
+from conceptspace.evaluate import write_evaluation
 from conceptspace.io import ConceptspaceError
+from conceptspace.methods import build_methods
 from conceptspace.render import (
     TRIANGLE_INRADIUS,
     concept_labels,
@@ -26,6 +28,7 @@ from conceptspace.render import (
     render_probe_set,
     render_training_set,
 )
+from conceptspace.trajectories import gather_run, gather_study, save_dataset_nc
 
 SIGNAL = Signal(color_gap=0.4, size_gap=0.4, background_gap=0.4)
 # The data settings of config.yaml, small.
@@ -127,3 +130,92 @@ def test_probe_sets_hold_every_class_of_the_layout():
     assert len(np.unique(digits, axis=0)) == 4
     np.testing.assert_array_equal(probe_set["shape"], digits[:, 1])
     assert (probe_set["h"][:, :3] >= 0).all()  # the probe's set is never masked
+
+
+# ----------------------------------------------------------------------------- gathering
+
+STEPS = [100, 400, 900, 1600]
+EVALUATION = {"threshold": 0.8, "smoothed": {"threshold": 0.9, "sigma": 1.0, "consecutive": 2}}
+METHODS_CFG = {
+    "overprompt": {"colors": [[0.1, 0.1, 0.9]]},
+    "intervention": {
+        "alphas": [1.0],
+        "beta": 0.1,
+        "color_direction": [0.05, 0.05, 0.95],
+        "size_direction": 0.6,
+    },
+    "patching": {"donors": []},
+}
+
+
+def write_layout_run(folder, layout, seed, crossing, **run):
+    """A fabricated run of ``layout``: every prompt at 0.3 per concept, the unseen
+    classes' naive prompts at 1 from step index ``crossing`` on (None: never)."""
+    methods = build_methods(METHODS_CFG, STEPS[-1], layout)
+    paths = []
+    for index, step in enumerate(STEPS):
+        p_target = np.full((len(methods), len(layout.classes), len(layout.concepts), 3), 0.3)
+        for u in layout.unseen_classes:
+            if crossing is not None and index >= crossing:
+                p_target[0, layout.class_index(u)] = 1.0
+        tag = "_".join(f"{k}{v}" for k, v in run.items())
+        path = folder / f"{layout.name}_s{seed}_{tag}_{step}.nc"
+        attrs = {"step": step, "seed": seed, "color_gap": 0.4, "size_gap": 0.4, **run}
+        attrs["layout"] = layout.name
+        write_evaluation(path, p_target, methods, layout.classes, layout.concepts, attrs)
+        paths.append(path)
+    out = folder / f"{layout.name}_s{seed}_{tag}.nc"
+    save_dataset_nc(gather_run(paths), out)
+    return out, methods
+
+
+def test_the_underspecification_study_has_the_claims_contract(tmp_path):
+    crossings = {(0, 0.0): 1, (0, 1.0): None, (1, 0.0): 2, (1, 1.0): 3}
+    runs = [
+        write_layout_run(tmp_path, COLOR_SHAPE, seed, crossing, mask_ratio=ratio)
+        for (seed, ratio), crossing in crossings.items()
+    ]
+    methods = runs[0][1]
+    # color_shape has no latent intervention; its overprompt pushes the blue triangle
+    assert [m.name for m in methods] == ["naive", "overprompt_0"]
+    assert methods[1].prompts == ("11",)
+    study = gather_study([path for path, _ in runs], {}, EVALUATION, grid=("seed", "mask_ratio"))
+    assert study["concept_prob"].dims == (
+        "seed",
+        "mask_ratio",
+        "step",
+        "method",
+        "prompt",
+        "concept",
+    )
+    assert list(study["prompt"].values) == ["00", "01", "10", "11"]
+    assert list(study["concept"].values) == ["color", "shape"]
+    assert study["accuracy"].dims[:2] == ("seed", "mask_ratio")
+    times = study["learning_time"]
+    assert times.dims == ("seed", "mask_ratio", "method")
+    naive = times.sel({"method": "naive"})
+    np.testing.assert_array_equal(naive.values, [[400, np.nan], [900, 1600]])
+    assert float(study["color_gap"]) == 0.4  # the same in every run: a scalar coordinate
+    assert study.attrs["layout"] == "color_shape"
+    assert study["mask_ratio"].attrs["long_name"].startswith("masking ratio")
+
+
+def test_runs_of_two_studies_are_not_gathered_together(tmp_path):
+    first, _ = write_layout_run(tmp_path, COLOR_SHAPE, 0, 1, mask_ratio=0.0)
+    other = tmp_path / "other"
+    other.mkdir()
+    second, _ = write_layout_run(other, COLOR_SHAPE, 0, 1, mask_ratio=0.5)
+    with pytest.raises(ConceptspaceError, match="differ outside the study's grid"):
+        gather_study([first, second], {}, EVALUATION, grid=("seed",))
+
+
+def test_several_unseen_classes_get_an_unseen_dimension(tmp_path):
+    path, methods = write_layout_run(tmp_path, COLOR_SIZE_BACKGROUND, 0, 2, background_gap=0.4)
+    # overprompts (blue) reach the unseen classes whose color is blue
+    assert methods[1].prompts == ("101", "110", "111")
+    study = gather_study([path], {}, EVALUATION)
+    assert study["learning_time"].dims == ("seed", "color_gap", "size_gap", "method", "unseen")
+    assert list(study["unseen"].values) == ["011", "101", "110", "111"]
+    np.testing.assert_array_equal(
+        study["learning_time"].sel({"method": "naive"}).values.ravel(), [900] * 4
+    )

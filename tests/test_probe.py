@@ -83,6 +83,7 @@ def test_a_loaded_probe_classifies_fresh_images_of_every_class(trained):
         "channels": [8, 8, 8],
         "groups": 4,
         "attention_heads": 2,
+        "n_concepts": 2,
     }
     probe = load_probe(folder / "probe.pt", min_accuracy=0.9)
     assert not probe.training

@@ -3,12 +3,14 @@ hidden capabilities").
 
 Conditions: every prompting method of ``conceptspace.methods`` (naive, overprompt_i,
 intervention_i, patched_*) applied to each prompt it is defined for (overprompts and
-interventions only to the unseen class 11). Each condition is sampled
+interventions only to the unseen class 11; ``methods`` for other layouts). Each condition is sampled
 ``samples_per_prompt`` times with the ancestral sampler (``sampler_steps`` steps); the
 probe reads every sample; ``p_target[method, prompt, concept, sample]`` is its
 probability that the sample shows the prompt's target value of that concept (the
 class's digit: color 0 red / 1 blue, size 0 large / 1 small), NaN where the method is
-not applied to the prompt.
+not applied to the prompt. Prompts and concepts are those of the run's concept layout
+(``concepts.Layout``: the probe's, checked against the checkpoint's h), every class of
+it, so a layout's unseen classes are always among the prompts.
 
 Common random numbers: the noise of sample i of a condition comes from its own
 ``torch.Generator`` seeded from (run seed, target class, i) only, never from the method,
@@ -42,7 +44,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from conceptspace.concepts import CLASSES, CONCEPTS, UNSEEN_CLASS, Signal, class_digits
+from conceptspace.concepts import COLOR_SIZE, Layout, Signal, layout_named
 from conceptspace.io import ConceptspaceError, config_hash, eta, provenance
 from conceptspace.methods import Method, build_methods, method_problems
 from conceptspace.trajectories import (
@@ -59,8 +61,8 @@ log = logging.getLogger(__name__)
 EVALUATION_STREAM = 0x5EED_E7A1
 # Gaps recorded in a checkpoint and given on the command line must agree this closely.
 GAP_TOLERANCE = 5e-4
-COLOR_SLICE = slice(0, 3)  # h = (r, g, b, size): concepts.H_LAYOUT
-SIZE_INDEX = 3
+COLOR_SLICE = COLOR_SIZE.slots("color")  # the 2x2 h = (r, g, b, size): concepts.H_LAYOUT
+SIZE_INDEX = COLOR_SIZE.slots("size").start
 
 
 def sample_seed(seed: int, prompt: str, sample: int) -> int:
@@ -70,8 +72,8 @@ def sample_seed(seed: int, prompt: str, sample: int) -> int:
     checkpoints) and of batching. Prompts are identified by their class digits, so adding
     a prompt does not change the noise of the others.
     """
-    color, size = class_digits(prompt)
-    sequence = np.random.SeedSequence([EVALUATION_STREAM, int(seed), color, size, int(sample)])
+    digits = [int(d) for d in prompt]
+    sequence = np.random.SeedSequence([EVALUATION_STREAM, int(seed), *digits, int(sample)])
     return int(sequence.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))  # < 2**63
 
 
@@ -91,22 +93,23 @@ def _generators(
 
 @dataclass(frozen=True)
 class Condition:
-    """One method applied to one prompt (its target class)."""
+    """One method applied to one prompt (its target class of ``layout``)."""
 
     method: Method
     prompt: str
+    layout: Layout = COLOR_SIZE
 
     def h(self, signal: Signal) -> np.ndarray:
         """The h given to the model: the class means, the color overridden by an overprompt."""
-        h = signal.class_h(self.prompt).copy()
+        h = self.layout.class_h(self.prompt, signal).copy()
         if self.method.color is not None:
-            h[COLOR_SLICE] = self.method.color
+            h[self.layout.slots("color")] = self.method.color
         return h
 
 
-def conditions_of(methods: Sequence[Method]) -> list[Condition]:
-    """Every (method, prompt) pair, method-major, prompts in ``CLASSES`` order."""
-    return [Condition(method, prompt) for method in methods for prompt in method.prompts]
+def conditions_of(methods: Sequence[Method], layout: Layout = COLOR_SIZE) -> list[Condition]:
+    """Every (method, prompt) pair, method-major, prompts in the layout's class order."""
+    return [Condition(m, prompt, layout) for m in methods for prompt in m.prompts]
 
 
 def intervention_directions(methods_cfg: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,7 +213,7 @@ def generate_images(
 def target_probabilities(probabilities: torch.Tensor, prompts: Sequence[str]) -> np.ndarray:
     """(B, n_concepts, 2) probe probabilities -> (B, n_concepts): each row's probability
     of its own prompt's value of every concept."""
-    targets = torch.tensor([class_digits(p) for p in prompts], device=probabilities.device)
+    targets = torch.tensor([[int(d) for d in p] for p in prompts], device=probabilities.device)
     chosen = probabilities.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return chosen.double().cpu().numpy()
 
@@ -228,7 +231,9 @@ def _check_run(metadata: Mapping[str, Any], signal: Signal, seed: int, path: Pat
             "evaluate it with its own run's seed"
         )
     recorded = (config.get("dataset") or {}).get("signal") or {}
-    for key, given in (("color_gap", signal.color_gap), ("size_gap", signal.size_gap)):
+    gaps = [("color_gap", signal.color_gap), ("size_gap", signal.size_gap)]
+    gaps.append(("background_gap", signal.background_gap))
+    for key, given in gaps:
         if key in recorded and abs(float(recorded[key]) - float(given)) > GAP_TOLERANCE:
             raise ConceptspaceError(
                 f"checkpoint {path} was trained with {key} {recorded[key]}, but the evaluation "
@@ -291,9 +296,11 @@ def prepare_checkpoint(
     signal: Signal,
     seed: int,
     device: torch.device,
+    layout: Layout = COLOR_SIZE,
 ) -> Prepared:
     """Load a checkpoint and the donor checkpoints its patching methods need (from the
-    same run folder; "final" is the run's last scheduled checkpoint)."""
+    same run folder; "final" is the run's last scheduled checkpoint). Its h must be the
+    ``layout``'s."""
     from conceptspace.config import checkpoint_steps
     from conceptspace.train import checkpoint_path as step_path
     from conceptspace.train import load_checkpoint
@@ -301,12 +308,19 @@ def prepare_checkpoint(
     checkpoint_path = Path(checkpoint_path)
     vdm, metadata = load_checkpoint(checkpoint_path, device)
     _check_run(metadata, signal, seed, checkpoint_path)
+    h_dim = int(metadata["config"].get("h_dim", layout.h_dim))
+    if h_dim != layout.h_dim:
+        raise ConceptspaceError(
+            f"checkpoint {checkpoint_path} takes a {h_dim}-d h, but the {layout.name} layout's h "
+            f"is {layout.h_dim}-d ({', '.join(layout.h_layout)}); evaluate it with the probe "
+            "of its own study"
+        )
     step = int(metadata["step"])
     steps = checkpoint_steps(metadata["config"]["training"])
     problems = list(method_problems(methods_cfg, steps))
     if problems:
         raise ConceptspaceError("; ".join(problems))
-    methods = build_methods(methods_cfg, steps[-1])
+    methods = build_methods(methods_cfg, steps[-1], layout)
     donors: dict[int, torch.nn.Module] = {}
     run_dir = checkpoint_path.parent.parent
     for method in methods:
@@ -328,7 +342,7 @@ def prepare_checkpoint(
         metadata,
         step,
         methods,
-        conditions_of(methods),
+        conditions_of(methods, layout),
         donors,
         intervention_directions(methods_cfg),
     )
@@ -395,7 +409,13 @@ def write_evaluation(
 
 
 def _run_attrs(
-    prepared: Prepared, evaluation_cfg: Mapping[str, Any], signal: Signal, seed: int, device
+    prepared: Prepared,
+    evaluation_cfg: Mapping[str, Any],
+    signal: Signal,
+    seed: int,
+    device,
+    layout: Layout = COLOR_SIZE,
+    mask_ratio: float | None = None,
 ) -> dict[str, Any]:
     """Attributes every file made from one checkpoint carries."""
     settings = {
@@ -409,6 +429,13 @@ def _run_attrs(
         "seed": int(seed),
         "color_gap": float(signal.color_gap),
         "size_gap": float(signal.size_gap),
+        "layout": layout.name,
+        **(
+            {"background_gap": float(signal.background_gap)}
+            if "background" in layout.concepts
+            else {}
+        ),
+        **({} if mask_ratio is None else {"mask_ratio": float(mask_ratio)}),
         "checkpoint": str(prepared.metadata["path"]),
         "evaluation_cfg": dict(evaluation_cfg),  # stored as a JSON string
         "methods_cfg": dict(evaluation_cfg["methods"]),
@@ -442,11 +469,13 @@ def evaluate_checkpoint(
     out_path: str | os.PathLike,
     device: str | torch.device = "cpu",
     threads: int | None = None,
+    mask_ratio: float | None = None,
 ) -> Path:
     """Prompt the checkpoint with every method, score the samples with the probe, write
     netCDF (see :func:`write_evaluation`) to ``out_path`` and return its path. The probe
     is loaded with ``min_accuracy`` as its floor, so a weak probe is refused
-    (ConceptspaceError) before any sampling."""
+    (ConceptspaceError) before any sampling. The concept layout is the probe's;
+    ``mask_ratio`` (underspecification runs) is recorded with the run's seed and gaps."""
     from conceptspace.probe import load_probe, predict_proba
 
     device = _compute_device(device, threads)
@@ -454,7 +483,10 @@ def evaluate_checkpoint(
     samples_per_prompt, sampler_steps, batch_size = _sampling_settings(evaluation_cfg)
 
     probe = load_probe(probe_path, min_accuracy, device)
-    prepared = prepare_checkpoint(checkpoint_path, evaluation_cfg["methods"], signal, seed, device)
+    layout = layout_named(getattr(probe, "layout", None))  # probes before layouts: 2x2
+    prepared = prepare_checkpoint(
+        checkpoint_path, evaluation_cfg["methods"], signal, seed, device, layout
+    )
     image_size = int(prepared.metadata["config"]["image_size"])
     if image_size != probe.image_size:
         raise ConceptspaceError(
@@ -478,8 +510,9 @@ def evaluate_checkpoint(
         math.ceil(n_samples / batch_size),
         batch_size,
     )
-    p_target = np.full((len(methods), len(CLASSES), len(CONCEPTS), samples_per_prompt), np.nan)
-    where = [(methods.index(c.method), CLASSES.index(c.prompt)) for c in conditions]
+    prompts, concepts = layout.classes, layout.concepts
+    p_target = np.full((len(methods), len(prompts), len(concepts), samples_per_prompt), np.nan)
+    where = [(methods.index(c.method), prompts.index(c.prompt)) for c in conditions]
     for chunk, images in prepared.generate(
         samples_per_prompt, signal, seed, evaluation_cfg, device
     ):
@@ -489,25 +522,27 @@ def evaluate_checkpoint(
         for (c, i), row in zip(chunk, scores):
             p_target[where[c] + (slice(None), i)] = row
 
-    attrs = _run_attrs(prepared, evaluation_cfg, signal, seed, device)
+    attrs = _run_attrs(prepared, evaluation_cfg, signal, seed, device, layout, mask_ratio)
     probe_accuracy = dict(getattr(probe, "accuracy", {}) or {})
     attrs.update(
         probe=str(probe_path),
         min_accuracy=float(min_accuracy),
         **{f"probe_accuracy_{name}": float(value) for name, value in probe_accuracy.items()},
     )
-    write_evaluation(out_path, p_target, methods, CLASSES, CONCEPTS, attrs)
-    unseen = p_target[:, CLASSES.index(UNSEEN_CLASS)].mean(axis=-1)  # (method, concept)
-    log.info(
-        "wrote %s; unseen class %s, mean p_target (color, size): %s",
-        out_path,
-        UNSEEN_CLASS,
-        "; ".join(
-            f"{m.name} {unseen[k, 0]:.3f} {unseen[k, 1]:.3f}"
-            for k, m in enumerate(methods)
-            if UNSEEN_CLASS in m.prompts
-        ),
-    )
+    write_evaluation(out_path, p_target, methods, prompts, concepts, attrs)
+    for unseen_class in layout.unseen_classes:
+        unseen = p_target[:, prompts.index(unseen_class)].mean(axis=-1)  # (method, concept)
+        log.info(
+            "wrote %s; unseen class %s, mean p_target (%s): %s",
+            out_path,
+            unseen_class,
+            ", ".join(concepts),
+            "; ".join(
+                f"{m.name} " + " ".join(f"{v:.3f}" for v in unseen[k])
+                for k, m in enumerate(methods)
+                if unseen_class in m.prompts
+            ),
+        )
     return Path(out_path)
 
 
@@ -520,6 +555,8 @@ def sample_checkpoints(
     out_path: str | os.PathLike,
     device: str | torch.device = "cpu",
     threads: int | None = None,
+    layout: Layout = COLOR_SIZE,
+    mask_ratio: float | None = None,
 ) -> Path:
     """The first ``samples`` samples of every condition of each checkpoint, drawn with
     the evaluation's generators (so they are the images the evaluation scored), written
@@ -536,24 +573,28 @@ def sample_checkpoints(
 
     stacks, steps, methods, first = [], [], None, None
     for path in checkpoint_paths:
-        prepared = prepare_checkpoint(path, evaluation_cfg["methods"], signal, seed, device)
+        prepared = prepare_checkpoint(path, evaluation_cfg["methods"], signal, seed, device, layout)
         if methods is None:
             methods, first = prepared.methods, prepared
         size = prepared.vdm.net.image_size
         channels = prepared.vdm.net.image_channels
-        images = np.zeros((len(methods), len(CLASSES), samples, size, size, channels), np.uint8)
+        images = np.zeros(
+            (len(methods), len(layout.classes), samples, size, size, channels), np.uint8
+        )
         conditions = prepared.conditions
         log.info("sampling %s (step %d): %d conditions", path, prepared.step, len(conditions))
         for chunk, batch in prepared.generate(samples, signal, seed, evaluation_cfg, device):
             pixels = (batch * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
             for (c, i), image in zip(chunk, pixels):
                 condition = conditions[c]
-                images[methods.index(condition.method), CLASSES.index(condition.prompt), i] = image
+                images[methods.index(condition.method), layout.class_index(condition.prompt), i] = (
+                    image
+                )
         stacks.append(images)
         steps.append(prepared.step)
 
     order = np.argsort(steps)
-    applied = np.array([[p in m.prompts for p in CLASSES] for m in methods])
+    applied = np.array([[p in m.prompts for p in layout.classes] for m in methods])
     ds = xr.Dataset(
         {
             "images": (
@@ -570,7 +611,7 @@ def sample_checkpoints(
         coords={
             "step": np.array(sorted(steps), dtype=np.int64),
             **method_index(methods),
-            "prompt": np.array(list(CLASSES), dtype=object),
+            "prompt": np.array(list(layout.classes), dtype=object),
             "sample": np.arange(samples, dtype=np.int64),
             "channel": np.array(["red", "green", "blue"], dtype=object),
         },
@@ -578,7 +619,7 @@ def sample_checkpoints(
     for name in ("step", "prompt", "sample"):
         ds[name].attrs = dict(COORD_ATTRS[name])
     ds["channel"].attrs = {"units": "1", "long_name": "color channel"}
-    attrs = _run_attrs(first, evaluation_cfg, signal, seed, device)
+    attrs = _run_attrs(first, evaluation_cfg, signal, seed, device, layout, mask_ratio)
     attrs.pop("step")
     attrs["checkpoint"] = [str(p) for p in checkpoint_paths]
     ds.attrs = {

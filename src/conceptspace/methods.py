@@ -13,6 +13,12 @@ One evaluation scores several *methods*; each is a named variant with a kind:
   naively, the embeddings computed by the donor checkpoint's embedding module (the
   final checkpoint of the run, or a chosen step).
 
+Layouts (``concepts.Layout``): naive prompting and patching prompt every class of the
+layout; overprompts (blue colors) apply to its unseen classes whose color is blue (2x2
+and color_shape: 11); the latent intervention, whose directions are the 2x2's blue
+color and large size slots, applies to the color_size layout only and is absent from
+other layouts' evaluations.
+
 Method names, and the order overprompts and alphas appear in the config, are the
 contract with the gathered datasets (docs/architecture.md). An empty list switches a
 method off; its variants are then absent. This module has no torch dependency: the
@@ -24,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from conceptspace.concepts import CLASSES, UNSEEN_CLASS
+from conceptspace.concepts import CLASSES, COLOR_SIZE, Layout
 
 METHOD_KINDS = ("naive", "overprompt", "intervention", "patched")
 # Kinds whose variants are summarised by the best variant at each step (gather_run).
@@ -56,26 +62,38 @@ def donor_name(donor: str | int) -> str:
     return "patched_final" if str(donor) == FINAL_DONOR else f"patched_step_{int(donor):06d}"
 
 
-def build_methods(methods_cfg: Mapping[str, Any], final_step: int) -> list[Method]:
-    """Every variant of ``evaluation.methods``, naive first, in config order.
+def overprompted_classes(layout: Layout) -> tuple[str, ...]:
+    """The unseen classes whose color is blue: those a blue overprompt pushes further."""
+    color = layout.concepts.index("color")
+    return tuple(c for c in layout.unseen_classes if layout.digits(c)[color] == 1)
+
+
+def build_methods(
+    methods_cfg: Mapping[str, Any], final_step: int, layout: Layout = COLOR_SIZE
+) -> list[Method]:
+    """Every variant of ``evaluation.methods`` for ``layout``, naive first, in config order.
 
     ``final_step`` is the run's last checkpoint step (the "final" donor).
     """
-    methods = [NAIVE]
-    for i, color in enumerate(methods_cfg["overprompt"]["colors"]):
+    methods = [
+        NAIVE if layout is COLOR_SIZE else Method("naive", "naive", "class means", layout.classes)
+    ]
+    overprompted = overprompted_classes(layout)
+    for i, color in enumerate(methods_cfg["overprompt"]["colors"] if overprompted else []):
         rgb = tuple(float(c) for c in color)
         setting = "rgb=(" + ", ".join(f"{c:g}" for c in rgb) + ")"
-        methods.append(Method(f"overprompt_{i}", "overprompt", setting, (UNSEEN_CLASS,), rgb))
+        methods.append(Method(f"overprompt_{i}", "overprompt", setting, overprompted, rgb))
     intervention = methods_cfg["intervention"]
     beta = float(intervention["beta"])
-    for i, alpha in enumerate(intervention["alphas"]):
+    alphas = intervention["alphas"] if layout is COLOR_SIZE else []
+    for i, alpha in enumerate(alphas):
         setting = f"alpha={float(alpha):g} beta={beta:g}"
         methods.append(
             Method(
                 f"intervention_{i}",
                 "intervention",
                 setting,
-                (UNSEEN_CLASS,),
+                layout.unseen_classes,
                 alpha=float(alpha),
                 beta=beta,
             )
@@ -84,7 +102,7 @@ def build_methods(methods_cfg: Mapping[str, Any], final_step: int) -> list[Metho
         step = int(final_step) if str(donor) == FINAL_DONOR else int(donor)
         label = f"final (step {step})" if str(donor) == FINAL_DONOR else f"step {step}"
         methods.append(
-            Method(donor_name(donor), "patched", f"donor={label}", CLASSES, donor_step=step)
+            Method(donor_name(donor), "patched", f"donor={label}", layout.classes, donor_step=step)
         )
     return methods
 

@@ -1,11 +1,11 @@
 """The concept classifier that scores generations (SPEC "Probes and evaluation").
 
-One network with a head per concept (order ``concepts.CONCEPTS``: color 0 red / 1 blue,
-size 0 large / 1 small): a small U-Net-style encoder (conv stem; per level one residual
+One network with a head per concept of its layout (``concepts.Layout``; the 2x2: color
+0 red / 1 blue, size 0 large / 1 small): a small U-Net-style encoder (conv stem; per level one residual
 block with GroupNorm + GELU, stride-2 downsampling between levels; self-attention at the
 lowest resolution), global max-pool, and an MLP head giving logits (B, n_concepts, 2).
 
-It is trained on all four classes, the unseen one included, pooled over the study's
+It is trained on all classes of the layout, the unseen ones included, pooled over the study's
 signal levels: it is an evaluator, not the model under study. Evaluation refuses a
 probe whose held-out accuracy is below ``probe.min_accuracy`` (``load_probe``).
 """
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conceptspace.concepts import CONCEPTS, Signal
+from conceptspace.concepts import COLOR_SIZE, CONCEPTS, Layout, Signal
 from conceptspace.io import (
     DAMAGED_TORCH_FILE_ERRORS,
     ConceptspaceError,
@@ -92,6 +92,8 @@ class ProbeNet(nn.Module):
         _check_architecture(image_size, channels, groups, attention_heads)
         self.image_size = int(image_size)
         self.n_concepts = int(n_concepts)
+        # the heads' names; a loaded probe gets those it was trained with
+        self.concepts = tuple(CONCEPTS[: self.n_concepts])
 
         self.stem = nn.Conv2d(3, channels[0], 3, padding=1)
         self.blocks = nn.ModuleList()
@@ -160,7 +162,7 @@ def _accuracy(
         predicted = predict_proba(probe, batch).argmax(dim=-1).cpu()
         correct += (predicted == labels[start : start + _EVAL_BATCH]).sum(dim=0)
     fraction = correct / max(len(images), 1)
-    return {name: float(fraction[i]) for i, name in enumerate(CONCEPTS[: probe.n_concepts])}
+    return {name: float(fraction[i]) for i, name in enumerate(probe.concepts)}
 
 
 def train_probe(
@@ -172,8 +174,10 @@ def train_probe(
     metrics_path: str | os.PathLike,
     device: str | torch.device = "cpu",
     threads: int | None = None,
+    layout: Layout = COLOR_SIZE,
 ) -> dict[str, Any]:
-    """Render the pooled probe set, train the probe, save it and its metrics.
+    """Render the pooled probe set of ``layout``'s classes, train the probe (a head per
+    concept), save it and its metrics.
 
     Writes ``out_path`` (torch checkpoint: state_dict, config, accuracy, provenance) and
     ``metrics_path`` (JSON: held-out accuracy per concept, counts, provenance). Returns
@@ -193,10 +197,11 @@ def train_probe(
         int(probe_cfg["images_per_class"]),
         seed,
         validation_fraction=float(probe_cfg["validation_fraction"]),
+        layout=layout,
     )
     held_out = rendered["is_validation"]
     images = torch.from_numpy(rendered["images"])
-    labels = torch.from_numpy(concept_labels(rendered["label"]))
+    labels = torch.from_numpy(concept_labels(rendered["label"], layout))
     train_images, train_labels = images[~held_out].to(device), labels[~held_out].to(device)
     validation_images, validation_labels = images[held_out], labels[held_out]
     n_train = len(train_images)
@@ -211,8 +216,10 @@ def train_probe(
         "channels": [int(c) for c in probe_cfg["channels"]],
         "groups": int(probe_cfg["groups"]),
         "attention_heads": int(probe_cfg["attention_heads"]),
+        "n_concepts": len(layout.concepts),
     }
     probe = ProbeNet(**config).to(device)
+    probe.concepts = layout.concepts
     optimizer = torch.optim.AdamW(
         probe.parameters(), lr=float(probe_cfg["lr"]), weight_decay=float(probe_cfg["weight_decay"])
     )
@@ -271,14 +278,16 @@ def train_probe(
         )
 
     signal_records = [{"color_gap": s.color_gap, "size_gap": s.size_gap} for s in signals]
-    record = provenance(
-        {"data": dict(data_cfg), "probe": dict(probe_cfg), "signals": signal_records}, seed
-    )
+    settings = {"data": dict(data_cfg), "probe": dict(probe_cfg), "signals": signal_records}
+    if layout is not COLOR_SIZE:
+        settings["layout"] = layout.name
+    record = provenance(settings, seed)
     checkpoint = {
         "state_dict": {name: t.detach().cpu() for name, t in probe.state_dict().items()},
         "config": config,
         "accuracy": accuracy,
-        "concepts": list(CONCEPTS),
+        "concepts": list(layout.concepts),
+        "layout": layout.name,
         "provenance": record,
     }
     with atomic_path(out_path) as tmp:
@@ -290,6 +299,7 @@ def train_probe(
         "n_validation": int(len(validation_images)),
         "steps": steps,
         "signals": signal_records,
+        "layout": layout.name,
         "provenance": record,
     }
     write_json(metrics_path, metrics)
@@ -314,12 +324,14 @@ def load_probe(
         accuracy = checkpoint["accuracy"]
         probe = ProbeNet(**config)
         probe.load_state_dict(checkpoint["state_dict"])
+        probe.concepts = tuple(checkpoint.get("concepts", probe.concepts))
+        probe.layout = checkpoint.get("layout", COLOR_SIZE.name)
     except DAMAGED_TORCH_FILE_ERRORS as err:
         raise ConceptspaceError(
             f"probe {path} could not be read ({type(err).__name__}: {err}); it is truncated or "
             "corrupt: delete it and rerun `snakemake` to train it again"
         ) from err
-    for concept in CONCEPTS[: probe.n_concepts]:
+    for concept in probe.concepts:
         value = accuracy.get(concept)
         if value is None or value < min_accuracy:
             shown = "missing" if value is None else f"{value:.4f}"

@@ -10,8 +10,14 @@ Three levels of files, all netCDF (engine netcdf4), all written through
   with the concept-space point of each method and prompt (``concept_prob``, the mean
   over samples) and its accuracy (the product of the two coordinates);
 - one study (:func:`gather_study`): all runs on the outer grid seed x color gap x size
-  gap, without the sample dimension, plus the learning times of the unseen class for
-  every method.
+  gap (or the study's own grid, e.g. seed x mask_ratio for underspecification), without
+  the sample dimension, plus the learning times of the unseen class for every method.
+
+Layouts (``concepts.Layout``): prompts are the run's layout's classes (its name is the
+``layout`` attribute, absent = the 2x2). A run is identified by its ``RUN_COORDS``
+(seed, color and size gap, and mask_ratio / background_gap where its study has them).
+With one unseen class (2x2, color_shape) the learning times have dims (grid..., method);
+with several (color_size_background) an extra dim ``unseen`` names the class.
 
 Methods (``conceptspace.methods``): the ``method`` dimension holds the evaluated variants
 (naive, overprompt_i, intervention_i, patched_*) with non-dimension coordinates
@@ -47,7 +53,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import xarray as xr
 
-from conceptspace.concepts import UNSEEN_CLASS
+from conceptspace.concepts import layout_named
 from conceptspace.io import ConceptspaceError, atomic_path, json_default, provenance
 from conceptspace.methods import BEST_OF_KINDS
 
@@ -71,7 +77,17 @@ COORD_ATTRS = {
     "seed": {"units": "1", "long_name": "training seed of the run"},
     "color_gap": {"units": "RGB units", "long_name": "color gap dc between red and blue means"},
     "size_gap": {"units": "grid units", "long_name": "size gap ds between large and small radii"},
+    "mask_ratio": {
+        "units": "1",
+        "long_name": "masking ratio p: fraction of the masked class's training images whose "
+        "masked concept is hidden in h",
+    },
+    "background_gap": {"units": "grey level", "long_name": "background gap db between greys"},
+    "unseen": {"units": "1", "long_name": "unseen class"},
 }
+# What identifies a run: always seed and the two gaps; the rest where a study has them.
+RUN_COORDS = ("seed", "color_gap", "size_gap", "mask_ratio", "background_gap")
+SIGNAL_GRID = ("seed", "color_gap", "size_gap")
 P_TARGET_ATTRS = {
     "units": "1",
     "long_name": "probe probability that a sample shows the prompt's target value of the concept",
@@ -171,7 +187,7 @@ def _open_netcdf(path: str | os.PathLike, kind: str, required: Iterable[str]) ->
 def open_evaluation(path: str | os.PathLike) -> xr.Dataset:
     """One checkpoint's evaluation, as written by ``evaluate.write_evaluation``."""
     ds = _open_netcdf(path, "evaluation", ("p_target",))
-    missing = [key for key in ("step", "seed", "color_gap", "size_gap") if key not in ds.attrs]
+    missing = [key for key in ("step",) + SIGNAL_GRID if key not in ds.attrs]
     if missing:
         raise ConceptspaceError(
             f"evaluation {path} lacks the attributes {', '.join(missing)}; it was not written "
@@ -308,8 +324,17 @@ def learning_time_smoothed(
 # ----------------------------------------------------------------------------- one run
 
 
-def _same_gap(a: float, b: float) -> bool:
-    return round(float(a), GAP_DECIMALS) == round(float(b), GAP_DECIMALS)
+def _run_key(attrs: Mapping[str, Any]) -> dict[str, float]:
+    """The run an evaluation belongs to: its RUN_COORDS present in ``attrs``, rounded."""
+    return {
+        name: int(attrs[name]) if name == "seed" else round(float(attrs[name]), GAP_DECIMALS)
+        for name in RUN_COORDS
+        if name in attrs
+    }
+
+
+def _describe_run(run: Mapping[str, float]) -> str:
+    return ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in run.items())
 
 
 def gather_run(eval_paths: Sequence[str | os.PathLike]) -> xr.Dataset:
@@ -328,19 +353,14 @@ def gather_run(eval_paths: Sequence[str | os.PathLike]) -> xr.Dataset:
         raise ConceptspaceError("gather_run needs at least one evaluation file")
     evaluations = [(Path(path), open_evaluation(path)) for path in eval_paths]
     first_path, first = evaluations[0]
-    run = {key: first.attrs[key] for key in ("seed", "color_gap", "size_gap")}
+    run = _run_key(first.attrs)
     seen_steps: dict[int, Path] = {}
     for path, ds in evaluations:
         attrs = ds.attrs
-        if int(attrs["seed"]) != int(run["seed"]) or not (
-            _same_gap(attrs["color_gap"], run["color_gap"])
-            and _same_gap(attrs["size_gap"], run["size_gap"])
-        ):
+        if _run_key(attrs) != run:
             raise ConceptspaceError(
-                f"{path} belongs to another run (seed {attrs['seed']}, color gap "
-                f"{attrs['color_gap']}, size gap {attrs['size_gap']}) than {first_path} (seed "
-                f"{run['seed']}, color gap {run['color_gap']}, size gap {run['size_gap']}); "
-                "gather one run's evaluations at a time"
+                f"{path} belongs to another run ({_describe_run(_run_key(attrs))}) than "
+                f"{first_path} ({_describe_run(run)}); gather one run's evaluations at a time"
             )
         step = int(attrs["step"])
         if step in seen_steps:
@@ -382,11 +402,7 @@ def gather_run(eval_paths: Sequence[str | os.PathLike]) -> xr.Dataset:
 
     ds = xr.Dataset(
         {"p_target": p_target, "concept_prob": concept_prob, "accuracy": accuracy},
-        coords={
-            "seed": int(run["seed"]),
-            "color_gap": float(run["color_gap"]),
-            "size_gap": float(run["size_gap"]),
-        },
+        coords={name: int(v) if name == "seed" else float(v) for name, v in run.items()},
     )
     _set_coord_attrs(ds)
     ordered_paths = [str(path) for _, path in sorted(seen_steps.items())]
@@ -405,10 +421,8 @@ def gather_run(eval_paths: Sequence[str | os.PathLike]) -> xr.Dataset:
         **netcdf_attrs(record),
     }
     log.info(
-        "gathered run seed %s, color gap %s, size gap %s: %d checkpoints (steps %d..%d)",
-        run["seed"],
-        run["color_gap"],
-        run["size_gap"],
+        "gathered run %s: %d checkpoints (steps %d..%d)",
+        _describe_run(run),
         len(steps),
         min(steps),
         max(steps),
@@ -455,7 +469,14 @@ def with_best_of(
 
 # Evaluation attributes that hold for the whole run (the per-checkpoint ones, step and
 # checkpoint path, become the step coordinate and the 'evaluations' list).
-_RUN_LEVEL_ATTRS = ("evaluation_cfg", "methods_cfg", "min_accuracy", "probe", "sampling")
+_RUN_LEVEL_ATTRS = (
+    "evaluation_cfg",
+    "methods_cfg",
+    "min_accuracy",
+    "probe",
+    "sampling",
+    "layout",
+)
 
 
 def _carried_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -479,21 +500,25 @@ def gather_study(
     run_paths: Sequence[str | os.PathLike],
     config: Mapping[str, Any],
     evaluation_cfg: Mapping[str, Any],
+    grid: Sequence[str] = SIGNAL_GRID,
 ) -> xr.Dataset:
-    """All runs on the outer grid (seed, color_gap, size_gap, step, method, prompt,
-    concept).
+    """All runs on the outer grid (``grid``: seed, color_gap, size_gap for the signal
+    study; e.g. seed, mask_ratio for underspecification), then step, method, prompt,
+    concept.
 
-    Keeps ``concept_prob`` and ``accuracy`` (no sample dim); NaN where a (seed, color
-    gap, size gap) was not run or a method does not prompt a class. Adds the unseen
-    class's learning times for every method: ``learning_time`` (seed, color_gap,
-    size_gap, method), the first step with accuracy >= ``evaluation_cfg['threshold']``;
-    ``learning_time_smoothed`` (..., method, concept), the authors' per-concept variant
-    (``evaluation_cfg['smoothed']``); and ``learning_speed`` = 1 / learning_time. Runs
-    must share steps, methods, prompts and concepts, and each grid point may appear
-    once; otherwise ConceptspaceError.
+    Keeps ``concept_prob`` and ``accuracy`` (no sample dim); NaN where a grid point was
+    not run or a method does not prompt a class. Adds the unseen class's learning times
+    for every method: ``learning_time`` (grid..., method), the first step with accuracy
+    >= ``evaluation_cfg['threshold']``; ``learning_time_smoothed`` (..., method,
+    concept), the authors' per-concept variant (``evaluation_cfg['smoothed']``); and
+    ``learning_speed`` = 1 / learning_time. A layout with several unseen classes adds a
+    dim ``unseen`` after method. Run coordinates not on the grid must be the same for
+    every run and stay scalar coordinates. Runs must share steps, methods, prompts and
+    concepts, and each grid point may appear once; otherwise ConceptspaceError.
     """
     if not run_paths:
         raise ConceptspaceError("gather_study needs at least one run trajectory")
+    grid = tuple(grid)
     runs = [(Path(path), open_trajectory(path)) for path in run_paths]
     first_path, first = runs[0]
     for path, ds in runs[1:]:
@@ -503,46 +528,58 @@ def gather_study(
                     f"{path} has {coord}s {list(ds[coord].values)} but {first_path} has "
                     f"{list(first[coord].values)}; all runs of a study must be evaluated at "
                     "the same checkpoints with the same methods and prompts (same "
-                    "training.checkpoints and evaluation settings): delete the stale trajectories and rerun "
-                    "`snakemake`"
+                    "training.checkpoints and evaluation settings): delete the stale "
+                    "trajectories and rerun `snakemake`"
                 )
-    if UNSEEN_CLASS not in first["prompt"].values:
+    layout = layout_named(first.attrs.get("layout"))
+    unseen_classes = list(layout.unseen_classes)
+    missing = [c for c in unseen_classes if c not in first["prompt"].values]
+    if missing:
         raise ConceptspaceError(
-            f"the trajectories hold no prompt '{UNSEEN_CLASS}' (the unseen class); "
-            "learning times cannot be computed"
+            f"the trajectories hold no prompt {', '.join(map(repr, missing))} (the unseen "
+            "class); learning times cannot be computed"
         )
 
-    def key(ds: xr.Dataset) -> tuple[int, float, float]:
-        return (
-            int(ds["seed"]),
-            round(float(ds["color_gap"]), GAP_DECIMALS),
-            round(float(ds["size_gap"]), GAP_DECIMALS),
-        )
-
-    placed: dict[tuple[int, float, float], Path] = {}
-    for path, ds in runs:
-        if key(ds) in placed:
+    def run_of(path: Path, ds: xr.Dataset) -> dict[str, float]:
+        present = {name: ds[name].item() for name in RUN_COORDS if name in ds.coords}
+        lacking = [name for name in grid if name not in present]
+        if lacking:
             raise ConceptspaceError(
-                f"{path} and {placed[key(ds)]} are the same run (seed, color gap, size gap "
-                f"= {key(ds)}); pass each run's trajectory once"
+                f"{path} has no {', '.join(lacking)} coordinate, which the study's grid "
+                f"({', '.join(grid)}) needs; it belongs to another study: rerun `snakemake`"
             )
-        placed[key(ds)] = path
-    seeds = sorted({k[0] for k in placed})
-    color_gaps = sorted({k[1] for k in placed})
-    size_gaps = sorted({k[2] for k in placed})
+        return _run_key(present)
 
-    shape = (len(seeds), len(color_gaps), len(size_gaps))
+    placed: dict[tuple, Path] = {}
+    fixed = {k: v for k, v in run_of(first_path, first).items() if k not in grid}
+    for path, ds in runs:
+        run = run_of(path, ds)
+        key = tuple(run[name] for name in grid)
+        others = {k: v for k, v in run.items() if k not in grid}
+        if others != fixed:
+            raise ConceptspaceError(
+                f"{path} ({_describe_run(others)}) and {first_path} ({_describe_run(fixed)}) "
+                f"differ outside the study's grid ({', '.join(grid)}); gather one study at a time"
+            )
+        if key in placed:
+            raise ConceptspaceError(
+                f"{path} and {placed[key]} are the same run ({_describe_run(run)}); pass "
+                "each run's trajectory once"
+            )
+        placed[key] = path
+    axes = [sorted({key[i] for key in placed}) for i in range(len(grid))]
+
+    shape = tuple(len(axis) for axis in axes)
     concept_prob = np.full(shape + first["concept_prob"].shape, np.nan)
     accuracy = np.full(shape + first["accuracy"].shape, np.nan)
-    for _, ds in runs:
-        seed, color_gap, size_gap = key(ds)
-        index = (seeds.index(seed), color_gaps.index(color_gap), size_gaps.index(size_gap))
+    for key, path in placed.items():
+        ds = dict(runs)[path]
+        index = tuple(axis.index(value) for axis, value in zip(axes, key))
         concept_prob[index] = (
             ds["concept_prob"].transpose("step", "method", "prompt", "concept").values
         )
         accuracy[index] = ds["accuracy"].transpose("step", "method", "prompt").values
 
-    grid = ("seed", "color_gap", "size_gap")
     study = xr.Dataset(
         {
             "concept_prob": (
@@ -553,9 +590,11 @@ def gather_study(
             "accuracy": (grid + ("step", "method", "prompt"), accuracy, ACCURACY_ATTRS),
         },
         coords={
-            "seed": np.array(seeds, dtype=np.int64),
-            "color_gap": np.array(color_gaps, dtype=float),
-            "size_gap": np.array(size_gaps, dtype=float),
+            **{
+                name: np.array(axis, dtype=np.int64 if name == "seed" else float)
+                for name, axis in zip(grid, axes)
+            },
+            **fixed,
             "step": first["step"].values,
             **{name: first[name].variable for name in METHOD_COORDS},
             "prompt": first["prompt"].values,
@@ -564,10 +603,16 @@ def gather_study(
     )
 
     threshold = float(evaluation_cfg["threshold"])
-    unseen = study.sel(prompt=UNSEEN_CLASS)
+    if len(unseen_classes) == 1:
+        unseen = study.sel(prompt=unseen_classes[0])
+        extra: tuple[str, ...] = ()
+    else:
+        unseen = study.sel(prompt=unseen_classes).rename(prompt="unseen")
+        extra = ("unseen",)
+    named = "/".join(unseen_classes)
     times = learning_time(unseen["accuracy"], threshold)
     times.attrs["long_name"] = (
-        f"learning time: first step at which the unseen class {UNSEEN_CLASS}'s accuracy "
+        f"learning time: first step at which the unseen class {named}'s accuracy "
         f">= {threshold} (NaN: never reached, or not run)"
     )
     smoothed_cfg = evaluation_cfg["smoothed"]
@@ -578,47 +623,48 @@ def gather_study(
         int(smoothed_cfg["consecutive"]),
     )
     smoothed_times.attrs["long_name"] = (
-        f"learning time of each concept of the unseen class {UNSEEN_CLASS} (authors' code): "
+        f"learning time of each concept of the unseen class {named} (authors' code): "
         + smoothed_times.attrs["long_name"]
         + " (NaN: never reached, or not run)"
     )
     speed = 1.0 / times
     speed.attrs = {
         "units": SPEED_UNITS,
-        "long_name": f"speed of learning the unseen class {UNSEEN_CLASS}: 1 / learning_time",
+        "long_name": f"speed of learning the unseen class {named}: 1 / learning_time",
         "threshold": threshold,
     }
-    study["learning_time"] = times.transpose(*grid, "method")
-    study["learning_time_smoothed"] = smoothed_times.transpose(*grid, "method", "concept")
-    study["learning_speed"] = speed.transpose(*grid, "method")
+    study["learning_time"] = times.transpose(*grid, "method", *extra)
+    study["learning_time_smoothed"] = smoothed_times.transpose(*grid, "method", *extra, "concept")
+    study["learning_speed"] = speed.transpose(*grid, "method", *extra)
     _set_coord_attrs(study)
 
     run_list = [str(placed[k]) for k in sorted(placed)]
     study.attrs = {
         "description": (
-            "Concept-space study: for each run (seed x color gap x size gap; NaN where not "
-            "run), checkpoint, prompting method and prompted class, the concept-space point "
+            f"Concept-space study: for each run ({' x '.join(grid)}; NaN where not run), "
+            "checkpoint, prompting method and prompted class, the concept-space point "
             "(mean probe probability of each target concept value) and accuracy (their "
             f"product); and per method the learning time and speed of the unseen class "
-            f"{UNSEEN_CLASS}. Best-of methods are upper envelopes over their variants."
+            f"{named}. Best-of methods are upper envelopes over their variants."
         ),
+        "layout": layout.name,
         "config": json.dumps(config, sort_keys=True, default=json_default),
         "evaluation_cfg": json.dumps(evaluation_cfg, sort_keys=True, default=json_default),
         "runs": json.dumps(run_list),
         "n_runs": len(run_list),
         **netcdf_attrs(provenance(dict(config))),
     }
-    n_reached = int(np.isfinite(study["learning_time"].sel({"method": "naive"}).values).sum())
+    reached = np.isfinite(study["learning_time"].sel({"method": "naive"}).values)
     log.info(
-        "study: %d runs (%d seeds x %d color gaps x %d size gaps grid), %d steps; %d runs "
-        "reached accuracy %.2f on %s with naive prompting",
+        "study: %d runs (%s grid %s), %d steps; %d of %d (run, unseen class) pairs reached "
+        "accuracy %.2f on %s with naive prompting",
         len(runs),
-        len(seeds),
-        len(color_gaps),
-        len(size_gaps),
+        " x ".join(grid),
+        " x ".join(str(len(axis)) for axis in axes),
         study.sizes["step"],
-        n_reached,
+        int(reached.sum()),
+        reached.size,
         threshold,
-        UNSEEN_CLASS,
+        named,
     )
     return study
