@@ -38,6 +38,8 @@ PNG_DPI = 150
 # Gaps in the config and in the dataset are compared to this tolerance.
 GAP_TOLERANCE = 1e-6
 STEP_LABEL = "training step (optimizer steps)"
+# Each class's corner in the concept-space frame x = P(color = blue), y = P(size = small).
+CORNERS = {"00": (0.0, 0.0), "01": (0.0, 1.0), "10": (1.0, 0.0), "11": (1.0, 1.0)}
 # One color per prompting method kind, the same in every figure.
 METHOD_COLORS = {"naive": "C0", "overprompt": "C1", "intervention": "C2", "patched": "C3"}
 METHOD_NAMES = {
@@ -131,6 +133,19 @@ def label_corners(ax: Axes, corners: Mapping[str, tuple[float, float]]) -> None:
         )
 
 
+def concept_square(ax: Axes, title: str) -> None:
+    """Axes of a concept-space panel: x = P(color = blue), y = P(size = small), each
+    class labelled at its corner."""
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel("P(color = blue), mean over samples (probability)")
+    ax.set_ylabel("P(size = small), mean over samples (probability)")
+    ax.set_xlim(-0.1, 1.1)
+    ax.set_ylim(-0.1, 1.1)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    label_corners(ax, CORNERS)
+
+
 def require(study: xr.Dataset, variables: Iterable[str], figure: str) -> None:
     """ConceptspaceError unless ``study`` holds ``variables`` and a 'method' dimension."""
     missing = [name for name in variables if name not in study]
@@ -156,15 +171,20 @@ def require_methods(study: xr.Dataset, methods: Sequence[str], figure: str) -> N
         )
 
 
+def gap_index(study: xr.Dataset, dim: str, value: float) -> int | None:
+    """Index of ``value`` on the gap coordinate ``dim`` (to GAP_TOLERANCE); None if it is
+    not there."""
+    matches = np.flatnonzero(np.abs(study[dim].values - float(value)) < GAP_TOLERANCE)
+    return int(matches[0]) if len(matches) else None
+
+
 def select_level(study: xr.Dataset, color_gap: float, size_gap: float) -> xr.Dataset | None:
     """The study at one signal level (dims seed, step, method, prompt[, concept]); None
     if that level is not on the grid or none of its runs has data."""
-    indices = {}
-    for dim, value in (("color_gap", color_gap), ("size_gap", size_gap)):
-        matches = np.flatnonzero(np.abs(study[dim].values - float(value)) < GAP_TOLERANCE)
-        if not len(matches):
-            return None
-        indices[dim] = int(matches[0])
+    indices = {"color_gap": gap_index(study, "color_gap", color_gap)}
+    indices["size_gap"] = gap_index(study, "size_gap", size_gap)
+    if None in indices.values():
+        return None
     level = study.isel(indices)
     ran = level["accuracy"].notnull().any([dim for dim in level["accuracy"].dims if dim != "seed"])
     if not ran.any():

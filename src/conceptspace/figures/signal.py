@@ -28,18 +28,19 @@ from matplotlib.colors import Normalize
 from matplotlib.lines import Line2D
 
 from conceptspace.concepts import UNSEEN_CLASS
-from conceptspace.figures import new_figure, save_figure
+from conceptspace.figures import (
+    CORNERS,
+    GAP_TOLERANCE,
+    concept_square,
+    gap_index,
+    new_figure,
+    note,
+    save_figure,
+)
 from conceptspace.io import ConceptspaceError
 
 # Speeds are plotted per 1000 steps: 1/8000 steps reads as 0.125.
 SPEED_SCALE = 1000.0
-GAP_TOLERANCE = 1e-6
-CORNERS = {
-    (0, 0): "(0,0) red-large",
-    (0, 1): "(0,1) red-small",
-    (1, 0): "(1,0) blue-large",
-    (1, 1): "(1,1) blue-small\n(unseen)",
-}
 GAP_LABELS = {
     "color_gap": ("color gap", "\u0394c", "RGB units"),
     "size_gap": ("size gap", "\u0394s", "grid units"),
@@ -89,26 +90,6 @@ def plot_signal(
     return save_figure(figure, out_pdf, record=record)
 
 
-def _gap_index(study: xr.Dataset, dim: str, value: float) -> int | None:
-    """Index of ``value`` on the gap coordinate ``dim``; None if it is not there."""
-    matches = np.flatnonzero(np.abs(study[dim].values - float(value)) < GAP_TOLERANCE)
-    return int(matches[0]) if len(matches) else None
-
-
-def _note(ax: Axes, text: str) -> None:
-    ax.text(
-        0.5,
-        0.5,
-        text,
-        transform=ax.transAxes,
-        ha="center",
-        va="center",
-        fontsize=10,
-        color="0.35",
-        wrap=True,
-    )
-
-
 def _gap_label(dim: str) -> str:
     name, symbol, units = GAP_LABELS[dim]
     return f"{name} {symbol} ({units})"
@@ -131,9 +112,9 @@ def _speed_panel(
     )
     ax.set_xlabel(_gap_label(sweep_dim))
     ax.set_ylabel(f"speed of learning 1/T (per {SPEED_SCALE:g} optimizer steps)")
-    index = _gap_index(study, fixed_dim, fixed_value)
+    index = gap_index(study, fixed_dim, fixed_value)
     if index is None:
-        _note(ax, f"no runs at {fixed_symbol} = {fixed_value:g}")
+        note(ax, f"no runs at {fixed_symbol} = {fixed_value:g}")
         return
     sub = study.isel({fixed_dim: index})
     was_run = sub["accuracy"].notnull().any(("step", "prompt")).transpose("seed", sweep_dim).values
@@ -142,7 +123,7 @@ def _speed_panel(
     never = was_run & ~np.isfinite(speed)
     gaps = sub[sweep_dim].values
     if not was_run.any():
-        _note(ax, f"no runs at {fixed_symbol} = {fixed_value:g}")
+        note(ax, f"no runs at {fixed_symbol} = {fixed_value:g}")
         return
 
     # Individual seeds, faint; then mean and range over the seeds that reached.
@@ -204,7 +185,7 @@ def _speed_panel(
                     color="C3",
                 )
     if not has_speed.any():
-        _note(ax, f"no run reached accuracy \u2265 {threshold_text}\nwithin training")
+        note(ax, f"no run reached accuracy \u2265 {threshold_text}\nwithin training")
     top = np.nanmax(np.where(reached, speed, np.nan)) if has_speed.any() else 1.0
     ax.set_ylim(-0.06 * top, 1.15 * top)
     ax.margins(x=0.08)
@@ -213,33 +194,16 @@ def _speed_panel(
 
 
 def _trajectory_panel(ax: Axes, figure, study: xr.Dataset, size_gap: float) -> None:
-    ax.set_title(
-        f"(c) concept-space trajectories of class {UNSEEN_CLASS}, at \u0394s = {size_gap:g}",
-        fontsize=11,
+    concept_square(
+        ax, f"(c) concept-space trajectories of class {UNSEEN_CLASS}, at \u0394s = {size_gap:g}"
     )
-    ax.set_xlabel("P(color = blue), mean over samples (probability)")
-    ax.set_ylabel("P(size = small), mean over samples (probability)")
-    ax.set_xlim(-0.12, 1.12)
-    ax.set_ylim(-0.12, 1.12)
-    ax.set_aspect("equal")
-    ax.grid(alpha=0.3)
-    for (x, y), label in CORNERS.items():
+    for x, y in CORNERS.values():
         ax.plot([x], [y], "s", color="0.6", ms=5, zorder=1)
-        ax.annotate(
-            label,
-            (x, y),
-            textcoords="offset points",
-            xytext=(6 if x == 0 else -6, 6 if y == 0 else -6),
-            ha="left" if x == 0 else "right",
-            va="bottom" if y == 0 else "top",
-            fontsize=8,
-            fontweight="bold" if (x, y) == (1, 1) else "normal",
-        )
 
-    index = _gap_index(study, "size_gap", size_gap)
+    index = gap_index(study, "size_gap", size_gap)
     concepts = list(study["concept"].values)
     if index is None or not {"color", "size"} <= set(concepts):
-        _note(ax, f"no runs at \u0394s = {size_gap:g}")
+        note(ax, f"no runs at \u0394s = {size_gap:g}")
         return
     unseen = study["concept_prob"].isel(size_gap=index).sel(prompt=UNSEEN_CLASS)
     mean = unseen.mean("seed", skipna=True)  # (color_gap, step, concept); NaN if not run
@@ -247,7 +211,7 @@ def _trajectory_panel(ax: Axes, figure, study: xr.Dataset, size_gap: float) -> N
         float(gap) for gap in mean["color_gap"].values if mean.sel(color_gap=gap).notnull().any()
     ]
     if not color_gaps:
-        _note(ax, f"no runs at \u0394s = {size_gap:g}")
+        note(ax, f"no runs at \u0394s = {size_gap:g}")
         return
 
     low, high = min(color_gaps), max(color_gaps)

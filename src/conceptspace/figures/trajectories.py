@@ -46,8 +46,9 @@ from conceptspace.concepts import (
     class_digits,
 )
 from conceptspace.figures import (
+    CORNERS,
     class_label,
-    label_corners,
+    concept_square,
     level_title,
     new_figure,
     note,
@@ -60,9 +61,8 @@ from conceptspace.figures import (
 from conceptspace.io import ConceptspaceError
 from conceptspace.trajectories import learning_time
 
-# Each class's corner in the (P(blue), P(small)) frame; memorization pulls the unseen
-# class toward 01 or 10, the training classes one concept away from it.
-CORNERS = {"00": (0.0, 0.0), "01": (0.0, 1.0), "10": (1.0, 0.0), "11": (1.0, 1.0)}
+# Memorization pulls the unseen class toward 01 or 10, the training classes one concept
+# away from it.
 PULL_CORNERS = {name: CORNERS[name] for name in ("01", "10")}
 # Memorization is seen only where the generations read as the training class more
 # likely than not: the product of the probabilities of its color and its size.
@@ -146,7 +146,7 @@ def plot_trajectories(
     n_seeds = []
     for ax, (color_gap, size_gap) in zip(axes, levels):
         level = select_level(naive, color_gap, size_gap)
-        _concept_square(ax, level_title(color_gap, size_gap))
+        concept_square(ax, level_title(color_gap, size_gap))
         if level is None:
             note(ax, "not run")
             continue
@@ -162,17 +162,6 @@ def plot_trajectories(
         fontsize=12,
     )
     return save_figure(figure, out_pdf, record=record)
-
-
-def _concept_square(ax: Axes, title: str) -> None:
-    ax.set_title(title, fontsize=11)
-    ax.set_xlabel("P(color = blue), mean over samples (probability)")
-    ax.set_ylabel("P(size = small), mean over samples (probability)")
-    ax.set_xlim(-0.1, 1.1)
-    ax.set_ylim(-0.1, 1.1)
-    ax.set_aspect("equal")
-    ax.grid(alpha=0.3)
-    label_corners(ax, CORNERS)
 
 
 def _level_panel(ax: Axes, level: xr.Dataset, threshold: float, norm, cmap) -> None:
