@@ -12,6 +12,7 @@ from PIL import Image
 
 from conceptspace import cli
 from conceptspace.concepts import CLASSES, CONCEPTS, run_id
+from conceptspace.config import ConfigError, load_config, validate_config
 from conceptspace.evaluate import write_evaluation
 from conceptspace.figures.hidden import plot_hidden
 from conceptspace.figures.patching import plot_patching
@@ -26,6 +27,7 @@ from conceptspace.figures.trajectories import (
 from conceptspace.io import ConceptspaceError, provenance
 from conceptspace.methods import build_methods
 from conceptspace.trajectories import gather_run, gather_study, learning_time, save_dataset_nc
+from conftest import REPO, SCHEMA, SMOKE
 from test_trajectories import METHODS_CFG as ALL_METHODS  # every kind of method
 from test_trajectories import OFF_CFG as NO_METHODS  # naive prompting only
 
@@ -422,6 +424,24 @@ def test_figure_command_refuses_a_level_the_study_did_not_run(tmp_path, caplog):
     assert cli.main([*argv, "--out", str(out)]) == 1
     assert "figures.levels" in caplog.text and "0.9" in caplog.text
     assert not out.exists()
+
+
+def test_config_check_refuses_a_figure_level_the_study_does_not_run(tmp_path):
+    """Before planning, not when the figure is drawn: validate_config is what the
+    workflow runs first."""
+    config = load_config(REPO / "config.yaml", SMOKE)
+    config["results"] = str(tmp_path / "results")
+    validate_config(config, SCHEMA)  # the smoke preset's levels are levels of its study
+    config["figures"]["levels"] = [
+        {"color_gap": 0.3, "size_gap": 0.4},
+        {"color_gap": 0.45, "size_gap": 0.4},
+    ]
+    with pytest.raises(ConfigError) as caught:
+        validate_config(config, SCHEMA)
+    message = str(caught.value)
+    assert "config key 'figures.levels.1': (color_gap 0.45, size_gap 0.4)" in message
+    assert "choose from (0.3, 0.4), (0.6, 0.3), (0.6, 0.4)" in message
+    assert "figures.levels.0" not in message
 
 
 def test_hidden_figure_needs_an_eliciting_method(tmp_path):

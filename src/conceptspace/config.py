@@ -179,12 +179,28 @@ def _cross_checks(config: dict) -> Iterable[str]:
                         f"{GAP_DECIMALS} decimals; round it (run ids print {GAP_DECIMALS})"
                     )
     yield from _evaluation_problems(config)
+    yield from figure_level_problems(config["figures"]["levels"], signal_levels(config))
     for key, concept in (("color_sweep", "color_gap"), ("size_sweep", "size_gap")):
         wanted = config["figures"]["signal"][key]
         if wanted not in names:
             yield (
                 f"config key 'figures.signal.{key}': no sweep is named '{wanted}'; "
                 f"sweeps are: {', '.join(names)}"
+            )
+
+
+def figure_level_problems(
+    settings: list[dict], study_levels: list[tuple[float, float]]
+) -> Iterable[str]:
+    """Each ``figures.levels`` entry must be a signal level of the study: a panel of the
+    claim figures with no runs behind it would be empty."""
+    for i, level in enumerate(settings):
+        color_gap, size_gap = float(level["color_gap"]), float(level["size_gap"])
+        if (color_gap, size_gap) not in study_levels:  # both are floats of the config
+            yield (
+                f"config key 'figures.levels.{i}': (color_gap {color_gap:g}, size_gap "
+                f"{size_gap:g}) is not a signal level of the study; choose from "
+                + ", ".join(f"({dc:g}, {ds:g})" for dc, ds in study_levels)
             )
 
 
