@@ -31,6 +31,6 @@ include: "workflow/rules/claims.smk"
 rule all:
     default_target: True
     input:
-        STUDY_DATASET,
+        STUDY_DATASETS,
         FIGURES,
         CLAIMS_JSON,

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conceptspace import cli
-from conceptspace.concepts import CONCEPTS, Signal
+from conceptspace.concepts import COLOR_SHAPE, CONCEPTS, Signal
 from conceptspace.config import ConfigError, load_config, validate_config
 from conceptspace.io import ConceptspaceError
 from conceptspace.probe import ProbeNet, load_probe
@@ -315,3 +315,17 @@ def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(
     assert all(torch.isfinite(p).all() for p in vdm.parameters())
     assert not checkpoint_path(tmp_path / "run", 7).exists()
     assert not (tmp_path / "m.json").exists() and not half_written(tmp_path)
+
+
+# ------------------------------------------------------------------- underspecification
+
+
+@pytest.mark.parametrize("ratio", [-0.25, 1.5])
+def test_masking_ratio_outside_0_1_is_named_with_the_fix(paper, ratio):
+    config = changed(paper, ("studies", "underspecification", "mask_ratios"), [0.0, ratio])
+    message = rejected(config)
+    assert "studies.underspecification.mask_ratios.1" in message
+    assert "outside [0, 1]" in message and "use values from 0" in message
+    # and the renderer, called directly, refuses it too
+    with pytest.raises(ConceptspaceError, match=r"outside \[0, 1\]"):
+        render_training_set(DATA, Signal(0.4, 0.4), 0, COLOR_SHAPE, ratio)

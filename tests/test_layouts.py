@@ -19,6 +19,7 @@ from conceptspace.concepts import (
 )
 from conceptspace.config import load_config
 from conceptspace.evaluate import write_evaluation
+from conceptspace.figures.underspec import plot_underspec
 from conceptspace.io import ConceptspaceError
 from conceptspace.methods import build_methods
 from conceptspace.render import (
@@ -219,3 +220,16 @@ def test_several_unseen_classes_get_an_unseen_dimension(tmp_path):
     np.testing.assert_array_equal(
         study["learning_time"].sel({"method": "naive"}).values.ravel(), [900] * 4
     )
+
+
+def test_fig_underspec_draws_never_reached_seeds(tmp_path):
+    crossings = {(0, 0.0): 1, (0, 1.0): None, (1, 0.0): 2, (1, 1.0): None}
+    runs = [
+        write_layout_run(tmp_path, COLOR_SHAPE, seed, crossing, mask_ratio=ratio)[0]
+        for (seed, ratio), crossing in crossings.items()
+    ]
+    study = gather_study(runs, {}, EVALUATION, grid=("seed", "mask_ratio"))
+    pdf, png = plot_underspec(study, [], tmp_path / "fig_underspec.pdf")
+    assert pdf.stat().st_size > 0 and png.stat().st_size > 0
+    with pytest.raises(ConceptspaceError, match="underspecification study"):
+        plot_underspec(study.isel(mask_ratio=0), [], tmp_path / "bad.pdf")

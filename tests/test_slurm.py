@@ -38,7 +38,7 @@ import pytest
 import xarray as xr
 import yaml
 
-from conceptspace.config import checkpoint_steps, load_config, study_runs
+from conceptspace.config import checkpoint_steps, load_config, study_runs, underspecification_runs
 from conftest import REPO, SMOKE, venv_tool
 
 pytestmark = pytest.mark.slurm
@@ -52,9 +52,10 @@ GPU_RULES = ("train_vdm", "train_probe", "evaluate_checkpoint")
 RULES = ("render_training_set", "train_vdm", "train_probe", "evaluate_checkpoint", "gather_run",
          "gather_study", "fig_signal")  # fmt: skip
 SNAKEMAKE_LIMIT_S = 600  # a hung snakemake ignores SIGTERM: timeout -k kills it
-RUN = r"dc\d+\.\d{3}_ds\d+\.\d{3}_seed\d+"
+RUN = r"dc\d+\.\d{3}_ds\d+\.\d{3}_seed\d+|p\d\.\d{3}_seed\d+"  # signal | underspecification
 SMOKE_CONFIG = load_config(REPO / "config.yaml", SMOKE)
-SMOKE_RUNS = [run.id for run in study_runs(SMOKE_CONFIG)]
+# every study's runs: the signal study's and underspecification's
+SMOKE_RUNS = [run.id for run in study_runs(SMOKE_CONFIG) + underspecification_runs(SMOKE_CONFIG)]
 STEPS = checkpoint_steps(SMOKE_CONFIG["training"])
 
 
@@ -373,7 +374,8 @@ def test_every_rule_ran_as_a_slurm_job(cluster, runs):
     assert ran_locally == ["all"], f"jobs that did not go through Slurm: {ran_locally}"
     jobs = slurm_jobs(cluster, slurm.name)
     expected = {rule: len(SMOKE_RUNS) for rule in ("render_training_set", "train_vdm")}
-    expected |= {"train_probe": 1, "gather_run": len(SMOKE_RUNS), "gather_study": 1}
+    expected |= {"train_probe": 2, "gather_run": len(SMOKE_RUNS), "gather_study": 2}  # 2 studies
+    expected |= {"fig_underspec": 1}
     expected |= {"fig_signal": 1, "evaluate_checkpoint": len(SMOKE_RUNS)}  # a bundle per run
     assert {rule: len(rows) for rule, rows in jobs.items()} == expected
     for rule, rows in jobs.items():
@@ -416,7 +418,7 @@ def test_study_equals_a_local_run(runs):
 
 
 def resumed_steps(workdir: Path, run: str) -> list[int]:
-    log = (workdir / "results/logs/train_vdm" / f"{run}.log").read_text()
+    log = (workdir / "results/logs/train_vdm/signal" / f"{run}.log").read_text()
     return [int(step) for step in re.findall(r"resuming from step (\d+)", log)]
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from conceptspace.config import checkpoint_steps, load_config, study_runs
+from conceptspace.config import checkpoint_steps, load_config, study_runs, underspecification_runs
 from conftest import REPO, SMOKE, planned_jobs, snakemake, venv_tool
 
 pytestmark = pytest.mark.workflow
@@ -39,12 +39,15 @@ def test_dry_run_plans_the_paper_scale_study(tmp_path):
     config = load_config(REPO / "config.yaml")
     result = snakemake(tmp_path, "-n", "--quiet", "rules")
     jobs = planned_jobs(result.stdout)
-    runs = len(study_runs(config))
-    assert jobs["render_training_set"] == runs == 290
+    # the signal study's 290 runs and underspecification's 5 seeds x 5 masking ratios
+    runs = len(study_runs(config)) + len(underspecification_runs(config))
+    assert len(study_runs(config)) == 290 and len(underspecification_runs(config)) == 25
+    assert jobs["render_training_set"] == runs
     assert jobs["train_vdm"] == runs
-    assert jobs["train_probe"] == 1
+    assert jobs["train_probe"] == 2  # one per study: each its own concepts
     assert jobs["evaluate_checkpoint"] == runs * len(checkpoint_steps(config["training"]))
-    assert jobs["gather_run"] == runs and jobs["gather_study"] == 1 and jobs["fig_signal"] == 1
+    assert jobs["gather_run"] == runs and jobs["gather_study"] == 2 and jobs["fig_signal"] == 1
+    assert jobs["fig_underspec"] == 1
 
 
 def test_bad_config_stops_before_planning_and_names_the_key(tmp_path):
@@ -92,7 +95,7 @@ def test_smoke_run_keeps_checkpoints_manifests_and_logs(smoke_run):
             assert (
                 results / "signal" / "runs" / run.id / "checkpoints" / f"step_{step:06d}.pt"
             ).exists()
-        assert (results / "logs" / "train_vdm" / f"{run.id}.log").stat().st_size > 0
+        assert (results / "logs" / "train_vdm" / "signal" / f"{run.id}.log").stat().st_size > 0
     metrics = json.loads((results / "signal" / "probe" / "metrics.json").read_text())
     assert min(metrics["accuracy"].values()) >= config["probe"]["min_accuracy"]
     for rule in ("render_training_set", "train_probe", "evaluate_checkpoint", "gather_run",

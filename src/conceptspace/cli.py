@@ -26,12 +26,14 @@ def _settings(text: str) -> dict:
 
 
 def cmd_render(args: argparse.Namespace) -> None:
-    from conceptspace.concepts import Signal
+    from conceptspace.concepts import Signal, layout_named
     from conceptspace.render import render_training_set, save_dataset
 
     settings = _settings(args.settings)
     signal = Signal(args.color_gap, args.size_gap)
-    dataset = render_training_set(settings["data"], signal, args.seed)
+    dataset = render_training_set(
+        settings["data"], signal, args.seed, layout_named(args.layout), args.mask_ratio or 0.0
+    )
     save_dataset(args.out, dataset)  # the rendered set carries its metadata and provenance
     log.info("wrote %s (%d images)", args.out, len(dataset["images"]))
 
@@ -59,7 +61,7 @@ def cmd_celeba(args: argparse.Namespace) -> None:
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
-    from conceptspace.concepts import Signal
+    from conceptspace.concepts import Signal, layout_named
     from conceptspace.probe import train_probe
 
     settings = _settings(args.settings)
@@ -73,6 +75,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
         args.metrics,
         device=args.device,
         threads=args.threads,
+        layout=layout_named(args.layout),
     )
 
 
@@ -108,11 +111,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         args.out,
         device=args.device,
         threads=args.threads,
+        mask_ratio=args.mask_ratio,
     )
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from conceptspace.concepts import Signal
+    from conceptspace.concepts import Signal, layout_named
     from conceptspace.evaluate import sample_checkpoints
 
     settings = _settings(args.settings)
@@ -125,6 +129,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         args.out,
         device=args.device,
         threads=args.threads,
+        layout=layout_named(args.layout),
+        mask_ratio=args.mask_ratio,
     )
 
 
@@ -139,7 +145,8 @@ def cmd_gather_study(args: argparse.Namespace) -> None:
     from conceptspace.trajectories import gather_study, save_dataset_nc
 
     config = _settings(args.settings)
-    save_dataset_nc(gather_study(args.runs, config, config["evaluation"]), args.out)
+    study = gather_study(args.runs, config, config["evaluation"], grid=args.grid)
+    save_dataset_nc(study, args.out)
     log.info("gathered %d runs into %s", len(args.runs), args.out)
 
 
@@ -165,6 +172,14 @@ def cmd_figure(args: argparse.Namespace) -> None:
     from conceptspace.trajectories import open_study
 
     study = open_study(_required(args.study, "--study", args.name))
+    if args.name == "underspec":
+        from conceptspace.figures.sheets import open_samples
+        from conceptspace.figures.underspec import plot_underspec
+
+        samples = [open_samples(path) for path in args.samples_of or []]
+        plot_underspec(study, samples, args.out, record=record)
+        log.info("wrote %s", args.out)
+        return
     if args.name == "signal":
         from conceptspace.figures.signal import plot_signal
 
@@ -255,6 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    def layout_option(p: argparse.ArgumentParser) -> None:
+        from conceptspace.concepts import LAYOUTS
+
+        p.add_argument("--layout", default="color_size", choices=list(LAYOUTS), help="concepts")
+
+    def mask_ratio_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--mask-ratio", type=float, default=None, help="underspecification: masked fraction"
+        )
+
     def compute(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -264,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--color-gap", type=float, required=True)
     p.add_argument("--size-gap", type=float, required=True)
     p.add_argument("--seed", type=int, required=True)
+    layout_option(p)
+    mask_ratio_option(p)
     p.add_argument("--out", required=True)
 
     p = stage("celeba", cmd_celeba, "balanced CelebA set (torchvision layout) as a dataset")
@@ -295,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("probe", cmd_probe, "train the concept classifier")
     p.add_argument("--settings", required=True, help="JSON: 'data', 'probe', 'signals'")
+    layout_option(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--metrics", required=True)
@@ -316,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--color-gap", type=float, required=True)
     p.add_argument("--size-gap", type=float, required=True)
     p.add_argument("--seed", type=int, required=True)
+    mask_ratio_option(p)
     p.add_argument("--out", required=True)
     compute(p)
 
@@ -325,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size-gap", type=float, required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--samples", type=int, required=True, help="first N samples per condition")
+    layout_option(p)
+    mask_ratio_option(p)
     p.add_argument("--out", required=True, help="netCDF: images (step, method, prompt, ...)")
     p.add_argument("checkpoints", nargs="+", help="checkpoints of one run")
     compute(p)
@@ -335,14 +366,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("gather-study", cmd_gather_study, "all runs' trajectories -> study dataset")
     p.add_argument("--settings", required=True, help="JSON: the whole resolved config")
+    p.add_argument(
+        "--grid",
+        nargs="+",
+        default=["seed", "color_gap", "size_gap"],
+        help="run coordinates that span the study (underspecification: seed mask_ratio)",
+    )
     p.add_argument("--out", required=True)
     p.add_argument("runs", nargs="+")
 
     p = stage("figure", cmd_figure, "draw one figure from a gathered dataset")
-    p.add_argument("name", choices=["signal", "trajectories", "hidden", "patching", "sheet"])
+    p.add_argument(
+        "name", choices=["signal", "trajectories", "hidden", "patching", "sheet", "underspec"]
+    )
     p.add_argument("--settings", required=True, help="JSON: the whole resolved config")
     p.add_argument("--study", help="study dataset (every figure but sheet)")
     p.add_argument("--samples", help="samples file of one run (sheet)")
+    p.add_argument(
+        "--samples-of", nargs="+", help="underspec: samples files of one seed's runs, one per ratio"
+    )
     p.add_argument("--methods", nargs="+", help="hidden: methods to draw, naive first")
     p.add_argument("--out", required=True, help="PDF (a PNG is written beside it); sheet: PNG")
 

@@ -47,6 +47,36 @@ class Run:
         return run_id(self.color_gap, self.size_gap, self.seed)
 
 
+@dataclass(frozen=True, order=True)
+class MaskedRun:
+    """One run of the underspecification study: a masking ratio and a seed (the color
+    and size gaps are the study's)."""
+
+    mask_ratio: float
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"p{self.mask_ratio:.3f}_seed{self.seed}"
+
+
+def underspecification(config: dict) -> dict | None:
+    """The studies.underspecification section, or None when the study is off."""
+    return (config.get("studies") or {}).get("underspecification") or None
+
+
+def underspecification_runs(config: dict) -> list[MaskedRun]:
+    """Every run of the underspecification study: mask ratios x seeds (none when off)."""
+    study = underspecification(config)
+    if study is None:
+        return []
+    return sorted(
+        MaskedRun(float(ratio), int(seed))
+        for ratio in study["mask_ratios"]
+        for seed in study["seeds"]
+    )
+
+
 def merge(base: dict, overlay: dict) -> dict:
     """Overlay one config on another the way Snakemake does: dicts merge, lists replace."""
     merged = copy.deepcopy(base)
@@ -179,6 +209,7 @@ def _cross_checks(config: dict) -> Iterable[str]:
                         f"{GAP_DECIMALS} decimals; round it (run ids print {GAP_DECIMALS})"
                     )
     yield from _evaluation_problems(config)
+    yield from _underspecification_problems(config)
     yield from figure_level_problems(config["figures"]["levels"], signal_levels(config))
     for key, concept in (("color_sweep", "color_gap"), ("size_sweep", "size_gap")):
         wanted = config["figures"]["signal"][key]
@@ -201,6 +232,31 @@ def figure_level_problems(
                 f"config key 'figures.levels.{i}': (color_gap {color_gap:g}, size_gap "
                 f"{size_gap:g}) is not a signal level of the study; choose from "
                 + ", ".join(f"({dc:g}, {ds:g})" for dc, ds in study_levels)
+            )
+
+
+def _underspecification_problems(config: dict) -> Iterable[str]:
+    study = underspecification(config)
+    if study is None:
+        return
+    key = "studies.underspecification"
+    for concept, limit in (("color_gap", MAX_COLOR_GAP), ("size_gap", MAX_SIZE_GAP)):
+        if study[concept] > limit:
+            yield (
+                f"config key '{key}.{concept}': {study[concept]} is above {limit}, where "
+                "training values would leave the image's range"
+            )
+    for i, ratio in enumerate(study["mask_ratios"]):
+        if not 0 <= ratio <= 1:
+            yield (
+                f"config key '{key}.mask_ratios.{i}': {ratio} is outside [0, 1]; a masking ratio "
+                "is the fraction of red triangles whose color is hidden: use values from 0 "
+                "(none) to 1 (all)"
+            )
+        elif round(ratio, GAP_DECIMALS) != ratio:
+            yield (
+                f"config key '{key}.mask_ratios.{i}': {ratio} has more than {GAP_DECIMALS} "
+                f"decimals; round it (run ids print {GAP_DECIMALS})"
             )
 
 

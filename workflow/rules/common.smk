@@ -3,10 +3,14 @@
 import json
 from pathlib import Path
 
+import re
+
 from conceptspace.config import (
     checkpoint_steps,
     signal_levels,
     study_runs,
+    underspecification,
+    underspecification_runs,
     validate_config,
 )
 from conceptspace.io import ConceptspaceError
@@ -27,6 +31,18 @@ RUN_IDS = [run.id for run in RUNS]
 STEPS = checkpoint_steps(config["training"])
 
 STUDY_DATASET = SIGNAL / "study.nc"
+
+# Studies run side by side, each under results/<study>/ with the same rules: the signal
+# study (2x2 color x size, runs dc<gap>_ds<gap>_seed<seed>) and, unless set to null,
+# underspecification (color x shape with prompt masking, runs p<ratio>_seed<seed>).
+UNDERSPECIFICATION = underspecification(config)
+STUDY_RUN_IDS = {"signal": RUN_IDS}
+if UNDERSPECIFICATION:
+    STUDY_RUN_IDS["underspecification"] = [run.id for run in underspecification_runs(config)]
+STUDY_LAYOUT = {"signal": "color_size", "underspecification": "color_shape"}
+# The run coordinates that span each study's dataset (gather_study --grid).
+STUDY_GRID = {"signal": "seed color_gap size_gap", "underspecification": "seed mask_ratio"}
+STUDY_DATASETS = [RESULTS / study / "study.nc" for study in STUDY_RUN_IDS]
 # Claims 2-4: fig_hidden needs overprompting or latent intervention switched on, and
 # fig_patching a patching donor; figures whose methods are off are not built. The sample
 # sheet's PNG joins FIGURES in figures.smk, once evaluate.smk has named its run.
@@ -46,18 +62,41 @@ FIGURES = [RESULTS / "figures" / f"fig_{name}.pdf" for name in FIGURE_NAMES]
 
 
 wildcard_constraints:
-    run=r"dc\d+\.\d{3}_ds\d+\.\d{3}_seed\d+",
+    study="signal|underspecification",
+    run=r"dc\d+\.\d{3}_ds\d+\.\d{3}_seed\d+|p\d\.\d{3}_seed\d+",
     step=r"\d{6}",
 
 
 def run_fields(wildcards):
-    """Color gap, size gap and seed of the run named by the {run} wildcard."""
-    color, size, seed = wildcards.run.split("_")
+    """Color gap, size gap, seed and (underspecification) mask ratio of the {run}."""
+    signal_run = re.fullmatch(r"dc([\d.]+)_ds([\d.]+)_seed(\d+)", wildcards.run)
+    if signal_run:
+        color_gap, size_gap, seed = signal_run.groups()
+        return {"color_gap": float(color_gap), "size_gap": float(size_gap), "seed": int(seed)}
+    mask_ratio, seed = re.fullmatch(r"p([\d.]+)_seed(\d+)", wildcards.run).groups()
     return {
-        "color_gap": float(color[2:]),
-        "size_gap": float(size[2:]),
-        "seed": int(seed[4:]),
+        "color_gap": UNDERSPECIFICATION["color_gap"],
+        "size_gap": UNDERSPECIFICATION["size_gap"],
+        "seed": int(seed),
+        "mask_ratio": float(mask_ratio),
     }
+
+
+def run_args(wildcards):
+    """The run's command-line options: gaps, seed, and its masking ratio if it has one."""
+    fields = run_fields(wildcards)
+    args = f"--color-gap {fields['color_gap']} --size-gap {fields['size_gap']}"
+    args += f" --seed {fields['seed']}"
+    if "mask_ratio" in fields:
+        args += f" --mask-ratio {fields['mask_ratio']}"
+    return args
+
+
+def study_signal_levels(study):
+    """The (color gap, size gap) levels of a study (its probe pools them)."""
+    if study == "signal":
+        return signal_levels(config)
+    return [(UNDERSPECIFICATION["color_gap"], UNDERSPECIFICATION["size_gap"])]
 
 
 def settings(*sections, **extra):
@@ -69,3 +108,12 @@ def settings(*sections, **extra):
 
 def threads_for(stage):
     return config["compute"]["threads"][stage]
+
+
+def sampled_steps(wildcards):
+    """figures.sample_sheet's steps in the signal study; the final one elsewhere."""
+    from conceptspace.methods import sample_sheet_steps
+
+    if wildcards.study == "signal":
+        return sample_sheet_steps(config["figures"]["sample_sheet"], STEPS)
+    return STEPS[-1:]

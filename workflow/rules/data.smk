@@ -1,18 +1,19 @@
-# Synthetic training images: one dataset per run (its seed fixes the images).
+# Synthetic training images: one dataset per run of a study (its seed fixes the images;
+# the study its concept layout).
 
 
 rule render_training_set:
     output:
-        SIGNAL / "data" / "{run}.npz",
+        RESULTS / "{study}" / "data" / "{run}.npz",
     log:
-        LOGS / "render_training_set" / "{run}.log",
+        LOGS / "render_training_set" / "{study}" / "{run}.log",
     conda:
         ENV
     threads: threads_for("render")
     params:
         settings=settings("data"),
-        fields=run_fields,
+        run=run_args,
+        layout=lambda wildcards: STUDY_LAYOUT[wildcards.study],
     shell:
-        "python -m conceptspace render --settings {params.settings:q}"
-        " --color-gap {params.fields[color_gap]} --size-gap {params.fields[size_gap]}"
-        " --seed {params.fields[seed]} --out {output:q} > {log:q} 2>&1"
+        "python -m conceptspace render --settings {params.settings:q} {params.run}"
+        " --layout {params.layout} --out {output:q} > {log:q} 2>&1"

@@ -6,27 +6,31 @@ from conceptspace.methods import sample_sheet_steps
 
 rule evaluate_checkpoint:
     input:
-        manifest=SIGNAL / "runs" / "{run}" / "manifest.json",
-        probe=SIGNAL / "probe" / "probe.pt",
+        manifest=RESULTS / "{study}" / "runs" / "{run}" / "manifest.json",
+        probe=RESULTS / "{study}" / "probe" / "probe.pt",
     output:
-        SIGNAL / "runs" / "{run}" / "eval" / "step_{step}.nc",
+        RESULTS / "{study}" / "runs" / "{run}" / "eval" / "step_{step}.nc",
     log:
-        LOGS / "evaluate_checkpoint" / "{run}" / "step_{step}.log",
+        LOGS / "evaluate_checkpoint" / "{study}" / "{run}" / "step_{step}.log",
     conda:
         ENV
     threads: threads_for("evaluate")
     params:
         settings=settings("evaluation", "probe"),
-        fields=run_fields,
+        run=run_args,
         checkpoint=lambda wildcards: (
-            SIGNAL / "runs" / wildcards.run / "checkpoints" / f"step_{wildcards.step}.pt"
+            RESULTS
+            / wildcards.study
+            / "runs"
+            / wildcards.run
+            / "checkpoints"
+            / f"step_{wildcards.step}.pt"
         ),
         device=config["compute"]["device"],
     shell:
         "python -m conceptspace evaluate --settings {params.settings:q}"
-        " --checkpoint {params.checkpoint:q} --probe {input.probe:q}"
-        " --color-gap {params.fields[color_gap]} --size-gap {params.fields[size_gap]}"
-        " --seed {params.fields[seed]} --out {output:q}"
+        " --checkpoint {params.checkpoint:q} --probe {input.probe:q} {params.run}"
+        " --out {output:q}"
         " --device {params.device} --threads {threads} > {log:q} 2>&1"
 
 
@@ -39,25 +43,30 @@ SAMPLE_SHEET_FILE = SIGNAL / "runs" / SAMPLE_SHEET_RUN / "samples.nc"
 
 rule sample_images:
     input:
-        SIGNAL / "runs" / "{run}" / "manifest.json",
+        RESULTS / "{study}" / "runs" / "{run}" / "manifest.json",
     output:
-        SIGNAL / "runs" / "{run}" / "samples.nc",
+        RESULTS / "{study}" / "runs" / "{run}" / "samples.nc",
     log:
-        LOGS / "sample_images" / "{run}.log",
+        LOGS / "sample_images" / "{study}" / "{run}.log",
     conda:
         ENV
     threads: threads_for("evaluate")
     params:
         settings=settings("evaluation"),
-        fields=run_fields,
+        run=run_args,
+        layout=lambda wildcards: STUDY_LAYOUT[wildcards.study],
         checkpoints=lambda wildcards: [
-            SIGNAL / "runs" / wildcards.run / "checkpoints" / f"step_{step:06d}.pt"
-            for step in sample_sheet_steps(SAMPLE_SHEET, STEPS)
+            RESULTS
+            / wildcards.study
+            / "runs"
+            / wildcards.run
+            / "checkpoints"
+            / f"step_{step:06d}.pt"
+            for step in sampled_steps(wildcards)
         ],
         samples=SAMPLE_SHEET["samples"],
         device=config["compute"]["device"],
     shell:
-        "python -m conceptspace sample --settings {params.settings:q}"
-        " --color-gap {params.fields[color_gap]} --size-gap {params.fields[size_gap]}"
-        " --seed {params.fields[seed]} --samples {params.samples} --out {output:q}"
+        "python -m conceptspace sample --settings {params.settings:q} {params.run}"
+        " --layout {params.layout} --samples {params.samples} --out {output:q}"
         " --device {params.device} --threads {threads} {params.checkpoints:q} > {log:q} 2>&1"

@@ -74,3 +74,36 @@ rule sample_sheet:
     shell:
         "python -m conceptspace figure sheet --settings {params.settings:q}"
         " --samples {input:q} --out {output:q} > {log:q} 2>&1"
+
+
+# Claim 5 (studies.underspecification): steps to the threshold against the masked
+# percentage, and "blue triangle" samples of the first seed's runs across ratios.
+if UNDERSPECIFICATION:
+    UNDERSPEC_SAMPLES = [
+        RESULTS / "underspecification" / "runs" / run.id / "samples.nc"
+        for run in underspecification_runs(config)
+        if run.seed == UNDERSPECIFICATION["seeds"][0]
+    ]
+    FIGURES.append(RESULTS / "figures" / "fig_underspec.pdf")
+
+    rule fig_underspec:
+        input:
+            study=RESULTS / "underspecification" / "study.nc",
+            samples=UNDERSPEC_SAMPLES,
+        output:
+            pdf=RESULTS / "figures" / "fig_underspec.pdf",
+            png=report(
+                RESULTS / "figures" / "fig_underspec.png",
+                caption="../report/fig_underspec.rst",
+                category="Figures",
+            ),
+        log:
+            LOGS / "figures" / "fig_underspec.log",
+        conda:
+            ENV
+        params:
+            settings=json.dumps(config, sort_keys=True),
+        shell:
+            "python -m conceptspace figure underspec --settings {params.settings:q}"
+            " --study {input.study:q} --samples-of {input.samples:q} --out {output.pdf:q}"
+            " > {log:q} 2>&1"

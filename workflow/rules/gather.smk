@@ -1,14 +1,17 @@
 # Gathering: each run's checkpoints into a trajectory, then all runs into the study
-# dataset (seed x color gap x size gap x step x prompt x concept) with learning times.
+# dataset of each study (its grid, e.g. seed x color gap x size gap, x step x method x
+# prompt x concept) with learning times.
 
 
 rule gather_run:
     input:
-        expand(SIGNAL / "runs" / "{{run}}" / "eval" / "step_{step:06d}.nc", step=STEPS),
+        expand(
+            RESULTS / "{{study}}" / "runs" / "{{run}}" / "eval" / "step_{step:06d}.nc", step=STEPS
+        ),
     output:
-        SIGNAL / "runs" / "{run}" / "trajectory.nc",
+        RESULTS / "{study}" / "runs" / "{run}" / "trajectory.nc",
     log:
-        LOGS / "gather_run" / "{run}.log",
+        LOGS / "gather_run" / "{study}" / "{run}.log",
     conda:
         ENV
     threads: threads_for("gather")
@@ -18,16 +21,20 @@ rule gather_run:
 
 rule gather_study:
     input:
-        expand(SIGNAL / "runs" / "{run}" / "trajectory.nc", run=RUN_IDS),
+        lambda wildcards: expand(
+            RESULTS / wildcards.study / "runs" / "{run}" / "trajectory.nc",
+            run=STUDY_RUN_IDS[wildcards.study],
+        ),
     output:
-        STUDY_DATASET,
+        RESULTS / "{study}" / "study.nc",
     log:
-        LOGS / "gather_study" / "signal.log",
+        LOGS / "gather_study" / "{study}.log",
     conda:
         ENV
     threads: threads_for("gather")
     params:
         settings=json.dumps(config, sort_keys=True),
+        grid=lambda wildcards: STUDY_GRID[wildcards.study],
     shell:
-        "python -m conceptspace gather-study --settings {params.settings:q}"
+        "python -m conceptspace gather-study --settings {params.settings:q} --grid {params.grid}"
         " --out {output:q} {input:q} > {log:q} 2>&1"

@@ -6,18 +6,18 @@
 
 rule train_vdm:
     input:
-        SIGNAL / "data" / "{run}.npz",
+        RESULTS / "{study}" / "data" / "{run}.npz",
     output:
-        SIGNAL / "runs" / "{run}" / "manifest.json",
+        RESULTS / "{study}" / "runs" / "{run}" / "manifest.json",
     log:
-        LOGS / "train_vdm" / "{run}.log",
+        LOGS / "train_vdm" / "{study}" / "{run}.log",
     conda:
         ENV
     threads: threads_for("train")
     params:
         settings=settings("model", "training"),
         fields=run_fields,
-        run_dir=lambda wildcards: SIGNAL / "runs" / wildcards.run,
+        run_dir=lambda wildcards: RESULTS / wildcards.study / "runs" / wildcards.run,
         device=config["compute"]["device"],
         compile="--compile" if config["compute"]["compile"] else "",
     shell:
@@ -28,18 +28,22 @@ rule train_vdm:
 
 rule train_probe:
     output:
-        probe=SIGNAL / "probe" / "probe.pt",
-        metrics=SIGNAL / "probe" / "metrics.json",
+        probe=RESULTS / "{study}" / "probe" / "probe.pt",
+        metrics=RESULTS / "{study}" / "probe" / "metrics.json",
     log:
-        LOGS / "train_probe" / "probe.log",
+        LOGS / "train_probe" / "{study}.log",
     conda:
         ENV
     threads: threads_for("probe")
     params:
-        settings=settings("data", "probe", signals=signal_levels(config)),
+        settings=lambda wildcards: settings(
+            "data", "probe", signals=study_signal_levels(wildcards.study)
+        ),
+        layout=lambda wildcards: STUDY_LAYOUT[wildcards.study],
         seed=config["study"]["seeds"][0],
         device=config["compute"]["device"],
     shell:
         "python -m conceptspace probe --settings {params.settings:q} --seed {params.seed}"
+        " --layout {params.layout}"
         " --out {output.probe:q} --metrics {output.metrics:q}"
         " --device {params.device} --threads {threads} > {log:q} 2>&1"
