@@ -216,23 +216,15 @@ def _required(value: str | None, option: str, figure: str) -> str:
 
 
 def _figure_levels(config: dict) -> list[tuple[float, float]]:
-    """figures.levels, each of which must be a signal level of the study."""
-    from conceptspace.config import signal_levels
-    from conceptspace.figures import GAP_TOLERANCE, levels_from
+    """figures.levels, each of which must be a signal level of the study (the config
+    check says so before planning; --settings may come from elsewhere)."""
+    from conceptspace.config import figure_level_problems, signal_levels
+    from conceptspace.figures import levels_from
 
-    levels = levels_from(config["figures"]["levels"])
-    study_levels = signal_levels(config)
-    for color_gap, size_gap in levels:
-        if not any(
-            abs(color_gap - dc) < GAP_TOLERANCE and abs(size_gap - ds) < GAP_TOLERANCE
-            for dc, ds in study_levels
-        ):
-            raise ConceptspaceError(
-                f"config key 'figures.levels': (color_gap {color_gap:g}, size_gap "
-                f"{size_gap:g}) is not a signal level of the study; choose from "
-                + ", ".join(f"({dc:g}, {ds:g})" for dc, ds in study_levels)
-            )
-    return levels
+    problems = list(figure_level_problems(config["figures"]["levels"], signal_levels(config)))
+    if problems:
+        raise ConceptspaceError("; ".join(problems))
+    return levels_from(config["figures"]["levels"])
 
 
 def _single(sweep_cfg: dict, key: str) -> float:
