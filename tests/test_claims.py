@@ -34,11 +34,13 @@ THRESHOLD = 0.8
 SIZE_GAP = 0.4
 COLOR_GAPS = [0.1, 0.2, 0.4]
 STUDY_CONFIG = {
-    "study": {
-        "sweeps": [
-            {"name": "color_gap", "color_gap": COLOR_GAPS, "size_gap": [SIZE_GAP]},
-            {"name": "size_gap", "color_gap": [0.4], "size_gap": [0.2, 0.4]},
-        ]
+    "studies": {
+        "signal": {
+            "sweeps": [
+                {"name": "color_gap", "color_gap": COLOR_GAPS, "size_gap": [SIZE_GAP]},
+                {"name": "size_gap", "color_gap": [0.4], "size_gap": [0.2, 0.4]},
+            ]
+        }
     },
     "figures": {"signal": {"color_sweep": "color_gap", "size_sweep": "size_gap"}},
 }

@@ -54,7 +54,7 @@ import numpy as np
 import xarray as xr
 
 from conceptspace.concepts import UNSEEN_CLASS
-from conceptspace.config import sweep
+from conceptspace.config import ConfigError, sweep
 from conceptspace.figures import class_label, select_level, threshold_of
 from conceptspace.figures.trajectories import PULL_CORNERS, memorization_turn
 from conceptspace.io import ConceptspaceError, atomic_path, json_default, provenance, write_json
@@ -198,7 +198,7 @@ def _color_sweep(study: xr.Dataset) -> tuple[str, list[float], float]:
         config = json.loads(study.attrs["config"])
         name = config["figures"]["signal"]["color_sweep"]
         color_sweep = sweep(config, name)
-    except (KeyError, TypeError, ValueError) as err:
+    except (ConfigError, KeyError, TypeError, ValueError) as err:
         raise ConceptspaceError(
             f"the study dataset does not say which sweep is the color sweep ({err}); it was "
             "gathered by an older version: delete results/signal/study.nc and rerun `snakemake`"
@@ -434,7 +434,7 @@ def judge_underspecification(
     data["non_decreasing"] = non_decreasing
     delay = means[-1] - means[0]
     steps = ", ".join(
-        f"p {ratio:g}: {'never' if mean == never else f'{mean:.0f}'}"
+        f"p {ratio:g}: {'never' if mean == never else f'{mean:.6g}'}"
         for ratio, mean in zip(ratios, means)
     )
     detail = f"mean T over seeds: {steps}; " + (

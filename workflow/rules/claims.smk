@@ -7,9 +7,7 @@ CLAIMS_TABLE = RESULTS / "claims.html"
 # Claim 5's dataset, only when the config runs the underspecification study; otherwise
 # claim 5 is "not evaluated", with that reason.
 UNDERSPECIFICATION_STUDY = (
-    [RESULTS / "underspecification" / "study.nc"]
-    if config.get("studies", {}).get("underspecification")
-    else []
+    [RESULTS / "underspecification" / "study.nc"] if UNDERSPECIFICATION else []
 )
 
 
