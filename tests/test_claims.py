@@ -373,7 +373,7 @@ def test_claims_json_is_the_same_for_the_same_input_and_carries_no_clock(tmp_pat
     assert table.count("<tr>") == 6 and "not evaluated" in table and "pass" in table
 
 
-def test_claims_command_reads_both_studies(tmp_path):
+def test_claims_command_reads_both_studies_and_prints_the_table(tmp_path, capsys):
     save_dataset_nc(full_study(), tmp_path / "signal.nc")
     times = {(0, 0.0): 100, (0, 1.0): 400}
     save_dataset_nc(underspecification_study(times), tmp_path / "under.nc")
@@ -384,6 +384,12 @@ def test_claims_command_reads_both_studies(tmp_path):
     assert cli.main(args + ["--out", str(out), "--table", str(tmp_path / "claims.html")]) == 0
     claim = json.loads(out.read_text())["claims"]["underspecification"]
     assert claim["outcome"] == PASS and claim["value"] == 300
+    capsys.readouterr()
+    assert cli.main(["claims-table", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 + 5 and lines[0].startswith("| # | claim | statistic | value |")
+    cells = [cell.strip() for cell in lines[-1].strip("|").split(" | ")]
+    assert cells[0] == "5" and cells[3] == "300" and cells[5] == PASS
 
 
 def test_a_study_that_does_not_name_its_color_sweep_is_refused():

@@ -525,20 +525,30 @@ TABLE_COLUMNS = ("#", "claim", "statistic", "value", "threshold", "outcome", "de
 OUTCOME_COLORS = {PASS: "#1a7f37", FAIL: "#cf222e", NOT_EVALUATED: "#6e7781"}
 
 
+def table_rows(record: Mapping[str, Any]) -> list[list[str]]:
+    """The cells of the claims table (plain text, columns TABLE_COLUMNS), by claim number."""
+    return [
+        [
+            str(claim["number"]),
+            claim["statement"],
+            claim["statistic"],
+            "\u2014" if claim["value"] is None else f"{claim['value']:.4g}",
+            f"{claim['threshold']:g} ({claim['pass_if']})",
+            claim["outcome"],
+            claim["detail"],
+        ]
+        for claim in sorted(record["claims"].values(), key=lambda c: c["number"])
+    ]
+
+
 def claims_table_html(record: Mapping[str, Any]) -> str:
     """The claims as a standalone HTML table (the report's Claims category)."""
+    outcome = TABLE_COLUMNS.index("outcome")
     rows = []
-    for claim in sorted(record["claims"].values(), key=lambda c: c["number"]):
-        value = "&mdash;" if claim["value"] is None else f"{claim['value']:.4g}"
-        cells = [
-            str(claim["number"]),
-            html.escape(claim["statement"]),
-            html.escape(claim["statistic"]),
-            value,
-            f"{claim['threshold']:g} ({html.escape(claim['pass_if'])})",
-            f'<b style="color:{OUTCOME_COLORS[claim["outcome"]]}">{claim["outcome"]}</b>',
-            html.escape(claim["detail"]),
-        ]
+    for cells in table_rows(record):
+        cells = [html.escape(cell) for cell in cells]
+        color = OUTCOME_COLORS[cells[outcome]]
+        cells[outcome] = f'<b style="color:{color}">{cells[outcome]}</b>'
         rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
     head = "".join(f"<th>{column}</th>" for column in TABLE_COLUMNS)
     source = json.dumps(record["inputs"], sort_keys=True, default=json_default)
@@ -553,3 +563,11 @@ def claims_table_html(record: Mapping[str, Any]) -> str:
         f"{origin['config_hash']}, commit {html.escape(origin['git_commit'])}.</p>\n"
         "</body></html>\n"
     )
+
+
+def claims_table_markdown(record: Mapping[str, Any]) -> str:
+    """The claims table in Markdown (for a README): `python -m conceptspace claims-table`."""
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    for cells in table_rows(record):
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -245,6 +245,13 @@ def cmd_claims(args: argparse.Namespace) -> None:
     log.info("wrote %s and %s", args.out, args.table)
 
 
+def cmd_claims_table(args: argparse.Namespace) -> None:
+    from conceptspace.claims import claims_table_markdown
+    from conceptspace.io import read_json
+
+    print(claims_table_markdown(read_json(args.claims)), end="")
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     from conceptspace.info import describe
 
@@ -386,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--underspecification", help="the underspecification study (claim 5)")
     p.add_argument("--out", required=True, help="claims JSON")
     p.add_argument("--table", required=True, help="claims table, HTML")
+
+    p = stage("claims-table", cmd_claims_table, "print a claims.json as a Markdown table")
+    p.add_argument("claims", help="results/claims.json")
 
     p = stage("info", cmd_info, "print the provenance of files the pipeline wrote")
     p.add_argument("paths", nargs="+")
