@@ -2,7 +2,9 @@
 where it fails and where it cannot be evaluated, with exact expected values; the
 written claims.json is the same for the same input."""
 
+import base64
 import json
+import re
 
 import numpy as np
 import pytest
@@ -409,4 +411,7 @@ def test_smoke_run_judges_every_claim_and_reports_the_table(smoke_run):
     report = workdir / "claims_report.html"
     snakemake(workdir, "--report", str(report), configs=(REPO / "config.yaml", SMOKE))
     html = report.read_text()
-    assert "claims.html" in html and "Claims table: the paper's five claims" in html
+    assert "Claims table: the paper's five claims" in html  # the caption
+    # the table itself is embedded as a data URI, byte for byte
+    embedded = re.search(r'"results/claims.html": \{.*?"data_uri": "[^,]+,([^"]+)"', html, re.S)
+    assert base64.b64decode(embedded[1]) == (results / "claims.html").read_bytes()
