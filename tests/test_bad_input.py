@@ -114,9 +114,9 @@ def test_wrong_type_is_named(paper):
 @pytest.mark.parametrize(
     "path, value",
     [
-        (("study", "sweeps", 0, "color_gap"), [-0.2]),  # a negative gap
-        (("study", "sweeps", 1, "size_gap"), []),  # an empty sweep
-        (("study", "seeds"), []),
+        (("studies", "signal", "sweeps", 0, "color_gap"), [-0.2]),  # a negative gap
+        (("studies", "signal", "sweeps", 1, "size_gap"), []),  # an empty sweep
+        (("studies", "signal", "seeds"), []),
         (("data", "validation_fraction"), 1.5),
         (("evaluation", "threshold"), 1.2),
         (("training", "precision"), "fp16"),
@@ -133,8 +133,8 @@ def test_checkpoints_past_training_are_named_with_the_fix(paper):
 
 
 def test_gap_that_leaves_the_color_range_is_named(paper):
-    config = changed(paper, ("study", "sweeps", 0, "color_gap"), [0.9])
-    assert "study.sweeps.0.color_gap': 0.9 is above 0.8" in rejected(config)
+    config = changed(paper, ("studies", "signal", "sweeps", 0, "color_gap"), [0.9])
+    assert "studies.signal.sweeps.0.color_gap': 0.9 is above 0.8" in rejected(config)
 
 
 def test_figure_must_name_an_existing_sweep(paper):

@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from conceptspace.config import (
+    ConfigError,
     checkpoint_steps,
     load_config,
     merge,
@@ -25,8 +26,8 @@ def test_paper_and_smoke_configs_are_valid(paper):
 
 
 def test_paper_study_matches_the_spec(paper):
-    assert paper["study"]["seeds"] == [0, 100, 200, 300, 400]
-    sweeps = {s["name"]: s for s in paper["study"]["sweeps"]}
+    assert paper["studies"]["signal"]["seeds"] == [0, 100, 200, 300, 400]
+    sweeps = {s["name"]: s for s in paper["studies"]["signal"]["sweeps"]}
     assert len(sweeps["color_gap"]["color_gap"]) == 20 and sweeps["color_gap"]["size_gap"] == [0.4]
     assert min(sweeps["color_gap"]["color_gap"]) == 0.1
     assert max(sweeps["color_gap"]["color_gap"]) == 0.8
@@ -43,7 +44,9 @@ def test_overlay_merges_dicts_and_replaces_lists(paper):
     merged = merge(paper, smoke)
     assert merged["model"]["channels"] == smoke["model"]["channels"]
     assert merged["model"]["dropout"] == paper["model"]["dropout"]  # kept from the base
-    assert merged["study"]["sweeps"] == smoke["study"]["sweeps"]  # replaced whole
+    assert (
+        merged["studies"]["signal"]["sweeps"] == smoke["studies"]["signal"]["sweeps"]
+    )  # replaced whole
 
 
 def test_checkpoint_steps_are_quadratically_spaced(paper):
@@ -62,3 +65,19 @@ def test_runs_are_seeds_times_the_union_of_sweeps():
     assert {(r.color_gap, r.size_gap) for r in runs} == {(0.3, 0.4), (0.6, 0.4), (0.6, 0.3)}
     assert len(runs) == 6
     assert runs[0].id == "dc0.300_ds0.400_seed0"
+
+
+def test_signal_study_switched_off_has_no_runs_and_no_figure_checks(paper):
+    """studies.signal: null is a valid config (another study runs alone): no runs, no
+    levels, and figures.levels naming signal levels no longer have to match any."""
+    config = merge(paper, {"studies": {"signal": None}})
+    config["figures"]["levels"] = [{"color_gap": 0.111, "size_gap": 0.111}]
+    validate_config(config, SCHEMA)
+    assert study_runs(config) == [] and signal_levels(config) == []
+
+
+def test_studies_must_name_the_signal_study(paper):
+    config = merge(paper, {})
+    del config["studies"]["signal"]
+    with pytest.raises(ConfigError, match="'signal' is a required property"):
+        validate_config(config, SCHEMA)

@@ -396,9 +396,11 @@ def test_sample_sheet_writes_a_png(tmp_path):
 def cli_config(levels):
     """The config sections `figure` reads: the study's sweep and figures.levels."""
     return {
-        "study": {
-            "seeds": [0, 1],
-            "sweeps": [{"name": "color_gap", "color_gap": [0.3, 0.6], "size_gap": [0.4]}],
+        "studies": {
+            "signal": {
+                "seeds": [0, 1],
+                "sweeps": [{"name": "color_gap", "color_gap": [0.3, 0.6], "size_gap": [0.4]}],
+            }
         },
         "figures": {"levels": [{"color_gap": dc, "size_gap": ds} for dc, ds in levels]},
     }

@@ -242,11 +242,12 @@ class Interrupter(threading.Thread):
 
 # A run long enough to be caught between its first checkpoint and its end.
 CANCEL_OVERLAY = """\
-study:
-  seeds: [0]
-  sweeps:
-    - {name: color_gap, color_gap: [0.6], size_gap: [0.4]}
-    - {name: size_gap, color_gap: [0.6], size_gap: [0.4]}
+studies:
+  signal:
+    seeds: [0]
+    sweeps:
+      - {name: color_gap, color_gap: [0.6], size_gap: [0.4]}
+      - {name: size_gap, color_gap: [0.6], size_gap: [0.4]}
 training:
   steps: 150
   checkpoints: {count: 3, first: 20, last: 150}

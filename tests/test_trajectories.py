@@ -30,7 +30,11 @@ EVALUATION = {
     "threshold": 0.8,
     "smoothed": {"threshold": 0.9, "sigma": 2.0, "consecutive": 3},
 }
-CONFIG = {"study": {"seeds": [0, 1]}, "evaluation": EVALUATION, "note": "a test config"}
+CONFIG = {
+    "studies": {"signal": {"seeds": [0, 1]}},
+    "evaluation": EVALUATION,
+    "note": "a test config",
+}
 UNSEEN = CLASSES.index("11")
 METHODS_CFG = {
     "overprompt": {"colors": [[0.3, 0.3, 0.7], [0.1, 0.1, 0.9]]},

@@ -191,31 +191,46 @@ def _cross_checks(config: dict) -> Iterable[str]:
     if low > high:
         yield "config key 'data.background_train' must be [low, high] with low <= high"
 
-    sweeps = config["study"]["sweeps"]
-    names = [sweep["name"] for sweep in sweeps]
+    yield from _evaluation_problems(config)
+    yield from _signal_problems(config)
+    yield from _underspecification_problems(config)
+
+
+def _signal_problems(config: dict) -> Iterable[str]:
+    """The signal study's sweeps, and the figure settings that name its levels and sweeps
+    (checked only when the study is on: its figures are built only then)."""
+    study = signal_study(config)
+    if study is None:
+        return
+    key = "studies.signal.sweeps"
+    names = [sweep["name"] for sweep in study["sweeps"]]
     for name in sorted({n for n in names if names.count(n) > 1}):
-        yield f"config key 'study.sweeps': the name '{name}' is used twice; names must be unique"
-    for i, sweep in enumerate(sweeps):
+        yield f"config key '{key}': the name '{name}' is used twice; names must be unique"
+    for i, sweep in enumerate(study["sweeps"]):
         for concept, limit in (("color_gap", MAX_COLOR_GAP), ("size_gap", MAX_SIZE_GAP)):
             for value in sweep[concept]:
                 if value > limit:
                     yield (
-                        f"config key 'study.sweeps.{i}.{concept}': {value} is above {limit}, "
+                        f"config key '{key}.{i}.{concept}': {value} is above {limit}, "
                         f"where training values would leave the image's range"
                     )
                 if round(value, GAP_DECIMALS) != value:
                     yield (
-                        f"config key 'study.sweeps.{i}.{concept}': {value} has more than "
+                        f"config key '{key}.{i}.{concept}': {value} has more than "
                         f"{GAP_DECIMALS} decimals; round it (run ids print {GAP_DECIMALS})"
                     )
-    yield from _evaluation_problems(config)
-    yield from _underspecification_problems(config)
+    from conceptspace.methods import sample_sheet_problems
+
+    steps = checkpoint_steps(config["training"])
+    yield from sample_sheet_problems(
+        config["figures"]["sample_sheet"], signal_levels(config), study["seeds"], steps
+    )
     yield from figure_level_problems(config["figures"]["levels"], signal_levels(config))
-    for key, concept in (("color_sweep", "color_gap"), ("size_sweep", "size_gap")):
-        wanted = config["figures"]["signal"][key]
+    for figure_key in ("color_sweep", "size_sweep"):
+        wanted = config["figures"]["signal"][figure_key]
         if wanted not in names:
             yield (
-                f"config key 'figures.signal.{key}': no sweep is named '{wanted}'; "
+                f"config key 'figures.signal.{figure_key}': no sweep is named '{wanted}'; "
                 f"sweeps are: {', '.join(names)}"
             )
 
@@ -261,29 +276,37 @@ def _underspecification_problems(config: dict) -> Iterable[str]:
 
 
 def _evaluation_problems(config: dict) -> Iterable[str]:
-    """Patching donors and the sample sheet's run must exist in the study."""
-    from conceptspace.methods import method_problems, sample_sheet_problems
+    """Patching donors must be checkpoints of the runs."""
+    from conceptspace.methods import method_problems
 
-    steps = checkpoint_steps(config["training"])
-    yield from method_problems(config["evaluation"]["methods"], steps)
-    yield from sample_sheet_problems(
-        config["figures"]["sample_sheet"], signal_levels(config), config["study"]["seeds"], steps
+    yield from method_problems(
+        config["evaluation"]["methods"], checkpoint_steps(config["training"])
     )
 
 
+def signal_study(config: dict) -> dict | None:
+    """The studies.signal section, or None when the signal study is off."""
+    return (config.get("studies") or {}).get("signal") or None
+
+
 def study_runs(config: dict) -> list[Run]:
-    """Every run of the study: seeds x the union of the sweeps' grids, sorted."""
+    """Every run of the signal study: seeds x the union of the sweeps' grids, sorted
+    (none when the study is off)."""
+    study = signal_study(config)
+    if study is None:
+        return []
     return sorted(
-        {Run(dc, ds, seed) for dc, ds in signal_levels(config) for seed in config["study"]["seeds"]}
+        {Run(dc, ds, seed) for dc, ds in signal_levels(config) for seed in study["seeds"]}
     )
 
 
 def signal_levels(config: dict) -> list[tuple[float, float]]:
-    """The distinct (color gap, size gap) pairs of all sweeps, sorted."""
+    """The distinct (color gap, size gap) pairs of the signal study's sweeps, sorted."""
+    study = signal_study(config)
     return sorted(
         {
             (float(dc), float(ds))
-            for sweep in config["study"]["sweeps"]
+            for sweep in (study["sweeps"] if study else [])
             for dc in sweep["color_gap"]
             for ds in sweep["size_gap"]
         }
@@ -291,10 +314,11 @@ def signal_levels(config: dict) -> list[tuple[float, float]]:
 
 
 def sweep(config: dict, name: str) -> dict[str, Any]:
-    for candidate in config["study"]["sweeps"]:
+    study = signal_study(config)
+    for candidate in study["sweeps"] if study else []:
         if candidate["name"] == name:
             return candidate
-    raise ConfigError(f"no sweep named '{name}' in study.sweeps")
+    raise ConfigError(f"no sweep named '{name}' in studies.signal.sweeps")
 
 
 def checkpoint_steps(training: dict) -> list[int]:

@@ -8,6 +8,7 @@ import re
 from conceptspace.config import (
     checkpoint_steps,
     signal_levels,
+    signal_study,
     study_runs,
     underspecification,
     underspecification_runs,
@@ -32,12 +33,15 @@ STEPS = checkpoint_steps(config["training"])
 
 STUDY_DATASET = SIGNAL / "study.nc"
 
-# Studies run side by side, each under results/<study>/ with the same rules: the signal
-# study (2x2 color x size, runs dc<gap>_ds<gap>_seed<seed>) and, unless set to null,
-# underspecification (color x shape with prompt masking, runs p<ratio>_seed<seed>).
+# Studies run side by side, each under results/<study>/ with the same rules, each off when
+# set to null in config `studies`: signal (2x2 color x size, runs dc<gap>_ds<gap>_seed<seed>)
+# and underspecification (color x shape with prompt masking, runs p<ratio>_seed<seed>).
+SIGNAL_STUDY = signal_study(config)
 UNDERSPECIFICATION = underspecification(config)
-STUDY_RUN_IDS = {"signal": RUN_IDS}
+STUDY_RUN_IDS = {"signal": RUN_IDS} if SIGNAL_STUDY else {}
+STUDY_SEEDS = {"signal": SIGNAL_STUDY["seeds"]} if SIGNAL_STUDY else {}
 if UNDERSPECIFICATION:
+    STUDY_SEEDS["underspecification"] = UNDERSPECIFICATION["seeds"]
     STUDY_RUN_IDS["underspecification"] = [run.id for run in underspecification_runs(config)]
 STUDY_LAYOUT = {"signal": "color_size", "underspecification": "color_shape"}
 # The run coordinates that span each study's dataset (gather_study --grid).
@@ -55,9 +59,9 @@ HIDDEN_METHODS = ["naive"] + [
     )
     if variants
 ]
-FIGURE_NAMES = ["signal", "trajectories"]
-FIGURE_NAMES += ["hidden"] if len(HIDDEN_METHODS) > 1 else []
-FIGURE_NAMES += ["patching"] if METHODS_CFG["patching"]["donors"] else []
+FIGURE_NAMES = ["signal", "trajectories"] if SIGNAL_STUDY else []
+FIGURE_NAMES += ["hidden"] if SIGNAL_STUDY and len(HIDDEN_METHODS) > 1 else []
+FIGURE_NAMES += ["patching"] if SIGNAL_STUDY and METHODS_CFG["patching"]["donors"] else []
 FIGURES = [RESULTS / "figures" / f"fig_{name}.pdf" for name in FIGURE_NAMES]
 
 
@@ -65,6 +69,16 @@ wildcard_constraints:
     study="signal|underspecification",
     run=r"dc\d+\.\d{3}_ds\d+\.\d{3}_seed\d+|p\d\.\d{3}_seed\d+",
     step=r"\d{6}",
+
+
+def study_run_ids(study):
+    """The runs of a study that is on; a named error for one switched off."""
+    if study not in STUDY_RUN_IDS:
+        raise WorkflowError(
+            f"the {study} study is off (config studies.{study} is null); set it in config.yaml "
+            "or a preset to build its outputs"
+        )
+    return STUDY_RUN_IDS[study]
 
 
 def run_fields(wildcards):

@@ -55,7 +55,7 @@ for claim in ("trajectories", "hidden", "patching"):
 
 
 SAMPLE_SHEET_PNG = RESULTS / "figures" / f"samples_{SAMPLE_SHEET_RUN}.png"
-FIGURES.append(SAMPLE_SHEET_PNG)
+FIGURES += [SAMPLE_SHEET_PNG] if SIGNAL_STUDY else []
 
 
 # The generations of the run chosen by figures.sample_sheet: rows method x prompt,

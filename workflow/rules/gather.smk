@@ -23,7 +23,7 @@ rule gather_study:
     input:
         lambda wildcards: expand(
             RESULTS / wildcards.study / "runs" / "{run}" / "trajectory.nc",
-            run=STUDY_RUN_IDS[wildcards.study],
+            run=study_run_ids(wildcards.study),
         ),
     output:
         RESULTS / "{study}" / "study.nc",

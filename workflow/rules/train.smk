@@ -40,7 +40,7 @@ rule train_probe:
             "data", "probe", signals=study_signal_levels(wildcards.study)
         ),
         layout=lambda wildcards: STUDY_LAYOUT[wildcards.study],
-        seed=config["study"]["seeds"][0],
+        seed=lambda wildcards: STUDY_SEEDS[wildcards.study][0],
         device=config["compute"]["device"],
     shell:
         "python -m conceptspace probe --settings {params.settings:q} --seed {params.seed}"
