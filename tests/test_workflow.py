@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from conceptspace.config import checkpoint_steps, load_config, study_runs, underspecification_runs
+from conceptspace.config import (
+    background_runs,
+    checkpoint_steps,
+    load_config,
+    study_runs,
+    study_training,
+    underspecification_runs,
+)
 from conftest import REPO, SMOKE, planned_jobs, snakemake, venv_tool
 
 pytestmark = pytest.mark.workflow
@@ -39,15 +46,20 @@ def test_dry_run_plans_the_paper_scale_study(tmp_path):
     config = load_config(REPO / "config.yaml")
     result = snakemake(tmp_path, "-n", "--quiet", "rules")
     jobs = planned_jobs(result.stdout)
-    # the signal study's 290 runs and underspecification's 5 seeds x 5 masking ratios
-    runs = len(study_runs(config)) + len(underspecification_runs(config))
-    assert len(study_runs(config)) == 290 and len(underspecification_runs(config)) == 25
+    # the signal study's 290 runs, underspecification's 5 seeds x 5 masking ratios and the
+    # background study's 5 seeds (which train 40k steps, so have their own checkpoints)
+    signal, masked = len(study_runs(config)), len(underspecification_runs(config))
+    background = len(background_runs(config))
+    assert (signal, masked, background) == (290, 25, 5)
+    runs = signal + masked + background
     assert jobs["render_training_set"] == runs
     assert jobs["train_vdm"] == runs
-    assert jobs["train_probe"] == 2  # one per study: each its own concepts
-    assert jobs["evaluate_checkpoint"] == runs * len(checkpoint_steps(config["training"]))
-    assert jobs["gather_run"] == runs and jobs["gather_study"] == 2 and jobs["fig_signal"] == 1
-    assert jobs["fig_underspec"] == 1
+    assert jobs["train_probe"] == 3  # one per study: each its own concepts
+    steps = len(checkpoint_steps(config["training"]))
+    background_steps = len(checkpoint_steps(study_training(config, "background")))
+    assert jobs["evaluate_checkpoint"] == (signal + masked) * steps + background * background_steps
+    assert jobs["gather_run"] == runs and jobs["gather_study"] == 3 and jobs["fig_signal"] == 1
+    assert jobs["fig_underspec"] == 1 and jobs["fig_background"] == 1
 
 
 def test_bad_config_stops_before_planning_and_names_the_key(tmp_path):

@@ -25,12 +25,19 @@ def _settings(text: str) -> dict:
         raise ConceptspaceError(f"--settings is not valid JSON: {err}")
 
 
+def _signal(args: argparse.Namespace):
+    """The run's signal level from --color-gap, --size-gap and --background-gap."""
+    from conceptspace.concepts import Signal
+
+    return Signal(args.color_gap, args.size_gap, args.background_gap or 0.0)
+
+
 def cmd_render(args: argparse.Namespace) -> None:
-    from conceptspace.concepts import Signal, layout_named
+    from conceptspace.concepts import layout_named
     from conceptspace.render import render_training_set, save_dataset
 
     settings = _settings(args.settings)
-    signal = Signal(args.color_gap, args.size_gap)
+    signal = _signal(args)
     dataset = render_training_set(
         settings["data"], signal, args.seed, layout_named(args.layout), args.mask_ratio or 0.0
     )
@@ -65,7 +72,8 @@ def cmd_probe(args: argparse.Namespace) -> None:
     from conceptspace.probe import train_probe
 
     settings = _settings(args.settings)
-    signals = [Signal(dc, ds) for dc, ds in settings["signals"]]
+    # a level is (color gap, size gap[, background gap])
+    signals = [Signal(*(float(gap) for gap in level)) for level in settings["signals"]]
     train_probe(
         settings["data"],
         settings["probe"],
@@ -97,7 +105,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from conceptspace.concepts import Signal
     from conceptspace.evaluate import evaluate_checkpoint
 
     settings = _settings(args.settings)
@@ -106,7 +113,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         args.probe,
         settings["evaluation"],
         settings["probe"]["min_accuracy"],
-        Signal(args.color_gap, args.size_gap),
+        _signal(args),
         args.seed,
         args.out,
         device=args.device,
@@ -116,14 +123,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from conceptspace.concepts import Signal, layout_named
+    from conceptspace.concepts import layout_named
     from conceptspace.evaluate import sample_checkpoints
 
     settings = _settings(args.settings)
     sample_checkpoints(
         args.checkpoints,
         settings["evaluation"],
-        Signal(args.color_gap, args.size_gap),
+        _signal(args),
         args.seed,
         args.samples,
         args.out,
@@ -180,7 +187,11 @@ def cmd_figure(args: argparse.Namespace) -> None:
         plot_underspec(study, samples, args.out, record=record)
         log.info("wrote %s", args.out)
         return
-    if args.name == "signal":
+    if args.name == "background":
+        from conceptspace.figures.background import plot_background
+
+        plot_background(study, args.out, record=record)
+    elif args.name == "signal":
         from conceptspace.figures.signal import plot_signal
 
         names = config["figures"]["signal"]
@@ -274,9 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
 
         p.add_argument("--layout", default="color_size", choices=list(LAYOUTS), help="concepts")
 
-    def mask_ratio_option(p: argparse.ArgumentParser) -> None:
+    def study_run_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--mask-ratio", type=float, default=None, help="underspecification: masked fraction"
+        )
+        p.add_argument(
+            "--background-gap", type=float, default=None, help="background study: gap db"
         )
 
     def compute(p: argparse.ArgumentParser) -> None:
@@ -289,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size-gap", type=float, required=True)
     p.add_argument("--seed", type=int, required=True)
     layout_option(p)
-    mask_ratio_option(p)
+    study_run_options(p)
     p.add_argument("--out", required=True)
 
     p = stage("celeba", cmd_celeba, "balanced CelebA set (torchvision layout) as a dataset")
@@ -343,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--color-gap", type=float, required=True)
     p.add_argument("--size-gap", type=float, required=True)
     p.add_argument("--seed", type=int, required=True)
-    mask_ratio_option(p)
+    study_run_options(p)
     p.add_argument("--out", required=True)
     compute(p)
 
@@ -354,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--samples", type=int, required=True, help="first N samples per condition")
     layout_option(p)
-    mask_ratio_option(p)
+    study_run_options(p)
     p.add_argument("--out", required=True, help="netCDF: images (step, method, prompt, ...)")
     p.add_argument("checkpoints", nargs="+", help="checkpoints of one run")
     compute(p)
@@ -376,7 +390,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("figure", cmd_figure, "draw one figure from a gathered dataset")
     p.add_argument(
-        "name", choices=["signal", "trajectories", "hidden", "patching", "sheet", "underspec"]
+        "name",
+        choices=[
+            "signal",
+            "trajectories",
+            "hidden",
+            "patching",
+            "sheet",
+            "underspec",
+            "background",
+        ],
     )
     p.add_argument("--settings", required=True, help="JSON: the whole resolved config")
     p.add_argument("--study", help="study dataset (every figure but sheet)")

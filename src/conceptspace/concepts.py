@@ -137,9 +137,13 @@ def class_index(name: str) -> int:
     return CLASSES.index(name)
 
 
-def run_id(color_gap: float, size_gap: float, seed: int) -> str:
-    """The name of one training run, also its folder: dc0.400_ds0.400_seed0."""
-    return f"dc{color_gap:.3f}_ds{size_gap:.3f}_seed{seed}"
+def run_id(
+    color_gap: float, size_gap: float, seed: int, background_gap: float | None = None
+) -> str:
+    """The name of one training run, also its folder: dc0.400_ds0.400_seed0; a run with
+    a background concept (2x2x2) adds its gap: dc0.400_ds0.400_db0.400_seed0."""
+    background = "" if background_gap is None else f"_db{background_gap:.3f}"
+    return f"dc{color_gap:.3f}_ds{size_gap:.3f}{background}_seed{seed}"
 
 
 @dataclass(frozen=True)

@@ -60,9 +60,51 @@ class MaskedRun:
         return f"p{self.mask_ratio:.3f}_seed{self.seed}"
 
 
+@dataclass(frozen=True, order=True)
+class BackgroundRun:
+    """One run of the 2x2x2 background study: a seed at the study's three gaps."""
+
+    seed: int
+    color_gap: float
+    size_gap: float
+    background_gap: float
+
+    @property
+    def signal(self) -> Signal:
+        return Signal(self.color_gap, self.size_gap, self.background_gap)
+
+    @property
+    def id(self) -> str:
+        return run_id(self.color_gap, self.size_gap, self.seed, self.background_gap)
+
+
+def study_section(config: dict, name: str) -> dict | None:
+    """config studies.<name>, or None when that study is off (null or absent)."""
+    return (config.get("studies") or {}).get(name) or None
+
+
+def study_training(config: dict, name: str) -> dict:
+    """The training section of a study's runs: ``training`` with the study's own
+    ``training`` overlay (e.g. the background study's 40k steps) laid over it."""
+    section = study_section(config, name) or {}
+    return merge(config["training"], section.get("training") or {})
+
+
+def background_runs(config: dict) -> list[BackgroundRun]:
+    """Every run of the background study: its seeds at one signal level (none when off)."""
+    study = study_section(config, "background")
+    if study is None:
+        return []
+    gaps = (float(study[key]) for key in ("color_gap", "size_gap", "background_gap"))
+    color_gap, size_gap, background_gap = gaps
+    return sorted(
+        BackgroundRun(int(seed), color_gap, size_gap, background_gap) for seed in study["seeds"]
+    )
+
+
 def underspecification(config: dict) -> dict | None:
     """The studies.underspecification section, or None when the study is off."""
-    return (config.get("studies") or {}).get("underspecification") or None
+    return study_section(config, "underspecification")
 
 
 def underspecification_runs(config: dict) -> list[MaskedRun]:
@@ -148,23 +190,11 @@ def _results_problems(results: str) -> Iterable[str]:
 
 
 def _cross_checks(config: dict) -> Iterable[str]:
-    training, checkpoints = config["training"], config["training"]["checkpoints"]
-    if checkpoints["first"] > checkpoints["last"]:
-        yield (
-            f"config key 'training.checkpoints.first' ({checkpoints['first']}) is after "
-            f"'training.checkpoints.last' ({checkpoints['last']}); make first <= last"
-        )
-    if checkpoints["last"] > training["steps"]:
-        yield (
-            f"config key 'training.checkpoints.last' ({checkpoints['last']}) is past the end of "
-            f"training ('training.steps' = {training['steps']}); make last <= steps"
-        )
-    span = checkpoints["last"] - checkpoints["first"] + 1
-    if checkpoints["count"] > span:
-        yield (
-            f"config key 'training.checkpoints.count' ({checkpoints['count']}) asks for more "
-            f"checkpoints than there are steps between first and last ({span})"
-        )
+    yield from _training_problems(config["training"], "training")
+    for name in ("background",):  # studies whose runs may train longer
+        section = study_section(config, name)
+        if section and section.get("training"):
+            yield from _training_problems(study_training(config, name), f"studies.{name}.training")
     model = config["model"]
     if model["gamma_min"] >= model["gamma_max"]:
         yield "config key 'model.gamma_min' must be below 'model.gamma_max'"
@@ -194,6 +224,7 @@ def _cross_checks(config: dict) -> Iterable[str]:
     yield from _evaluation_problems(config)
     yield from _signal_problems(config)
     yield from _underspecification_problems(config)
+    yield from _background_problems(config)
 
 
 def _signal_problems(config: dict) -> Iterable[str]:
@@ -233,6 +264,51 @@ def _signal_problems(config: dict) -> Iterable[str]:
                 f"config key 'figures.signal.{figure_key}': no sweep is named '{wanted}'; "
                 f"sweeps are: {', '.join(names)}"
             )
+
+
+def _training_problems(training: dict, key: str) -> Iterable[str]:
+    """Checkpoints within training; ``key`` names the section (a study's overlay)."""
+    checkpoints = training["checkpoints"]
+    if checkpoints["first"] > checkpoints["last"]:
+        yield (
+            f"config key '{key}.checkpoints.first' ({checkpoints['first']}) is after "
+            f"'{key}.checkpoints.last' ({checkpoints['last']}); make first <= last"
+        )
+    if checkpoints["last"] > training["steps"]:
+        yield (
+            f"config key '{key}.checkpoints.last' ({checkpoints['last']}) is past the end of "
+            f"training ('{key}.steps' = {training['steps']}); make last <= steps"
+        )
+    span = checkpoints["last"] - checkpoints["first"] + 1
+    if checkpoints["count"] > span:
+        yield (
+            f"config key '{key}.checkpoints.count' ({checkpoints['count']}) asks for more "
+            f"checkpoints than there are steps between first and last ({span})"
+        )
+
+
+def _background_problems(config: dict) -> Iterable[str]:
+    study = study_section(config, "background")
+    if study is None:
+        return
+    limits = (("color_gap", MAX_COLOR_GAP), ("size_gap", MAX_SIZE_GAP))
+    # grey 0.5 +- db/2, spread +- db/8: in [0, 1] up to the color gap's limit
+    for concept, limit in limits + (("background_gap", MAX_COLOR_GAP),):
+        if study[concept] > limit:
+            yield (
+                f"config key 'studies.background.{concept}': {study[concept]} is above "
+                f"{limit}, where training values would leave the image's range"
+            )
+        if round(study[concept], GAP_DECIMALS) != study[concept]:
+            yield (
+                f"config key 'studies.background.{concept}': {study[concept]} has more than "
+                f"{GAP_DECIMALS} decimals; round it (run ids print {GAP_DECIMALS})"
+            )
+    from conceptspace.methods import method_problems
+
+    steps = checkpoint_steps(study_training(config, "background"))
+    for problem in method_problems(config["evaluation"]["methods"], steps):
+        yield f"{problem} (of the background study's runs, studies.background.training)"
 
 
 def figure_level_problems(
@@ -286,7 +362,7 @@ def _evaluation_problems(config: dict) -> Iterable[str]:
 
 def signal_study(config: dict) -> dict | None:
     """The studies.signal section, or None when the signal study is off."""
-    return (config.get("studies") or {}).get("signal") or None
+    return study_section(config, "signal")
 
 
 def study_runs(config: dict) -> list[Run]:

@@ -6,10 +6,13 @@ from pathlib import Path
 import re
 
 from conceptspace.config import (
+    background_runs,
     checkpoint_steps,
     signal_levels,
     signal_study,
     study_runs,
+    study_section,
+    study_training,
     underspecification,
     underspecification_runs,
     validate_config,
@@ -34,18 +37,34 @@ STEPS = checkpoint_steps(config["training"])
 STUDY_DATASET = SIGNAL / "study.nc"
 
 # Studies run side by side, each under results/<study>/ with the same rules, each off when
-# set to null in config `studies`: signal (2x2 color x size, runs dc<gap>_ds<gap>_seed<seed>)
-# and underspecification (color x shape with prompt masking, runs p<ratio>_seed<seed>).
+# set to null in config `studies`: signal (2x2 color x size, runs dc<gap>_ds<gap>_seed<seed>),
+# underspecification (color x shape with prompt masking, runs p<ratio>_seed<seed>) and
+# background (2x2x2 color x size x background, runs dc<gap>_ds<gap>_db<gap>_seed<seed>).
 SIGNAL_STUDY = signal_study(config)
 UNDERSPECIFICATION = underspecification(config)
+BACKGROUND = study_section(config, "background")
 STUDY_RUN_IDS = {"signal": RUN_IDS} if SIGNAL_STUDY else {}
 STUDY_SEEDS = {"signal": SIGNAL_STUDY["seeds"]} if SIGNAL_STUDY else {}
 if UNDERSPECIFICATION:
     STUDY_SEEDS["underspecification"] = UNDERSPECIFICATION["seeds"]
     STUDY_RUN_IDS["underspecification"] = [run.id for run in underspecification_runs(config)]
-STUDY_LAYOUT = {"signal": "color_size", "underspecification": "color_shape"}
+if BACKGROUND:
+    STUDY_SEEDS["background"] = BACKGROUND["seeds"]
+    STUDY_RUN_IDS["background"] = [run.id for run in background_runs(config)]
+STUDY_LAYOUT = {
+    "signal": "color_size",
+    "underspecification": "color_shape",
+    "background": "color_size_background",
+}
 # The run coordinates that span each study's dataset (gather_study --grid).
-STUDY_GRID = {"signal": "seed color_gap size_gap", "underspecification": "seed mask_ratio"}
+STUDY_GRID = {
+    "signal": "seed color_gap size_gap",
+    "underspecification": "seed mask_ratio",
+    "background": "seed",
+}
+# Each study's training (a study may train longer: studies.<study>.training) and steps.
+STUDY_TRAINING = {study: study_training(config, study) for study in STUDY_RUN_IDS}
+STUDY_STEPS = {study: checkpoint_steps(STUDY_TRAINING[study]) for study in STUDY_RUN_IDS}
 STUDY_DATASETS = [RESULTS / study / "study.nc" for study in STUDY_RUN_IDS]
 # Claims 2-4: fig_hidden needs overprompting or latent intervention switched on, and
 # fig_patching a patching donor; figures whose methods are off are not built. The sample
@@ -66,8 +85,8 @@ FIGURES = [RESULTS / "figures" / f"fig_{name}.pdf" for name in FIGURE_NAMES]
 
 
 wildcard_constraints:
-    study="signal|underspecification",
-    run=r"dc\d+\.\d{3}_ds\d+\.\d{3}_seed\d+|p\d\.\d{3}_seed\d+",
+    study="signal|underspecification|background",
+    run=r"dc\d+\.\d{3}_ds\d+\.\d{3}(_db\d+\.\d{3})?_seed\d+|p\d\.\d{3}_seed\d+",
     step=r"\d{6}",
 
 
@@ -82,11 +101,15 @@ def study_run_ids(study):
 
 
 def run_fields(wildcards):
-    """Color gap, size gap, seed and (underspecification) mask ratio of the {run}."""
-    signal_run = re.fullmatch(r"dc([\d.]+)_ds([\d.]+)_seed(\d+)", wildcards.run)
-    if signal_run:
-        color_gap, size_gap, seed = signal_run.groups()
-        return {"color_gap": float(color_gap), "size_gap": float(size_gap), "seed": int(seed)}
+    """Color gap, size gap, seed, and the masking ratio (underspecification) or the
+    background gap (background) of the {run}."""
+    gaps_run = re.fullmatch(r"dc([\d.]+)_ds([\d.]+)(?:_db([\d.]+))?_seed(\d+)", wildcards.run)
+    if gaps_run:
+        color_gap, size_gap, background_gap, seed = gaps_run.groups()
+        fields = {"color_gap": float(color_gap), "size_gap": float(size_gap), "seed": int(seed)}
+        if background_gap is not None:
+            fields["background_gap"] = float(background_gap)
+        return fields
     mask_ratio, seed = re.fullmatch(r"p([\d.]+)_seed(\d+)", wildcards.run).groups()
     return {
         "color_gap": UNDERSPECIFICATION["color_gap"],
@@ -97,19 +120,25 @@ def run_fields(wildcards):
 
 
 def run_args(wildcards):
-    """The run's command-line options: gaps, seed, and its masking ratio if it has one."""
+    """The run's command-line options: gaps, seed, and its masking ratio or background
+    gap if it has one."""
     fields = run_fields(wildcards)
     args = f"--color-gap {fields['color_gap']} --size-gap {fields['size_gap']}"
     args += f" --seed {fields['seed']}"
     if "mask_ratio" in fields:
         args += f" --mask-ratio {fields['mask_ratio']}"
+    if "background_gap" in fields:
+        args += f" --background-gap {fields['background_gap']}"
     return args
 
 
 def study_signal_levels(study):
-    """The (color gap, size gap) levels of a study (its probe pools them)."""
+    """The signal levels of a study, (color gap, size gap[, background gap]): its probe
+    pools them."""
     if study == "signal":
         return signal_levels(config)
+    if study == "background":
+        return [[BACKGROUND[key] for key in ("color_gap", "size_gap", "background_gap")]]
     return [(UNDERSPECIFICATION["color_gap"], UNDERSPECIFICATION["size_gap"])]
 
 
@@ -130,4 +159,4 @@ def sampled_steps(wildcards):
 
     if wildcards.study == "signal":
         return sample_sheet_steps(config["figures"]["sample_sheet"], STEPS)
-    return STEPS[-1:]
+    return STUDY_STEPS[wildcards.study][-1:]

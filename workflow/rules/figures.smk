@@ -107,3 +107,29 @@ if UNDERSPECIFICATION:
             "python -m conceptspace figure underspec --settings {params.settings:q}"
             " --study {input.study:q} --samples-of {input.samples:q} --out {output.pdf:q}"
             " > {log:q} 2>&1"
+
+
+# The 2x2x2 study (studies.background): every class's path in the three-concept space
+# (three 2-d views of the cube) and the unseen classes' accuracy.
+if BACKGROUND:
+    FIGURES.append(RESULTS / "figures" / "fig_background.pdf")
+
+    rule fig_background:
+        input:
+            RESULTS / "background" / "study.nc",
+        output:
+            pdf=RESULTS / "figures" / "fig_background.pdf",
+            png=report(
+                RESULTS / "figures" / "fig_background.png",
+                caption="../report/fig_background.rst",
+                category="Figures",
+            ),
+        log:
+            LOGS / "figures" / "fig_background.log",
+        conda:
+            ENV
+        params:
+            settings=json.dumps(config, sort_keys=True),
+        shell:
+            "python -m conceptspace figure background --settings {params.settings:q}"
+            " --study {input:q} --out {output.pdf:q} > {log:q} 2>&1"

@@ -5,8 +5,9 @@
 
 rule gather_run:
     input:
-        expand(
-            RESULTS / "{{study}}" / "runs" / "{{run}}" / "eval" / "step_{step:06d}.nc", step=STEPS
+        lambda wildcards: expand(
+            RESULTS / wildcards.study / "runs" / wildcards.run / "eval" / "step_{step:06d}.nc",
+            step=STUDY_STEPS[wildcards.study],
         ),
     output:
         RESULTS / "{study}" / "runs" / "{run}" / "trajectory.nc",

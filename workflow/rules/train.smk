@@ -15,7 +15,7 @@ rule train_vdm:
         ENV
     threads: threads_for("train")
     params:
-        settings=settings("model", "training"),
+        settings=lambda wildcards: settings("model", training=STUDY_TRAINING[wildcards.study]),
         fields=run_fields,
         run_dir=lambda wildcards: RESULTS / wildcards.study / "runs" / wildcards.run,
         device=config["compute"]["device"],
