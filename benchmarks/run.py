@@ -341,6 +341,9 @@ def evaluation_cases(args, workdir: Path, devices: list[str]) -> list[dict]:
                 "kind": "evaluate",
                 "model_name": name,
                 **setup,
+                # the study's evaluation (config.yaml) whatever the model: 32 samples per
+                # prompt, every method, the configured sampler steps
+                "evaluation": load_config()["evaluation"],
                 "dataset": str(dataset),
                 "device": device,
                 "threads": args.threads,
@@ -442,7 +445,7 @@ def summarize(report: dict) -> str:
             compile_s = f" (compile ~{r['compile_s_estimate']:.0f} s)" if r.get("compile") else ""
             lines.append(
                 f"| {r['name']}{compile_s} | {r['images_per_s']:.1f} | {r['steps_per_s']:.3f} "
-                f"| {ratio} | {minutes:.0f} | {r['peak_rss_mb']:.0f} "
+                f"| {ratio} | {minutes:.1f} | {r['peak_rss_mb']:.0f} "
                 f"| {_load(r['load_average']['before'][:1])}/"
                 f"{_load(r['load_average']['after'][:1])} |"
             )
