@@ -75,12 +75,20 @@ def test_smoke_run_leaves_the_study_dataset(smoke_run):
     workdir, config = smoke_run
     steps = checkpoint_steps(config["training"])
     with xr.open_dataset(workdir / "results" / "signal" / "study.nc") as study:
+        # smoke: 2 overprompts, 2 intervention alphas, the final donor, and the two best-ofs
+        methods = ["naive", "overprompt_0", "overprompt_1", "intervention_0", "intervention_1"]
+        methods += ["patched_final", "overprompt", "intervention"]
         assert dict(study.sizes) == {
-            "seed": 2, "color_gap": 2, "size_gap": 2, "step": len(steps), "prompt": 4, "concept": 2
+            "seed": 2, "color_gap": 2, "size_gap": 2, "step": len(steps), "method": len(methods),
+            "prompt": 4, "concept": 2,
         }  # fmt: skip
+        assert sorted(study["method"].values) == sorted(methods)
         assert list(study["step"].values) == steps
         assert list(study["prompt"].values) == ["00", "01", "10", "11"]
-        prob = study["concept_prob"]
+        # Individual overprompts and alphas act on the unseen class only: NaN elsewhere.
+        lone = study["concept_prob"].sel({"method": "overprompt_0"})
+        assert bool(lone.sel(prompt=["00", "01", "10"]).isnull().all())
+        prob = study["concept_prob"].sel({"method": "naive"})
         # Three signal levels of the 2x2 grid were run, for both seeds: 6 of 8 cells.
         ran = prob.notnull().all(["step", "prompt", "concept"])
         assert int(ran.sum()) == 6
@@ -88,9 +96,10 @@ def test_smoke_run_leaves_the_study_dataset(smoke_run):
         values = prob.values[np.isfinite(prob.values)]
         assert values.min() >= 0 and values.max() <= 1
         accuracy = study["accuracy"].values
-        product = prob.prod("concept", skipna=False).values
+        product = study["concept_prob"].prod("concept", skipna=False).values
+        np.testing.assert_array_equal(np.isfinite(accuracy), np.isfinite(product))
         np.testing.assert_allclose(accuracy[np.isfinite(accuracy)], product[np.isfinite(product)])
-        assert study["learning_time"].dims == ("seed", "color_gap", "size_gap")
+        assert study["learning_time"].dims == ("seed", "color_gap", "size_gap", "method")
         assert "units" in study["step"].attrs
         assert json.loads(study.attrs["config"])["training"]["steps"] == 60
 
