@@ -48,9 +48,10 @@ PROFILE = REPO / "workflow" / "profiles" / "slurm"
 REQUIRED = os.environ.get("CONCEPTSPACE_REQUIRE_SLURM") == "1"
 KEEP = os.environ.get("CONCEPTSPACE_SLURM_KEEP") == "1"
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "slurmdbd", "mariadbd", "sbatch")
-GPU_RULES = ("train_vdm", "train_probe", "evaluate_checkpoint")
+GPU_RULES = ("train_vdm", "train_probe", "evaluate_checkpoint", "sample_images")
 RULES = ("render_training_set", "train_vdm", "train_probe", "evaluate_checkpoint", "gather_run",
-         "gather_study", "fig_signal")  # fmt: skip
+         "gather_study", "sample_images", "sample_sheet", "claims", "fig_signal",
+         "fig_trajectories", "fig_hidden", "fig_patching", "fig_underspec")  # fmt: skip
 SNAKEMAKE_LIMIT_S = 600  # a hung snakemake ignores SIGTERM: timeout -k kills it
 RUN = r"dc\d+\.\d{3}_ds\d+\.\d{3}_seed\d+|p\d\.\d{3}_seed\d+"  # signal | underspecification
 SMOKE_CONFIG = load_config(REPO / "config.yaml", SMOKE)
@@ -378,6 +379,9 @@ def test_every_rule_ran_as_a_slurm_job(cluster, runs):
     expected |= {"train_probe": 2, "gather_run": len(SMOKE_RUNS), "gather_study": 2}  # 2 studies
     expected |= {"fig_underspec": 1}
     expected |= {"fig_signal": 1, "evaluate_checkpoint": len(SMOKE_RUNS)}  # a bundle per run
+    # The sample sheet's run (signal) and the blue-triangle samples of each masking ratio.
+    expected |= {"sample_images": 3, "sample_sheet": 1, "claims": 1}
+    expected |= {"fig_trajectories": 1, "fig_hidden": 1, "fig_patching": 1}
     assert {rule: len(rows) for rule, rows in jobs.items()} == expected
     for rule, rows in jobs.items():
         for row in rows:
