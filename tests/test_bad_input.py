@@ -329,3 +329,21 @@ def test_masking_ratio_outside_0_1_is_named_with_the_fix(paper, ratio):
     # and the renderer, called directly, refuses it too
     with pytest.raises(ConceptspaceError, match=r"outside \[0, 1\]"):
         render_training_set(DATA, Signal(0.4, 0.4), 0, COLOR_SHAPE, ratio)
+
+
+def test_celeba_study_without_its_folder_stops_before_planning(paper, tmp_path):
+    """studies.celeba on (a root) with a folder torchvision cannot load: the config check
+    names the key and every file torchvision expects where, before any job is planned."""
+    root = tmp_path / "faces"
+    (root / "celeba" / "img_align_celeba").mkdir(parents=True)  # images, no text files
+    message = rejected(changed(paper, ("studies", "celeba", "root"), str(root)))
+    assert f"studies.celeba.root' ({root})" in message
+    for name in ("list_eval_partition.txt", "list_attr_celeba.txt", "identity_CelebA.txt"):
+        assert str(root / "celeba" / name) in message
+    overlay = tmp_path / "celeba.yaml"
+    overlay.write_text(f"studies:\n  celeba:\n    root: {root / 'missing'}\n")
+    result = snakemake(tmp_path, "-n", configs=(REPO / "config.yaml", overlay), check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "does not exist" in output
+    assert "img_align_celeba" in output and "list_bbox_celeba.txt" in output
+    assert "Job stats" not in output  # stopped before planning

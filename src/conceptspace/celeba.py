@@ -55,13 +55,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from conceptspace.concepts import CLASSES, class_digits, class_index
+from conceptspace.concepts import CLASSES, celeba_layout, class_digits, class_index, layout_attrs
 from conceptspace.io import ConceptspaceError, eta, provenance
 from conceptspace.render import IMAGE_ENCODING, RenderedSet, _validation_flags
 
 log = logging.getLogger(__name__)
 
-ROOT_KEY = "data.celeba.root"  # the config key named in messages
+ROOT_KEY = "studies.celeba.root"  # the config key named in messages
 BASE_FOLDER = "celeba"  # torchvision's CelebA.base_folder
 IMAGE_FOLDER = "img_align_celeba"
 DEFAULT_ATTRIBUTES = ("Male", "Wearing_Hat")
@@ -395,6 +395,7 @@ def prepare_celeba(
         "h_layout": h_layout(attributes),
         "available": available,
         "image_encoding": IMAGE_ENCODING,
+        **layout_attrs(celeba_layout(tuple(attributes), unseen)),  # probes and evaluation
         "provenance": provenance({"celeba": settings}, seed),
     }
     return RenderedSet(arrays, metadata)

@@ -29,7 +29,9 @@ def _signal(args: argparse.Namespace):
     """The run's signal level from --color-gap, --size-gap and --background-gap."""
     from conceptspace.concepts import Signal
 
-    return Signal(args.color_gap, args.size_gap, args.background_gap or 0.0)
+    # CelebA runs have no signal level: their gaps stay 0 (evaluation checks the layout)
+    gaps = (args.color_gap, args.size_gap, args.background_gap)
+    return Signal(*(gap or 0.0 for gap in gaps))
 
 
 def cmd_render(args: argparse.Namespace) -> None:
@@ -72,6 +74,8 @@ def cmd_probe(args: argparse.Namespace) -> None:
     from conceptspace.probe import train_probe
 
     settings = _settings(args.settings)
+    if args.layout == "celeba" and not args.data:
+        raise ConceptspaceError("the celeba probe trains on a prepared set: pass --data PATH")
     # a level is (color gap, size gap[, background gap])
     signals = [Signal(*(float(gap) for gap in level)) for level in settings["signals"]]
     train_probe(
@@ -83,7 +87,9 @@ def cmd_probe(args: argparse.Namespace) -> None:
         args.metrics,
         device=args.device,
         threads=args.threads,
-        layout=layout_named(args.layout),
+        # a prepared probe set (CelebA) carries its own layout
+        layout=layout_named(None if args.data else args.layout),
+        dataset_path=args.data,
     )
 
 
@@ -187,7 +193,11 @@ def cmd_figure(args: argparse.Namespace) -> None:
         plot_underspec(study, samples, args.out, record=record)
         log.info("wrote %s", args.out)
         return
-    if args.name == "background":
+    if args.name == "celeba":
+        from conceptspace.figures.celeba import plot_celeba
+
+        plot_celeba(study, args.out, record=record)
+    elif args.name == "background":
         from conceptspace.figures.background import plot_background
 
         plot_background(study, args.out, record=record)
@@ -280,10 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    def layout_option(p: argparse.ArgumentParser) -> None:
+    def layout_option(p: argparse.ArgumentParser, *extra: str) -> None:
         from conceptspace.concepts import LAYOUTS
 
-        p.add_argument("--layout", default="color_size", choices=list(LAYOUTS), help="concepts")
+        choices = list(LAYOUTS) + list(extra)
+        p.add_argument("--layout", default="color_size", choices=choices, help="concepts")
 
     def study_run_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -307,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
 
     p = stage("celeba", cmd_celeba, "balanced CelebA set (torchvision layout) as a dataset")
-    p.add_argument("--root", required=True, help="the folder holding celeba/ (data.celeba.root)")
+    p.add_argument("--root", required=True, help="the folder holding celeba/ (studies.celeba.root)")
     p.add_argument("--attributes", nargs=2, default=["Male", "Wearing_Hat"], metavar="NAME")
     p.add_argument(
         "--held-out",
@@ -335,7 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("probe", cmd_probe, "train the concept classifier")
     p.add_argument("--settings", required=True, help="JSON: 'data', 'probe', 'signals'")
-    layout_option(p)
+    layout_option(p, "celeba")  # celeba: the layout of --data
+    p.add_argument(
+        "--data", default=None, help="a prepared probe set with every class (CelebA) to train on"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--metrics", required=True)
@@ -354,8 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", required=True, help="JSON: 'evaluation', 'probe'")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--probe", required=True)
-    p.add_argument("--color-gap", type=float, required=True)
-    p.add_argument("--size-gap", type=float, required=True)
+    p.add_argument("--color-gap", type=float, help="the run's gaps (none for CelebA)")
+    p.add_argument("--size-gap", type=float)
     p.add_argument("--seed", type=int, required=True)
     study_run_options(p)
     p.add_argument("--out", required=True)
@@ -363,8 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("sample", cmd_sample, "images of every method and prompt, as evaluated")
     p.add_argument("--settings", required=True, help="JSON: 'evaluation'")
-    p.add_argument("--color-gap", type=float, required=True)
-    p.add_argument("--size-gap", type=float, required=True)
+    p.add_argument("--color-gap", type=float, help="the run's gaps (none for CelebA)")
+    p.add_argument("--size-gap", type=float)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--samples", type=int, required=True, help="first N samples per condition")
     layout_option(p)
@@ -399,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
             "sheet",
             "underspec",
             "background",
+            "celeba",
         ],
     )
     p.add_argument("--settings", required=True, help="JSON: the whole resolved config")

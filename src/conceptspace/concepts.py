@@ -26,6 +26,10 @@ trained and which unseen, and its h (each concept's slots, in concept order):
                            0.5 +- db/2); train 000 001 010 100, unseen 011 101 110 111;
                            h = (r, g, b, size, background grey level).
 
+    celeba                 two CelebA attributes (``celeba_layout``; default Male x
+                           Wearing_Hat), h one-hot per attribute, the held-out class
+                           (default 01, female with hat) unseen.
+
 Masking [inferred]: a masked concept's slots of h hold ``MASK_VALUE`` = -1, a value no
 real concept value takes (colors, radii, shapes and grey levels are all >= 0), so the
 model can tell "color not given" apart from every real color.
@@ -34,7 +38,9 @@ model can tell "color not given" apart from every real color.
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -150,13 +156,45 @@ def run_id(
 class Layout:
     """Concepts, classes and the h of one study (see the module notes).
 
-    ``masked`` is (class, concept) of the layout's prompt masking, or None.
+    ``masked`` is (class, concept) of the layout's prompt masking, or None. ``one_hot``:
+    h holds each concept one-hot, (not c, c), whatever the signal (CelebA's attributes,
+    ``celeba_layout``); the concepts are then free names (the attributes).
     """
 
     name: str
     concepts: tuple[str, ...]
     training_classes: tuple[str, ...]
     masked: tuple[str, str] | None = None
+    one_hot: bool = False
+
+    def concept_slots(self, concept: str) -> tuple[str, ...]:
+        """The names of a concept's slots in h."""
+        return (f"not_{concept}", concept) if self.one_hot else CONCEPT_SLOTS[concept]
+
+    def record(self) -> dict:
+        """What rebuilds the layout (``layout_named``): stored in datasets and probes."""
+        return {
+            "name": self.name,
+            "concepts": list(self.concepts),
+            "training_classes": list(self.training_classes),
+            "one_hot": self.one_hot,
+        }
+
+    def intervention_h(self) -> tuple[np.ndarray, np.ndarray]:
+        """(amplified h, removed h) of the linear latent intervention of a one-hot layout
+        with two concepts and one unseen class [inferred; the paper's CelebA runs give
+        none]: the 2x2's rule, amplify concept 1 at the unseen class's value (blue) and
+        remove concept 2 at the other value (large), on one-hot h. For the held-out
+        female with hat (Male 0, Wearing_Hat 1): amplify "female" (1, 0, 0, 0), against
+        the pull to male with hat, and remove "no hat" (0, 0, 1, 0), against female
+        without hat: the two training classes it differs from in one attribute."""
+        if not self.one_hot or len(self.concepts) != 2 or len(self.unseen_classes) != 1:
+            raise ValueError(f"layout {self.name} has no one-hot intervention")
+        first, second = self.digits(self.unseen_classes[0])
+        amplified, removed = np.zeros(self.h_dim, np.float32), np.zeros(self.h_dim, np.float32)
+        amplified[self.slots(self.concepts[0])] = np.eye(2)[first]
+        removed[self.slots(self.concepts[1])] = np.eye(2)[1 - second]
+        return amplified, removed
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -169,7 +207,7 @@ class Layout:
 
     @property
     def h_layout(self) -> tuple[str, ...]:
-        return tuple(slot for concept in self.concepts for slot in CONCEPT_SLOTS[concept])
+        return tuple(slot for concept in self.concepts for slot in self.concept_slots(concept))
 
     @property
     def h_dim(self) -> int:
@@ -180,8 +218,8 @@ class Layout:
         start = 0
         for name in self.concepts:
             if name == concept:
-                return slice(start, start + len(CONCEPT_SLOTS[name]))
-            start += len(CONCEPT_SLOTS[name])
+                return slice(start, start + len(self.concept_slots(name)))
+            start += len(self.concept_slots(name))
         raise ValueError(f"layout {self.name} has no concept {concept!r}")
 
     def digits(self, name: str) -> tuple[int, ...]:
@@ -196,13 +234,19 @@ class Layout:
         return self.classes.index(name)
 
     def class_h(self, name: str, signal: Signal) -> np.ndarray:
-        """The prompt h of a class: its concepts' means, float32."""
+        """The prompt h of a class: its concepts' means (one-hot: its digits one-hot),
+        float32."""
+        if self.one_hot:
+            return np.concatenate([np.eye(2)[d] for d in self.digits(name)]).astype(np.float32)
         parts = [signal.concept_mean(c, v) for c, v in zip(self.concepts, self.digits(name))]
         return np.concatenate(parts).astype(np.float32)
 
     def label(self, name: str) -> str:
-        """Readable name of a class: 'blue triangle'."""
-        return " ".join(CONCEPT_VALUES[c][v] for c, v in zip(self.concepts, self.digits(name)))
+        """Readable name of a class: 'blue triangle' (one-hot: 'not Male, Wearing_Hat')."""
+        pairs = zip(self.concepts, self.digits(name))
+        if self.one_hot:
+            return ", ".join(c if v else f"not {c}" for c, v in pairs)
+        return " ".join(CONCEPT_VALUES[c][v] for c, v in pairs)
 
 
 COLOR_SIZE = Layout("color_size", CONCEPTS, TRAINING_CLASSES)
@@ -213,10 +257,47 @@ COLOR_SIZE_BACKGROUND = Layout(
 LAYOUTS = {layout.name: layout for layout in (COLOR_SIZE, COLOR_SHAPE, COLOR_SIZE_BACKGROUND)}
 
 
-def layout_named(name: str | None) -> Layout:
-    """The layout of that name; None (files from before layouts existed) is the 2x2."""
+def celeba_layout(attributes: tuple[str, ...], held_out: str) -> Layout:
+    """CelebA's layout: two attributes as concepts (digit 1 = present), h one-hot
+    (1 - a1, a1, 1 - a2, a2), every class but ``held_out`` trained."""
+    if held_out not in CLASSES:
+        raise ValueError(f"held-out class {held_out!r} is not one of {', '.join(CLASSES)}")
+    training = tuple(c for c in CLASSES if c != held_out)
+    return Layout("celeba", tuple(attributes), training, one_hot=True)
+
+
+def layout_named(name: str | dict | None) -> Layout:
+    """The layout of that name, or rebuilt from its ``Layout.record()``; None (files from
+    before layouts existed) is the 2x2."""
     if name is None:
         return COLOR_SIZE
+    if isinstance(name, dict):
+        if name["name"] in LAYOUTS:
+            return LAYOUTS[name["name"]]
+        return Layout(
+            str(name["name"]),
+            tuple(name["concepts"]),
+            tuple(name["training_classes"]),
+            one_hot=bool(name.get("one_hot", False)),
+        )
     if name not in LAYOUTS:
         raise ValueError(f"unknown concept layout {name!r}; layouts are {', '.join(LAYOUTS)}")
     return LAYOUTS[name]
+
+
+def layout_attrs(layout: Layout) -> dict[str, Any]:
+    """How a file names its layout: ``layout`` (its name) and, for a layout built from the
+    config (CelebA's attributes), ``layout_record`` (``Layout.record()``)."""
+    attrs: dict[str, Any] = {"layout": layout.name}
+    if layout.name not in LAYOUTS:
+        attrs["layout_record"] = layout.record()
+    return attrs
+
+
+def layout_from_attrs(attrs: Mapping[str, Any]) -> Layout:
+    """The layout named by ``layout_attrs`` in a file's attributes or metadata (the record
+    may be a JSON string, as netCDF stores it); no layout: the 2x2."""
+    record = attrs.get("layout_record")
+    if record is not None:
+        return layout_named(json.loads(record) if isinstance(record, str) else dict(record))
+    return layout_named(attrs.get("layout"))

@@ -102,6 +102,28 @@ def background_runs(config: dict) -> list[BackgroundRun]:
     )
 
 
+def celeba_study(config: dict) -> dict | None:
+    """The studies.celeba section when the study is on (a root is set), else None."""
+    study = study_section(config, "celeba")
+    return study if study and study.get("root") else None
+
+
+@dataclass(frozen=True, order=True)
+class CelebaRun:
+    """One run of the CelebA study: a seed (the data are the config's)."""
+
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"seed{self.seed}"
+
+
+def celeba_runs(config: dict) -> list[CelebaRun]:
+    study = celeba_study(config)
+    return sorted(CelebaRun(int(seed)) for seed in study["seeds"]) if study else []
+
+
 def underspecification(config: dict) -> dict | None:
     """The studies.underspecification section, or None when the study is off."""
     return study_section(config, "underspecification")
@@ -191,7 +213,7 @@ def _results_problems(results: str) -> Iterable[str]:
 
 def _cross_checks(config: dict) -> Iterable[str]:
     yield from _training_problems(config["training"], "training")
-    for name in ("background",):  # studies whose runs may train longer
+    for name in ("background", "celeba"):  # studies whose runs may train longer
         section = study_section(config, name)
         if section and section.get("training"):
             yield from _training_problems(study_training(config, name), f"studies.{name}.training")
@@ -225,6 +247,7 @@ def _cross_checks(config: dict) -> Iterable[str]:
     yield from _signal_problems(config)
     yield from _underspecification_problems(config)
     yield from _background_problems(config)
+    yield from _celeba_problems(config)
 
 
 def _signal_problems(config: dict) -> Iterable[str]:
@@ -309,6 +332,28 @@ def _background_problems(config: dict) -> Iterable[str]:
     steps = checkpoint_steps(study_training(config, "background"))
     for problem in method_problems(config["evaluation"]["methods"], steps):
         yield f"{problem} (of the background study's runs, studies.background.training)"
+
+
+def _celeba_problems(config: dict) -> Iterable[str]:
+    """CelebA's folder must be there and loadable, said before planning (not by the first
+    job), with the files torchvision expects; its image size must suit the networks."""
+    study = celeba_study(config)
+    if study is None:
+        return
+    from conceptspace.celeba import check_celeba_dir
+
+    try:
+        check_celeba_dir(study["root"], bool(study["verify_md5"]))
+    except ConceptspaceError as err:
+        yield f"config key 'studies.celeba.root' ({study['root']}): {err}"
+    for section in ("model", "probe"):
+        downsamplings = len(config[section]["channels"]) - 1
+        if study["image_size"] % 2**downsamplings:
+            yield (
+                f"config key 'studies.celeba.image_size' ({study['image_size']}) must be "
+                f"divisible by 2^{downsamplings} for the {downsamplings + 1} levels of "
+                f"'{section}.channels'"
+            )
 
 
 def figure_level_problems(

@@ -44,10 +44,11 @@ import numpy as np
 import torch
 import xarray as xr
 
-from conceptspace.concepts import COLOR_SIZE, Layout, Signal, layout_named
+from conceptspace.concepts import COLOR_SIZE, Layout, Signal, layout_attrs
 from conceptspace.io import ConceptspaceError, config_hash, eta, provenance
 from conceptspace.methods import Method, build_methods, method_problems
 from conceptspace.trajectories import (
+    missing_run_attrs,
     COORD_ATTRS,
     P_TARGET_ATTRS,
     method_coords,
@@ -120,6 +121,14 @@ def intervention_directions(methods_cfg: Mapping[str, Any]) -> tuple[torch.Tenso
     size_h = torch.zeros(SIZE_INDEX + 1)
     size_h[SIZE_INDEX] = float(cfg["size_direction"])
     return color_h, size_h
+
+
+def _directions(methods_cfg: Mapping[str, Any], layout: Layout) -> tuple[torch.Tensor, ...]:
+    """The intervention's (amplified, removed) h: the config's for the 2x2, the layout's
+    own for a one-hot layout (CelebA)."""
+    if layout.one_hot:
+        return tuple(torch.from_numpy(h) for h in layout.intervention_h())
+    return intervention_directions(methods_cfg)
 
 
 def condition_embeddings(
@@ -344,7 +353,7 @@ def prepare_checkpoint(
         methods,
         conditions_of(methods, layout),
         donors,
-        intervention_directions(methods_cfg),
+        _directions(methods_cfg, layout),
     )
 
 
@@ -368,8 +377,9 @@ def write_evaluation(
 ) -> None:
     """Write one checkpoint's evaluation as netCDF: ``p_target`` (method, prompt, concept,
     sample), NaN where a method is not applied to a prompt, with its coordinates (method
-    with method_kind and method_setting); ``attrs`` (which must hold step, seed, color_gap
-    and size_gap) become global attributes, non-scalars as JSON strings."""
+    with method_kind and method_setting); ``attrs`` (which must hold step, seed, and
+    color_gap and size_gap but for CelebA) become global attributes, non-scalars as JSON
+    strings."""
     p_target = np.asarray(p_target, dtype=np.float32)
     expected = (len(methods), len(prompts), len(concepts))
     if p_target.ndim != 4 or p_target.shape[:3] != expected:
@@ -377,7 +387,7 @@ def write_evaluation(
             f"p_target must be (method, prompt, concept, sample) = ({', '.join(map(str, expected))}"
             f", n); got {p_target.shape}"
         )
-    missing = [key for key in ("step", "seed", "color_gap", "size_gap") if key not in attrs]
+    missing = missing_run_attrs(attrs)
     if missing:
         raise ValueError(f"evaluation attrs lack {', '.join(missing)}")
     ds = xr.Dataset(
@@ -427,9 +437,13 @@ def _run_attrs(
     return {
         "step": prepared.step,
         "seed": int(seed),
-        "color_gap": float(signal.color_gap),
-        "size_gap": float(signal.size_gap),
-        "layout": layout.name,
+        # a one-hot layout (CelebA) has no signal level
+        **(
+            {}
+            if layout.one_hot
+            else {"color_gap": float(signal.color_gap), "size_gap": float(signal.size_gap)}
+        ),
+        **layout_attrs(layout),
         **(
             {"background_gap": float(signal.background_gap)}
             if "background" in layout.concepts
@@ -483,7 +497,12 @@ def evaluate_checkpoint(
     samples_per_prompt, sampler_steps, batch_size = _sampling_settings(evaluation_cfg)
 
     probe = load_probe(probe_path, min_accuracy, device)
-    layout = layout_named(getattr(probe, "layout", None))  # probes before layouts: 2x2
+    layout = getattr(probe, "layout", COLOR_SIZE)  # probes before layouts: the 2x2
+    if not layout.one_hot and min(signal.color_gap, signal.size_gap) <= 0:
+        raise ConceptspaceError(
+            f"the {layout.name} layout prompts class means at the run's gaps, but no color or "
+            "size gap was given; pass the run's --color-gap and --size-gap"
+        )
     prepared = prepare_checkpoint(
         checkpoint_path, evaluation_cfg["methods"], signal, seed, device, layout
     )

@@ -16,8 +16,9 @@ One evaluation scores several *methods*; each is a named variant with a kind:
 Layouts (``concepts.Layout``): naive prompting and patching prompt every class of the
 layout; overprompts (blue colors) apply to its unseen classes whose color is blue (2x2
 and color_shape: 11); the latent intervention, whose directions are the 2x2's blue
-color and large size slots, applies to the color_size layout only and is absent from
-other layouts' evaluations.
+color and large size slots, applies to the color_size layout and, with directions of
+its own (``concepts.Layout.intervention_h``), to one-hot layouts (CelebA); it is absent
+from other layouts' evaluations.
 
 Method names, and the order overprompts and alphas appear in the config, are the
 contract with the gathered datasets (docs/architecture.md). An empty list switches a
@@ -63,9 +64,20 @@ def donor_name(donor: str | int) -> str:
 
 
 def overprompted_classes(layout: Layout) -> tuple[str, ...]:
-    """The unseen classes whose color is blue: those a blue overprompt pushes further."""
+    """The unseen classes whose color is blue: those a blue overprompt pushes further
+    (none in a layout without color, e.g. CelebA's)."""
+    if "color" not in layout.concepts:
+        return ()
     color = layout.concepts.index("color")
     return tuple(c for c in layout.unseen_classes if layout.digits(c)[color] == 1)
+
+
+def has_intervention(layout: Layout) -> bool:
+    """The latent intervention is defined for the 2x2 (the config's color and size
+    directions) and for one-hot layouts of two concepts (``Layout.intervention_h``)."""
+    return layout is COLOR_SIZE or (
+        layout.one_hot and len(layout.concepts) == 2 and len(layout.unseen_classes) == 1
+    )
 
 
 def build_methods(
@@ -85,7 +97,7 @@ def build_methods(
         methods.append(Method(f"overprompt_{i}", "overprompt", setting, overprompted, rgb))
     intervention = methods_cfg["intervention"]
     beta = float(intervention["beta"])
-    alphas = intervention["alphas"] if layout is COLOR_SIZE else []
+    alphas = intervention["alphas"] if has_intervention(layout) else []
     for i, alpha in enumerate(alphas):
         setting = f"alpha={float(alpha):g} beta={beta:g}"
         methods.append(

@@ -23,7 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conceptspace.concepts import COLOR_SIZE, CONCEPTS, Layout, Signal
+from conceptspace.concepts import (
+    COLOR_SIZE,
+    CONCEPTS,
+    Layout,
+    Signal,
+    layout_attrs,
+    layout_from_attrs,
+)
 from conceptspace.io import (
     DAMAGED_TORCH_FILE_ERRORS,
     ConceptspaceError,
@@ -32,7 +39,7 @@ from conceptspace.io import (
     provenance,
     write_json,
 )
-from conceptspace.render import concept_labels, render_probe_set
+from conceptspace.render import concept_labels, load_dataset, render_probe_set
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +182,12 @@ def train_probe(
     device: str | torch.device = "cpu",
     threads: int | None = None,
     layout: Layout = COLOR_SIZE,
+    dataset_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Render the pooled probe set of ``layout``'s classes, train the probe (a head per
-    concept), save it and its metrics.
+    concept), save it and its metrics. With ``dataset_path`` the probe set is that file
+    instead (a prepared CelebA probe set with every class, ``celeba.prepare_celeba(...,
+    include_held_out=True)``): its images, its validation split and its layout.
 
     Writes ``out_path`` (torch checkpoint: state_dict, config, accuracy, provenance) and
     ``metrics_path`` (JSON: held-out accuracy per concept, counts, provenance). Returns
@@ -191,14 +201,27 @@ def train_probe(
     steps = int(probe_cfg["steps"])
     batch_size = int(probe_cfg["batch_size"])
 
-    rendered = render_probe_set(
-        data_cfg,
-        signals,
-        int(probe_cfg["images_per_class"]),
-        seed,
-        validation_fraction=float(probe_cfg["validation_fraction"]),
-        layout=layout,
-    )
+    if dataset_path is None:
+        rendered = render_probe_set(
+            data_cfg,
+            signals,
+            int(probe_cfg["images_per_class"]),
+            seed,
+            validation_fraction=float(probe_cfg["validation_fraction"]),
+            layout=layout,
+        )
+        source: dict[str, Any] = {}
+    else:
+        rendered, metadata = load_dataset(dataset_path)
+        layout = layout_from_attrs(metadata)
+        missing = sorted(set(layout.classes) - {layout.classes[i] for i in set(rendered["label"])})
+        if missing:
+            raise ConceptspaceError(
+                f"probe set {dataset_path} has no images of class(es) {', '.join(missing)}; the "
+                "probe must see every class, the unseen ones included: prepare it with "
+                "include_held_out (`conceptspace celeba --include-held-out`)"
+            )
+        source = {"dataset": str(dataset_path), "dataset_provenance": metadata.get("provenance")}
     held_out = rendered["is_validation"]
     images = torch.from_numpy(rendered["images"])
     labels = torch.from_numpy(concept_labels(rendered["label"], layout))
@@ -212,7 +235,7 @@ def train_probe(
         )
 
     config = {
-        "image_size": int(data_cfg["image_size"]),
+        "image_size": int(images.shape[-1]),
         "channels": [int(c) for c in probe_cfg["channels"]],
         "groups": int(probe_cfg["groups"]),
         "attention_heads": int(probe_cfg["attention_heads"]),
@@ -279,6 +302,7 @@ def train_probe(
 
     signal_records = [{"color_gap": s.color_gap, "size_gap": s.size_gap} for s in signals]
     settings = {"data": dict(data_cfg), "probe": dict(probe_cfg), "signals": signal_records}
+    settings.update(source)
     if layout is not COLOR_SIZE:
         settings["layout"] = layout.name
     record = provenance(settings, seed)
@@ -287,7 +311,7 @@ def train_probe(
         "config": config,
         "accuracy": accuracy,
         "concepts": list(layout.concepts),
-        "layout": layout.name,
+        **layout_attrs(layout),
         "provenance": record,
     }
     with atomic_path(out_path) as tmp:
@@ -325,7 +349,7 @@ def load_probe(
         probe = ProbeNet(**config)
         probe.load_state_dict(checkpoint["state_dict"])
         probe.concepts = tuple(checkpoint.get("concepts", probe.concepts))
-        probe.layout = checkpoint.get("layout", COLOR_SIZE.name)
+        probe.layout = layout_from_attrs(checkpoint)  # probes before layouts: the 2x2
     except DAMAGED_TORCH_FILE_ERRORS as err:
         raise ConceptspaceError(
             f"probe {path} could not be read ({type(err).__name__}: {err}); it is truncated or "

@@ -53,7 +53,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import xarray as xr
 
-from conceptspace.concepts import layout_named
+from conceptspace.concepts import layout_attrs, layout_from_attrs
 from conceptspace.io import ConceptspaceError, atomic_path, json_default, provenance
 from conceptspace.methods import BEST_OF_KINDS
 
@@ -184,10 +184,17 @@ def _open_netcdf(path: str | os.PathLike, kind: str, required: Iterable[str]) ->
     return ds
 
 
+def missing_run_attrs(attrs: Mapping[str, Any]) -> list[str]:
+    """The attributes an evaluation must carry that ``attrs`` lacks: step and seed, and
+    the gaps unless its layout has no signal level (CelebA's, named by layout_record)."""
+    gaps = () if "layout_record" in attrs else ("color_gap", "size_gap")
+    return [key for key in ("step", "seed") + gaps if key not in attrs]
+
+
 def open_evaluation(path: str | os.PathLike) -> xr.Dataset:
     """One checkpoint's evaluation, as written by ``evaluate.write_evaluation``."""
     ds = _open_netcdf(path, "evaluation", ("p_target",))
-    missing = [key for key in ("step",) + SIGNAL_GRID if key not in ds.attrs]
+    missing = missing_run_attrs(ds.attrs)
     if missing:
         raise ConceptspaceError(
             f"evaluation {path} lacks the attributes {', '.join(missing)}; it was not written "
@@ -198,9 +205,8 @@ def open_evaluation(path: str | os.PathLike) -> xr.Dataset:
 
 def open_trajectory(path: str | os.PathLike) -> xr.Dataset:
     """One run's trajectory, as written by :func:`gather_run`."""
-    return _open_netcdf(
-        path, "run trajectory", ("concept_prob", "accuracy", "seed", "color_gap", "size_gap")
-    )
+    # a run's coordinates: its seed, and its gaps unless its layout has none (CelebA)
+    return _open_netcdf(path, "run trajectory", ("concept_prob", "accuracy", "seed"))
 
 
 def open_study(path: str | os.PathLike) -> xr.Dataset:
@@ -476,6 +482,7 @@ _RUN_LEVEL_ATTRS = (
     "probe",
     "sampling",
     "layout",
+    "layout_record",
 )
 
 
@@ -531,7 +538,7 @@ def gather_study(
                     "training.checkpoints and evaluation settings): delete the stale "
                     "trajectories and rerun `snakemake`"
                 )
-    layout = layout_named(first.attrs.get("layout"))
+    layout = layout_from_attrs(first.attrs)
     unseen_classes = list(layout.unseen_classes)
     missing = [c for c in unseen_classes if c not in first["prompt"].values]
     if missing:
@@ -647,7 +654,7 @@ def gather_study(
             f"product); and per method the learning time and speed of the unseen class "
             f"{named}. Best-of methods are upper envelopes over their variants."
         ),
-        "layout": layout.name,
+        **netcdf_attrs(layout_attrs(layout)),
         "config": json.dumps(config, sort_keys=True, default=json_default),
         "evaluation_cfg": json.dumps(evaluation_cfg, sort_keys=True, default=json_default),
         "runs": json.dumps(run_list),

@@ -1,12 +1,15 @@
 # The sweep and the helpers every rule file uses. The config is checked here, before
 # any job is planned: a wrong key, type or range stops the run with a message naming it.
 import json
+import shlex
 from pathlib import Path
 
 import re
 
 from conceptspace.config import (
     background_runs,
+    celeba_runs,
+    celeba_study,
     checkpoint_steps,
     signal_levels,
     signal_study,
@@ -51,16 +54,23 @@ if UNDERSPECIFICATION:
 if BACKGROUND:
     STUDY_SEEDS["background"] = BACKGROUND["seeds"]
     STUDY_RUN_IDS["background"] = [run.id for run in background_runs(config)]
+# CelebA (studies.celeba, on when its root is set): runs seed<seed>, one prepared set each.
+CELEBA = celeba_study(config)
+if CELEBA:
+    STUDY_SEEDS["celeba"] = CELEBA["seeds"]
+    STUDY_RUN_IDS["celeba"] = [run.id for run in celeba_runs(config)]
 STUDY_LAYOUT = {
     "signal": "color_size",
     "underspecification": "color_shape",
     "background": "color_size_background",
+    "celeba": "celeba",  # built from the prepared sets' attributes (concepts.celeba_layout)
 }
 # The run coordinates that span each study's dataset (gather_study --grid).
 STUDY_GRID = {
     "signal": "seed color_gap size_gap",
     "underspecification": "seed mask_ratio",
     "background": "seed",
+    "celeba": "seed",
 }
 # Each study's training (a study may train longer: studies.<study>.training) and steps.
 STUDY_TRAINING = {study: study_training(config, study) for study in STUDY_RUN_IDS}
@@ -85,8 +95,8 @@ FIGURES = [RESULTS / "figures" / f"fig_{name}.pdf" for name in FIGURE_NAMES]
 
 
 wildcard_constraints:
-    study="signal|underspecification|background",
-    run=r"dc\d+\.\d{3}_ds\d+\.\d{3}(_db\d+\.\d{3})?_seed\d+|p\d\.\d{3}_seed\d+",
+    study="signal|underspecification|background|celeba",
+    run=r"dc\d+\.\d{3}_ds\d+\.\d{3}(_db\d+\.\d{3})?_seed\d+|p\d\.\d{3}_seed\d+|seed\d+",
     step=r"\d{6}",
 
 
@@ -110,6 +120,9 @@ def run_fields(wildcards):
         if background_gap is not None:
             fields["background_gap"] = float(background_gap)
         return fields
+    celeba_run = re.fullmatch(r"seed(\d+)", wildcards.run)
+    if celeba_run:  # CelebA: a seed, no signal level
+        return {"seed": int(celeba_run.group(1))}
     mask_ratio, seed = re.fullmatch(r"p([\d.]+)_seed(\d+)", wildcards.run).groups()
     return {
         "color_gap": UNDERSPECIFICATION["color_gap"],
@@ -123,8 +136,10 @@ def run_args(wildcards):
     """The run's command-line options: gaps, seed, and its masking ratio or background
     gap if it has one."""
     fields = run_fields(wildcards)
-    args = f"--color-gap {fields['color_gap']} --size-gap {fields['size_gap']}"
-    args += f" --seed {fields['seed']}"
+    args = ""
+    if "color_gap" in fields:  # CelebA runs have none
+        args += f"--color-gap {fields['color_gap']} --size-gap {fields['size_gap']} "
+    args += f"--seed {fields['seed']}"
     if "mask_ratio" in fields:
         args += f" --mask-ratio {fields['mask_ratio']}"
     if "background_gap" in fields:
@@ -137,6 +152,8 @@ def study_signal_levels(study):
     pools them."""
     if study == "signal":
         return signal_levels(config)
+    if study == "celeba":
+        return []  # its probe trains on a prepared set
     if study == "background":
         return [[BACKGROUND[key] for key in ("color_gap", "size_gap", "background_gap")]]
     return [(UNDERSPECIFICATION["color_gap"], UNDERSPECIFICATION["size_gap"])]
@@ -160,3 +177,15 @@ def sampled_steps(wildcards):
     if wildcards.study == "signal":
         return sample_sheet_steps(config["figures"]["sample_sheet"], STEPS)
     return STUDY_STEPS[wildcards.study][-1:]
+
+
+# CelebA's sets: `conceptspace celeba` options from studies.celeba, `per_class` images
+# of each class.
+def celeba_options(per_class):
+    options = f"--root {shlex.quote(CELEBA['root'])} --attributes {' '.join(CELEBA['attributes'])}"
+    options += f" --held-out {' '.join(map(str, CELEBA['held_out']))}"
+    options += f" --image-size {CELEBA['image_size']} --per-class {per_class}"
+    options += f" --split {CELEBA['split']}"
+    options += f" --validation-fraction {config['data']['validation_fraction']}"
+    options += f" --crop {CELEBA['crop']}" if CELEBA["crop"] else ""
+    return options + ("" if CELEBA["verify_md5"] else " --no-verify-md5")

@@ -1,5 +1,5 @@
 # Synthetic training images: one dataset per run of a study (its seed fixes the images;
-# the study its concept layout).
+# the study its concept layout). CelebA's sets are prepared from the user's folder.
 
 
 rule render_training_set:
@@ -7,6 +7,8 @@ rule render_training_set:
         RESULTS / "{study}" / "data" / "{run}.npz",
     log:
         LOGS / "render_training_set" / "{study}" / "{run}.log",
+    wildcard_constraints:
+        study="signal|underspecification|background",
     conda:
         ENV
     threads: threads_for("render")
@@ -17,3 +19,39 @@ rule render_training_set:
     shell:
         "python -m conceptspace render --settings {params.settings:q} {params.run}"
         " --layout {params.layout} --out {output:q} > {log:q} 2>&1"
+
+
+# CelebA (studies.celeba): balanced sets read by torchvision's loader from the user's
+# folder; a run's training set (its seed draws the images, the held-out class left out)
+# and the probe's set (every class).
+if CELEBA:
+
+    rule prepare_celeba:
+        output:
+            RESULTS / "celeba" / "data" / "{run}.npz",
+        log:
+            LOGS / "prepare_celeba" / "{run}.log",
+        conda:
+            ENV
+        threads: threads_for("render")
+        params:
+            options=celeba_options(CELEBA["per_class"]),
+            seed=lambda wildcards: run_fields(wildcards)["seed"],
+        shell:
+            "python -m conceptspace celeba {params.options} --seed {params.seed}"
+            " --out {output:q} > {log:q} 2>&1"
+
+    rule prepare_celeba_probe_set:
+        output:
+            RESULTS / "celeba" / "probe" / "probe_set.npz",
+        log:
+            LOGS / "prepare_celeba" / "probe_set.log",
+        conda:
+            ENV
+        threads: threads_for("render")
+        params:
+            options=celeba_options(CELEBA["probe_per_class"]),
+            seed=CELEBA["seeds"][0],
+        shell:
+            "python -m conceptspace celeba {params.options} --seed {params.seed}"
+            " --include-held-out --out {output:q} > {log:q} 2>&1"

@@ -133,3 +133,29 @@ if BACKGROUND:
         shell:
             "python -m conceptspace figure background --settings {params.settings:q}"
             " --study {input:q} --out {output.pdf:q} > {log:q} 2>&1"
+
+
+# CelebA (studies.celeba with a root): the classes' paths in the two attributes' concept
+# space and the held-out class's accuracy, naive against intervention and patching.
+if CELEBA:
+    FIGURES.append(RESULTS / "figures" / "fig_celeba.pdf")
+
+    rule fig_celeba:
+        input:
+            RESULTS / "celeba" / "study.nc",
+        output:
+            pdf=RESULTS / "figures" / "fig_celeba.pdf",
+            png=report(
+                RESULTS / "figures" / "fig_celeba.png",
+                caption="../report/fig_celeba.rst",
+                category="Figures",
+            ),
+        log:
+            LOGS / "figures" / "fig_celeba.log",
+        conda:
+            ENV
+        params:
+            settings=json.dumps(config, sort_keys=True),
+        shell:
+            "python -m conceptspace figure celeba --settings {params.settings:q}"
+            " --study {input:q} --out {output.pdf:q} > {log:q} 2>&1"

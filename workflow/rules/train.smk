@@ -27,6 +27,11 @@ rule train_vdm:
 
 
 rule train_probe:
+    input:
+        # CelebA's probe trains on its prepared set; the synthetic studies render theirs
+        lambda wildcards: (
+            [RESULTS / "celeba" / "probe" / "probe_set.npz"] if wildcards.study == "celeba" else []
+        ),
     output:
         probe=RESULTS / "{study}" / "probe" / "probe.pt",
         metrics=RESULTS / "{study}" / "probe" / "metrics.json",
@@ -40,10 +45,11 @@ rule train_probe:
             "data", "probe", signals=study_signal_levels(wildcards.study)
         ),
         layout=lambda wildcards: STUDY_LAYOUT[wildcards.study],
+        data=lambda wildcards, input: f"--data {shlex.quote(input[0])}" if input else "",
         seed=lambda wildcards: STUDY_SEEDS[wildcards.study][0],
         device=config["compute"]["device"],
     shell:
         "python -m conceptspace probe --settings {params.settings:q} --seed {params.seed}"
-        " --layout {params.layout}"
+        " --layout {params.layout} {params.data}"
         " --out {output.probe:q} --metrics {output.metrics:q}"
         " --device {params.device} --threads {threads} > {log:q} 2>&1"

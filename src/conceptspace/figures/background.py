@@ -24,7 +24,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.axes import Axes
 
-from conceptspace.concepts import CONCEPT_VALUES, COLOR_SIZE_BACKGROUND
+from conceptspace.concepts import CONCEPT_VALUES, COLOR_SIZE_BACKGROUND, Layout
 from conceptspace.figures import (
     accuracy_axes,
     draw_accuracy,
@@ -43,13 +43,14 @@ PROJECTIONS = (("color", "size"), ("color", "background"), ("size", "background"
 UNSEEN_COLORS = ("C0", "C1", "C2", "C3")
 
 
-def value_one_probability(concept_prob: xr.DataArray) -> xr.DataArray:
+def value_one_probability(concept_prob: xr.DataArray, layout: Layout = LAYOUT) -> xr.DataArray:
     """P(concept = value 1) from P(concept = the prompt's target value), per prompt:
-    the class's digit of that concept picks p or 1 - p. Dims as ``concept_prob``."""
+    the class's digit of that concept picks p or 1 - p. Dims as ``concept_prob``; any
+    layout (fig_celeba uses it for CelebA's attributes)."""
     digits = xr.DataArray(
-        np.array([LAYOUT.digits(str(p)) for p in concept_prob["prompt"].values], dtype=float),
+        np.array([layout.digits(str(p)) for p in concept_prob["prompt"].values], dtype=float),
         dims=("prompt", "concept"),
-        coords={"prompt": concept_prob["prompt"], "concept": list(LAYOUT.concepts)},
+        coords={"prompt": concept_prob["prompt"], "concept": list(layout.concepts)},
     )
     return digits * concept_prob + (1 - digits) * (1 - concept_prob)
 
