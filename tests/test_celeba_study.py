@@ -3,6 +3,8 @@ builds it): prepare (torchvision's loader), a tiny VDM, the probe trained on the
 set with every class, evaluation with the one-hot class prompts (naive, the one-hot
 intervention, patching), gathering and fig_celeba; and the one-hot layout itself."""
 
+import json
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -27,8 +29,8 @@ def test_celeba_layout_prompts_one_hot_and_is_rebuilt_from_file_attrs():
     np.testing.assert_array_equal(amplified, [1, 0, 0, 0])
     np.testing.assert_array_equal(removed, [0, 0, 1, 0])
     # as netCDF stores it: the record as a JSON string
-    attrs = {k: v if isinstance(v, str) else __import__("json").dumps(v)
-             for k, v in layout_attrs(layout).items()}  # fmt: skip
+    attrs = {key: value if isinstance(value, str) else json.dumps(value)
+             for key, value in layout_attrs(layout).items()}  # fmt: skip
     assert layout_from_attrs(attrs) == layout
 
 
