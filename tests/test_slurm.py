@@ -56,7 +56,9 @@ SNAKEMAKE_LIMIT_S = 600  # a hung snakemake ignores SIGTERM: timeout -k kills it
 RUN = r"dc\d+\.\d{3}_ds\d+\.\d{3}_seed\d+|p\d\.\d{3}_seed\d+"  # signal | underspecification
 SMOKE_CONFIG = load_config(REPO / "config.yaml", SMOKE)
 # every study's runs: the signal study's and underspecification's
-SMOKE_RUNS = [run.id for run in study_runs(SMOKE_CONFIG) + underspecification_runs(SMOKE_CONFIG)]
+STUDY_OF_RUN = {run.id: "signal" for run in study_runs(SMOKE_CONFIG)}
+STUDY_OF_RUN |= {run.id: "underspecification" for run in underspecification_runs(SMOKE_CONFIG)}
+SMOKE_RUNS = list(STUDY_OF_RUN)
 STEPS = checkpoint_steps(SMOKE_CONFIG["training"])
 
 
@@ -197,7 +199,7 @@ class Interrupter(threading.Thread):
         )
         for line in (out or "").splitlines():
             jobid, _, comment = line.partition("|")
-            if comment == f"rule_train_vdm_wildcards_{run}":
+            if comment.startswith("rule_") and rule_of(comment) == ("train_vdm", run):
                 return jobid
         return None
 
@@ -252,6 +254,8 @@ studies:
 training:
   steps: 150
   checkpoints: {count: 3, first: 20, last: 150}
+figures:
+  levels: [{color_gap: 0.6, size_gap: 0.4}]
 """
 CANCEL_RUN = "dc0.600_ds0.400_seed0"
 
@@ -351,7 +355,10 @@ def rule_of(comment: str) -> tuple[str, str | None]:
         if comment == f"rule_{rule}":
             return rule, None
         if comment.startswith(f"rule_{rule}_wildcards_"):
-            return rule, comment.removeprefix(f"rule_{rule}_wildcards_")
+            # The wildcards joined by "_": the study, then the run id (if the rule has one).
+            wildcards = comment.removeprefix(f"rule_{rule}_wildcards_")
+            run = re.search(RUN, wildcards)
+            return rule, run[0] if run else wildcards
     raise AssertionError(f"a Slurm job with an unexpected comment: {comment!r}")
 
 
@@ -406,7 +413,8 @@ def test_evaluations_are_bundled_one_slurm_job_per_run(cluster, runs):
         # A bundle asks for the runtime of all its checkpoints, evaluated one at a time.
         assert minutes(row["Timelimit"]) == per_checkpoint * len(STEPS), row
         assert re.search(r"\bcpu=1,.*gres/gpu=1\b", row["AllocTRES"]), row
-        evaluated = (slurm.workdir / "results/signal/runs" / row["run"] / "eval").glob("*.nc")
+        study = STUDY_OF_RUN[row["run"]]
+        evaluated = (slurm.workdir / "results" / study / "runs" / row["run"] / "eval").glob("*.nc")
         assert len(list(evaluated)) == len(STEPS)
 
 
