@@ -10,9 +10,10 @@ import pytest
 import xarray as xr
 import yaml
 
+from conceptspace.config import checkpoint_steps, load_config, study_training
 from conceptspace.concepts import celeba_layout, layout_attrs, layout_from_attrs
 from conceptspace.methods import build_methods
-from conftest import REPO, SMOKE, snakemake
+from conftest import REPO, SMOKE, planned_jobs, snakemake
 from test_celeba import build_celeba
 
 METHODS_CFG = yaml.safe_load((REPO / "config.yaml").read_text())["evaluation"]["methods"]
@@ -43,6 +44,29 @@ def test_celeba_methods_are_naive_intervention_and_patching():
 
 
 @pytest.mark.workflow
+def test_celeba_default_training_plans_checkpoints_past_a_million_steps(tmp_path):
+    # 2M steps: the later checkpoints have 7-digit names (step_1333368), which the {step}
+    # wildcard must accept, or gather_run has inputs no rule makes.
+    root = tmp_path / "faces"
+    build_celeba(root)
+    overlay = {"studies": {"signal": None, "underspecification": None}}
+    overlay["studies"]["celeba"] = {"root": str(root), "seeds": [0], "verify_md5": False}
+    path = tmp_path / "celeba.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    result = snakemake(
+        tmp_path,
+        "results/celeba/study.nc",
+        "-n",
+        "--quiet",
+        "rules",
+        configs=(REPO / "config.yaml", path),
+    )
+    config = load_config(REPO / "config.yaml", path)
+    steps = checkpoint_steps(study_training(config, "celeba"))
+    assert max(steps) >= 1_000_000
+    assert planned_jobs(result.stdout)["evaluate_checkpoint"] == len(steps)
+
+
 def test_celeba_study_runs_through_snakemake(tmp_path):
     root = tmp_path / "faces"
     build_celeba(root)
