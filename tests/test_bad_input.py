@@ -21,10 +21,12 @@ from conceptspace.concepts import COLOR_SHAPE, CONCEPTS, Signal
 from conceptspace.config import ConfigError, load_config, validate_config
 from conceptspace.io import ConceptspaceError
 from conceptspace.probe import ProbeNet, load_probe
-from conceptspace.render import render_training_set, save_dataset
+from conceptspace.render import render_training_set
 from conceptspace.train import checkpoint_path, load_checkpoint, train_run
 from conftest import REPO, SCHEMA, snakemake
-from test_train import DATA, MODEL, SEED, TRAINING
+
+# The training tests' tiny run, its dataset fixture and one-thread set-up (autouse) serve here too.
+from test_train import DATA, MODEL, SEED, TRAINING, dataset, one_thread  # noqa: F401
 
 # The reference run checks for explosions too: a healthy run must not trip the check.
 GUARDED = {**TRAINING, "explode_factor": 10.0}
@@ -33,21 +35,6 @@ GUARDED = {**TRAINING, "explode_factor": 10.0}
 @pytest.fixture(scope="module")
 def paper():
     return load_config(REPO / "config.yaml")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "train.npz"
-    save_dataset(path, render_training_set(DATA, Signal(0.4, 0.4), seed=0), {})
-    return path
 
 
 @pytest.fixture(scope="module")
