@@ -45,6 +45,7 @@ import torch
 import xarray as xr
 
 from conceptspace.concepts import COLOR_SIZE, Layout, Signal, layout_attrs
+from conceptspace.device import compute_device
 from conceptspace.io import ConceptspaceError, config_hash, eta, provenance
 from conceptspace.methods import Method, build_methods, method_problems
 from conceptspace.trajectories import (
@@ -465,14 +466,6 @@ def _run_attrs(
 # ----------------------------------------------------------------------------- entry points
 
 
-def _compute_device(device: str | torch.device, threads: int | None) -> torch.device:
-    from conceptspace.train import resolve_device
-
-    if threads:
-        torch.set_num_threads(int(threads))
-    return resolve_device(device)
-
-
 def evaluate_checkpoint(
     checkpoint_path: str | os.PathLike,
     probe_path: str | os.PathLike,
@@ -492,7 +485,7 @@ def evaluate_checkpoint(
     ``mask_ratio`` (underspecification runs) is recorded with the run's seed and gaps."""
     from conceptspace.probe import load_probe, predict_proba
 
-    device = _compute_device(device, threads)
+    device = compute_device(device, threads)
     probe_path = Path(probe_path)
     samples_per_prompt, sampler_steps, batch_size = _sampling_settings(evaluation_cfg)
 
@@ -585,7 +578,7 @@ def sample_checkpoints(
     not applied to a prompt; ``applied`` bool (method, prompt); coords as in the
     evaluation files (method with method_kind, method_setting).
     """
-    device = _compute_device(device, threads)
+    device = compute_device(device, threads)
     _sampling_settings(evaluation_cfg)  # refuse bad settings before loading anything
     if samples < 1 or not checkpoint_paths:
         raise ConceptspaceError("sample needs at least one checkpoint and --samples >= 1")

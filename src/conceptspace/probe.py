@@ -31,6 +31,7 @@ from conceptspace.concepts import (
     layout_attrs,
     layout_from_attrs,
 )
+from conceptspace.device import compute_device, resolve_device
 from conceptspace.io import (
     DAMAGED_TORCH_FILE_ERRORS,
     ConceptspaceError,
@@ -152,13 +153,6 @@ def _check_architecture(
         )
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """'auto' (or None) -> CUDA when available, else CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _accuracy(
     probe: ProbeNet, images: torch.Tensor, labels: torch.Tensor, device: torch.device
 ) -> dict[str, float]:
@@ -194,9 +188,7 @@ def train_probe(
     the metrics. A probe below ``min_accuracy`` is still written (with a warning) so its
     metrics can be read; ``load_probe`` is what refuses it.
     """
-    if threads:
-        torch.set_num_threads(int(threads))
-    device = resolve_device(device)
+    device = compute_device(device, threads)
     torch.manual_seed(seed)
     steps = int(probe_cfg["steps"])
     batch_size = int(probe_cfg["batch_size"])

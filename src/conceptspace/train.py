@@ -40,6 +40,7 @@ import torch
 
 # One schedule for training and for the DAG: `count` steps evenly spaced in sqrt(step)
 # from `first` to `last`, rounded to ints, duplicates removed, sorted.
+from conceptspace.device import compute_device, resolve_device
 from conceptspace.config import checkpoint_steps
 from conceptspace.io import (
     DAMAGED_TORCH_FILE_ERRORS,
@@ -65,13 +66,6 @@ _CHECKPOINT_KEYS = ("model", "optimizer", "step", "rng", "config")
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """'auto' (or None) -> CUDA when available, else CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
@@ -364,9 +358,7 @@ def train_run(
     """
     from conceptspace.render import load_dataset
 
-    if threads:
-        torch.set_num_threads(int(threads))
-    device = resolve_device(device)
+    device = compute_device(device, threads)
     run_dir = Path(run_dir)
     steps = int(training_cfg["steps"])
     batch_size = int(training_cfg["batch_size"])
