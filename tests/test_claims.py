@@ -271,23 +271,38 @@ def patching_study(patched_b):
     runs = {
         (0, 0.1, "naive"): reaching(800),
         (0, 0.1, "patched_final"): reaching(200),  # rescued at steps 200 and 400
-        (1, 0.1, "naive"): reaching(None),
+        (1, 0.1, "naive"): reaching(800),
         (1, 0.1, "patched_final"): patched_b,
+        # The final checkpoint never generates the class, so its embedding module has
+        # nothing to give: this run does not count, rescued or not.
+        (2, 0.1, "naive"): reaching(None),
+        (2, 0.1, "patched_final"): reaching(200),
     }
     return signal_study(runs, methods=("naive", "patched_final"))
 
 
 def test_patching_passes_when_half_the_runs_are_rescued_before_the_last_checkpoint():
-    # run 2 is rescued only at the last checkpoint, which does not count
+    # run 1 is rescued only at the last checkpoint, which does not count; run 2 has no
+    # working donor
     claim = judge_patching(patching_study(reaching(800)), CLAIMS_CFG["patching"])
     assert claim["outcome"] == PASS and claim["value"] == 0.5
-    assert claim["data"] == {"runs": 2, "rescued_checkpoints": 2}
+    assert claim["data"] == {"runs": 3, "runs_with_working_donor": 2, "rescued_checkpoints": 2}
 
 
 def test_patching_fails_below_the_fraction_and_ignores_missing_values():
     study = patching_study([np.nan, np.nan, np.nan, 0.9])
     claim = judge_patching(study, CLAIMS_CFG["patching"] | {"min_fraction": 0.75})
     assert claim["outcome"] == FAIL and claim["value"] == 0.5
+
+
+def test_patching_is_not_evaluated_when_no_final_checkpoint_generates_the_class():
+    runs = {
+        (0, 0.1, "naive"): reaching(None),
+        (0, 0.1, "patched_final"): reaching(200),
+    }
+    claim = judge_patching(signal_study(runs, ("naive", "patched_final")), CLAIMS_CFG["patching"])
+    assert claim["outcome"] == NOT_EVALUATED and "final checkpoint" in claim["detail"]
+    assert claim["data"] == {"runs": 1, "runs_with_working_donor": 0}
 
 
 def test_patching_is_not_evaluated_without_the_patched_method():

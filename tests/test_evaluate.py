@@ -99,6 +99,7 @@ EVALUATION = {
     "sampler_steps": 4,
     "batch_size": 5,  # batches cut across prompts and methods
     "threshold": 0.8,
+    "sigma": 0.0,
     "smoothed": {"threshold": 0.9, "sigma": 2.0, "consecutive": 3},
     "methods": METHODS,
 }

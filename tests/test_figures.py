@@ -37,6 +37,7 @@ EVALUATION = {
     "sampler_steps": 5,
     "batch_size": 8,
     "threshold": 0.8,
+    "sigma": 0.0,
     "smoothed": {"threshold": 0.9, "sigma": 2.0, "consecutive": 3},
 }
 

@@ -136,7 +136,11 @@ def test_probe_sets_hold_every_class_of_the_layout():
 # ----------------------------------------------------------------------------- gathering
 
 STEPS = [100, 400, 900, 1600]
-EVALUATION = {"threshold": 0.8, "smoothed": {"threshold": 0.9, "sigma": 1.0, "consecutive": 2}}
+EVALUATION = {
+    "threshold": 0.8,
+    "sigma": 0.0,
+    "smoothed": {"threshold": 0.9, "sigma": 1.0, "consecutive": 2},
+}
 METHODS_CFG = {
     "overprompt": {"colors": [[0.1, 0.1, 0.9]]},
     "intervention": {

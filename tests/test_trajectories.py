@@ -19,6 +19,7 @@ from conceptspace.trajectories import (
     learning_time_smoothed,
     open_study,
     save_dataset_nc,
+    smooth_accuracy,
     smooth_over_steps,
 )
 
@@ -28,6 +29,7 @@ EVALUATION = {
     "sampler_steps": 5,
     "batch_size": 8,
     "threshold": 0.8,
+    "sigma": 0.0,
     "smoothed": {"threshold": 0.9, "sigma": 2.0, "consecutive": 3},
 }
 CONFIG = {
@@ -88,6 +90,38 @@ def test_learning_time_uses_step_coordinate_over_other_dims():
     assert times.dims == ("seed",)
     np.testing.assert_array_equal(times.values, [1500, np.nan, 500])
     assert times.attrs["units"] == "optimizer steps"
+
+
+def test_learning_time_with_sigma_crosses_on_the_smoothed_accuracy():
+    # One checkpoint's spike (sampling noise) no longer counts as learning...
+    spike = over_steps([0.1, 0.1, 0.95, 0.1, 0.1, 0.9, 0.9, 0.9, 0.9])
+    assert float(learning_time(spike, 0.8)) == 300
+    assert float(learning_time(spike, 0.8, sigma=1.0)) == 700
+    # ...and the crossing is that of smooth_over_steps, written out: at index 6 the
+    # kernel exp(-d^2 / 2) over indices 2..8 (within 4 sigma, renormalised) gives
+    weights = np.exp(-0.5 * np.arange(-4, 3) ** 2)
+    at_6 = np.dot(weights, [0.95, 0.1, 0.1, 0.9, 0.9, 0.9, 0.9]) / weights.sum()
+    assert 0.8 <= at_6  # and index 5 stays below:
+    weights_5 = np.exp(-0.5 * np.arange(-4, 4) ** 2)
+    at_5 = np.dot(weights_5, [0.1, 0.95, 0.1, 0.1, 0.9, 0.9, 0.9, 0.9]) / weights_5.sum()
+    assert at_5 < 0.8
+    times = learning_time(spike, 0.8, sigma=1.0)
+    assert times.attrs["sigma_checkpoints"] == 1.0 and "sigma 1" in times.attrs["long_name"]
+
+
+def test_smooth_accuracy_keeps_dims_and_coordinates():
+    accuracy = xr.DataArray(
+        [[0.5, 1.0, 0.5], [0.5, 0.5, 0.5]],
+        dims=("step", "seed"),
+        coords={"step": [10, 20], "seed": [0, 1, 2]},
+    )
+    smoothed = smooth_accuracy(accuracy, 1.0)
+    assert smoothed.dims == ("step", "seed")  # step stays first
+    np.testing.assert_array_equal(smoothed["step"], [10, 20])
+    w = np.exp(-0.5)  # the neighbour's weight at sigma 1
+    np.testing.assert_allclose(smoothed.sel(seed=1), [(1 + 0.5 * w) / (1 + w), (w + 0.5) / (1 + w)])
+    np.testing.assert_allclose(smoothed.sel(seed=2), [0.5, 0.5])
+    xr.testing.assert_identical(smooth_accuracy(accuracy, 0.0), accuracy)
 
 
 def test_learning_time_smoothed_needs_consecutive_checkpoints():

@@ -11,7 +11,9 @@ Conventions shared by the claims:
   accuracy under naive prompting has a value at some checkpoint (the study's grid holds
   NaN where a sweep did not run a level).
 - A learning time T is the study's ``learning_time``: the first checkpoint at which the
-  unseen class's accuracy reaches ``evaluation.threshold``, NaN if never.
+  unseen class's accuracy, Gaussian-smoothed over checkpoints with ``evaluation.sigma``
+  (the paper reads T off smoothed curves), reaches ``evaluation.threshold``, NaN if
+  never. Claims that compare accuracies at checkpoints (2 and 4) smooth them alike.
 - Claim 1 averages speeds, 1/T, and a run that never reached the threshold has speed 0
   (its speed is below 1/last step; dropping it would make a slow level look fast).
 - Claims 3 and 5 average or subtract times, and a run that never reached the threshold
@@ -37,6 +39,9 @@ The claims (SPEC "Ideas"; issue 6):
 4. Embedding patching: per run, the checkpoints before the last where naive prompting of
    the unseen class is below the threshold but naive prompting with the final embedding
    module patched in reaches it; the fraction of runs with at least one such checkpoint.
+   Only runs whose final checkpoint itself reaches the threshold under naive prompting
+   count: where the donor does not generate the class, its embedding module has nothing
+   to give, and the claim is not about it.
 5. Underspecification: the mean T over seeds at each masking ratio; the delay T(largest
    ratio) - T(smallest ratio), and whether the mean T never decreases as the ratio grows.
 """
@@ -55,10 +60,10 @@ import xarray as xr
 
 from conceptspace.concepts import UNSEEN_CLASS
 from conceptspace.config import ConfigError, sweep
-from conceptspace.figures import class_label, select_level, threshold_of
+from conceptspace.figures import class_label, select_level, sigma_of, threshold_of
 from conceptspace.figures.trajectories import PULL_CORNERS, memorization_turn
 from conceptspace.io import ConceptspaceError, atomic_path, json_default, provenance, write_json
-from conceptspace.trajectories import _open_netcdf, learning_time
+from conceptspace.trajectories import _open_netcdf, learning_time, smooth_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +116,10 @@ CLAIMS = {
     "patching": ClaimText(
         "Patching in the final embedding module makes naive prompting succeed at "
         "intermediate checkpoints where it failed.",
-        "fraction of runs with a checkpoint before the last where naive accuracy < "
-        "evaluation threshold <= accuracy with the final embedding module patched in",
+        "of the runs whose final checkpoint reaches the threshold under naive prompting, "
+        "the fraction with a checkpoint before the last where naive accuracy < evaluation "
+        "threshold <= accuracy with the final embedding module patched in (accuracies "
+        "smoothed as for T)",
         "value >= threshold",
         "min_fraction",
     ),
@@ -283,13 +290,13 @@ def judge_memorization(study: xr.Dataset, cfg: Mapping[str, Any]) -> dict[str, A
             f"the color sweep '{sweep_name}' has {len(levels)} level(s) with runs; the claim "
             "compares the weakest and the strongest color gap",
         )
-    threshold = threshold_of(study)
+    threshold, sigma = threshold_of(study), sigma_of(study)
     gaps = {"weakest": min(levels), "strongest": max(levels)}
     data: dict[str, Any] = {"sweep": sweep_name, "size_gap": size_gap}
     margins, notes = [], []
     for which, gap in gaps.items():
         unseen = levels[gap].sel(prompt=UNSEEN_CLASS)
-        reached_at = float(learning_time(unseen["accuracy"].mean("seed"), threshold))
+        reached_at = float(learning_time(unseen["accuracy"].mean("seed"), threshold, sigma))
         path = unseen["concept_prob"].mean("seed")
         if np.isfinite(reached_at):
             path = path.isel(step=np.flatnonzero(path["step"].values < reached_at))
@@ -377,20 +384,34 @@ def judge_patching(study: xr.Dataset, cfg: Mapping[str, Any]) -> dict[str, Any]:
     if len(steps) < 2:
         return result(None, NOT_EVALUATED, "the study has one checkpoint; none is before the last")
     threshold = threshold_of(study)
-    accuracy = _per_run(study, study["accuracy"].sel(prompt=UNSEEN_CLASS, step=steps[:-1]))
+    unseen = study["accuracy"].sel({"method": ["naive", PATCHED_METHOD], "prompt": UNSEEN_CLASS})
+    accuracy = _per_run(study, smooth_accuracy(unseen, sigma_of(study)))
+    donor_works = (accuracy.sel({"method": "naive"}).isel(step=-1) >= threshold).values
+    if not len(donor_works):
+        return result(None, NOT_EVALUATED, "the study holds no runs")
+    data = {"runs": len(donor_works), "runs_with_working_donor": int(donor_works.sum())}
+    if not donor_works.any():
+        return result(
+            None,
+            NOT_EVALUATED,
+            f"in none of the {len(donor_works)} runs does the final checkpoint reach the "
+            f"threshold {threshold:g} under naive prompting, so no donor embedding module "
+            "generates the class: train longer or at a stronger signal",
+            data,
+        )
+    before_last = accuracy.isel(step=slice(None, -1), run=np.flatnonzero(donor_works))
     # NaN compares False both ways: a missing value is neither failure nor success.
-    rescued = (accuracy.sel({"method": "naive"}) < threshold) & (
-        accuracy.sel({"method": PATCHED_METHOD}) >= threshold
+    rescued = (before_last.sel({"method": "naive"}) < threshold) & (
+        before_last.sel({"method": PATCHED_METHOD}) >= threshold
     )
     per_run = rescued.sum("step").values
-    if not len(per_run):
-        return result(None, NOT_EVALUATED, "the study holds no runs")
     fraction = float(np.mean(per_run > 0))
     detail = (
-        f"{int(np.sum(per_run > 0))} of {len(per_run)} runs have such a checkpoint; "
+        f"{int(np.sum(per_run > 0))} of the {len(per_run)} runs whose final checkpoint reaches "
+        f"the threshold ({len(donor_works)} runs in all) have such a checkpoint; "
         f"{int(per_run.sum())} (run, checkpoint) pairs in all, of {per_run.size * (len(steps) - 1)}"
     )
-    data = {"runs": len(per_run), "rescued_checkpoints": int(per_run.sum())}
+    data["rescued_checkpoints"] = int(per_run.sum())
     return result(fraction, PASS if fraction >= float(cfg["min_fraction"]) else FAIL, detail, data)
 
 

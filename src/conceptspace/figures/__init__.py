@@ -33,6 +33,7 @@ from conceptspace.concepts import (
     class_digits,
 )
 from conceptspace.io import ConceptspaceError, atomic_path, json_default
+from conceptspace.trajectories import smooth_accuracy
 
 PNG_DPI = 150
 # Gaps in the config and in the dataset are compared to this tolerance.
@@ -203,6 +204,12 @@ def threshold_of(study: xr.Dataset) -> float:
         ) from None
 
 
+def sigma_of(study: xr.Dataset) -> float:
+    """The Gaussian smoothing over checkpoints (sigma, in checkpoints) of the accuracies
+    behind the learning times; 0 for a study gathered without it."""
+    return float(study["learning_time"].attrs.get("sigma_checkpoints", 0.0))
+
+
 def seed_summary(values: xr.DataArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean, minimum and maximum over 'seed' (NaN-skipping; NaN where no seed has data)."""
     finite = values.notnull().any("seed")
@@ -220,13 +227,21 @@ def draw_accuracy(
     linestyle: str = "-",
     learning_times: np.ndarray | None = None,
     threshold: float | None = None,
+    sigma: float = 0.0,
 ) -> None:
     """An accuracy (seed, step) against step: the mean over seeds as a line, the range
     (min to max) over seeds as a band. With ``learning_times`` (one per seed, NaN: never
     reached), a vertical dashed line at the mean of those that reached ``threshold``,
-    and in the legend how many seeds reached it."""
-    mean, low, high = seed_summary(accuracy.transpose("seed", "step"))
+    and in the legend how many seeds reached it. With ``sigma`` > 0 the line and band
+    are Gaussian-smoothed over checkpoints, as the learning times were, and the measured
+    seed means are drawn as dots."""
+    accuracy = accuracy.transpose("seed", "step")
     steps = accuracy["step"].values
+    if sigma:
+        measured, _, _ = seed_summary(accuracy)
+        ax.plot(steps, measured, ".", ms=3, color=color, alpha=0.5)
+        accuracy = smooth_accuracy(accuracy, sigma)
+    mean, low, high = seed_summary(accuracy)
     if learning_times is not None:
         reached = learning_times[np.isfinite(learning_times)]
         n_seeds = len(learning_times)
@@ -237,7 +252,8 @@ def draw_accuracy(
         else:
             label += f"; never \u2265 {threshold:g} (0/{n_seeds} seeds)"
     ax.fill_between(steps, low, high, color=color, alpha=0.15, linewidth=0)
-    ax.plot(steps, mean, linestyle, marker=".", ms=4, color=color, lw=1.5, label=label)
+    marker = "" if sigma else "."
+    ax.plot(steps, mean, linestyle, marker=marker, ms=4, color=color, lw=1.5, label=label)
 
 
 def accuracy_axes(ax: Axes, title: str, threshold: float) -> None:
@@ -275,7 +291,7 @@ def plot_accuracy_levels(
     require_methods(study, methods, figure_name)
     if not levels:
         raise ConceptspaceError(f"{figure_name} needs signal levels; list them in figures.levels")
-    threshold = threshold_of(study)
+    threshold, sigma = threshold_of(study), sigma_of(study)
     kinds = study["method_kind"].to_series() if "method_kind" in study.coords else {}
     training = list(TRAINING_CLASSES)
 
@@ -299,16 +315,18 @@ def plot_accuracy_levels(
                 f"{method_label(method)}, class {UNSEEN_CLASS}",
                 learning_times=level["learning_time"].sel({"method": method}).values,
                 threshold=threshold,
+                sigma=sigma,
             )
             on_training = accuracy.sel(prompt=training).mean("prompt", skipna=False)
             if training_classes and on_training.notnull().any():
                 label = f"{method_label(method)}, training classes (mean of {', '.join(training)})"
-                draw_accuracy(ax, on_training, color, label, linestyle=":")
+                draw_accuracy(ax, on_training, color, label, linestyle=":", sigma=sigma)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13))
     seeds_text = f"{max(n_seeds)} seeds" if n_seeds else "seeds"
+    smoothing = f", Gaussian-smoothed over checkpoints (sigma {sigma:g}; dots: as measured)"
     figure.suptitle(
-        f"{title}\nline: mean over {seeds_text}; band: range (min to max) over seeds; dashed "
-        "vertical: mean over seeds of the first step at the threshold",
+        f"{title}\nline: mean over {seeds_text}{smoothing if sigma else ''}; band: range (min "
+        "to max) over seeds; dashed vertical: mean over seeds of the first step at the threshold",
         fontsize=11,
     )
     return save_figure(figure, out_pdf, record=record)

@@ -56,6 +56,7 @@ from conceptspace.figures import (
     require_methods,
     save_figure,
     select_level,
+    sigma_of,
     threshold_of,
 )
 from conceptspace.io import ConceptspaceError
@@ -114,14 +115,15 @@ def blue_small(concept_prob: xr.DataArray) -> xr.DataArray:
     return xr.where(flips, 1.0 - concept_prob, concept_prob).transpose(*concept_prob.dims)
 
 
-def convergence_step(accuracy: xr.DataArray, threshold: float) -> float:
-    """The first step at which every training class's accuracy is >= ``threshold``.
+def convergence_step(accuracy: xr.DataArray, threshold: float, sigma: float = 0.0) -> float:
+    """The first step at which every training class's accuracy (Gaussian-smoothed over
+    checkpoints with ``sigma``, as the learning times) is >= ``threshold``.
 
     ``accuracy`` (prompt, step) holds at least the training classes; NaN if never (a
     missing value never counts as reached).
     """
     training = accuracy.sel(prompt=list(TRAINING_CLASSES))
-    return float(learning_time(training.min("prompt", skipna=False), threshold))
+    return float(learning_time(training.min("prompt", skipna=False), threshold, sigma))
 
 
 def plot_trajectories(
@@ -151,7 +153,7 @@ def plot_trajectories(
             note(ax, "not run")
             continue
         n_seeds.append(level.sizes["seed"])
-        _level_panel(ax, level, threshold, norm, cmap)
+        _level_panel(ax, level, threshold, sigma_of(study), norm, cmap)
     figure.colorbar(
         ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), label="training step", shrink=0.8
     )
@@ -164,7 +166,7 @@ def plot_trajectories(
     return save_figure(figure, out_pdf, record=record)
 
 
-def _level_panel(ax: Axes, level: xr.Dataset, threshold: float, norm, cmap) -> None:
+def _level_panel(ax: Axes, level: xr.Dataset, threshold: float, sigma: float, norm, cmap) -> None:
     points = blue_small(level["concept_prob"])
     mean = points.mean("seed", skipna=True)  # (step, prompt, concept)
     for seed_path in points.sel(prompt=UNSEEN_CLASS).transpose("seed", "step", "concept"):
@@ -208,7 +210,7 @@ def _level_panel(ax: Axes, level: xr.Dataset, threshold: float, norm, cmap) -> N
     else:
         handles.append(Line2D([], [], ls="", label="no memorization seen (no turn)"))
 
-    converged = convergence_step(level["accuracy"].mean("seed", skipna=True), threshold)
+    converged = convergence_step(level["accuracy"].mean("seed", skipna=True), threshold, sigma)
     if np.isfinite(converged):
         _ring(ax, mean.sel(step=int(converged)), "D", 120, "C1")
         label = f"training classes all \u2265 {threshold:g}: step {converged:.0f}"
