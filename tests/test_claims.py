@@ -271,22 +271,17 @@ def patching_study(patched_b):
     runs = {
         (0, 0.1, "naive"): reaching(800),
         (0, 0.1, "patched_final"): reaching(200),  # rescued at steps 200 and 400
-        (1, 0.1, "naive"): reaching(800),
+        (1, 0.1, "naive"): reaching(None),
         (1, 0.1, "patched_final"): patched_b,
-        # The final checkpoint never generates the class, so its embedding module has
-        # nothing to give: this run does not count, rescued or not.
-        (2, 0.1, "naive"): reaching(None),
-        (2, 0.1, "patched_final"): reaching(200),
     }
     return signal_study(runs, methods=("naive", "patched_final"))
 
 
 def test_patching_passes_when_half_the_runs_are_rescued_before_the_last_checkpoint():
-    # run 1 is rescued only at the last checkpoint, which does not count; run 2 has no
-    # working donor
+    # run 2 is rescued only at the last checkpoint, which does not count
     claim = judge_patching(patching_study(reaching(800)), CLAIMS_CFG["patching"])
     assert claim["outcome"] == PASS and claim["value"] == 0.5
-    assert claim["data"] == {"runs": 3, "runs_with_working_donor": 2, "rescued_checkpoints": 2}
+    assert claim["data"] == {"runs": 2, "rescued_checkpoints": 2}
 
 
 def test_patching_fails_below_the_fraction_and_ignores_missing_values():
@@ -295,14 +290,18 @@ def test_patching_fails_below_the_fraction_and_ignores_missing_values():
     assert claim["outcome"] == FAIL and claim["value"] == 0.5
 
 
-def test_patching_is_not_evaluated_when_no_final_checkpoint_generates_the_class():
+def test_patching_compares_the_smoothed_accuracies():
+    # One checkpoint where patching beats naive by sampling noise alone: a rescue as
+    # measured, none once both curves are smoothed as the learning times are.
     runs = {
-        (0, 0.1, "naive"): reaching(None),
-        (0, 0.1, "patched_final"): reaching(200),
+        (0, 0.1, "naive"): [0.1, 0.1, 0.1, 0.1],
+        (0, 0.1, "patched_final"): [0.1, 0.85, 0.1, 0.1],
     }
-    claim = judge_patching(signal_study(runs, ("naive", "patched_final")), CLAIMS_CFG["patching"])
-    assert claim["outcome"] == NOT_EVALUATED and "final checkpoint" in claim["detail"]
-    assert claim["data"] == {"runs": 1, "runs_with_working_donor": 0}
+    study = signal_study(runs, methods=("naive", "patched_final"))
+    assert judge_patching(study, CLAIMS_CFG["patching"])["value"] == 1.0
+    study["learning_time"].attrs["sigma_checkpoints"] = 1.0
+    claim = judge_patching(study, CLAIMS_CFG["patching"])
+    assert claim["value"] == 0.0 and claim["outcome"] == FAIL
 
 
 def test_patching_is_not_evaluated_without_the_patched_method():

@@ -38,10 +38,8 @@ The claims (SPEC "Ideas"; issue 6):
    best-of methods the study holds; the fraction of runs where it is > 0, and its median.
 4. Embedding patching: per run, the checkpoints before the last where naive prompting of
    the unseen class is below the threshold but naive prompting with the final embedding
-   module patched in reaches it; the fraction of runs with at least one such checkpoint.
-   Only runs whose final checkpoint itself reaches the threshold under naive prompting
-   count: where the donor does not generate the class, its embedding module has nothing
-   to give, and the claim is not about it.
+   module patched in reaches it (both accuracies smoothed as for T); the fraction of runs
+   with at least one such checkpoint.
 5. Underspecification: the mean T over seeds at each masking ratio; the delay T(largest
    ratio) - T(smallest ratio), and whether the mean T never decreases as the ratio grows.
 """
@@ -116,10 +114,9 @@ CLAIMS = {
     "patching": ClaimText(
         "Patching in the final embedding module makes naive prompting succeed at "
         "intermediate checkpoints where it failed.",
-        "of the runs whose final checkpoint reaches the threshold under naive prompting, "
-        "the fraction with a checkpoint before the last where naive accuracy < evaluation "
-        "threshold <= accuracy with the final embedding module patched in (accuracies "
-        "smoothed as for T)",
+        "fraction of runs with a checkpoint before the last where naive accuracy < "
+        "evaluation threshold <= accuracy with the final embedding module patched in "
+        "(accuracies smoothed as for T)",
         "value >= threshold",
         "min_fraction",
     ),
@@ -385,33 +382,20 @@ def judge_patching(study: xr.Dataset, cfg: Mapping[str, Any]) -> dict[str, Any]:
         return result(None, NOT_EVALUATED, "the study has one checkpoint; none is before the last")
     threshold = threshold_of(study)
     unseen = study["accuracy"].sel({"method": ["naive", PATCHED_METHOD], "prompt": UNSEEN_CLASS})
-    accuracy = _per_run(study, smooth_accuracy(unseen, sigma_of(study)))
-    donor_works = (accuracy.sel({"method": "naive"}).isel(step=-1) >= threshold).values
-    if not len(donor_works):
-        return result(None, NOT_EVALUATED, "the study holds no runs")
-    data = {"runs": len(donor_works), "runs_with_working_donor": int(donor_works.sum())}
-    if not donor_works.any():
-        return result(
-            None,
-            NOT_EVALUATED,
-            f"in none of the {len(donor_works)} runs does the final checkpoint reach the "
-            f"threshold {threshold:g} under naive prompting, so no donor embedding module "
-            "generates the class: train longer or at a stronger signal",
-            data,
-        )
-    before_last = accuracy.isel(step=slice(None, -1), run=np.flatnonzero(donor_works))
+    accuracy = _per_run(study, smooth_accuracy(unseen, sigma_of(study))).isel(step=slice(None, -1))
     # NaN compares False both ways: a missing value is neither failure nor success.
-    rescued = (before_last.sel({"method": "naive"}) < threshold) & (
-        before_last.sel({"method": PATCHED_METHOD}) >= threshold
+    rescued = (accuracy.sel({"method": "naive"}) < threshold) & (
+        accuracy.sel({"method": PATCHED_METHOD}) >= threshold
     )
     per_run = rescued.sum("step").values
+    if not len(per_run):
+        return result(None, NOT_EVALUATED, "the study holds no runs")
     fraction = float(np.mean(per_run > 0))
     detail = (
-        f"{int(np.sum(per_run > 0))} of the {len(per_run)} runs whose final checkpoint reaches "
-        f"the threshold ({len(donor_works)} runs in all) have such a checkpoint; "
+        f"{int(np.sum(per_run > 0))} of {len(per_run)} runs have such a checkpoint; "
         f"{int(per_run.sum())} (run, checkpoint) pairs in all, of {per_run.size * (len(steps) - 1)}"
     )
-    data["rescued_checkpoints"] = int(per_run.sum())
+    data = {"runs": len(per_run), "rescued_checkpoints": int(per_run.sum())}
     return result(fraction, PASS if fraction >= float(cfg["min_fraction"]) else FAIL, detail, data)
 
 
