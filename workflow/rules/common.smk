@@ -166,6 +166,23 @@ def settings(*sections, **extra):
     return json.dumps(chosen, sort_keys=True)
 
 
+# The evaluation keys that only gather_study reads (learning times). The sampling rules get
+# the evaluation section without them, so that changing one regathers the studies instead
+# of sampling every checkpoint again.
+GATHER_ONLY_EVALUATION_KEYS = ("threshold", "sigma", "smoothed")
+
+
+def sampling_settings(*sections):
+    """settings() for the rules that sample: the evaluation section without the keys that
+    only gathering reads, plus ``sections``."""
+    evaluation = {
+        key: value
+        for key, value in config["evaluation"].items()
+        if key not in GATHER_ONLY_EVALUATION_KEYS
+    }
+    return settings(*sections, evaluation=evaluation)
+
+
 def threads_for(stage):
     return config["compute"]["threads"][stage]
 

@@ -16,7 +16,7 @@ rule evaluate_checkpoint:
         ENV
     threads: threads_for("evaluate")
     params:
-        settings=settings("evaluation", "probe"),
+        settings=sampling_settings("probe"),
         run=run_args,
         checkpoint=lambda wildcards: (
             RESULTS
@@ -52,7 +52,7 @@ rule sample_images:
         ENV
     threads: threads_for("evaluate")
     params:
-        settings=settings("evaluation"),
+        settings=sampling_settings(),
         run=run_args,
         layout=lambda wildcards: STUDY_LAYOUT[wildcards.study],
         checkpoints=lambda wildcards: [
