@@ -5,6 +5,8 @@ written claims.json is the same for the same input."""
 import base64
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -429,3 +431,21 @@ def test_smoke_run_judges_every_claim_and_reports_the_table(smoke_run):
     # the table itself is embedded as a data URI, byte for byte
     embedded = re.search(r'"results/claims.html": \{.*?"data_uri": "[^,]+,([^"]+)"', html, re.S)
     assert base64.b64decode(embedded[1]) == (results / "claims.html").read_bytes()
+
+
+def test_a_reader_that_stops_early_is_not_an_error(tmp_path):
+    # `conceptspace claims-table ... | head -1`: far more than a pipe buffer of output
+    # (64 KiB) after head has gone; the command must end quietly, as Unix tools do.
+    save_dataset_nc(full_study(), tmp_path / "study.nc")
+    config = load_config(REPO / "config.yaml")
+    write_claims(tmp_path / "claims.json", tmp_path / "claims.html", config, tmp_path / "study.nc")
+    copies = " ".join([str(tmp_path / "claims.json")] * 200)
+    result = subprocess.run(
+        f"{sys.executable} -m conceptspace info {copies} | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == str(tmp_path / "claims.json")
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -452,4 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConceptspaceError as err:
         log.error("%s", err)
         return 1
+    except BrokenPipeError:
+        # The reader of our stdout left (`conceptspace info ... | head`): not an error.
+        # Point stdout at devnull so that Python's flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
