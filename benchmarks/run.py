@@ -358,7 +358,10 @@ def evaluation_cases(args, workdir: Path, devices: list[str]) -> list[dict]:
 
 def measure_dry_run(configfile: str | None) -> dict:
     """Wall time, job count and peak RSS of `snakemake -n` (the planning of the study)."""
-    command = ["snakemake", "-n", "--quiet", "rules"]
+    # The snakemake of this interpreter's environment, also when it is not on PATH
+    # (.venv/bin/python benchmarks/run.py without activating the environment).
+    beside = Path(sys.executable).with_name("snakemake")
+    command = [str(beside) if beside.exists() else "snakemake", "-n", "--quiet", "rules"]
     if configfile:
         command += ["--configfile", configfile]
     load_before = os.getloadavg()
