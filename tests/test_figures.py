@@ -477,3 +477,28 @@ def test_figure_command_draws_the_sample_sheet_from_a_samples_file(tmp_path):
     assert cli.main([*argv, "--samples", str(samples_path)]) == 0
     with Image.open(out) as png:
         assert "seed 0, color gap 0.3, size gap 0.4" in png.info["Title"]
+
+
+def test_accuracy_curves_are_smoothed_as_the_learning_times_were():
+    # With the study's sigma the line is the smoothed seed mean (where the dashed learning
+    # time crosses the threshold) and the measured means are dots beside it.
+    from conceptspace.figures import accuracy_axes, draw_accuracy, new_figure
+    from conceptspace.trajectories import smooth_accuracy
+
+    accuracy = xr.DataArray(
+        [[0.1, 0.1, 0.95, 0.1, 0.1, 0.9, 0.9]],
+        dims=("seed", "step"),
+        coords={"seed": [0], "step": [100, 200, 300, 400, 500, 600, 700]},
+    )
+    times = learning_time(accuracy, 0.8, 1.0).values
+    ax = new_figure(4, 3).subplots()
+    accuracy_axes(ax, "panel", 0.8, sigma=1.0)
+    draw_accuracy(ax, accuracy, "C0", "naive", learning_times=times, threshold=0.8, sigma=1.0)
+    (line,) = [ln for ln in ax.get_lines() if ln.get_label().startswith("naive")]
+    (dots,) = [ln for ln in ax.get_lines() if ln.get_linestyle() == "None"]
+    np.testing.assert_allclose(dots.get_ydata(), accuracy.values[0])
+    smoothed = smooth_accuracy(accuracy, 1.0).values[0]
+    np.testing.assert_allclose(line.get_ydata(), smoothed)
+    assert line.get_label().endswith(f"at step {times[0]:.0f} (1/1 seeds)")
+    assert smoothed[list(accuracy["step"].values).index(times[0])] >= 0.8
+    assert any("sigma 1" in text.get_text() for text in ax.texts)

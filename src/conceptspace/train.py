@@ -40,8 +40,8 @@ import torch
 
 # One schedule for training and for the DAG: `count` steps evenly spaced in sqrt(step)
 # from `first` to `last`, rounded to ints, duplicates removed, sorted.
-from conceptspace.device import compute_device, resolve_device
 from conceptspace.config import checkpoint_steps
+from conceptspace.device import compute_device, resolve_device
 from conceptspace.io import (
     DAMAGED_TORCH_FILE_ERRORS,
     ConceptspaceError,

@@ -540,8 +540,9 @@ def gather_study(
     Keeps ``concept_prob`` and ``accuracy`` (no sample dim); NaN where a grid point was
     not run or a method does not prompt a class. Adds the unseen class's learning times
     for every method: ``learning_time`` (grid..., method), the first step with accuracy
-    (smoothed over checkpoints with ``evaluation_cfg['sigma']``) >= ``evaluation_cfg['threshold']``; ``learning_time_smoothed`` (..., method,
-    concept), the authors' per-concept variant (``evaluation_cfg['smoothed']``); and
+    (smoothed over checkpoints with ``evaluation_cfg['sigma']``) >=
+    ``evaluation_cfg['threshold']``; ``learning_time_smoothed`` (..., method, concept),
+    the authors' per-concept variant (``evaluation_cfg['smoothed']``); and
     ``learning_speed`` = 1 / learning_time. A layout with several unseen classes adds a
     dim ``unseen`` after method. Run coordinates not on the grid must be the same for
     every run and stay scalar coordinates. Runs must share steps, methods, prompts and

@@ -256,9 +256,22 @@ def draw_accuracy(
     ax.plot(steps, mean, linestyle, marker=marker, ms=4, color=color, lw=1.5, label=label)
 
 
-def accuracy_axes(ax: Axes, title: str, threshold: float) -> None:
-    """Labels, limits and the threshold line of an accuracy-against-step panel."""
+def accuracy_axes(ax: Axes, title: str, threshold: float, sigma: float = 0.0) -> None:
+    """Labels, limits and the threshold line of an accuracy-against-step panel; with
+    ``sigma`` > 0 a note that its lines are smoothed as the learning times were (its
+    curves drawn by ``draw_accuracy`` with the same sigma)."""
     ax.set_title(title, fontsize=11)
+    if sigma:
+        ax.text(
+            0.99,
+            0.01,
+            f"lines: Gaussian-smoothed over checkpoints (sigma {sigma:g}); dots: as measured",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=6,
+            color="0.35",
+        )
     ax.set_xlabel(STEP_LABEL)
     ax.set_ylabel("accuracy: P(color) \u00d7 P(size) of the target (probability)")
     ax.set_ylim(-0.03, 1.03)
@@ -299,7 +312,7 @@ def plot_accuracy_levels(
     axes = np.atleast_1d(figure.subplots(1, len(levels), sharey=True))
     n_seeds = []
     for ax, (color_gap, size_gap) in zip(axes, levels):
-        accuracy_axes(ax, level_title(color_gap, size_gap), threshold)
+        accuracy_axes(ax, level_title(color_gap, size_gap), threshold, sigma)
         level = select_level(study.sel({"method": list(methods)}), color_gap, size_gap)
         if level is None:
             note(ax, "not run")
@@ -323,10 +336,9 @@ def plot_accuracy_levels(
                 draw_accuracy(ax, on_training, color, label, linestyle=":", sigma=sigma)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13))
     seeds_text = f"{max(n_seeds)} seeds" if n_seeds else "seeds"
-    smoothing = f", Gaussian-smoothed over checkpoints (sigma {sigma:g}; dots: as measured)"
     figure.suptitle(
-        f"{title}\nline: mean over {seeds_text}{smoothing if sigma else ''}; band: range (min "
-        "to max) over seeds; dashed vertical: mean over seeds of the first step at the threshold",
+        f"{title}\nline: mean over {seeds_text}; band: range (min to max) over seeds; dashed "
+        "vertical: mean over seeds of the first step at the threshold",
         fontsize=11,
     )
     return save_figure(figure, out_pdf, record=record)

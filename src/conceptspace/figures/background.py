@@ -32,6 +32,7 @@ from conceptspace.figures import (
     require,
     require_methods,
     save_figure,
+    sigma_of,
     threshold_of,
 )
 from conceptspace.io import ConceptspaceError
@@ -106,7 +107,7 @@ def plot_background(
     naive = study.sel({"method": NAIVE})
     position = value_one_probability(naive["concept_prob"]).mean("seed", skipna=True)
     position = position.transpose("prompt", "step", "concept")
-    threshold = threshold_of(study)
+    threshold, sigma = threshold_of(study), sigma_of(study)
 
     figure = new_figure(17, 5.4)
     axes = figure.subplots(1, 4)
@@ -116,7 +117,7 @@ def plot_background(
     figure.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=8)
 
     ax = axes[3]
-    accuracy_axes(ax, "unseen classes, naive prompting", threshold)
+    accuracy_axes(ax, "unseen classes, naive prompting", threshold, sigma)
     ax.set_ylabel("accuracy: product of the 3 target probabilities")
     times = naive["learning_time"]
     for color, unseen in zip(UNSEEN_COLORS, LAYOUT.unseen_classes):
@@ -124,7 +125,13 @@ def plot_background(
         learning = times.sel(unseen=unseen) if "unseen" in times.dims else times
         label = f"{unseen} {LAYOUT.label(unseen)}"
         draw_accuracy(
-            ax, accuracy, color, label, learning_times=learning.values, threshold=threshold
+            ax,
+            accuracy,
+            color,
+            label,
+            learning_times=learning.values,
+            threshold=threshold,
+            sigma=sigma,
         )
     ax.legend(fontsize=7, loc="upper left")
     gaps = ", ".join(

@@ -33,6 +33,7 @@ from conceptspace.figures import (
     require,
     require_methods,
     save_figure,
+    sigma_of,
     threshold_of,
 )
 from conceptspace.figures.background import value_one_probability
@@ -61,7 +62,7 @@ def plot_celeba(
     present = [str(m) for m in study["method"].values]
     methods = [(NAIVE, "naive")] + [(m, kind) for m, kind in COMPARED if m in present]
     position = value_one_probability(study["concept_prob"], layout).mean("seed", skipna=True)
-    threshold = threshold_of(study)
+    threshold, sigma = threshold_of(study), sigma_of(study)
 
     figure = new_figure(13, 6.2)
     square, curves = figure.subplots(1, 2)
@@ -108,7 +109,7 @@ def plot_celeba(
     handles, labels = square.get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
 
-    accuracy_axes(curves, f"held-out class {unseen} ({layout.label(unseen)})", threshold)
+    accuracy_axes(curves, f"held-out class {unseen} ({layout.label(unseen)})", threshold, sigma)
     curves.set_ylabel(f"accuracy: P({first}) \u00d7 P({second}) of the target (probability)")
     for method, kind in methods:
         selected = study.sel({"method": method})
@@ -119,6 +120,7 @@ def plot_celeba(
             method_label(method),
             learning_times=selected["learning_time"].values,
             threshold=threshold,
+            sigma=sigma,
         )
     curves.legend(fontsize=7, loc="upper left")
     n_seeds = study.sizes.get("seed", 1)

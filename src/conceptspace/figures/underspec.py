@@ -27,6 +27,7 @@ from conceptspace.figures import (
     note,
     require,
     save_figure,
+    sigma_of,
     threshold_of,
 )
 from conceptspace.io import ConceptspaceError
@@ -57,7 +58,7 @@ def plot_underspec(
         )
     ratios = [float(r) for r in study["mask_ratio"].values]
     colors = ratio_colors(ratios)
-    threshold = threshold_of(study)
+    threshold, sigma = threshold_of(study), sigma_of(study)
     figure = new_figure(15, 4.8)
     ax_time, ax_accuracy, ax_samples = figure.subplots(1, 3)
 
@@ -99,8 +100,11 @@ def plot_underspec(
             f"{100 * ratio:g}% masked",
             learning_times=times.sel(mask_ratio=ratio).values,
             threshold=threshold,
+            sigma=sigma,
         )
-    accuracy_axes(ax_accuracy, f"(b) naive prompting of {COLOR_SHAPE.label(UNSEEN)}", threshold)
+    accuracy_axes(
+        ax_accuracy, f"(b) naive prompting of {COLOR_SHAPE.label(UNSEEN)}", threshold, sigma
+    )
     ax_accuracy.set_ylabel("accuracy: P(blue) \u00d7 P(triangle) (probability)")
     ax_accuracy.set_xlabel(STEP_LABEL)
     ax_accuracy.legend(fontsize=7, loc="upper left")
