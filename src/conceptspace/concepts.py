@@ -188,13 +188,18 @@ class Layout:
         female with hat (Male 0, Wearing_Hat 1): amplify "female" (1, 0, 0, 0), against
         the pull to male with hat, and remove "no hat" (0, 0, 1, 0), against female
         without hat: the two training classes it differs from in one attribute."""
-        if not self.one_hot or len(self.concepts) != 2 or len(self.unseen_classes) != 1:
+        if not self.has_one_hot_intervention:
             raise ValueError(f"layout {self.name} has no one-hot intervention")
         first, second = self.digits(self.unseen_classes[0])
         amplified, removed = np.zeros(self.h_dim, np.float32), np.zeros(self.h_dim, np.float32)
         amplified[self.slots(self.concepts[0])] = np.eye(2)[first]
         removed[self.slots(self.concepts[1])] = np.eye(2)[1 - second]
         return amplified, removed
+
+    @property
+    def has_one_hot_intervention(self) -> bool:
+        """Whether :meth:`intervention_h` is defined: one-hot, two concepts, one unseen class."""
+        return self.one_hot and len(self.concepts) == 2 and len(self.unseen_classes) == 1
 
     @property
     def classes(self) -> tuple[str, ...]:

@@ -75,9 +75,7 @@ def overprompted_classes(layout: Layout) -> tuple[str, ...]:
 def has_intervention(layout: Layout) -> bool:
     """The latent intervention is defined for the 2x2 (the config's color and size
     directions) and for one-hot layouts of two concepts (``Layout.intervention_h``)."""
-    return layout is COLOR_SIZE or (
-        layout.one_hot and len(layout.concepts) == 2 and len(layout.unseen_classes) == 1
-    )
+    return layout is COLOR_SIZE or layout.has_one_hot_intervention
 
 
 def build_methods(
