@@ -190,8 +190,9 @@ def _open_netcdf(path: str | os.PathLike, kind: str, required: Iterable[str]) ->
 
 def missing_run_attrs(attrs: Mapping[str, Any]) -> list[str]:
     """The attributes an evaluation must carry that ``attrs`` lacks: step and seed, and
-    the gaps unless its layout has no signal level (CelebA's, named by layout_record)."""
-    gaps = () if "layout_record" in attrs else ("color_gap", "size_gap")
+    the gaps unless its layout has no signal level (a one-hot layout: CelebA's), the
+    criterion ``evaluate._run_attrs`` writes them by."""
+    gaps = () if layout_from_attrs(attrs).one_hot else ("color_gap", "size_gap")
     return [key for key in ("step", "seed") + gaps if key not in attrs]
 
 
