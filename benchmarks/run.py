@@ -223,25 +223,35 @@ def training_cases(args, workdir: Path, devices: list[str]) -> list[dict]:
                 case = {**base, "device": device, "variant": "default", **variant}
                 case["name"] = f"train/{name}/{device}/{case['impl']}/{case['variant']}"
                 cases.append(case)
-    return cases
+    if args.only:
+        cases = [case for case in cases if re.search(args.only, case["name"])]
+    # compiling is slow: the other cases first, so a time limit cuts compile cases only
+    return sorted(cases, key=lambda case: bool(case.get("compile")))
 
 
-def measure_interleaved(cases: list[dict], args, workdir: Path) -> list[dict]:
+def measure_interleaved(cases: list[dict], args, workdir: Path, progress=None) -> list[dict]:
     """Each case ``--repeats`` times, in rounds (every case once, then again), so a change
     of the machine's load hits all cases alike; each case reports its best round (the
-    least disturbed) and every round's images/s."""
-    rounds = []
+    least disturbed) and every round's images/s. ``progress(results)`` is called with
+    the results so far after every measurement."""
+    measured: list[list[dict]] = [[] for _ in cases]  # per case, one result per round
     for round_index in range(args.repeats):
-        rounds.append([])
-        for case in cases:
+        for case, rounds in zip(cases, measured):
             log.info("measuring %s (round %d/%d)", case["name"], round_index + 1, args.repeats)
-            rounds[-1].append(run_child(case, workdir))
-            log.info("%s: %s images/s", case["name"], rounds[-1][-1].get("images_per_s"))
+            rounds.append(run_child(case, workdir))
+            log.info("%s: %s images/s", case["name"], rounds[-1].get("images_per_s"))
+            if progress:
+                progress(best_rounds(measured))
+    return best_rounds(measured)
+
+
+def best_rounds(measured: list[list[dict]]) -> list[dict]:
+    """Per case measured at least once: its fastest round, with every round's images/s."""
     results = []
-    for per_case in zip(*rounds):
-        done = [r for r in per_case if "images_per_s" in r]
-        best = dict(max(done, key=lambda r: r["images_per_s"]) if done else per_case[0])
-        best["images_per_s_rounds"] = [r.get("images_per_s") for r in per_case]
+    for rounds in filter(None, measured):
+        done = [r for r in rounds if "images_per_s" in r]
+        best = dict(max(done, key=lambda r: r["images_per_s"]) if done else rounds[0])
+        best["images_per_s_rounds"] = [r.get("images_per_s") for r in rounds]
         results.append(best)
     return results
 
@@ -343,7 +353,10 @@ def evaluation_cases(args, workdir: Path, devices: list[str]) -> list[dict]:
                 **setup,
                 # the study's evaluation (config.yaml) whatever the model: 32 samples per
                 # prompt, every method, the configured sampler steps
-                "evaluation": load_config()["evaluation"],
+                "evaluation": {
+                    **load_config()["evaluation"],
+                    **({"batch_size": args.eval_batch} if args.eval_batch else {}),
+                },
                 "dataset": str(dataset),
                 "device": device,
                 "threads": args.threads,
@@ -428,7 +441,8 @@ def summarize(report: dict) -> str:
         f"torch {report['machine']['torch']}"
         + (f", {report['machine']['cuda_device']}" if report["machine"].get("cuda") else "")
         + f"), {report['started']}; load average (1, 5, 15 min) at start "
-        f"{_load(report['load_average_start'])}, at end {_load(report['load_average_end'])}.",
+        f"{_load(report['load_average_start'])}, at end {_load(report['load_average_end'])}."
+        + ("" if report.get("complete", True) else " Incomplete: the run stopped early."),
     ]
     if "training" in report:
         lines += [
@@ -511,6 +525,12 @@ def main(argv: list[str] | None = None) -> None:
         "--eval-models", default="small", help="models whose evaluation is timed on the CPU"
     )
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile")
+    parser.add_argument(
+        "--only", help="training cases whose name matches this regex, e.g. 'paper/cuda'"
+    )
+    parser.add_argument(
+        "--eval-batch", type=int, help="evaluation.batch_size (default: config.yaml's)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--summarize", action="store_true", help="print --out as Markdown")
     args = parser.parse_args(argv)
@@ -541,28 +561,39 @@ def main(argv: list[str] | None = None) -> None:
             "the ratios, taken between measurements of this same run."
         ),
     }
+    report["provenance"] = provenance({"benchmark": report["command"]}, 0)
+
+    def save(complete: bool = False) -> None:
+        """Write the report so far: a run killed by a time limit keeps what it measured."""
+        report["complete"] = complete
+        report["load_average_end"] = os.getloadavg()
+        with atomic_path(args.out) as tmp_out:
+            tmp_out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+
+    def training_progress(results: list[dict]) -> None:
+        report["training"] = results
+        report["training_ratio_vs_baseline"] = training_ratios(results)
+        save()
+
     with tempfile.TemporaryDirectory(prefix="conceptspace_bench_") as tmp:
         workdir = Path(tmp)
         if "training" not in skip:
-            results = measure_interleaved(training_cases(args, workdir, devices), args, workdir)
-            report["training"] = results
-            report["training_ratio_vs_baseline"] = training_ratios(results)
+            cases = training_cases(args, workdir, devices)
+            training_progress(measure_interleaved(cases, args, workdir, training_progress))
         if "evaluation" not in skip:
             report["evaluation"] = []
             for case in evaluation_cases(args, workdir, devices):
                 log.info("measuring %s", case["name"])
                 report["evaluation"].append(run_child(case, workdir))
                 log.info("%s: %s", case["name"], report["evaluation"][-1])
+                save()
         if "dry_run" not in skip:
             log.info("measuring the dry run")
             report["dry_run"] = measure_dry_run(
                 "workflow/presets/smoke.yaml" if args.tiny else None
             )
             log.info("dry run: %s", report["dry_run"])
-    report["load_average_end"] = os.getloadavg()
-    report["provenance"] = provenance({"benchmark": report["command"]}, 0)
-    with atomic_path(args.out) as tmp_out:
-        tmp_out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    save(complete=True)
     log.info("wrote %s\n%s", args.out, summarize(report))
 
 
