@@ -4,6 +4,7 @@ set with every class, evaluation with the one-hot class prompts (naive, the one-
 intervention, patching), gathering and fig_celeba; and the one-hot layout itself."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -45,8 +46,8 @@ def test_celeba_methods_are_naive_intervention_and_patching():
 
 @pytest.mark.workflow
 def test_celeba_default_training_plans_checkpoints_past_a_million_steps(tmp_path):
-    # 2M steps: the later checkpoints have 7-digit names (step_1333368), which the {step}
-    # wildcard must accept, or gather_run has inputs no rule makes.
+    # 2M steps: the later checkpoints have 7-digit names (step_1333368.pt); the run's one
+    # evaluation job must be handed every checkpoint, those included.
     root = tmp_path / "faces"
     build_celeba(root)
     overlay = {"studies": {"signal": None, "underspecification": None}}
@@ -54,19 +55,18 @@ def test_celeba_default_training_plans_checkpoints_past_a_million_steps(tmp_path
     path = tmp_path / "celeba.yaml"
     path.write_text(yaml.safe_dump(overlay))
     result = snakemake(
-        tmp_path,
-        "results/celeba/study.nc",
-        "-n",
-        "--quiet",
-        "rules",
-        configs=(REPO / "config.yaml", path),
+        tmp_path, "results/celeba/study.nc", "-n", "-p", configs=(REPO / "config.yaml", path)
     )
     config = load_config(REPO / "config.yaml", path)
     steps = checkpoint_steps(study_training(config, "celeba"))
     assert max(steps) >= 1_000_000
-    assert planned_jobs(result.stdout)["evaluate_checkpoint"] == len(steps)
+    assert planned_jobs(result.stdout)["evaluate_run"] == 1
+    command = next(line for line in result.stdout.splitlines() if "evaluate-run" in line)
+    named = re.findall(r"checkpoints/step_(\d+)\.pt", command)
+    assert [int(step) for step in named] == steps
 
 
+@pytest.mark.workflow
 def test_celeba_study_runs_through_snakemake(tmp_path):
     root = tmp_path / "faces"
     build_celeba(root)

@@ -16,6 +16,7 @@ from conceptspace.concepts import CLASSES, CONCEPTS, Signal
 from conceptspace.evaluate import (
     conditions_of,
     evaluate_checkpoint,
+    evaluate_run,
     generate_images,
     prepare_checkpoint,
     sample_checkpoints,
@@ -26,6 +27,7 @@ from conceptspace.io import ConceptspaceError
 from conceptspace.probe import train_probe
 from conceptspace.render import render_training_set, save_dataset
 from conceptspace.train import checkpoint_path, train_run
+from conceptspace.trajectories import gather_run, open_trajectory
 
 SIGNAL = Signal(0.4, 0.4)
 SEED = 5
@@ -419,3 +421,61 @@ def test_evaluation_refuses_a_missing_donor(trained, tmp_path):
     methods = {**OFF, "patching": {"donors": [3]}}  # not a checkpoint step of the run
     with pytest.raises(ConceptspaceError, match="not a checkpoint step"):
         evaluate(trained, tmp_path / "x.nc", {**EVALUATION, "methods": methods})
+
+
+def test_evaluate_run_equals_evaluating_each_checkpoint_and_gathering(trained, tmp_path):
+    """The per-run command (one job per run in the pipeline) writes the same evaluations
+    as the per-checkpoint one, and the trajectory that gather_run makes of them."""
+    checkpoint, probe = trained
+    checkpoints = [checkpoint_path(checkpoint.parent.parent, step) for step in (2, 4)]
+    settings = {"evaluation": EVALUATION, "probe": PROBE}
+    out = tmp_path / "trajectory.nc"
+    code = cli_main(
+        ["evaluate-run", "--settings", json.dumps(settings), "--probe", str(probe)]
+        + ["--color-gap", "0.4", "--size-gap", "0.4", "--seed", str(SEED)]
+        + ["--eval-dir", str(tmp_path / "eval"), "--out", str(out)]
+        + ["--device", "cpu", "--threads", "1"]
+        + [str(c) for c in checkpoints]
+    )
+    assert code == 0
+    single = [tmp_path / f"single_{step}.nc" for step in (2, 4)]
+    for path, one in zip(single, checkpoints):
+        evaluate_checkpoint(one, probe, EVALUATION, 0.0, SIGNAL, SEED, path, "cpu", 1)
+    with open_trajectory(out) as run, xr.open_dataset(tmp_path / "eval" / "step_000004.nc") as e:
+        expected = gather_run(single)
+        assert list(run["step"].values) == [2, 4]
+        np.testing.assert_array_equal(run["p_target"].values, expected["p_target"].values)
+        np.testing.assert_array_equal(run["accuracy"].values, expected["accuracy"].values)
+        assert len(e.attrs["inputs_hash"]) == 16
+
+
+def test_evaluate_run_keeps_current_evaluations_and_redoes_stale_ones(trained, tmp_path, caplog):
+    """A killed or repeated job resumes: an evaluation made from the same inputs is kept
+    (not rewritten); one whose checkpoint was rewritten, or whose settings changed, or a
+    damaged one, is made again."""
+    checkpoint, probe = trained
+    checkpoints = [checkpoint_path(checkpoint.parent.parent, step) for step in (2, 4)]
+    eval_dir, out = tmp_path / "eval", tmp_path / "trajectory.nc"
+
+    def run(evaluation=EVALUATION):
+        evaluate_run(checkpoints, probe, evaluation, 0.0, SIGNAL, SEED, eval_dir, out, "cpu", 1)
+        return {p.name: p.stat().st_mtime_ns for p in sorted(eval_dir.glob("*.nc"))}
+
+    first = run()
+    assert sorted(first) == ["step_000002.nc", "step_000004.nc"]
+    assert run() == first  # nothing changed: both kept, untouched
+    # A damaged working file is evaluated again, the other kept.
+    (eval_dir / "step_000002.nc").write_bytes(b"not netCDF")
+    with caplog.at_level("WARNING"):
+        again = run()
+    assert again["step_000004.nc"] == first["step_000004.nc"]
+    assert again["step_000002.nc"] != first["step_000002.nc"]
+    assert "step_000002.nc could not be read" in caplog.text
+    # Other settings: both evaluated again, and the file says which settings made it.
+    fewer = {**EVALUATION, "samples_per_prompt": 2}
+    changed = run(fewer)
+    assert all(changed[name] != again[name] for name in changed)
+    with xr.open_dataset(eval_dir / "step_000004.nc") as ds:
+        assert ds.sizes["sample"] == 2
+    with open_trajectory(out) as trajectory:
+        assert trajectory.sizes["sample"] == 2

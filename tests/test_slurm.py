@@ -2,7 +2,7 @@
 (tests/slurm/cluster_up.sh: munge, MariaDB, slurmdbd, slurmctld, slurmd, two fake GPUs)
 runs the smoke preset through `snakemake --executor slurm` with the project's profile
 (workflow/profiles/slurm). Checked: every job went through Slurm (sacct), GPU rules ran
-on the gpu partition with a GPU, evaluations were bundled one job per run, the study
+on the gpu partition with a GPU, each run's evaluations ran as one job, the study
 dataset equals that of a local run although one training job was requeued midway
 (scontrol requeue, what a preempting scheduler does) and resumed from its checkpoint, a
 training job cancelled midway (scancel) is resubmitted with a larger runtime and resumes,
@@ -48,9 +48,9 @@ PROFILE = REPO / "workflow" / "profiles" / "slurm"
 REQUIRED = os.environ.get("CONCEPTSPACE_REQUIRE_SLURM") == "1"
 KEEP = os.environ.get("CONCEPTSPACE_SLURM_KEEP") == "1"
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "slurmdbd", "mariadbd", "sbatch")
-GPU_RULES = ("train_vdm", "train_probe", "evaluate_checkpoint", "sample_images")
-RULES = ("render_training_set", "train_vdm", "train_probe", "evaluate_checkpoint", "gather_run",
-         "gather_study", "sample_images", "sample_sheet", "claims", "fig_signal",
+GPU_RULES = ("train_vdm", "train_probe", "evaluate_run", "sample_images")
+RULES = ("render_training_set", "train_vdm", "train_probe", "evaluate_run", "gather_study",
+         "sample_images", "sample_sheet", "claims", "fig_signal",
          "fig_trajectories", "fig_hidden", "fig_patching", "fig_underspec")  # fmt: skip
 SNAKEMAKE_LIMIT_S = 600  # a hung snakemake ignores SIGTERM: timeout -k kills it
 RUN = r"dc\d+\.\d{3}_ds\d+\.\d{3}_seed\d+|p\d\.\d{3}_seed\d+"  # signal | underspecification
@@ -348,9 +348,6 @@ def minutes(timelimit: str) -> int:
 
 def rule_of(comment: str) -> tuple[str, str | None]:
     """(rule, run) of a Slurm job from the comment the plugin gives it."""
-    bundle = re.fullmatch(rf"rule_evaluate_({RUN})_.*", comment)
-    if bundle:
-        return "evaluate_checkpoint", bundle[1]
     for rule in RULES:
         if comment == f"rule_{rule}":
             return rule, None
@@ -383,9 +380,8 @@ def test_every_rule_ran_as_a_slurm_job(cluster, runs):
     assert ran_locally == ["all"], f"jobs that did not go through Slurm: {ran_locally}"
     jobs = slurm_jobs(cluster, slurm.name)
     expected = {rule: len(SMOKE_RUNS) for rule in ("render_training_set", "train_vdm")}
-    expected |= {"train_probe": 2, "gather_run": len(SMOKE_RUNS), "gather_study": 2}  # 2 studies
-    expected |= {"fig_underspec": 1}
-    expected |= {"fig_signal": 1, "evaluate_checkpoint": len(SMOKE_RUNS)}  # a bundle per run
+    expected |= {"train_probe": 2, "evaluate_run": len(SMOKE_RUNS), "gather_study": 2}  # 2 studies
+    expected |= {"fig_underspec": 1, "fig_signal": 1}
     # The sample sheet's run (signal) and the blue-triangle samples of each masking ratio.
     expected |= {"sample_images": 3, "sample_sheet": 1, "claims": 1}
     expected |= {"fig_trajectories": 1, "fig_hidden": 1, "fig_patching": 1}
@@ -404,15 +400,14 @@ def test_gpu_rules_ran_on_the_gpu_partition_with_a_gpu(cluster, runs):
                 assert row["Partition"] == "cpu" and "gres/gpu" not in row["AllocTRES"], row
 
 
-def test_evaluations_are_bundled_one_slurm_job_per_run(cluster, runs):
+def test_evaluations_are_one_slurm_job_per_run(cluster, runs):
     slurm = runs["slurm"].succeeded()
-    bundles = slurm_jobs(cluster, slurm.name)["evaluate_checkpoint"]
-    assert sorted(row["run"] for row in bundles) == sorted(SMOKE_RUNS)
-    per_checkpoint = profile_runtime("evaluate_checkpoint", attempt=1)
-    for row in bundles:
-        # A bundle asks for the runtime of all its checkpoints, evaluated one at a time.
-        assert minutes(row["Timelimit"]) == per_checkpoint * len(STEPS), row
+    jobs = slurm_jobs(cluster, slurm.name)["evaluate_run"]
+    assert sorted(row["run"] for row in jobs) == sorted(SMOKE_RUNS)
+    for row in jobs:
+        assert minutes(row["Timelimit"]) == profile_runtime("evaluate_run", attempt=1), row
         assert re.search(r"\bcpu=1,.*gres/gpu=1\b", row["AllocTRES"]), row
+        # the job evaluated every checkpoint of its run
         study = STUDY_OF_RUN[row["run"]]
         evaluated = (slurm.workdir / "results" / study / "runs" / row["run"] / "eval").glob("*.nc")
         assert len(list(evaluated)) == len(STEPS)

@@ -13,7 +13,6 @@ from conceptspace.config import (
     checkpoint_steps,
     load_config,
     study_runs,
-    study_training,
     underspecification_runs,
 )
 from conftest import REPO, SMOKE, planned_jobs, snakemake, venv_tool
@@ -55,10 +54,9 @@ def test_dry_run_plans_the_paper_scale_study(tmp_path):
     assert jobs["render_training_set"] == runs
     assert jobs["train_vdm"] == runs
     assert jobs["train_probe"] == 3  # one per study: each its own concepts
-    steps = len(checkpoint_steps(config["training"]))
-    background_steps = len(checkpoint_steps(study_training(config, "background")))
-    assert jobs["evaluate_checkpoint"] == (signal + masked) * steps + background * background_steps
-    assert jobs["gather_run"] == runs and jobs["gather_study"] == 3 and jobs["fig_signal"] == 1
+    # one evaluation job per run, over all of its checkpoints (far fewer jobs to plan)
+    assert jobs["evaluate_run"] == runs and "evaluate_checkpoint" not in jobs
+    assert jobs["gather_study"] == 3 and jobs["fig_signal"] == 1
     assert jobs["fig_underspec"] == 1 and jobs["fig_background"] == 1
 
 
@@ -119,8 +117,8 @@ def test_smoke_run_keeps_checkpoints_manifests_and_logs(smoke_run):
         assert (results / "logs" / "train_vdm" / "signal" / f"{run.id}.log").stat().st_size > 0
     metrics = json.loads((results / "signal" / "probe" / "metrics.json").read_text())
     assert min(metrics["accuracy"].values()) >= config["probe"]["min_accuracy"]
-    for rule in ("render_training_set", "train_probe", "evaluate_checkpoint", "gather_run",
-                 "gather_study", "figures"):  # fmt: skip
+    for rule in ("render_training_set", "train_probe", "evaluate_run", "gather_study",
+                 "figures"):  # fmt: skip
         assert (results / "logs" / rule).exists(), f"no log folder for {rule}"
 
 
@@ -143,12 +141,11 @@ def test_smoke_run_is_complete_and_one_figure_rebuilds_alone(smoke_run):
 
 
 def test_cpu_preset_plans_its_five_runs(tmp_path):
-    # The laptop-scale preset (issue 6): 3 color gaps + 2 masking ratios, every checkpoint
-    # evaluated.
+    # The laptop-scale preset (issue 6): 3 color gaps + 2 masking ratios, each evaluated
+    # at every checkpoint by one job.
     cpu = REPO / "workflow" / "presets" / "cpu.yaml"
     result = snakemake(tmp_path, "-n", "--quiet", "rules", configs=(REPO / "config.yaml", cpu))
     jobs = planned_jobs(result.stdout)
-    checkpoints = load_config(REPO / "config.yaml", cpu)["training"]["checkpoints"]["count"]
     assert jobs["train_vdm"] == 5 and jobs["train_probe"] == 2
-    assert jobs["evaluate_checkpoint"] == 5 * checkpoints
+    assert jobs["evaluate_run"] == 5
     assert jobs["claims"] == 1 and jobs["fig_underspec"] == 1

@@ -129,6 +129,25 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_evaluate_run(args: argparse.Namespace) -> None:
+    from conceptspace.evaluate import evaluate_run
+
+    settings = _settings(args.settings)
+    evaluate_run(
+        args.checkpoints,
+        args.probe,
+        settings["evaluation"],
+        settings["probe"]["min_accuracy"],
+        _signal(args),
+        args.seed,
+        args.eval_dir,
+        args.out,
+        device=args.device,
+        threads=args.threads,
+        mask_ratio=args.mask_ratio,
+    )
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     from conceptspace.concepts import layout_named
     from conceptspace.evaluate import sample_checkpoints
@@ -374,6 +393,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, required=True)
     study_run_options(p)
     p.add_argument("--out", required=True)
+    compute(p)
+
+    p = stage(
+        "evaluate-run",
+        cmd_evaluate_run,
+        "score every checkpoint of one run, then gather its trajectory",
+    )
+    p.add_argument("--settings", required=True, help="JSON: 'evaluation', 'probe'")
+    p.add_argument("--probe", required=True)
+    p.add_argument("--color-gap", type=float, help="the run's gaps (none for CelebA)")
+    p.add_argument("--size-gap", type=float)
+    p.add_argument("--seed", type=int, required=True)
+    study_run_options(p)
+    p.add_argument("--eval-dir", required=True, help="per-checkpoint evaluations (kept)")
+    p.add_argument("--out", required=True, help="netCDF: the run's trajectory")
+    p.add_argument("checkpoints", nargs="+", help="checkpoints of one run")
     compute(p)
 
     p = stage("sample", cmd_sample, "images of every method and prompt, as evaluated")

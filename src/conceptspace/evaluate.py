@@ -466,6 +466,66 @@ def _run_attrs(
 # ----------------------------------------------------------------------------- entry points
 
 
+@dataclass(frozen=True)
+class RunEvaluation:
+    """What every checkpoint of one run is evaluated with."""
+
+    probe_path: Path
+    evaluation_cfg: Mapping[str, Any]
+    min_accuracy: float
+    signal: Signal
+    seed: int
+    device: torch.device
+    mask_ratio: float | None = None
+
+    @classmethod
+    def on(
+        cls, probe_path, evaluation_cfg, min_accuracy, signal, seed, device, threads, mask_ratio
+    ):
+        """The settings of a run, on ``device`` with ``threads`` CPU threads."""
+        device = compute_device(device, threads)
+        return cls(Path(probe_path), evaluation_cfg, min_accuracy, signal, seed, device, mask_ratio)
+
+    def load_probe(self):
+        """The probe, refused below its accuracy floor, checked against the run's gaps."""
+        from conceptspace.probe import load_probe
+
+        probe = load_probe(self.probe_path, self.min_accuracy, self.device)
+        layout = getattr(probe, "layout", COLOR_SIZE)  # probes before layouts: the 2x2
+        if not layout.one_hot and min(self.signal.color_gap, self.signal.size_gap) <= 0:
+            raise ConceptspaceError(
+                f"the {layout.name} layout prompts class means at the run's gaps, but no "
+                "color or size gap was given; pass the run's --color-gap and --size-gap"
+            )
+        return probe
+
+    def inputs_hash(self, checkpoint: Path) -> str:
+        """A hash of what one checkpoint's evaluation is made from: the settings, the run,
+        the device type (its generators draw the noise), and the checkpoint's and the
+        probe's size and modification time (retraining rewrites them, atomically)."""
+
+        def file_stamp(path: Path) -> list:
+            try:
+                stat = path.stat()
+            except OSError:
+                return [str(path), None]  # missing: evaluating it names the problem
+            return [path.name, stat.st_size, stat.st_mtime_ns]
+
+        signal = self.signal
+        return config_hash(
+            {
+                "evaluation": dict(self.evaluation_cfg),
+                "min_accuracy": float(self.min_accuracy),
+                "signal": [signal.color_gap, signal.size_gap, signal.background_gap],
+                "seed": int(self.seed),
+                "mask_ratio": self.mask_ratio,
+                "device": self.device.type,
+                "checkpoint": file_stamp(checkpoint),
+                "probe": file_stamp(self.probe_path),
+            }
+        )
+
+
 def evaluate_checkpoint(
     checkpoint_path: str | os.PathLike,
     probe_path: str | os.PathLike,
@@ -483,19 +543,27 @@ def evaluate_checkpoint(
     is loaded with ``min_accuracy`` as its floor, so a weak probe is refused
     (ConceptspaceError) before any sampling. The concept layout is the probe's;
     ``mask_ratio`` (underspecification runs) is recorded with the run's seed and gaps."""
-    from conceptspace.probe import load_probe, predict_proba
+    run = RunEvaluation.on(
+        probe_path, evaluation_cfg, min_accuracy, signal, seed, device, threads, mask_ratio
+    )
+    return _evaluate_with(run.load_probe(), checkpoint_path, out_path, run)
 
-    device = compute_device(device, threads)
-    probe_path = Path(probe_path)
+
+def _evaluate_with(
+    probe,
+    checkpoint_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    run: RunEvaluation,
+    extra_attrs: Mapping[str, Any] | None = None,
+) -> Path:
+    """:func:`evaluate_checkpoint` with the probe already loaded (``evaluate_run`` loads
+    it once for all of a run's checkpoints)."""
+    from conceptspace.probe import predict_proba
+
+    probe_path, evaluation_cfg, min_accuracy = run.probe_path, run.evaluation_cfg, run.min_accuracy
+    signal, seed, device, mask_ratio = run.signal, run.seed, run.device, run.mask_ratio
     samples_per_prompt, sampler_steps, batch_size = _sampling_settings(evaluation_cfg)
-
-    probe = load_probe(probe_path, min_accuracy, device)
-    layout = getattr(probe, "layout", COLOR_SIZE)  # probes before layouts: the 2x2
-    if not layout.one_hot and min(signal.color_gap, signal.size_gap) <= 0:
-        raise ConceptspaceError(
-            f"the {layout.name} layout prompts class means at the run's gaps, but no color or "
-            "size gap was given; pass the run's --color-gap and --size-gap"
-        )
+    layout = getattr(probe, "layout", COLOR_SIZE)
     prepared = prepare_checkpoint(
         checkpoint_path, evaluation_cfg["methods"], signal, seed, device, layout
     )
@@ -540,6 +608,7 @@ def evaluate_checkpoint(
         probe=str(probe_path),
         min_accuracy=float(min_accuracy),
         **{f"probe_accuracy_{name}": float(value) for name, value in probe_accuracy.items()},
+        **(extra_attrs or {}),
     )
     write_evaluation(out_path, p_target, methods, prompts, concepts, attrs)
     for unseen_class in layout.unseen_classes:
@@ -556,6 +625,72 @@ def evaluate_checkpoint(
             ),
         )
     return Path(out_path)
+
+
+def evaluate_run(
+    checkpoint_paths: Sequence[str | os.PathLike],
+    probe_path: str | os.PathLike,
+    evaluation_cfg: Mapping[str, Any],
+    min_accuracy: float,
+    signal: Signal,
+    seed: int,
+    eval_dir: str | os.PathLike,
+    out_path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+    mask_ratio: float | None = None,
+) -> Path:
+    """Evaluate every checkpoint of one run into ``eval_dir/step_XXXXXX.nc``, then gather
+    them into the run's trajectory at ``out_path`` (``trajectories.gather_run``).
+
+    One process per run: the probe is loaded once, and the pipeline plans one job per
+    run instead of one per checkpoint (planning the paper-scale study is mostly per-job
+    work). The per-checkpoint files are working files: one already in ``eval_dir`` is
+    kept when its inputs are the same (:meth:`RunEvaluation.inputs_hash`), so a killed job
+    resumes at the checkpoint it stopped at, and a run trained further evaluates only
+    its new checkpoints. Delete ``eval_dir`` to evaluate everything again."""
+    from conceptspace.trajectories import gather_run
+
+    run = RunEvaluation.on(
+        probe_path, evaluation_cfg, min_accuracy, signal, seed, device, threads, mask_ratio
+    )
+    probe = run.load_probe()
+    eval_dir = Path(eval_dir)
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    eval_paths, kept, started = [], 0, time.perf_counter()
+    for done, checkpoint in enumerate(map(Path, checkpoint_paths), start=1):
+        out = eval_dir / f"{checkpoint.stem}.nc"  # step_XXXXXX.pt -> step_XXXXXX.nc
+        inputs = run.inputs_hash(checkpoint)
+        if _made_from(out, inputs):
+            kept += 1
+        else:
+            _evaluate_with(probe, checkpoint, out, run, extra_attrs={"inputs_hash": inputs})
+        eval_paths.append(out)
+        elapsed = time.perf_counter() - started
+        log.info(
+            "checkpoint %d/%d evaluated (%d kept from an earlier job; %.1f s, ETA %s)",
+            done,
+            len(checkpoint_paths),
+            kept,
+            elapsed,
+            eta(done - kept, len(checkpoint_paths) - kept, elapsed),
+        )
+    save_dataset_nc(gather_run(eval_paths), out_path)
+    log.info("gathered %d checkpoints into %s", len(eval_paths), out_path)
+    return Path(out_path)
+
+
+def _made_from(path: Path, inputs: str) -> bool:
+    """Whether the evaluation at ``path`` exists, reads, and was made from ``inputs``."""
+    if not path.exists():
+        return False
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            made_from = ds.attrs.get("inputs_hash")
+    except Exception as err:  # a damaged working file is made again
+        log.warning("%s could not be read (%s); evaluating it again", path, err)
+        return False
+    return made_from == inputs
 
 
 def sample_checkpoints(

@@ -187,6 +187,12 @@ def threads_for(stage):
     return config["compute"]["threads"][stage]
 
 
+def run_checkpoints(wildcards, steps):
+    """The run's checkpoint files at ``steps`` (named as train.checkpoint_path names them)."""
+    folder = RESULTS / wildcards.study / "runs" / wildcards.run / "checkpoints"
+    return [folder / f"step_{step:06d}.pt" for step in steps]
+
+
 def sampled_steps(wildcards):
     """figures.sample_sheet's steps in the signal study; the final one elsewhere."""
     from conceptspace.methods import sample_sheet_steps

@@ -1,37 +1,35 @@
 # Scoring: every checkpoint of every run, prompted for each class with every method of
-# evaluation.methods (patching reads the run's donor checkpoints) and read by the probe.
+# evaluation.methods (patching reads the run's donor checkpoints) and read by the probe,
+# then gathered into the run's trajectory. One job per run, not per checkpoint: the probe
+# is loaded once, and planning the paper-scale study (290 runs x 60 checkpoints) is
+# Snakemake's per-job work. The per-checkpoint evaluations (eval/step_*.nc) are working
+# files, like the checkpoints: a killed job resumes at the checkpoint it stopped at, and
+# one whose inputs did not change is kept (evaluate.evaluate_run).
 from conceptspace.concepts import run_id
 from conceptspace.methods import sample_sheet_steps
 
 
-rule evaluate_checkpoint:
+rule evaluate_run:
     input:
         manifest=RESULTS / "{study}" / "runs" / "{run}" / "manifest.json",
         probe=RESULTS / "{study}" / "probe" / "probe.pt",
     output:
-        RESULTS / "{study}" / "runs" / "{run}" / "eval" / "step_{step}.nc",
+        RESULTS / "{study}" / "runs" / "{run}" / "trajectory.nc",
     log:
-        LOGS / "evaluate_checkpoint" / "{study}" / "{run}" / "step_{step}.log",
+        LOGS / "evaluate_run" / "{study}" / "{run}.log",
     conda:
         ENV
     threads: threads_for("evaluate")
     params:
         settings=sampling_settings("probe"),
         run=run_args,
-        checkpoint=lambda wildcards: (
-            RESULTS
-            / wildcards.study
-            / "runs"
-            / wildcards.run
-            / "checkpoints"
-            / f"step_{wildcards.step}.pt"
-        ),
+        eval_dir=lambda wildcards: RESULTS / wildcards.study / "runs" / wildcards.run / "eval",
+        checkpoints=lambda wildcards: run_checkpoints(wildcards, STUDY_STEPS[wildcards.study]),
         device=config["compute"]["device"],
     shell:
-        "python -m conceptspace evaluate --settings {params.settings:q}"
-        " --checkpoint {params.checkpoint:q} --probe {input.probe:q} {params.run}"
-        " --out {output:q}"
-        " --device {params.device} --threads {threads} > {log:q} 2>&1"
+        "python -m conceptspace evaluate-run --settings {params.settings:q}"
+        " --probe {input.probe:q} {params.run} --eval-dir {params.eval_dir:q} --out {output:q}"
+        " --device {params.device} --threads {threads} {params.checkpoints:q} > {log:q} 2>&1"
 
 
 # Sample sheets: the first images of every method and prompt of one chosen run
@@ -55,15 +53,7 @@ rule sample_images:
         settings=sampling_settings(),
         run=run_args,
         layout=lambda wildcards: STUDY_LAYOUT[wildcards.study],
-        checkpoints=lambda wildcards: [
-            RESULTS
-            / wildcards.study
-            / "runs"
-            / wildcards.run
-            / "checkpoints"
-            / f"step_{step:06d}.pt"
-            for step in sampled_steps(wildcards)
-        ],
+        checkpoints=lambda wildcards: run_checkpoints(wildcards, sampled_steps(wildcards)),
         samples=SAMPLE_SHEET["samples"],
         device=config["compute"]["device"],
     shell:
