@@ -6,7 +6,7 @@
 #      steps/s, images/s and projected minutes per full run;
 #   2. evaluation of one checkpoint with every method against naive prompting alone;
 #   3. a short real training: the cpu preset's whole study on the GPU with Snakemake
-#      (5 runs, 80 checkpoint evaluations, figures, claims), timed.
+#      (5 runs, each evaluated at its 16 checkpoints, figures, claims), timed.
 #
 #   benchmarks/gpu_check.sh [OUTDIR]        (default: benchmarks/results/gpu-<host>)
 #

@@ -5,6 +5,8 @@ the naive samples), the sample command, and its refusals (a weak probe, a checkp
 another run, a missing donor)."""
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -451,19 +453,24 @@ def test_evaluate_run_equals_evaluating_each_checkpoint_and_gathering(trained, t
 
 def test_evaluate_run_keeps_current_evaluations_and_redoes_stale_ones(trained, tmp_path, caplog):
     """A killed or repeated job resumes: an evaluation made from the same inputs is kept
-    (not rewritten); one whose checkpoint was rewritten, or whose settings changed, or a
-    damaged one, is made again."""
+    (not rewritten); a damaged one is made again, and all of them when the settings
+    change or a checkpoint of the run is rewritten (any may be a patching donor)."""
     checkpoint, probe = trained
-    checkpoints = [checkpoint_path(checkpoint.parent.parent, step) for step in (2, 4)]
+    run_dir = tmp_path / "run"
+    shutil.copytree(checkpoint.parent.parent, run_dir)  # this test rewrites checkpoints
+    checkpoints = [checkpoint_path(run_dir, step) for step in (2, 4)]
     eval_dir, out = tmp_path / "eval", tmp_path / "trajectory.nc"
 
     def run(evaluation=EVALUATION):
         evaluate_run(checkpoints, probe, evaluation, 0.0, SIGNAL, SEED, eval_dir, out, "cpu", 1)
-        return {p.name: p.stat().st_mtime_ns for p in sorted(eval_dir.glob("*.nc"))}
+        return {p.name: p.stat().st_mtime_ns for p in sorted(eval_dir.glob("step_*.nc"))}
 
     first = run()
     assert sorted(first) == ["step_000002.nc", "step_000004.nc"]
-    assert run() == first  # nothing changed: both kept, untouched
+    # Nothing changed: both kept, untouched; a write killed midway leaves no trace.
+    (eval_dir / ".step_000004.nc.x1y2.nc").write_bytes(b"half a file")
+    assert run() == first
+    assert sorted(p.name for p in eval_dir.iterdir()) == sorted(first)
     # A damaged working file is evaluated again, the other kept.
     (eval_dir / "step_000002.nc").write_bytes(b"not netCDF")
     with caplog.at_level("WARNING"):
@@ -471,10 +478,15 @@ def test_evaluate_run_keeps_current_evaluations_and_redoes_stale_ones(trained, t
     assert again["step_000004.nc"] == first["step_000004.nc"]
     assert again["step_000002.nc"] != first["step_000002.nc"]
     assert "step_000002.nc could not be read" in caplog.text
-    # Other settings: both evaluated again, and the file says which settings made it.
-    fewer = {**EVALUATION, "samples_per_prompt": 2}
-    changed = run(fewer)
-    assert all(changed[name] != again[name] for name in changed)
+    # The final checkpoint rewritten (as retraining does): it is step 2's patching donor
+    # too, so both are evaluated again.
+    final = checkpoints[-1]
+    os.utime(final, ns=(final.stat().st_atime_ns, final.stat().st_mtime_ns + 10**9))
+    retrained = run()
+    assert all(retrained[name] != again[name] for name in retrained)
+    # Other settings: all evaluated again, with them.
+    changed = run({**EVALUATION, "samples_per_prompt": 2})
+    assert all(changed[name] != retrained[name] for name in changed)
     with xr.open_dataset(eval_dir / "step_000004.nc") as ds:
         assert ds.sizes["sample"] == 2
     with open_trajectory(out) as trajectory:

@@ -409,7 +409,9 @@ def test_evaluations_are_one_slurm_job_per_run(cluster, runs):
         assert re.search(r"\bcpu=1,.*gres/gpu=1\b", row["AllocTRES"]), row
         # the job evaluated every checkpoint of its run
         study = STUDY_OF_RUN[row["run"]]
-        evaluated = (slurm.workdir / "results" / study / "runs" / row["run"] / "eval").glob("*.nc")
+        evaluated = (slurm.workdir / "results" / study / "runs" / row["run"] / "eval").glob(
+            "step_*.nc"
+        )
         assert len(list(evaluated)) == len(STEPS)
 
 

@@ -46,7 +46,13 @@ import xarray as xr
 
 from conceptspace.concepts import COLOR_SIZE, Layout, Signal, layout_attrs
 from conceptspace.device import compute_device
-from conceptspace.io import ConceptspaceError, config_hash, eta, provenance
+from conceptspace.io import (
+    ConceptspaceError,
+    config_hash,
+    eta,
+    provenance,
+    remove_stale_temporaries,
+)
 from conceptspace.methods import Method, build_methods, method_problems
 from conceptspace.trajectories import (
     missing_run_attrs,
@@ -59,6 +65,10 @@ from conceptspace.trajectories import (
 
 log = logging.getLogger(__name__)
 
+# Part of every kept evaluation's inputs (RunEvaluation.inputs_hash): raise it with any
+# change that changes what an evaluation computes, so that evaluations kept from an
+# earlier job are made again (`snakemake --forcerun evaluate_run` alone keeps them).
+EVALUATION_VERSION = 1
 # Keeps the evaluation noise apart from any other stream seeded from the run seed.
 EVALUATION_STREAM = 0x5EED_E7A1
 # Gaps recorded in a checkpoint and given on the command line must agree this closely.
@@ -500,9 +510,11 @@ class RunEvaluation:
         return probe
 
     def inputs_hash(self, checkpoint: Path) -> str:
-        """A hash of what one checkpoint's evaluation is made from: the settings, the run,
-        the device type (its generators draw the noise), and the checkpoint's and the
-        probe's size and modification time (retraining rewrites them, atomically)."""
+        """A hash of what one checkpoint's evaluation is made from: the evaluation code's
+        version, the settings, the run, the device type (its generators draw the noise),
+        and the size and modification time of the probe and of every checkpoint of the
+        run (the evaluated one and the patching donors among them: retraining rewrites
+        them, atomically)."""
 
         def file_stamp(path: Path) -> list:
             try:
@@ -520,7 +532,9 @@ class RunEvaluation:
                 "seed": int(self.seed),
                 "mask_ratio": self.mask_ratio,
                 "device": self.device.type,
-                "checkpoint": file_stamp(checkpoint),
+                "code": EVALUATION_VERSION,
+                "checkpoint": checkpoint.name,
+                "checkpoints": [file_stamp(p) for p in sorted(checkpoint.parent.glob("step_*.pt"))],
                 "probe": file_stamp(self.probe_path),
             }
         )
@@ -647,8 +661,8 @@ def evaluate_run(
     run instead of one per checkpoint (planning the paper-scale study is mostly per-job
     work). The per-checkpoint files are working files: one already in ``eval_dir`` is
     kept when its inputs are the same (:meth:`RunEvaluation.inputs_hash`), so a killed job
-    resumes at the checkpoint it stopped at, and a run trained further evaluates only
-    its new checkpoints. Delete ``eval_dir`` to evaluate everything again."""
+    resumes at the checkpoint it stopped at. Delete ``eval_dir`` to evaluate everything
+    again."""
     from conceptspace.trajectories import gather_run
 
     run = RunEvaluation.on(
@@ -657,6 +671,7 @@ def evaluate_run(
     probe = run.load_probe()
     eval_dir = Path(eval_dir)
     eval_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(eval_dir)
     eval_paths, kept, started = [], 0, time.perf_counter()
     for done, checkpoint in enumerate(map(Path, checkpoint_paths), start=1):
         out = eval_dir / f"{checkpoint.stem}.nc"  # step_XXXXXX.pt -> step_XXXXXX.nc

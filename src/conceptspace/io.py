@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import pickle
 import platform
@@ -20,6 +21,8 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
 
 # What torch.load raises on a truncated, corrupt or foreign file.
 DAMAGED_TORCH_FILE_ERRORS = (
@@ -65,6 +68,14 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temporaries(folder: Path, name_glob: str = "step_*") -> None:
+    """A job killed inside an atomic write (SIGKILL, a Slurm time limit) leaves
+    :func:`atomic_path`'s hidden temporary file behind; remove those of ``name_glob``."""
+    for path in Path(folder).glob(f".{name_glob}"):
+        log.info("removing %s, left by a write that was interrupted", path)
+        path.unlink(missing_ok=True)
 
 
 def eta(done: float, total: float, elapsed: float) -> str:

@@ -46,6 +46,7 @@ from conceptspace.io import (
     DAMAGED_TORCH_FILE_ERRORS,
     ConceptspaceError,
     atomic_path,
+    remove_stale_temporaries,
     eta,
     provenance,
     read_json,
@@ -302,13 +303,6 @@ def _stored_steps(checkpoints_dir: Path) -> list[int]:
     return sorted(steps)
 
 
-def _remove_stale_temporaries(checkpoints_dir: Path) -> None:
-    """A job killed inside torch.save leaves atomic_path's temporary file behind."""
-    for path in checkpoints_dir.glob(".step_*"):
-        log.info("removing %s, left by a write that was interrupted", path)
-        path.unlink(missing_ok=True)
-
-
 def _find_resume_checkpoint(
     run_dir: Path, save_steps: list[int], device: torch.device
 ) -> tuple[Path | None, dict | None]:
@@ -417,7 +411,7 @@ def train_run(
     # --- resume
     checkpoints_dir = run_dir / "checkpoints"
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(checkpoints_dir)
+    remove_stale_temporaries(checkpoints_dir)  # a job killed inside torch.save
     resume_path, checkpoint = _find_resume_checkpoint(run_dir, save_steps, device)
     if checkpoint is not None:
         differences = _config_differences(checkpoint["config"], config)

@@ -97,7 +97,6 @@ FIGURES = [RESULTS / "figures" / f"fig_{name}.pdf" for name in FIGURE_NAMES]
 wildcard_constraints:
     study="signal|underspecification|background|celeba",
     run=r"dc\d+\.\d{3}_ds\d+\.\d{3}(_db\d+\.\d{3})?_seed\d+|p\d\.\d{3}_seed\d+|seed\d+",
-    step=r"\d{6}\d*",  # zero-padded to 6 digits; longer trainings (CelebA: 2M steps) have more
 
 
 def study_run_ids(study):

@@ -1,7 +1,7 @@
 # Scoring: every checkpoint of every run, prompted for each class with every method of
 # evaluation.methods (patching reads the run's donor checkpoints) and read by the probe,
 # then gathered into the run's trajectory. One job per run, not per checkpoint: the probe
-# is loaded once, and planning the paper-scale study (290 runs x 60 checkpoints) is
+# is loaded once, and planning the paper-scale study (320 runs x 60 checkpoints and more) is
 # Snakemake's per-job work. The per-checkpoint evaluations (eval/step_*.nc) are working
 # files, like the checkpoints: a killed job resumes at the checkpoint it stopped at, and
 # one whose inputs did not change is kept (evaluate.evaluate_run).
