@@ -445,9 +445,26 @@ def test_requeued_training_resumes_in_the_same_slurm_job(cluster, runs):
     run, jobid = interrupted(slurm, "requeue")
     assert resumed_steps(slurm.workdir, run) and min(resumed_steps(slurm.workdir, run)) >= STEPS[0]
     instances = [row for row in cluster.sacct(slurm.name) if row["JobIDRaw"] == jobid]
-    assert [row["State"] for row in instances] == ["REQUEUED", "COMPLETED"]
+    states = [row["State"] for row in instances]
+    assert states == ["REQUEUED", "COMPLETED"], job_story(cluster, slurm, jobid, instances)
     train_jobs = [r for r in slurm_jobs(cluster, slurm.name)["train_vdm"] if r["run"] == run]
     assert [r["JobIDRaw"] for r in train_jobs] == [jobid]  # Slurm reran it; no resubmission
+
+
+def job_story(cluster: Cluster, run: Run, jobid: str, instances: list[dict]) -> str:
+    """What Slurm and the job said about a job, for a failure message: its sacct rows,
+    slurmctld's and slurmd's lines on it, and its Slurm logs (one CI run, 2026-11-30,
+    saw the requeued instance of a training job end FAILED; not reproduced since)."""
+    lines = [f"sacct: {row}" for row in instances]
+    for daemon in ("slurmctld", "slurmd"):
+        log = cluster.scratch / "log" / f"{daemon}.log"
+        if log.exists():
+            lines += [
+                line for line in log.read_text().splitlines() if re.search(rf"\b{jobid}\b", line)
+            ]
+    for path in sorted((run.workdir / ".snakemake" / "slurm_logs").rglob(f"{jobid}.log")):
+        lines += [f"--- {path}", path.read_text()[-4000:]]
+    return "\n".join(lines)
 
 
 def test_cancelled_training_is_resubmitted_with_more_time_and_resumes(cluster, runs):
