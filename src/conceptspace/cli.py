@@ -324,6 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
             "--background-gap", type=float, default=None, help="background study: gap db"
         )
 
+    def sampled_run_options(p: argparse.ArgumentParser) -> None:
+        """The run whose checkpoints a sampling command reads: gaps, seed, study options."""
+        p.add_argument("--color-gap", type=float, help="the run's gaps (none for CelebA)")
+        p.add_argument("--size-gap", type=float)
+        p.add_argument("--seed", type=int, required=True)
+        study_run_options(p)
+
     def compute(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -388,10 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", required=True, help="JSON: 'evaluation', 'probe'")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--probe", required=True)
-    p.add_argument("--color-gap", type=float, help="the run's gaps (none for CelebA)")
-    p.add_argument("--size-gap", type=float)
-    p.add_argument("--seed", type=int, required=True)
-    study_run_options(p)
+    sampled_run_options(p)
     p.add_argument("--out", required=True)
     compute(p)
 
@@ -402,10 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--settings", required=True, help="JSON: 'evaluation', 'probe'")
     p.add_argument("--probe", required=True)
-    p.add_argument("--color-gap", type=float, help="the run's gaps (none for CelebA)")
-    p.add_argument("--size-gap", type=float)
-    p.add_argument("--seed", type=int, required=True)
-    study_run_options(p)
+    sampled_run_options(p)
     p.add_argument("--eval-dir", required=True, help="per-checkpoint evaluations (kept)")
     p.add_argument("--out", required=True, help="netCDF: the run's trajectory")
     p.add_argument("checkpoints", nargs="+", help="checkpoints of one run")
@@ -413,12 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("sample", cmd_sample, "images of every method and prompt, as evaluated")
     p.add_argument("--settings", required=True, help="JSON: 'evaluation'")
-    p.add_argument("--color-gap", type=float, help="the run's gaps (none for CelebA)")
-    p.add_argument("--size-gap", type=float)
-    p.add_argument("--seed", type=int, required=True)
+    sampled_run_options(p)
     p.add_argument("--samples", type=int, required=True, help="first N samples per condition")
     layout_option(p)
-    study_run_options(p)
     p.add_argument("--out", required=True, help="netCDF: images (step, method, prompt, ...)")
     p.add_argument("checkpoints", nargs="+", help="checkpoints of one run")
     compute(p)

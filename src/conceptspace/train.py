@@ -46,10 +46,10 @@ from conceptspace.io import (
     DAMAGED_TORCH_FILE_ERRORS,
     ConceptspaceError,
     atomic_path,
-    remove_stale_temporaries,
     eta,
     provenance,
     read_json,
+    remove_stale_temporaries,
     write_json,
 )
 
