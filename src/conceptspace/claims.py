@@ -1,47 +1,79 @@
-"""The paper's claims, judged from the gathered study datasets alone.
+"""The paper's claims, judged from the gathered study datasets alone, with their uncertainty.
 
 Each claim is a statistic computed from ``results/signal/study.nc`` (claims 1-4) or
-``results/underspecification/study.nc`` (claim 5), compared with a threshold from the
-config's ``claims`` section. No outcome is written by hand: every claim ends as "pass",
-"fail", or "not evaluated" with the reason (the study lacks what the claim needs).
+``results/underspecification/study.nc`` (claim 5), with a bootstrap interval over seeds
+at ``claims.confidence`` and a threshold from the config's ``claims`` section. No outcome
+is written by hand; each claim ends as one of:
+
+- "pass": the interval lies above no effect on the claimed side (its lower bound >
+  ``null``, or > the threshold for claims 2 and 5, whose threshold bounds the interval)
+  and the estimate meets the threshold;
+- "fail": the interval lies entirely on the wrong side (upper bound below the
+  threshold, or at or below no effect);
+- "inconclusive", with the reason: the interval straddles, or a level has one seed (no
+  interval over seeds can be drawn);
+- "not evaluated", with the reason: the study lacks what the claim needs.
 
 Conventions shared by the claims:
 
 - Only runs that were run count: a run is a (seed, signal level) whose unseen-class
   accuracy under naive prompting has a value at some checkpoint (the study's grid holds
   NaN where a sweep did not run a level).
-- A learning time T is the study's ``learning_time``: the first checkpoint at which the
-  unseen class's accuracy, Gaussian-smoothed over checkpoints with ``evaluation.sigma``
-  (the paper reads T off smoothed curves), reaches ``evaluation.threshold``, NaN if
-  never. Claims that compare accuracies at checkpoints (2 and 4) smooth them alike.
-- Claim 1 averages speeds, 1/T, and a run that never reached the threshold has speed 0
-  (its speed is below 1/last step; dropping it would make a slow level look fast).
-- Claims 3 and 5 average or subtract times, and a run that never reached the threshold
-  counts as T = one step past the last checkpoint: the earliest it could still reach it.
-  This understates how late it is, so it can only weaken a delay, never invent one.
+- A learning time T is the study's ``learning_time`` (joint: the unseen class 11's
+  accuracy) or ``learning_time_concept`` (one concept's accuracy): the first checkpoint at
+  which it, Gaussian-smoothed over checkpoints with ``evaluation.sigma``, reaches
+  ``evaluation.threshold``; NaN if never. Claims that compare accuracies at checkpoints
+  (4) smooth them alike.
+- Intervals: a seeded (``claims.seed``), stratified percentile bootstrap
+  (``conceptspace.statistics.bootstrap_interval``, ``claims.bootstrap_resamples``
+  resamples): the runs of each level (color gap, signal level or masking ratio) are
+  resampled with replacement within that level, so the same study gives the same
+  claims.json.
 
-The claims (SPEC "Ideas"; issue 6):
+Censoring. A run that never reaches the threshold is censored at the last checkpoint:
+its T is "more than the last step", never a speed of 0 or a dropped run.
 
-1. Speed of learning rises with the color gap: along the color sweep
-   (``figures.signal.color_sweep``, one size gap), the mean naive speed over seeds at
-   each color gap; Spearman's rank correlation between gap and mean speed, and whether
-   the mean speed strictly increases from level to level.
-2. Memorization first: at the weakest and the strongest color gap of that sweep, the
-   mean naive path of the unseen class over seeds, cut before the mean accuracy over
-   seeds reaches the threshold, and its nearest approach to a training class
-   (``figures.trajectories.memorization_turn``). The margin at that point is the
-   distance to the corner the claim does not expect minus the distance to the one it
-   expects (weak gap: 01 red small at (0, 1); strong gap: 10 blue large at (1, 0)), so
-   a positive margin means nearer the expected corner; the statistic is the smaller of
-   the two margins.
-3. Hidden capability: per run, T(naive) - min(T(intervention), T(overprompt)) over the
-   best-of methods the study holds; the fraction of runs where it is > 0, and its median.
-4. Embedding patching: per run, the checkpoints before the last where naive prompting of
-   the unseen class is below the threshold but naive prompting with the final embedding
-   module patched in reaches it (both accuracies smoothed as for T); the fraction of runs
-   with at least one such checkpoint.
-5. Underspecification: the mean T over seeds at each masking ratio; the delay T(largest
-   ratio) - T(smallest ratio), and whether the mean T never decreases as the ratio grows.
+- Claim 1 uses ranks only: a censored run ranks as slower than every run that learned,
+  tied with the other censored runs. This is exact for a common censoring time (all runs
+  of a study share their checkpoints).
+- Claims 3 and 5 need numbers: a censored run counts as T = one step past the last
+  checkpoint, the earliest it could still reach it. That understates T: in claim 3 it
+  moves each difference toward 0 without changing its sign (a lead or a lag is shrunk,
+  never invented; both censored gives 0, no lead), in claim 5 it shrinks the delay of a
+  masking ratio whose runs are censored. Either way censoring can weaken a claim, never
+  make one.
+- Claim 2 looks at a path before its run reaches the threshold; a censored run's whole
+  path counts. Claim 4 compares smoothed accuracies per checkpoint and needs no T.
+
+The claims (Park et al., section 4 and Figs. 3-6):
+
+1. Speed of learning rises with the color gap (Fig. 3): along the color sweep
+   (``figures.signal.color_sweep``, one size gap), Spearman's rank correlation over
+   runs between each run's color gap and its speed of learning color, 1 /
+   ``learning_time_concept`` of concept "color" under naive prompting (censored runs
+   tied slowest); bootstrap over seeds within each color gap. The mean T per level and
+   how many runs reached it are in the detail: monotonicity is shown, not required.
+2. Memorization first: per seed, at the weakest and the strongest color gap of that
+   sweep, that seed's naive path of the unseen class (``concept_prob``) before its
+   accuracy reaches the threshold, and the path's nearest approach to a training class
+   (``figures.trajectories.memorization_turn``). The margin there is the distance to the
+   corner the claim does not expect minus the distance to the one it expects (weak gap:
+   01 red small at (0, 1); strong gap: 10 blue large at (1, 0)), so positive means nearer
+   the expected corner; a seed whose path never comes near either corner (no turn) has
+   margin 0, no evidence either way. The statistic is the smaller over the two gaps of
+   the mean margin over seeds; bootstrap over seeds within each gap.
+3. Hidden capability: per run, d = T(naive) - min(T(intervention), T(overprompt)) over
+   the best-of methods the study holds (joint T); the statistic is the median of d over
+   runs, bootstrap over runs within each signal level, with a one-sided sign test of
+   d > 0 as its p-value; the fraction of runs with d > 0 must reach the threshold.
+4. Embedding patching: per run, whether a checkpoint before the last has smoothed naive
+   accuracy of the unseen class < threshold <= its smoothed accuracy with the final
+   embedding module patched in; the statistic is the fraction of runs with one,
+   bootstrap over runs within each signal level.
+5. Underspecification: the mean naive T (joint) over seeds at each masking ratio; the
+   statistic is the delay T(largest ratio) - T(smallest), bootstrap over seeds within
+   each ratio. With 3 or more ratios the Spearman correlation of ratio and T over runs
+   is reported too.
 """
 
 from __future__ import annotations
@@ -61,54 +93,89 @@ from conceptspace.config import ConfigError, sweep
 from conceptspace.figures import class_label, select_level, sigma_of, threshold_of
 from conceptspace.figures.trajectories import PULL_CORNERS, memorization_turn
 from conceptspace.io import ConceptspaceError, atomic_path, json_default, provenance, write_json
-from conceptspace.trajectories import _open_netcdf, learning_time, smooth_accuracy
+from conceptspace.statistics import bootstrap_interval, sign_test, spearman
+from conceptspace.trajectories import _open_netcdf, smooth_accuracy
 
 log = logging.getLogger(__name__)
 
-PASS, FAIL, NOT_EVALUATED = "pass", "fail", "not evaluated"
+PASS, FAIL, INCONCLUSIVE, NOT_EVALUATED = "pass", "fail", "inconclusive", "not evaluated"
 # The best-of methods that elicit a hidden capability (trajectories.gather_run).
 ELICITING_METHODS = ("intervention", "overprompt")
 PATCHED_METHOD = "patched_final"
 RUN_DIMS = ("seed", "color_gap", "size_gap")
+# Claim 1 reads the learning time of the concept the sweep varies (Fig. 3).
+SPEED_CONCEPT = "color"
 # Claim 2: the corner a weak and a strong color gap pull the unseen class toward.
 EXPECTED_PULL = {"weakest": "01", "strongest": "10"}
+SIGNAL_SEEDS_KEY = "studies.signal.seeds"
+
+
+@dataclass(frozen=True)
+class Resampling:
+    """How the intervals are drawn: config keys claims.confidence,
+    claims.bootstrap_resamples and claims.seed."""
+
+    confidence: float = 0.95
+    resamples: int = 2000
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, claims_cfg: Mapping[str, Any]) -> "Resampling":
+        return cls(
+            confidence=float(claims_cfg.get("confidence", cls.confidence)),
+            resamples=int(claims_cfg.get("bootstrap_resamples", cls.resamples)),
+            seed=int(claims_cfg.get("seed", cls.seed)),
+        )
+
+    def interval(
+        self, groups: Sequence[np.ndarray], statistic: Callable[[list[np.ndarray]], float]
+    ) -> tuple[float, float]:
+        return bootstrap_interval(groups, statistic, self.confidence, self.resamples, self.seed)
 
 
 @dataclass(frozen=True)
 class ClaimText:
-    """What a claim says, how it is measured, and the config key of its threshold; the
-    statement and the rule are formatted with the claim's config section."""
+    """What a claim says, how it is measured, the config key of its threshold, and its
+    no-effect value; the statement and the rule are formatted with the claim's config
+    section."""
 
     statement: str
     statistic: str
     pass_if: str
     threshold_key: str
+    null: float = 0.0
 
 
 CLAIMS = {
     "speed": ClaimText(
-        "Speed of learning the unseen class rises with the color gap (concept signal), "
-        "monotonically over at least {min_levels} levels.",
-        "Spearman rank correlation of color gap and mean naive speed 1/T (never reached: 0)",
-        "value >= threshold and at least {min_levels} levels; mean speed strictly increasing "
-        "required: {strictly_increasing}",
+        "Speed of learning the unseen class rises with the color gap (concept signal), over "
+        "at least {min_levels} levels.",
+        "Spearman rank correlation over the runs of the color sweep between color gap and "
+        "naive speed of learning color, 1/T(color) (a run that never reaches the threshold "
+        "ranks slowest, tied with the others that never do); interval: bootstrap over seeds "
+        "within each color gap",
+        "at least {min_levels} color gaps with runs, interval lower bound > 0 and value >= "
+        "threshold",
         "min_spearman",
     ),
     "memorization": ClaimText(
         "Before it reaches the unseen corner, the unseen class's trajectory passes nearer 01 "
         "red small for a weak color gap and nearer 10 blue large for a strong one.",
-        "smaller of the two margins (distance to the unexpected corner minus distance to the "
-        "expected one) at the unseen class's nearest approach to a training class, before it "
-        "reaches the threshold",
-        "value > threshold",
+        "per seed, the margin (distance to the unexpected corner minus distance to the "
+        "expected one) at the unseen class's nearest approach to a training class before "
+        "that seed reaches the threshold (no approach: 0); the smaller over the weakest and "
+        "the strongest color gap of the mean margin over seeds; interval: bootstrap over "
+        "seeds within each gap",
+        "interval lower bound > threshold",
         "min_margin",
     ),
     "hidden": ClaimText(
         "Latent intervention or overprompting reaches the threshold earlier than naive "
         "prompting (a hidden capability).",
-        "fraction of runs with T(naive) - min(T(intervention), T(overprompt)) > 0 (never "
-        "reached: one step past the last checkpoint)",
-        "value >= threshold and median difference > 0",
+        "median over runs of d = T(naive) - min(T(intervention), T(overprompt)) in steps "
+        "(never reached: one step past the last checkpoint); interval: bootstrap over runs "
+        "within each signal level; p: one-sided sign test of d > 0",
+        "interval lower bound > 0 and fraction of runs with d > 0 >= threshold",
         "min_fraction",
     ),
     "patching": ClaimText(
@@ -116,34 +183,41 @@ CLAIMS = {
         "intermediate checkpoints where it failed.",
         "fraction of runs with a checkpoint before the last where naive accuracy < "
         "evaluation threshold <= accuracy with the final embedding module patched in "
-        "(accuracies smoothed as for T)",
-        "value >= threshold",
+        "(accuracies smoothed as for T); interval: bootstrap over runs within each signal "
+        "level",
+        "interval lower bound > 0 and value >= threshold",
         "min_fraction",
     ),
     "underspecification": ClaimText(
         "A higher masking ratio delays or prevents learning the unseen class.",
-        "delay of the mean naive T over seeds, T(largest masking ratio) - T(smallest), in "
-        "steps (never reached: one step past the last checkpoint)",
-        "value > threshold and mean T non-decreasing in the masking ratio",
+        "delay T(largest masking ratio) - T(smallest), each the mean naive T over seeds, in "
+        "steps (never reached: one step past the last checkpoint); interval: bootstrap over "
+        "seeds within each masking ratio",
+        "interval lower bound > threshold",
         "min_delay",
     ),
 }
 NUMBERS = {name: number for number, name in enumerate(CLAIMS, start=1)}
 
 
-def _judge(name: str, cfg: Mapping[str, Any]) -> Callable[..., dict[str, Any]]:
-    """Claim ``name``'s fixed fields; the function returned adds its value, outcome
-    ("pass", "fail", "not evaluated"), detail and data."""
+def _judge(name: str, cfg: Mapping[str, Any], resampling: Resampling) -> Callable[..., dict]:
+    """Claim ``name``'s fixed fields; the function returned adds its outcome, detail,
+    value, interval, p-value and data."""
     text = CLAIMS[name]
 
-    def result(value, outcome, detail, data=None):
+    def result(outcome, detail, value=None, interval=None, p_value=None, data=None):
         return {
             "number": NUMBERS[name],
             "statement": text.statement.format(**cfg),
             "statistic": text.statistic,
             "pass_if": text.pass_if.format(**cfg),
             "threshold": float(cfg[text.threshold_key]),
+            "null": text.null,
             "value": _number(value),
+            "interval": None if interval is None else [_number(bound) for bound in interval],
+            "confidence": resampling.confidence,
+            "resamples": resampling.resamples,
+            "p_value": _number(p_value),
             "outcome": outcome,
             "detail": detail,
             "data": dict(data or {}),
@@ -159,12 +233,72 @@ def _number(value: float | None) -> float | None:
     return float(value)
 
 
+def _numbers(values) -> list[float | None]:
+    return [_number(value) for value in np.asarray(values, dtype=float)]
+
+
+def _span(interval: tuple[float, float], resampling: Resampling) -> str:
+    lo, hi = interval
+    return f"{100 * resampling.confidence:g}% interval [{lo:.3g}, {hi:.3g}]"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What must meet a claim's threshold, when the threshold is not the interval's bound:
+    its name, value and interval."""
+
+    name: str
+    value: float
+    interval: tuple[float, float]
+    threshold: float
+
+
+def _decide(
+    interval: tuple[float, float],
+    null: float,
+    resampling: Resampling,
+    lower: float | None = None,
+    estimate: Estimate | None = None,
+) -> tuple[str, str]:
+    """(outcome, reason) from a claim's interval: pass when its lower bound is above
+    ``lower`` (a threshold that bounds the interval; by default ``null``, no effect) and
+    the ``estimate`` meets its threshold; fail when the interval lies at or below
+    ``lower`` or the estimate's interval below its threshold; else inconclusive."""
+    lower = null if lower is None else lower
+    lo, hi = interval
+    span = _span(interval, resampling)
+    side = f"no effect ({null:g})" if lower == null else f"the threshold {lower:g}"
+    short = estimate is not None and estimate.value < estimate.threshold
+    if lo > lower and not short:
+        return PASS, f"{span} lies above {side}"
+    if hi <= lower:
+        return FAIL, f"{span} lies at or below {side}"
+    if estimate is not None and estimate.interval[1] < estimate.threshold:
+        return FAIL, (
+            f"{estimate.name}, {estimate.value:.3g}, has its "
+            f"{_span(estimate.interval, resampling)} below the threshold {estimate.threshold:g}"
+        )
+    reasons = [f"{span} includes {side}"] if lo <= lower else []
+    if short:
+        reasons.append(
+            f"{estimate.name}, {estimate.value:.3g}, is below the threshold {estimate.threshold:g}"
+        )
+    return INCONCLUSIVE, "; ".join(reasons)
+
+
+def _one_seed(groups: Sequence[np.ndarray], seeds_key: str) -> str | None:
+    """The reason no interval over seeds can be drawn, if a group has fewer than 2 runs."""
+    if min(len(group) for group in groups) >= 2:
+        return None
+    return f"one seed per level: no interval over seeds; run more seeds ({seeds_key})"
+
+
 def _ran(accuracy: xr.DataArray) -> xr.DataArray:
     """Which runs were run: a value at some checkpoint (``accuracy`` has a step dim)."""
     return accuracy.notnull().any("step")
 
 
-def _never_past_last(times: xr.DataArray, steps: np.ndarray) -> xr.DataArray:
+def _censored_past_last(times: xr.DataArray, steps: np.ndarray) -> xr.DataArray:
     """Learning times with never reached (NaN) as one step past the last checkpoint."""
     return times.fillna(float(np.max(steps)) + 1.0)
 
@@ -174,22 +308,14 @@ def _missing_methods(study: xr.Dataset, methods: Sequence[str]) -> list[str]:
     return [method for method in methods if method not in present]
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rank correlation (ties get their mean rank); NaN if either is constant."""
-    ranks = [_mean_ranks(np.asarray(values, dtype=float)) for values in (x, y)]
-    if any(np.ptp(r) == 0 for r in ranks):
-        return float("nan")
-    return float(np.corrcoef(ranks[0], ranks[1])[0, 1])
+def _mean(groups: list[np.ndarray]) -> float:
+    """The mean over all members of all groups."""
+    return float(np.mean(np.concatenate(groups)))
 
 
-def _mean_ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(1, len(values) + 1)
-    for value in np.unique(values):  # ties share the mean of their ranks
-        tied = values == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
+def _short(value: float) -> str:
+    """A number for a reader: whole steps from 100 on, else 3 significant digits."""
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
 # ----------------------------------------------------------------------------- claims 1 and 2
@@ -221,112 +347,146 @@ def _color_sweep(study: xr.Dataset) -> tuple[str, list[float], float]:
 
 def _sweep_levels(study: xr.Dataset) -> tuple[str, float, dict]:
     """The color sweep's name, size gap and levels that were run, under naive prompting:
-    {color gap: that level of the study}."""
+    {color gap: that level of the study, its seeds that were run}."""
     name, color_gaps, size_gap = _color_sweep(study)
     naive = study.sel({"method": "naive"})
     levels = {gap: select_level(naive, gap, size_gap) for gap in color_gaps}
     return name, size_gap, {gap: level for gap, level in levels.items() if level is not None}
 
 
-def judge_speed(study: xr.Dataset, cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Claim 1: speed of learning against the color gap (see the module docstring)."""
-    strict = bool(cfg["strictly_increasing"])
-    result = _judge("speed", cfg)
+def _older_study(variable: str) -> str:
+    return (
+        f"the study lacks {variable}; it was gathered by an older version: delete "
+        "results/signal/study.nc and rerun `snakemake` (rule gather_study)"
+    )
+
+
+def judge_speed(
+    study: xr.Dataset, cfg: Mapping[str, Any], resampling: Resampling = Resampling()
+) -> dict[str, Any]:
+    """Claim 1: speed of learning color against the color gap (see the module docstring)."""
+    result = _judge("speed", cfg, resampling)
     if _missing_methods(study, ["naive"]):
-        return result(None, NOT_EVALUATED, "the study holds no naive prompting")
+        return result(NOT_EVALUATED, "the study holds no naive prompting")
+    if "learning_time_concept" not in study:
+        return result(NOT_EVALUATED, _older_study("learning_time_concept (T per concept)"))
     sweep_name, size_gap, levels = _sweep_levels(study)
     gaps = sorted(levels)
-    speeds, reached, runs = [], [], []
-    for gap in gaps:
-        times = levels[gap]["learning_time"].values
-        speeds.append(float(np.where(np.isfinite(times), 1.0 / times, 0.0).mean()))
-        reached.append(int(np.isfinite(times).sum()))
-        runs.append(len(times))
+    times = [levels[gap]["learning_time_concept"].sel(concept=SPEED_CONCEPT).values for gap in gaps]
+    reached = [np.isfinite(t) for t in times]
+    mean_times = [float(t[r].mean()) if r.any() else np.nan for t, r in zip(times, reached)]
     data = {
         "sweep": sweep_name,
         "size_gap": size_gap,
+        "concept": SPEED_CONCEPT,
         "color_gap": gaps,
-        "mean_speed": speeds,
-        "runs": runs,
-        "runs_reached": reached,
+        "runs": [len(t) for t in times],
+        "runs_reached": [int(r.sum()) for r in reached],
+        "mean_learning_time_reached": _numbers(mean_times),
+        "learning_time": [_numbers(t) for t in times],
     }
     if len(gaps) < int(cfg["min_levels"]):
         return result(
-            None,
             NOT_EVALUATED,
             f"the color sweep '{sweep_name}' has {len(gaps)} level(s) with runs; the claim needs "
             f"at least {cfg['min_levels']} (claims.speed.min_levels): add color gaps to it",
-            data,
+            data=data,
         )
-    rho = spearman(gaps, speeds)
-    increasing = bool(np.all(np.diff(speeds) > 0))
-    data["strictly_increasing"] = increasing
-    steps = ", ".join(
-        f"\u0394c {gap:g}: {1000 * speed:.3g} ({n_reached}/{n} reached)"
-        for gap, speed, n_reached, n in zip(gaps, speeds, reached, runs)
+    # Rank keys: the speed 1/T, and 0 for a censored run, slower than any that learned.
+    groups = [np.where(r, 1.0 / np.where(r, t, 1.0), 0.0) for t, r in zip(times, reached)]
+    gap_of_run = np.repeat(gaps, [len(g) for g in groups])
+
+    def rho(resampled: list[np.ndarray]) -> float:
+        value = spearman(gap_of_run, np.concatenate(resampled))
+        return 0.0 if np.isnan(value) else value  # every run equally fast: no order
+
+    value = rho(groups)
+    per_level = ", ".join(
+        f"\u0394c {gap:g}: "
+        + (f"{_short(mean)}" if np.isfinite(mean) else "never")
+        + f" ({int(r.sum())}/{len(r)} reached)"
+        for gap, mean, r in zip(gaps, mean_times, reached)
     )
-    detail = f"mean speed per 1000 steps at \u0394s {size_gap:g}: {steps}; " + (
-        "strictly increasing" if increasing else "not strictly increasing"
+    detail = (
+        f"Spearman {value:.3g} over {len(gap_of_run)} runs at \u0394s {size_gap:g}; mean "
+        f"T({SPEED_CONCEPT}) of the runs that reached it: {per_level}"
     )
-    if not np.isfinite(rho):
-        return result(None, FAIL, detail + "; the mean speed is the same at every level", data)
-    passed = rho >= float(cfg["min_spearman"]) and (increasing or not strict)
-    return result(rho, PASS if passed else FAIL, detail, data)
+    few = _one_seed(groups, SIGNAL_SEEDS_KEY)
+    if few:
+        return result(INCONCLUSIVE, f"{few}; {detail}", value, data=data)
+    interval = resampling.interval(groups, rho)
+    threshold = Estimate("the estimate", value, interval, float(cfg["min_spearman"]))
+    outcome, reason = _decide(interval, CLAIMS["speed"].null, resampling, estimate=threshold)
+    return result(outcome, f"{reason}; {detail}", value, interval, data=data)
 
 
-def judge_memorization(study: xr.Dataset, cfg: Mapping[str, Any]) -> dict[str, Any]:
+def _seed_margin(run: xr.Dataset, expected: str) -> dict[str, Any]:
+    """Claim 2 for one seed's naive run of the unseen class: its path before it reaches
+    the threshold, the nearest approach to a training class and the margin there."""
+    reached_at = float(run["learning_time"])
+    path = run["concept_prob"]
+    if np.isfinite(reached_at):
+        path = path.isel(step=np.flatnonzero(path["step"].values < reached_at))
+    turn_step, pulled_to = memorization_turn(path)
+    entry = {"seed": int(run["seed"]), "reached_at": _number(reached_at), "turn_step": None}
+    entry.update({"pulled_to": pulled_to, "margin": 0.0})  # no approach: no evidence
+    if pulled_to is not None:
+        point = path.sel(step=turn_step)
+        distance = {
+            name: float(np.hypot(point.sel(concept="color") - x, point.sel(concept="size") - y))
+            for name, (x, y) in PULL_CORNERS.items()
+        }
+        (other,) = set(PULL_CORNERS) - {expected}
+        entry.update({"turn_step": turn_step, "distance": distance})
+        entry["margin"] = distance[other] - distance[expected]
+    return entry
+
+
+def judge_memorization(
+    study: xr.Dataset, cfg: Mapping[str, Any], resampling: Resampling = Resampling()
+) -> dict[str, Any]:
     """Claim 2: memorization of a training class first (see the module docstring)."""
-    result = _judge("memorization", cfg)
+    result = _judge("memorization", cfg, resampling)
     if _missing_methods(study, ["naive"]):
-        return result(None, NOT_EVALUATED, "the study holds no naive prompting")
+        return result(NOT_EVALUATED, "the study holds no naive prompting")
     sweep_name, size_gap, levels = _sweep_levels(study)
     if len(levels) < 2:
         return result(
-            None,
             NOT_EVALUATED,
             f"the color sweep '{sweep_name}' has {len(levels)} level(s) with runs; the claim "
             "compares the weakest and the strongest color gap",
         )
-    threshold, sigma = threshold_of(study), sigma_of(study)
     gaps = {"weakest": min(levels), "strongest": max(levels)}
     data: dict[str, Any] = {"sweep": sweep_name, "size_gap": size_gap}
-    margins, notes = [], []
+    groups, notes = [], []
     for which, gap in gaps.items():
+        expected = EXPECTED_PULL[which]
         unseen = levels[gap].sel(prompt=UNSEEN_CLASS)
-        reached_at = float(learning_time(unseen["accuracy"].mean("seed"), threshold, sigma))
-        path = unseen["concept_prob"].mean("seed")
-        if np.isfinite(reached_at):
-            path = path.isel(step=np.flatnonzero(path["step"].values < reached_at))
-        turn_step, pulled_to = memorization_turn(path)
-        entry = {"color_gap": gap, "reached_at": _number(reached_at), "turn_step": None}
-        entry.update({"pulled_to": pulled_to, "margin": None})
-        if pulled_to is None:
-            notes.append(
-                f"\u0394c {gap:g} ({which}): never nearer 01 or 10 than 11 before the threshold"
-                + (f" (reached at step {reached_at:.0f})" if np.isfinite(reached_at) else "")
-            )
-        else:
-            point = path.sel(step=turn_step)
-            distance = {
-                name: float(np.hypot(point.sel(concept="color") - x, point.sel(concept="size") - y))
-                for name, (x, y) in PULL_CORNERS.items()
-            }
-            expected = EXPECTED_PULL[which]
-            (other,) = set(PULL_CORNERS) - {expected}
-            margin = distance[other] - distance[expected]
-            margins.append(margin)
-            entry.update({"turn_step": turn_step, "margin": margin, "distance": distance})
-            notes.append(
-                f"\u0394c {gap:g} ({which}): nearest {class_label(pulled_to)} at step "
-                f"{turn_step:.0f} (distance {distance['01']:.3f} to 01, {distance['10']:.3f} to "
-                f"10; expected {expected}, margin {margin:+.3f})"
-            )
-        data[which] = entry
-    detail = "; ".join(notes) + "; mean over seeds"
-    if len(margins) < len(gaps):
-        return result(None, FAIL, detail, data)
-    value = min(margins)
-    return result(value, PASS if value > float(cfg["min_margin"]) else FAIL, detail, data)
+        seeds = [_seed_margin(unseen.isel(seed=i), expected) for i in range(unseen.sizes["seed"])]
+        margins = np.array([entry["margin"] for entry in seeds])
+        groups.append(margins)
+        pulled = [entry["pulled_to"] for entry in seeds]
+        data[which] = {
+            "color_gap": gap,
+            "expected": expected,
+            "mean_margin": float(margins.mean()),
+            "seeds": seeds,
+        }
+        notes.append(
+            f"\u0394c {gap:g} ({which}, expects {class_label(expected)}): mean margin "
+            f"{margins.mean():+.3f} over {len(seeds)} seed(s); nearest approach to 01 in "
+            f"{pulled.count('01')}, to 10 in {pulled.count('10')}, to neither in "
+            f"{pulled.count(None)} before the threshold"
+        )
+    detail = "; ".join(notes)
+    value = min(float(group.mean()) for group in groups)
+    few = _one_seed(groups, SIGNAL_SEEDS_KEY)
+    if few:
+        return result(INCONCLUSIVE, f"{few}; {detail}", value, data=data)
+    interval = resampling.interval(groups, lambda g: min(float(m.mean()) for m in g))
+    null, lower = CLAIMS["memorization"].null, float(cfg["min_margin"])
+    outcome, reason = _decide(interval, null, resampling, lower)
+    return result(outcome, f"{reason}; {detail}", value, interval, data=data)
 
 
 # ----------------------------------------------------------------------------- claims 3 and 4
@@ -340,46 +500,75 @@ def _per_run(study: xr.Dataset, array: xr.DataArray) -> xr.DataArray:
     return array.stack(run=RUN_DIMS).isel(run=np.flatnonzero(ran))
 
 
-def judge_hidden(study: xr.Dataset, cfg: Mapping[str, Any]) -> dict[str, Any]:
+def _level_groups(per_run: xr.DataArray) -> list[np.ndarray]:
+    """The values of ``per_run`` (dim 'run') grouped by signal level, levels in order."""
+    levels = list(zip(per_run["color_gap"].values, per_run["size_gap"].values))
+    values = per_run.values
+    return [
+        values[[i for i, at in enumerate(levels) if at == level]] for level in sorted(set(levels))
+    ]
+
+
+def judge_hidden(
+    study: xr.Dataset, cfg: Mapping[str, Any], resampling: Resampling = Resampling()
+) -> dict[str, Any]:
     """Claim 3: eliciting methods reach the threshold before naive prompting."""
-    result = _judge("hidden", cfg)
+    result = _judge("hidden", cfg, resampling)
     methods = [m for m in ELICITING_METHODS if m not in _missing_methods(study, [m])]
     if _missing_methods(study, ["naive"]) or not methods:
         return result(
-            None,
             NOT_EVALUATED,
             "the study holds no latent intervention or overprompting (switch on "
             "evaluation.methods.intervention.alphas or overprompt.colors)",
         )
-    times = _per_run(study, _never_past_last(study["learning_time"], study["step"].values))
+    times = _per_run(study, _censored_past_last(study["learning_time"], study["step"].values))
     elicited = times.sel({"method": methods}).min("method")
-    difference = (times.sel({"method": "naive"}) - elicited).values
-    if not len(difference):
-        return result(None, NOT_EVALUATED, "the study holds no runs")
-    fraction = float(np.mean(difference > 0))
-    median = float(np.median(difference))
+    difference = times.sel({"method": "naive"}) - elicited
+    if not difference.sizes["run"]:
+        return result(NOT_EVALUATED, "the study holds no runs")
+    groups = _level_groups(difference)
+    d = np.concatenate(groups)
+
+    def median(resampled: list[np.ndarray]) -> float:
+        return float(np.median(np.concatenate(resampled)))
+
+    def earlier(resampled: list[np.ndarray]) -> float:
+        return float(np.mean(np.concatenate(resampled) > 0))
+
+    value, fraction, p_value = median(groups), earlier(groups), sign_test(d)
     detail = (
-        f"{int(np.sum(difference > 0))} of {len(difference)} runs earlier with "
-        f"{' or '.join(methods)}; median T(naive) - T(elicited) = {median:g} steps"
+        f"{int(np.sum(d > 0))} of {len(d)} runs earlier with {' or '.join(methods)}, "
+        f"{int(np.sum(d < 0))} later; median d = {_short(value)} steps; sign test "
+        f"p = {p_value:.3g}"
     )
-    data = {"methods": methods, "runs": len(difference), "median_difference": median}
-    passed = fraction >= float(cfg["min_fraction"]) and median > 0
-    return result(fraction, PASS if passed else FAIL, detail, data)
+    data = {"methods": methods, "runs": len(d), "runs_earlier": int(np.sum(d > 0))}
+    data |= {"runs_later": int(np.sum(d < 0)), "fraction_earlier": fraction}
+    few = _one_seed(groups, SIGNAL_SEEDS_KEY)
+    if few:
+        return result(INCONCLUSIVE, f"{few}; {detail}", value, p_value=p_value, data=data)
+    interval = resampling.interval(groups, median)
+    fraction_interval = resampling.interval(groups, earlier)
+    data["fraction_earlier_interval"] = list(fraction_interval)
+    threshold = float(cfg["min_fraction"])
+    earlier_runs = Estimate("the fraction of runs earlier", fraction, fraction_interval, threshold)
+    outcome, reason = _decide(interval, CLAIMS["hidden"].null, resampling, estimate=earlier_runs)
+    return result(outcome, f"{reason}; {detail}", value, interval, p_value, data)
 
 
-def judge_patching(study: xr.Dataset, cfg: Mapping[str, Any]) -> dict[str, Any]:
+def judge_patching(
+    study: xr.Dataset, cfg: Mapping[str, Any], resampling: Resampling = Resampling()
+) -> dict[str, Any]:
     """Claim 4: the final embedding module rescues naive prompting at earlier checkpoints."""
-    result = _judge("patching", cfg)
+    result = _judge("patching", cfg, resampling)
     if _missing_methods(study, ["naive", PATCHED_METHOD]):
         return result(
-            None,
             NOT_EVALUATED,
             f"the study holds no {PATCHED_METHOD} method (add 'final' to "
             "evaluation.methods.patching.donors)",
         )
     steps = study["step"].values
     if len(steps) < 2:
-        return result(None, NOT_EVALUATED, "the study has one checkpoint; none is before the last")
+        return result(NOT_EVALUATED, "the study has one checkpoint; none is before the last")
     threshold = threshold_of(study)
     unseen = study["accuracy"].sel({"method": ["naive", PATCHED_METHOD], "prompt": UNSEEN_CLASS})
     accuracy = _per_run(study, smooth_accuracy(unseen, sigma_of(study))).isel(step=slice(None, -1))
@@ -387,66 +576,87 @@ def judge_patching(study: xr.Dataset, cfg: Mapping[str, Any]) -> dict[str, Any]:
     rescued = (accuracy.sel({"method": "naive"}) < threshold) & (
         accuracy.sel({"method": PATCHED_METHOD}) >= threshold
     )
-    per_run = rescued.sum("step").values
-    if not len(per_run):
-        return result(None, NOT_EVALUATED, "the study holds no runs")
-    fraction = float(np.mean(per_run > 0))
+    per_run = rescued.sum("step")
+    if not per_run.sizes["run"]:
+        return result(NOT_EVALUATED, "the study holds no runs")
+    groups = _level_groups(per_run > 0)
+    value = _mean(groups)
     detail = (
-        f"{int(np.sum(per_run > 0))} of {len(per_run)} runs have such a checkpoint; "
-        f"{int(per_run.sum())} (run, checkpoint) pairs in all, of {per_run.size * (len(steps) - 1)}"
+        f"{int(np.sum(per_run.values > 0))} of {per_run.sizes['run']} runs have such a "
+        f"checkpoint; {int(per_run.sum())} (run, checkpoint) pairs in all, of "
+        f"{per_run.sizes['run'] * (len(steps) - 1)}"
     )
-    data = {"runs": len(per_run), "rescued_checkpoints": int(per_run.sum())}
-    return result(fraction, PASS if fraction >= float(cfg["min_fraction"]) else FAIL, detail, data)
+    data = {"runs": per_run.sizes["run"], "rescued_checkpoints": int(per_run.sum())}
+    few = _one_seed(groups, SIGNAL_SEEDS_KEY)
+    if few:
+        return result(INCONCLUSIVE, f"{few}; {detail}", value, data=data)
+    interval = resampling.interval(groups, _mean)
+    threshold = Estimate("the estimate", value, interval, float(cfg["min_fraction"]))
+    outcome, reason = _decide(interval, CLAIMS["patching"].null, resampling, estimate=threshold)
+    return result(outcome, f"{reason}; {detail}", value, interval, data=data)
 
 
 # ----------------------------------------------------------------------------- claim 5
 
 
 def judge_underspecification(
-    study: xr.Dataset | None, cfg: Mapping[str, Any], absent_reason: str = ""
+    study: xr.Dataset | None,
+    cfg: Mapping[str, Any],
+    absent_reason: str = "",
+    resampling: Resampling = Resampling(),
 ) -> dict[str, Any]:
     """Claim 5: the mean learning time against the masking ratio."""
-    result = _judge("underspecification", cfg)
+    result = _judge("underspecification", cfg, resampling)
     if study is None:
-        return result(None, NOT_EVALUATED, absent_reason)
+        return result(NOT_EVALUATED, absent_reason)
     if _missing_methods(study, ["naive"]):
-        return result(None, NOT_EVALUATED, "the underspecification study holds no naive prompting")
+        return result(NOT_EVALUATED, "the underspecification study holds no naive prompting")
     naive = study.sel({"method": "naive"})
     ran = (
         naive["accuracy"]
         .notnull()
         .any([d for d in naive["accuracy"].dims if d not in ("seed", "mask_ratio")])
     )
-    times = _never_past_last(naive["learning_time"], study["step"].values).where(ran)
-    ratios, means, runs = [], [], []
+    times = _censored_past_last(naive["learning_time"], study["step"].values).where(ran)
+    never = float(np.max(study["step"].values)) + 1.0
+    ratios, groups = [], []
     for ratio in sorted(float(r) for r in study["mask_ratio"].values):
         at = times.sel(mask_ratio=ratio).values
         if np.isfinite(at).any():
             ratios.append(ratio)
-            means.append(float(np.nanmean(at)))
-            runs.append(int(np.isfinite(at).sum()))
-    data = {"mask_ratio": ratios, "mean_learning_time": means, "runs": runs}
+            groups.append(at[np.isfinite(at)])
+    means = [float(group.mean()) for group in groups]
+    data = {
+        "mask_ratio": ratios,
+        "mean_learning_time": means,
+        "runs": [len(group) for group in groups],
+        "runs_reached": [int(np.sum(group < never)) for group in groups],
+    }
     if len(ratios) < 2:
         return result(
-            None,
             NOT_EVALUATED,
             f"the underspecification study has {len(ratios)} masking ratio(s) with runs; the "
             "claim compares at least 2",
-            data,
+            data=data,
         )
-    never = float(np.max(study["step"].values)) + 1.0
-    non_decreasing = bool(np.all(np.diff(means) >= 0))
-    data["non_decreasing"] = non_decreasing
-    delay = means[-1] - means[0]
-    steps = ", ".join(
-        f"p {ratio:g}: {'never' if mean == never else f'{mean:.6g}'}"
-        for ratio, mean in zip(ratios, means)
+    value = means[-1] - means[0]
+    per_ratio = ", ".join(
+        f"p {ratio:g}: {'never' if mean == never else _short(mean)} " f"({reached}/{runs} reached)"
+        for ratio, mean, reached, runs in zip(ratios, means, data["runs_reached"], data["runs"])
     )
-    detail = f"mean T over seeds: {steps}; " + (
-        "non-decreasing" if non_decreasing else "decreases somewhere"
-    )
-    passed = non_decreasing and delay > float(cfg["min_delay"])
-    return result(delay, PASS if passed else FAIL, detail, data)
+    detail = f"mean T over seeds (never: {never:.0f}): {per_ratio}"
+    if len(ratios) >= 3:
+        rho = spearman(np.repeat(ratios, data["runs"]), np.concatenate(groups))
+        data["spearman"] = _number(rho)
+        detail += f"; Spearman of ratio and T over runs {rho:.3g}"
+    ends = [groups[0], groups[-1]]
+    few = _one_seed(ends, "studies.underspecification.seeds")
+    if few:
+        return result(INCONCLUSIVE, f"{few}; {detail}", value, data=data)
+    interval = resampling.interval(ends, lambda g: float(g[1].mean() - g[0].mean()))
+    null, lower = CLAIMS["underspecification"].null, float(cfg["min_delay"])
+    outcome, reason = _decide(interval, null, resampling, lower)
+    return result(outcome, f"{reason}; {detail}", value, interval, data=data)
 
 
 # ----------------------------------------------------------------------------- all claims
@@ -458,16 +668,20 @@ def evaluate_claims(
     underspecification_study: xr.Dataset | None = None,
     underspecification_absent: str = "the underspecification study was not run",
 ) -> dict[str, dict[str, Any]]:
-    """Every claim, by name: {statement, statistic, pass_if, threshold, value, outcome,
-    detail, data}. ``underspecification_absent`` is claim 5's reason when that study is
-    None."""
+    """Every claim, by name: {statement, statistic, pass_if, threshold, null, value,
+    interval, confidence, resamples, p_value, outcome, detail, data}.
+    ``underspecification_absent`` is claim 5's reason when that study is None."""
+    resampling = Resampling.from_config(claims_cfg)
     claims = {
-        "speed": judge_speed(signal_study, claims_cfg["speed"]),
-        "memorization": judge_memorization(signal_study, claims_cfg["memorization"]),
-        "hidden": judge_hidden(signal_study, claims_cfg["hidden"]),
-        "patching": judge_patching(signal_study, claims_cfg["patching"]),
+        "speed": judge_speed(signal_study, claims_cfg["speed"], resampling),
+        "memorization": judge_memorization(signal_study, claims_cfg["memorization"], resampling),
+        "hidden": judge_hidden(signal_study, claims_cfg["hidden"], resampling),
+        "patching": judge_patching(signal_study, claims_cfg["patching"], resampling),
         "underspecification": judge_underspecification(
-            underspecification_study, claims_cfg["underspecification"], underspecification_absent
+            underspecification_study,
+            claims_cfg["underspecification"],
+            underspecification_absent,
+            resampling,
         ),
     }
     for name, claim in claims.items():
@@ -476,7 +690,7 @@ def evaluate_claims(
             claim["number"],
             name,
             claim["outcome"],
-            "none" if claim["value"] is None else f"{claim['value']:.6g}",
+            value_text(claim),
             claim["threshold"],
             claim["detail"],
         )
@@ -526,8 +740,32 @@ def write_claims(
     return record
 
 
-TABLE_COLUMNS = ("#", "claim", "statistic", "value", "threshold", "outcome", "detail")
-OUTCOME_COLORS = {PASS: "#1a7f37", FAIL: "#cf222e", NOT_EVALUATED: "#6e7781"}
+TABLE_COLUMNS = (
+    "#",
+    "claim",
+    "statistic",
+    "value [interval]",
+    "p",
+    "threshold",
+    "outcome",
+    "detail",
+)
+OUTCOME_COLORS = {
+    PASS: "#1a7f37",
+    FAIL: "#cf222e",
+    INCONCLUSIVE: "#9a6700",  # amber
+    NOT_EVALUATED: "#6e7781",
+}
+
+
+def value_text(claim: Mapping[str, Any]) -> str:
+    """'0.833 [0.41, 1]': the value and its interval ('\u2014' when there is no value)."""
+    if claim["value"] is None:
+        return "\u2014"
+    text = _short(claim["value"])
+    if claim.get("interval") is not None:
+        text += " [" + ", ".join(_short(bound) for bound in claim["interval"]) + "]"
+    return text
 
 
 def table_rows(record: Mapping[str, Any]) -> list[list[str]]:
@@ -537,7 +775,8 @@ def table_rows(record: Mapping[str, Any]) -> list[list[str]]:
             str(claim["number"]),
             claim["statement"],
             claim["statistic"],
-            "\u2014" if claim["value"] is None else f"{claim['value']:.4g}",
+            value_text(claim),
+            "\u2014" if claim.get("p_value") is None else f"{claim['p_value']:.3g}",
             f"{claim['threshold']:g} ({claim['pass_if']})",
             claim["outcome"],
             claim["detail"],
@@ -558,13 +797,18 @@ def claims_table_html(record: Mapping[str, Any]) -> str:
     head = "".join(f"<th>{column}</th>" for column in TABLE_COLUMNS)
     source = json.dumps(record["inputs"], sort_keys=True, default=json_default)
     origin = record["provenance"]
+    first = min(record["claims"].values(), key=lambda c: c["number"])
+    intervals = (
+        f"Intervals: {100 * first['confidence']:g}% percentile bootstrap over seeds within each "
+        f"level, {first['resamples']} resamples; p: one-sided sign test."
+    )
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Claims</title>\n<style>'
         "table{border-collapse:collapse;font:13px sans-serif}"
         "td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top;text-align:left}"
         "</style></head><body>\n"
         f"<table>\n<tr>{head}</tr>\n" + "\n".join(rows) + "\n</table>\n"
-        f'<p style="font:11px sans-serif;color:#555">From {html.escape(source)}; config '
+        f'<p style="font:11px sans-serif;color:#555">{intervals} From {html.escape(source)}; config '
         f"{origin['config_hash']}, commit {html.escape(origin['git_commit'])}.</p>\n"
         "</body></html>\n"
     )
