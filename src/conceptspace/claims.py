@@ -37,11 +37,13 @@ its T is "more than the last step", never a speed of 0 or a dropped run.
   tied with the other censored runs. This is exact for a common censoring time (all runs
   of a study share their checkpoints).
 - Claims 3 and 5 need numbers: a censored run counts as T = one step past the last
-  checkpoint, the earliest it could still reach it. That understates T: in claim 3 it
+  checkpoint, the earliest it could still reach it. That understates T. In claim 3 it
   moves each difference toward 0 without changing its sign (a lead or a lag is shrunk,
-  never invented; both censored gives 0, no lead), in claim 5 it shrinks the delay of a
-  masking ratio whose runs are censored. Either way censoring can weaken a claim, never
-  make one.
+  never invented; both censored gives 0, no lead), so it can weaken the claim, never
+  make it. In claim 5 it understates the mean T of every ratio with censored runs: at the
+  largest ratio that shrinks the delay (weakens the claim), at the smallest it inflates
+  it. Censored runs at the smallest ratio mean training was too short to judge the
+  claim; the detail lists the runs that reached the threshold per ratio.
 - Claim 2 looks at a path before its run reaches the threshold; a censored run's whole
   path counts. Claim 4 compares smoothed accuracies per checkpoint and needs no T.
 
