@@ -528,6 +528,17 @@ def test_underspecification_is_inconclusive_with_a_wide_interval_or_one_seed():
     assert "studies.underspecification.seeds" in claim["detail"]
 
 
+def test_underspecification_is_inconclusive_when_the_smallest_ratio_is_censored():
+    # Seed 3 at ratio 0 never learns: counted one step past the last checkpoint, its
+    # true T is unknown and may be later still, so the delay has no lower bound.
+    times = {0.0: [100, 100, 100, None], 1.0: [None, None, None, None]}
+    claim = judge_underspecification(
+        underspecification_study(by_seed(times)), CLAIMS_CFG["underspecification"]
+    )
+    assert claim["value"] > 0 and claim["interval"][0] > 0  # the interval alone would pass
+    assert claim["outcome"] == INCONCLUSIVE and "not bounded below" in claim["detail"]
+
+
 def test_underspecification_is_not_evaluated_without_the_study_or_with_one_ratio():
     claim = judge_underspecification(None, CLAIMS_CFG["underspecification"], "not configured")
     assert claim["outcome"] == NOT_EVALUATED and claim["detail"] == "not configured"

@@ -658,6 +658,15 @@ def judge_underspecification(
     interval = resampling.interval(ends, lambda g: float(g[1].mean() - g[0].mean()))
     null, lower = CLAIMS["underspecification"].null, float(cfg["min_delay"])
     outcome, reason = _decide(interval, null, resampling, lower)
+    if outcome == PASS and (groups[0] >= never).any():
+        # A censored run at the smallest ratio counts at last step + 1, below its true T:
+        # the delay is then no lower bound, and a pass would rest on that guess.
+        outcome = INCONCLUSIVE
+        reason = (
+            f"{int(np.sum(groups[0] >= never))} run(s) at the smallest masking ratio "
+            f"{ratios[0]:g} never reached the threshold, so the delay is not bounded below; "
+            "train longer (training.steps)"
+        )
     return result(outcome, f"{reason}; {detail}", value, interval, data=data)
 
 
