@@ -203,11 +203,13 @@ def test_finished_run_only_rewrites_its_manifest(reference, dataset, tmp_path, c
     run_dir, manifest = reference
     copy = copy_run(run_dir, tmp_path, keep_steps={4, 7, 12})
     before = {p.name: p.stat().st_mtime_ns for p in (copy / "checkpoints").iterdir()}
-    # log_every does not change the weights, so a finished run accepts a new value.
+    # log_every and the divergence check do not change the weights, so a finished run
+    # accepts new values (explode_factor: the check's key in runs written before
+    # training.divergence).
+    divergence = {"mad_factor": 5, "min_rise": 0.5, "window": 10}
+    cosmetic = with_training(log_every=5, divergence=divergence, explode_factor=10)
     with caplog.at_level(logging.INFO, logger="conceptspace.train"):
-        rewritten = train_run(
-            MODEL, with_training(log_every=5), dataset, SEED, copy, tmp_path / "m.json"
-        )
+        rewritten = train_run(MODEL, cosmetic, dataset, SEED, copy, tmp_path / "m.json")
     assert "resuming" not in caplog.text
     after = {p.name: p.stat().st_mtime_ns for p in (copy / "checkpoints").iterdir()}
     assert after == before

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import time
@@ -42,6 +41,7 @@ import torch
 # from `first` to `last`, rounded to ints, duplicates removed, sorted.
 from conceptspace.config import checkpoint_steps
 from conceptspace.device import compute_device, resolve_device
+from conceptspace.divergence import DivergenceMonitor
 from conceptspace.io import (
     DAMAGED_TORCH_FILE_ERRORS,
     ConceptspaceError,
@@ -61,7 +61,8 @@ __all__ = ["checkpoint_steps", "train_run", "load_checkpoint"]
 VALIDATION_IMAGES = 256
 VALIDATION_SEED_OFFSET = 7919  # validation noise differs from the training stream
 # Training keys that do not change the weights; a resume may change them freely.
-COSMETIC_TRAINING_KEYS = ("log_every", "explode_factor")
+# explode_factor: the divergence check's key before training.divergence, in older runs.
+COSMETIC_TRAINING_KEYS = ("log_every", "divergence", "explode_factor")
 _CHECKPOINT_NAME = re.compile(r"step_(\d{6,})\.pt")
 _CHECKPOINT_KEYS = ("model", "optimizer", "step", "rng", "config")
 
@@ -348,7 +349,8 @@ def train_run(
 
     Returns the manifest (also written to ``manifest_path``, last). Raises
     ConceptspaceError if ``run_dir`` holds checkpoints of a different config, or if the
-    loss becomes NaN/inf (the last good checkpoint is kept).
+    loss becomes NaN/inf or climbs far above its best (``training.divergence``); the last
+    good checkpoint is kept.
     """
     from conceptspace.render import load_dataset
 
@@ -357,9 +359,9 @@ def train_run(
     steps = int(training_cfg["steps"])
     batch_size = int(training_cfg["batch_size"])
     log_every = max(1, int(training_cfg["log_every"]))
-    # Stop when the loss explodes (None: only NaN/inf stop training); see docs/trust.md.
-    explode_factor = training_cfg.get("explode_factor")
-    explode_factor = None if explode_factor is None else float(explode_factor)
+    # Stops training when the loss climbs far above its best (None: only NaN/inf stop it);
+    # see conceptspace.divergence and docs/trust.md.
+    monitor = DivergenceMonitor.from_config(training_cfg)
     precision = training_cfg.get("precision", "fp32")
     if precision not in ("fp32", "bf16"):
         raise ConceptspaceError(
@@ -480,7 +482,6 @@ def train_run(
     log_grad = torch.zeros((), device=device)
     interval_loss = torch.zeros((), device=device)  # since the previous checkpoint
     last_log_step = last_checked = interval_start = start
-    lowest_loss = math.inf  # lowest mean loss of a log interval (explode check)
     started = last_log_time = time.perf_counter()
     for step in range(start + 1, steps + 1):
         index = torch.randint(n_train, (batch_size,), device=device)
@@ -504,24 +505,9 @@ def train_run(
         # gradient norm poisons these sums, and is caught before any checkpoint is written.
         if not torch.isfinite(log_loss + log_grad + interval_loss).item():
             raise _diverged(run_dir, last_checked, step, "the loss or gradient norm became NaN/inf")
-        if explode_factor is not None:
-            # Mean loss since the last report, against the lowest full-interval mean so far
-            # (bits/dim are >= 0; the reference restarts at a resume).
-            recent = (log_loss / (step - last_log_step)).item()
-            if lowest_loss > 0 and recent > explode_factor * lowest_loss:
-                raise _diverged(
-                    run_dir,
-                    last_checked,
-                    step,
-                    f"the mean loss rose to {recent:.4g} bits/dim, more than "
-                    f"training.explode_factor = {explode_factor:g} times its lowest "
-                    f"{lowest_loss:.4g}",
-                )
-            if report:
-                lowest_loss = min(lowest_loss, recent)
-        last_checked = step
+        n = step - last_log_step
+        recent = (log_loss / n).item()  # mean loss since the last report
         if report:
-            n = step - last_log_step
             now = time.perf_counter()
             rate = n / max(now - last_log_time, 1e-9)
             log.info(
@@ -529,7 +515,7 @@ def train_run(
                 "| ETA %s",
                 step,
                 steps,
-                (log_loss / n).item(),
+                recent,
                 (log_grad / n).item(),
                 rate,
                 rate * batch_size,
@@ -538,6 +524,15 @@ def train_run(
             log_loss.zero_()
             log_grad.zero_()
             last_log_step, last_log_time = step, now
+        if monitor is not None:
+            # A whole log interval at a report, part of one at a checkpoint between reports
+            # (the monitor allows for its extra noise); checked after the report is logged,
+            # so the log shows the loss that stops training. The reference restarts at a
+            # resume.
+            problem = monitor.observe(recent, n, complete=report)
+            if problem:
+                raise _diverged(run_dir, last_checked, step, problem)
+        last_checked = step
         if save:
             save_started = time.perf_counter()
             train_loss = (interval_loss / (step - interval_start)).item()
@@ -560,8 +555,11 @@ def _diverged(run_dir: Path, last_good: int, step: int, what: str) -> Conceptspa
         if stored
         else "no checkpoint had been written yet"
     )
+    when = (
+        f"at step {step}" if step == last_good + 1 else f"between steps {last_good + 1} and {step}"
+    )
     return ConceptspaceError(
-        f"training diverged: {what} between steps {last_good + 1} and {step} of {run_dir}; "
+        f"training diverged: {what} {when} of {run_dir}; "
         f"{kept}. Lower training.lr or training.grad_clip, use training.precision: fp32, or "
         f"check the dataset, then delete {run_dir} to train again (a run does not resume "
         "under a changed config). Rerunning unchanged resumes from the last checkpoint and, "
