@@ -146,12 +146,12 @@ def test_smoke_run_is_complete_and_one_figure_rebuilds_alone(smoke_run):
     assert planned_jobs(plan.stdout) == {"fig_signal": 1, "total": 1}
 
 
-def test_cpu_preset_plans_its_five_runs(tmp_path):
-    # The laptop-scale preset (issue 6): 3 color gaps + 2 masking ratios, each evaluated
-    # at every checkpoint by one job.
+def test_cpu_preset_plans_its_ten_runs(tmp_path):
+    # The laptop-scale preset: 3 color gaps + 2 masking ratios, two seeds each (the
+    # claims' intervals are over seeds), each run evaluated at every checkpoint by one job.
     cpu = REPO / "workflow" / "presets" / "cpu.yaml"
     result = snakemake(tmp_path, "-n", "--quiet", "rules", configs=(REPO / "config.yaml", cpu))
     jobs = planned_jobs(result.stdout)
-    assert jobs["train_vdm"] == 5 and jobs["train_probe"] == 2
-    assert jobs["evaluate_run"] == 5
+    assert jobs["train_vdm"] == 10 and jobs["train_probe"] == 2
+    assert jobs["evaluate_run"] == 10
     assert jobs["claims"] == 1 and jobs["fig_underspec"] == 1
