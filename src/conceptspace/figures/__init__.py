@@ -138,8 +138,8 @@ def concept_square(ax: Axes, title: str) -> None:
     """Axes of a concept-space panel: x = P(color = blue), y = P(size = small), each
     class labelled at its corner."""
     ax.set_title(title, fontsize=11)
-    ax.set_xlabel("P(color = blue), mean over samples (probability)")
-    ax.set_ylabel("P(size = small), mean over samples (probability)")
+    ax.set_xlabel("P(color = blue), mean over valid samples (probability)")
+    ax.set_ylabel("P(size = small), mean over valid samples (probability)")
     ax.set_xlim(-0.1, 1.1)
     ax.set_ylim(-0.1, 1.1)
     ax.set_aspect("equal")

@@ -57,7 +57,7 @@ def value_one_probability(concept_prob: xr.DataArray, layout: Layout = LAYOUT) -
 
 
 def axis_label(concept: str) -> str:
-    return f"P({concept} = {CONCEPT_VALUES[concept][1]}), mean over samples (probability)"
+    return f"P({concept} = {CONCEPT_VALUES[concept][1]}), mean over valid samples (probability)"
 
 
 def _projection_panel(ax: Axes, position: xr.DataArray, x: str, y: str) -> None:

@@ -66,8 +66,8 @@ def plot_celeba(
 
     figure = new_figure(13, 6.2)
     square, curves = figure.subplots(1, 2)
-    square.set_xlabel(f"P({first} present), mean over samples (probability)")
-    square.set_ylabel(f"P({second} present), mean over samples (probability)")
+    square.set_xlabel(f"P({first} present), mean over valid samples (probability)")
+    square.set_ylabel(f"P({second} present), mean over valid samples (probability)")
     square.set_xlim(-0.1, 1.1)
     square.set_ylim(-0.1, 1.1)
     square.set_aspect("equal")
