@@ -11,6 +11,7 @@ import xarray as xr
 from PIL import Image
 
 from conceptspace import cli
+from conceptspace.analysis import blue_small, convergence_step, memorization_turn
 from conceptspace.concepts import CLASSES, CONCEPTS, run_id
 from conceptspace.config import ConfigError, load_config, validate_config
 from conceptspace.evaluate import write_evaluation
@@ -18,12 +19,7 @@ from conceptspace.figures.hidden import plot_hidden
 from conceptspace.figures.patching import plot_patching
 from conceptspace.figures.sheets import plot_sample_sheet, sheet_canvas, sheet_rows
 from conceptspace.figures.signal import plot_signal
-from conceptspace.figures.trajectories import (
-    blue_small,
-    convergence_step,
-    memorization_turn,
-    plot_trajectories,
-)
+from conceptspace.figures.trajectories import plot_trajectories
 from conceptspace.io import ConceptspaceError, provenance
 from conceptspace.methods import build_methods
 from conceptspace.trajectories import gather_run, gather_study, learning_time, save_dataset_nc

@@ -59,7 +59,7 @@ The claims (Park et al., section 4 and Figs. 3-6):
 2. Memorization first: per seed, at the weakest and the strongest color gap of that
    sweep, that seed's naive path of the unseen class (``concept_prob``) before its
    accuracy reaches the threshold, and the path's nearest approach to a training class
-   (``figures.trajectories.memorization_turn``). The margin there is the distance to the
+   (``analysis.memorization_turn``). The margin there is the distance to the
    corner the claim does not expect minus the distance to the one it expects (weak gap:
    01 red small at (0, 1); strong gap: 10 blue large at (1, 0)), so positive means nearer
    the expected corner; a seed whose path never comes near either corner (no turn) has
@@ -91,10 +91,16 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import xarray as xr
 
+from conceptspace.analysis import (
+    PULL_CORNERS,
+    class_label,
+    memorization_turn,
+    select_level,
+    sigma_of,
+    threshold_of,
+)
 from conceptspace.concepts import UNSEEN_CLASS
 from conceptspace.config import ConfigError, sweep
-from conceptspace.figures import class_label, select_level, sigma_of, threshold_of
-from conceptspace.figures.trajectories import PULL_CORNERS, memorization_turn
 from conceptspace.io import ConceptspaceError, atomic_path, json_default, provenance, write_json
 from conceptspace.statistics import bootstrap_interval, sign_test, spearman
 from conceptspace.trajectories import _open_netcdf, smooth_accuracy

@@ -8,8 +8,10 @@ Select methods with a dict, ``ds.sel({"method": name})``: ``method`` is also a k
 of ``sel`` itself (inexact matching), so ``ds.sel(method=name)`` silently selects nothing.
 
 The helpers below are shared by the figures of the study dataset (the contract of
-``trajectories.gather_study``): picking one signal level, checking that the methods a
-figure needs were evaluated, summarising over seeds, and drawing an accuracy curve.
+``trajectories.gather_study``): checking that the methods a figure needs were evaluated,
+drawing a concept-space panel and an accuracy curve. What the figures read from a study
+(one signal level, the threshold, the summary over seeds) is ``conceptspace.analysis``,
+which the claims read too.
 """
 
 from __future__ import annotations
@@ -25,22 +27,20 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from conceptspace.concepts import (
-    COLOR_NAMES,
-    SIZE_NAMES,
-    TRAINING_CLASSES,
-    UNSEEN_CLASS,
-    class_digits,
+from conceptspace.analysis import (
+    CORNERS,
+    class_label,
+    seed_summary,
+    select_level,
+    sigma_of,
+    threshold_of,
 )
+from conceptspace.concepts import TRAINING_CLASSES, UNSEEN_CLASS
 from conceptspace.io import ConceptspaceError, atomic_path, json_default
 from conceptspace.trajectories import smooth_accuracy
 
 PNG_DPI = 150
-# Gaps in the config and in the dataset are compared to this tolerance.
-GAP_TOLERANCE = 1e-6
 STEP_LABEL = "training step (optimizer steps)"
-# Each class's corner in the concept-space frame x = P(color = blue), y = P(size = small).
-CORNERS = {"00": (0.0, 0.0), "01": (0.0, 1.0), "10": (1.0, 0.0), "11": (1.0, 1.0)}
 # One color per prompting method kind, the same in every figure.
 METHOD_COLORS = {"naive": "C0", "overprompt": "C1", "intervention": "C2", "patched": "C3"}
 METHOD_NAMES = {
@@ -84,12 +84,6 @@ def save_figure(
             metadata = file_metadata(out_pdf.stem, record, fmt)
             figure.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata)
     return out_pdf, out_png
-
-
-def class_label(name: str) -> str:
-    """'11 blue small' for class '11'."""
-    color, size = class_digits(name)
-    return f"{name} {COLOR_NAMES[color]} {SIZE_NAMES[size]}"
 
 
 def method_label(method: str) -> str:
@@ -170,53 +164,6 @@ def require_methods(study: xr.Dataset, methods: Sequence[str], figure: str) -> N
             "section of the config and rerun `snakemake` (the checkpoints are evaluated "
             "again), or leave this figure out"
         )
-
-
-def gap_index(study: xr.Dataset, dim: str, value: float) -> int | None:
-    """Index of ``value`` on the gap coordinate ``dim`` (to GAP_TOLERANCE); None if it is
-    not there."""
-    matches = np.flatnonzero(np.abs(study[dim].values - float(value)) < GAP_TOLERANCE)
-    return int(matches[0]) if len(matches) else None
-
-
-def select_level(study: xr.Dataset, color_gap: float, size_gap: float) -> xr.Dataset | None:
-    """The study at one signal level (dims seed, step, method, prompt[, concept]); None
-    if that level is not on the grid or none of its runs has data."""
-    indices = {"color_gap": gap_index(study, "color_gap", color_gap)}
-    indices["size_gap"] = gap_index(study, "size_gap", size_gap)
-    if None in indices.values():
-        return None
-    level = study.isel(indices)
-    ran = level["accuracy"].notnull().any([dim for dim in level["accuracy"].dims if dim != "seed"])
-    if not ran.any():
-        return None
-    return level.isel(seed=np.flatnonzero(ran.values))  # the seeds that were run
-
-
-def threshold_of(study: xr.Dataset) -> float:
-    """The accuracy threshold of the learning times."""
-    try:
-        return float(study["learning_time"].attrs["threshold"])
-    except KeyError:
-        raise ConceptspaceError(
-            "the study's learning_time carries no 'threshold' attribute; delete "
-            "results/signal/study.nc and rerun `snakemake` (rule gather_study)"
-        ) from None
-
-
-def sigma_of(study: xr.Dataset) -> float:
-    """The Gaussian smoothing over checkpoints (sigma, in checkpoints) of the accuracies
-    behind the learning times; 0 for a study gathered without it."""
-    return float(study["learning_time"].attrs.get("sigma_checkpoints", 0.0))
-
-
-def seed_summary(values: xr.DataArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean, minimum and maximum over 'seed' (NaN-skipping; NaN where no seed has data)."""
-    finite = values.notnull().any("seed")
-    mean = values.mean("seed", skipna=True).where(finite)
-    low = values.min("seed", skipna=True).where(finite)
-    high = values.max("seed", skipna=True).where(finite)
-    return mean.values, low.values, high.values
 
 
 def draw_accuracy(

@@ -24,6 +24,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.axes import Axes
 
+from conceptspace.analysis import sigma_of, threshold_of
 from conceptspace.concepts import CONCEPT_VALUES, COLOR_SIZE_BACKGROUND, Layout
 from conceptspace.figures import (
     accuracy_axes,
@@ -32,8 +33,6 @@ from conceptspace.figures import (
     require,
     require_methods,
     save_figure,
-    sigma_of,
-    threshold_of,
 )
 from conceptspace.io import ConceptspaceError
 

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 import xarray as xr
 
+from conceptspace.analysis import sigma_of, threshold_of
 from conceptspace.concepts import layout_from_attrs
 from conceptspace.figures import (
     METHOD_COLORS,
@@ -33,8 +34,6 @@ from conceptspace.figures import (
     require,
     require_methods,
     save_figure,
-    sigma_of,
-    threshold_of,
 )
 from conceptspace.figures.background import value_one_probability
 from conceptspace.io import ConceptspaceError

@@ -23,7 +23,8 @@ from conceptspace.concepts import UNSEEN_CLASS
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from conceptspace.figures import class_label, file_metadata
+from conceptspace.analysis import class_label
+from conceptspace.figures import file_metadata
 from conceptspace.io import ConceptspaceError, atomic_path
 from conceptspace.trajectories import _open_netcdf
 

@@ -32,16 +32,9 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.lines import Line2D
 
+from conceptspace.analysis import CORNERS, GAP_TOLERANCE, gap_index
 from conceptspace.concepts import UNSEEN_CLASS
-from conceptspace.figures import (
-    CORNERS,
-    GAP_TOLERANCE,
-    concept_square,
-    gap_index,
-    new_figure,
-    note,
-    save_figure,
-)
+from conceptspace.figures import concept_square, new_figure, note, save_figure
 from conceptspace.io import ConceptspaceError
 
 # Speeds are plotted per 1000 steps: 1/8000 steps reads as 0.125.

@@ -18,6 +18,7 @@ import numpy as np
 import xarray as xr
 from matplotlib import colormaps
 
+from conceptspace.analysis import sigma_of, threshold_of
 from conceptspace.concepts import COLOR_SHAPE
 from conceptspace.figures import (
     STEP_LABEL,
@@ -27,8 +28,6 @@ from conceptspace.figures import (
     note,
     require,
     save_figure,
-    sigma_of,
-    threshold_of,
 )
 from conceptspace.io import ConceptspaceError
 
