@@ -22,7 +22,8 @@ from conceptspace.figures.signal import plot_signal
 from conceptspace.figures.trajectories import plot_trajectories
 from conceptspace.io import ConceptspaceError, provenance
 from conceptspace.methods import build_methods
-from conceptspace.trajectories import gather_run, gather_study, learning_time, save_dataset_nc
+from conceptspace.netcdf import save_dataset_nc
+from conceptspace.trajectories import gather_run, gather_study, learning_time
 from conftest import REPO, SCHEMA, SMOKE, every_sample_valid
 from test_trajectories import METHODS_CFG as ALL_METHODS  # every kind of method
 from test_trajectories import OFF_CFG as NO_METHODS  # naive prompting only

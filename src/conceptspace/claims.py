@@ -103,7 +103,8 @@ from conceptspace.concepts import UNSEEN_CLASS
 from conceptspace.config import ConfigError, sweep
 from conceptspace.io import ConceptspaceError, atomic_path, json_default, provenance, write_json
 from conceptspace.statistics import bootstrap_interval, sign_test, spearman
-from conceptspace.trajectories import _open_netcdf, smooth_accuracy
+from conceptspace.netcdf import open_netcdf, open_study
+from conceptspace.trajectories import smooth_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -717,7 +718,7 @@ def evaluate_claims(
 
 def open_underspecification(path: str | os.PathLike) -> xr.Dataset:
     """The underspecification study dataset (dims seed, mask_ratio, step, method, ...)."""
-    return _open_netcdf(
+    return open_netcdf(
         path, "underspecification study", ("accuracy", "learning_time", "mask_ratio")
     )
 
@@ -731,8 +732,6 @@ def write_claims(
 ) -> dict[str, Any]:
     """Judge every claim and write ``out_json`` (sorted keys) and the HTML table
     ``out_table``. The claims depend only on the datasets and ``config['claims']``."""
-    from conceptspace.trajectories import open_study
-
     study = open_study(signal_path)
     underspec = None
     absent = (

@@ -54,12 +54,12 @@ from conceptspace.io import (
     remove_stale_temporaries,
 )
 from conceptspace.methods import Method, build_methods, method_problems
-from conceptspace.trajectories import (
-    missing_run_attrs,
+from conceptspace.netcdf import (
     COORD_ATTRS,
     P_TARGET_ATTRS,
     VALID_ATTRS,
     method_coords,
+    missing_run_attrs,
     netcdf_attrs,
     save_dataset_nc,
 )
