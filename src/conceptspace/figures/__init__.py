@@ -17,7 +17,9 @@ which the claims read too.
 from __future__ import annotations
 
 import json
+import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -40,7 +42,15 @@ from conceptspace.io import ConceptspaceError, atomic_path, json_default
 from conceptspace.trajectories import smooth_accuracy
 
 PNG_DPI = 150
+# Width of an average character of the default font (DejaVu Sans), in em, rounded up:
+# titles are wrapped to the figure's width with it.
+CHAR_WIDTH_EM = 0.6
 STEP_LABEL = "training step (optimizer steps)"
+# Concept-space panels: class labels sit this many points outside their corner, clear of
+# the largest marker drawn at a corner (the trajectories' star, 16 points across), in a
+# margin of the square wide enough to hold them.
+LABEL_OFFSET = 10
+SQUARE_MARGIN = 0.15
 # One color per prompting method kind, the same in every figure.
 METHOD_COLORS = {"naive": "C0", "overprompt": "C1", "intervention": "C2", "patched": "C3"}
 METHOD_NAMES = {
@@ -56,6 +66,25 @@ def new_figure(width: float, height: float) -> Figure:
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
     return figure
+
+
+def figure_title(figure: Figure, text: str, fontsize: float = 11) -> None:
+    """The figure's title, each line of ``text`` wrapped to the figure's width so that no
+    line runs off the canvas, whatever the number of panels."""
+    chars = max(20, int(figure.get_figwidth() * 72 / (CHAR_WIDTH_EM * fontsize)))
+    figure.suptitle(
+        "\n".join(balanced(line, chars) for line in text.split("\n")), fontsize=fontsize
+    )
+
+
+def balanced(line: str, chars: int) -> str:
+    """``line`` wrapped to at most ``chars`` characters a line, in as few lines as that
+    takes, each about as long as the others (no last word alone on its line)."""
+    fewest = len(textwrap.wrap(line, chars)) or 1
+    for width in range(math.ceil(len(line) / fewest), chars):
+        if len(textwrap.wrap(line, width)) == fewest:
+            return textwrap.fill(line, width)
+    return textwrap.fill(line, chars)
 
 
 def file_metadata(title: str, record: Mapping[str, Any] | None, fmt: str) -> dict[str, str]:
@@ -91,6 +120,11 @@ def method_label(method: str) -> str:
     return METHOD_NAMES.get(method, method.replace("_", " "))
 
 
+def seeds_count(n: int) -> str:
+    """'1 seed', '2 seeds'."""
+    return f"{n} seed{'' if n == 1 else 's'}"
+
+
 def level_title(color_gap: float, size_gap: float) -> str:
     return f"color gap \u0394c = {color_gap:g}, size gap \u0394s = {size_gap:g}"
 
@@ -111,17 +145,18 @@ def note(ax: Axes, text: str) -> None:
 
 
 def label_corners(ax: Axes, corners: Mapping[str, tuple[float, float]]) -> None:
-    """Label each class at its corner of the unit square, inside it; the unseen class
-    in bold."""
+    """Label each class just outside its corner of the unit square, above the top corners
+    and below the bottom ones, where no probability can put a marker (the largest
+    marker reaches LABEL_OFFSET points from its point); the unseen class in bold."""
     for name, (x, y) in corners.items():
         unseen = name == UNSEEN_CLASS
         ax.annotate(
             class_label(name) + (" (unseen)" if unseen else ""),
             (x, y),
             textcoords="offset points",
-            xytext=(4 if x == 0 else -4, 4 if y == 0 else -4),
+            xytext=(0, -LABEL_OFFSET if y == 0 else LABEL_OFFSET),
             ha="left" if x == 0 else "right",
-            va="bottom" if y == 0 else "top",
+            va="top" if y == 0 else "bottom",
             fontsize=8,
             color="0.3",
             fontweight="bold" if unseen else "normal",
@@ -135,7 +170,7 @@ def concept_square(ax: Axes, title: str) -> None:
     ax.set_xlabel("P(color = blue), mean over valid samples (probability)")
     ax.set_ylabel("P(size = small), mean over valid samples (probability)")
     ax.set_xlim(-0.1, 1.1)
-    ax.set_ylim(-0.1, 1.1)
+    ax.set_ylim(-SQUARE_MARGIN, 1 + SQUARE_MARGIN)
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
     label_corners(ax, CORNERS)
@@ -295,10 +330,10 @@ def plot_accuracy_levels(
                 label = f"{method_label(method)}, training classes (mean of {', '.join(training)})"
                 draw_accuracy(ax, on_training, color, label, linestyle=":", sigma=sigma)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13))
-    seeds_text = f"{max(n_seeds)} seeds" if n_seeds else "seeds"
-    figure.suptitle(
+    seeds_text = seeds_count(max(n_seeds)) if n_seeds else "seeds"
+    figure_title(
+        figure,
         f"{title}\nline: mean over {seeds_text}; band: range (min to max) over seeds; dashed "
         "vertical: mean over seeds of the first step at the threshold",
-        fontsize=11,
     )
     return save_figure(figure, out_pdf, record=record)

@@ -29,6 +29,7 @@ from conceptspace.concepts import CONCEPT_VALUES, COLOR_SIZE_BACKGROUND, Layout
 from conceptspace.figures import (
     accuracy_axes,
     draw_accuracy,
+    figure_title,
     new_figure,
     require,
     require_methods,
@@ -139,7 +140,8 @@ def plot_background(
         if name in study.coords
     )
     n_seeds = study.sizes.get("seed", 1)
-    figure.suptitle(
+    figure_title(
+        figure,
         f"2x2x2 concept space ({gaps}): naive prompting, mean over {n_seeds} seed(s)",
         fontsize=12,
     )

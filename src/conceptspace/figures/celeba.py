@@ -29,6 +29,7 @@ from conceptspace.figures import (
     METHOD_COLORS,
     accuracy_axes,
     draw_accuracy,
+    figure_title,
     method_label,
     new_figure,
     require,
@@ -123,7 +124,8 @@ def plot_celeba(
         )
     curves.legend(fontsize=7, loc="upper left")
     n_seeds = study.sizes.get("seed", 1)
-    figure.suptitle(
+    figure_title(
+        figure,
         f"CelebA, {first} x {second}: learning dynamics, mean over {n_seeds} seed(s)",
         fontsize=12,
     )

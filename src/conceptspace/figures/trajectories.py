@@ -51,12 +51,14 @@ from conceptspace.analysis import (
 from conceptspace.concepts import CLASSES, UNSEEN_CLASS
 from conceptspace.figures import (
     concept_square,
+    figure_title,
     level_title,
     new_figure,
     note,
     require,
     require_methods,
     save_figure,
+    seeds_count,
 )
 from conceptspace.io import ConceptspaceError
 
@@ -95,8 +97,9 @@ def plot_trajectories(
     figure.colorbar(
         ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), label="training step", shrink=0.8
     )
-    seeds_text = f"mean over {max(n_seeds)} seeds" if n_seeds else "no runs"
-    figure.suptitle(
+    seeds_text = f"mean over {seeds_count(max(n_seeds))}" if n_seeds else "no runs"
+    figure_title(
+        figure,
         f"Concept memorization, then a turn: class {class_label(UNSEEN_CLASS)} (unseen) and "
         f"the training classes in concept space, naive prompting; {seeds_text}",
         fontsize=12,

@@ -24,6 +24,7 @@ from conceptspace.figures import (
     STEP_LABEL,
     accuracy_axes,
     draw_accuracy,
+    figure_title,
     new_figure,
     note,
     require,
@@ -110,7 +111,8 @@ def plot_underspec(
 
     # (c) sample sheet of the blue-triangle prompt across ratios
     _draw_samples(ax_samples, samples, ratios)
-    figure.suptitle(
+    figure_title(
+        figure,
         "Underspecification: masking the color of red triangles delays or blocks the blue "
         "triangle",
         fontsize=12,
