@@ -1,5 +1,5 @@
-"""Scoring one checkpoint in concept space (SPEC "Probes and evaluation" and "Eliciting
-hidden capabilities").
+"""Scoring one checkpoint in concept space (docs/study.md, "Prompting methods" and
+"Scoring and the learning time").
 
 Conditions: every prompting method of ``conceptspace.methods`` (naive, overprompt_i,
 intervention_i, patched_*) applied to each prompt it is defined for (overprompts and

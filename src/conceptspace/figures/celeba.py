@@ -1,4 +1,4 @@
-"""fig_celeba: concept learning on CelebA faces (SPEC "CelebA"; the paper's Male x
+"""fig_celeba: concept learning on CelebA faces (docs/study.md; the paper's Male x
 Wearing_Hat, female with hat held out).
 
 The layout is the study's own (``concepts.celeba_layout``, from the dataset's

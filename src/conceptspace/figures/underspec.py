@@ -1,4 +1,4 @@
-"""fig_underspec: underspecified prompts delay or block generalization (SPEC claim 5).
+"""fig_underspec: underspecified prompts delay or block generalization (claim 5; docs/study.md).
 
 (a) Steps until naive prompting of the unseen blue triangle (class 11 of the color_shape
 layout) reaches the accuracy threshold, against the percentage of red-triangle training
