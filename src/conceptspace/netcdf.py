@@ -1,9 +1,10 @@
 """The pipeline's netCDF files: their variables and attributes, the writer and the readers.
 
-Every dataset the pipeline stores is a netCDF file (engine netcdf4), written atomically
+Every xarray dataset the pipeline stores (evaluations, trajectories, studies and the
+sample files of the sample sheets) is a netCDF file (engine netcdf4), written atomically
 (``io.atomic_path``) by :func:`save_dataset_nc` and read whole into memory by
 :func:`open_netcdf`, which turns a missing, truncated or foreign file into an error that
-names the file and the fix. Three levels of files:
+names the file and the fix. The three levels of the scores:
 
 - one evaluation per checkpoint (``evaluate.write_evaluation``, read by
   :func:`open_evaluation`): ``p_target`` (method, prompt, concept, sample), the probe's
