@@ -9,7 +9,8 @@ import torch
 
 from conceptspace.io import ConceptspaceError
 
-# Variables Slurm sets in a job that was allocated GPUs (batch script and job steps).
+# Variables Slurm sets in a job that was allocated GPUs (batch script and job steps): a
+# count, then lists of GPU indices.
 SLURM_GPU_VARIABLES = ("SLURM_GPUS_ON_NODE", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS")
 
 
@@ -20,7 +21,8 @@ def allocated_gpus(environ: Mapping[str, str] = os.environ) -> str | None:
         return None
     for name in SLURM_GPU_VARIABLES:
         value = environ.get(name, "").strip()
-        if value and value not in ("0", "(null)"):
+        none = ("", "(null)") + (("0",) if name == "SLURM_GPUS_ON_NODE" else ())
+        if value not in none:
             return f"{name}={value}"
     return None
 
