@@ -9,6 +9,7 @@
 # sets the cores and the GPU packing, docs/slurm.md the cluster.
 
 
+import os
 from pathlib import Path
 
 from snakemake.utils import min_version
@@ -17,6 +18,13 @@ min_version("9.0")
 
 
 configfile: "config.yaml"
+
+
+# Jobs run this workflow's own code (`python -m conceptspace`), whatever is installed: a
+# conda environment (envs/conceptspace.yaml) holds the dependencies only.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [str(Path(workflow.basedir, "src")), os.environ.get("PYTHONPATH")])
+)
 
 
 from conceptspace.cluster import runs_on_cluster

@@ -2,6 +2,9 @@
 listings, the preset a run uses, a config that cannot train, and a Slurm job given a GPU
 that torch cannot see."""
 
+import re
+import tomllib
+
 import pytest
 import torch
 import yaml
@@ -173,3 +176,21 @@ def test_without_a_gpu_allocation_auto_falls_back_to_the_cpu(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "42")  # a Slurm job without GPUs
     monkeypatch.setenv("SLURM_GPUS_ON_NODE", "0")
     assert device_module.resolve_device(None) == torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------- conda
+
+
+def test_the_conda_env_names_no_path_and_every_dependency():
+    # Snakemake builds the env from a copy under .snakemake/conda/: a relative path (the
+    # old `--editable ..`) would point elsewhere there.
+    env = yaml.safe_load((REPO / "envs" / "conceptspace.yaml").read_text())
+    entries = [e for e in env["dependencies"] if isinstance(e, str)]
+    entries += [e for e in env["dependencies"] if isinstance(e, dict) for e in e["pip"]]
+    assert not [e for e in entries if e.startswith("-") or "/" in e or e.startswith(".")]
+    names = {re.split(r"[<>=!\s]", e, maxsplit=1)[0].lower() for e in entries}
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for requirement in project["dependencies"]:
+        assert re.split(r"[<>=!\s]", requirement, maxsplit=1)[0].lower() in names, requirement
+    plugin = "snakemake-executor-plugin-slurm>=2.8.0,<2.9"
+    assert plugin in entries and any(r.startswith(plugin) for r in project["dependencies"])

@@ -318,8 +318,8 @@ def runs(cluster, tmp_path_factory) -> dict[str, Run]:
         # a partition the cluster does not have: the preflight stops the run
         "wrong_partition": snakemake_command(
             base / "wrong_partition",
-            *slurm_args(),
-            *("--set-resources", "train_vdm:slurm_partition=a100", target),
+            *(*slurm_args(), target),  # --set-resources takes every word after it
+            *("--set-resources", "train_vdm:slurm_partition=a100"),
             configs=smoke,
         ),
         # compute.device auto on the fake GPUs: the job stops, naming the fix
