@@ -9,7 +9,6 @@
 # sets the cores and the GPU packing, docs/slurm.md the cluster.
 
 
-import os
 from pathlib import Path
 
 from snakemake.utils import min_version
@@ -20,15 +19,12 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+from conceptspace.cluster import run_workflow_code, runs_on_cluster
+from conceptspace.config import ConfigError, preset_file, with_preset
+
 # Jobs run this workflow's own code (`python -m conceptspace`), whatever is installed: a
 # conda environment (envs/conceptspace.yaml) holds the dependencies only.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    filter(None, [str(Path(workflow.basedir, "src")), os.environ.get("PYTHONPATH")])
-)
-
-
-from conceptspace.cluster import runs_on_cluster
-from conceptspace.config import ConfigError, preset_file, with_preset
+run_workflow_code(Path(workflow.basedir, "src"))
 
 # `preset: auto` is the smoke preset when jobs run on this machine and config.yaml as it
 # is when they go to a cluster; a named preset is laid over config.yaml (whether read here

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import getpass
 import math
+import os
 import re
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from conceptspace.io import ConceptspaceError
@@ -54,6 +56,14 @@ def runs_on_cluster(workflow: Any) -> bool:
     if workflow.exec_mode == ExecMode.REMOTE:
         return True
     return launched_executor() not in LOCAL_EXECUTORS
+
+
+def run_workflow_code(src: Path) -> None:
+    """Put the workflow's ``src`` first on PYTHONPATH, which every job inherits (on Slurm
+    through sbatch --export=ALL): jobs then run the workflow's own code whatever is
+    installed where they run, a conda environment of dependencies included."""
+    paths = [str(src)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
 
 
 # ----------------------------------------------------------------------------- Slurm
