@@ -334,7 +334,10 @@ def runs(cluster, tmp_path_factory) -> dict[str, Run]:
             *("--slurm-status-command", "squeue", target),
             configs=(*smoke, overlay),
         ),
-        "flaky": snakemake_command(base / "flaky", *slurm_args(), snakefile=HARNESS / "retry.smk"),
+        # retries as profiles/default sets them (it is not found beside retry.smk)
+        "flaky": snakemake_command(
+            base / "flaky", *slurm_args(), "--retries", "1", snakefile=HARNESS / "retry.smk"
+        ),
     }
     started = time.monotonic()
     processes = {key: start(command, base / key, cluster.env) for key, command in commands.items()}

@@ -82,8 +82,7 @@ class SlurmRequest:
     both_gpu_keys: set[str] = field(default_factory=set)
 
     def add(self, rule: str, resources: Mapping[str, Any], qos: str | None = None) -> None:
-        partition = resources.get("slurm_partition") or None
-        partition = str(partition) if partition is not None else None
+        partition = str(resources["slurm_partition"]) if resources.get("slurm_partition") else None
         self.partitions.setdefault(partition, set()).add(rule)
         gres = str(resources.get("gres") or "")
         gpu, gpu_model = resources.get("gpu"), resources.get("gpu_model")

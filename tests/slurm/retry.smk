@@ -1,8 +1,9 @@
 # A test-only workflow for tests/test_slurm.py, run through Slurm with the site profile
-# (profiles/slurm-site): one job that fails on its first attempt and succeeds on the
-# next, so that a retry and a runtime that grows with each attempt, as the pipeline's
-# rules declare them, are seen on a real Slurm. The marker file is what makes the first
-# attempt fail.
+# (profiles/slurm-site) and --retries 1: one job that fails on its first attempt and
+# succeeds on the next, so that a retry and a runtime that grows with each attempt, as
+# the pipeline's rules declare them, are seen on a real Slurm. The marker file is what
+# makes the first attempt fail. (No `retries:` directive: the Snakemake inside the Slurm
+# job would obey it and retry there, in the same Slurm job.)
 
 
 rule flaky:
@@ -10,7 +11,6 @@ rule flaky:
         "flaky.txt",
     log:
         "flaky.log",
-    retries: 1
     resources:
         attempt=lambda wildcards, attempt: attempt,
         runtime=lambda wildcards, attempt: 10 * attempt,
