@@ -237,12 +237,25 @@ def test_speed_reads_the_time_of_learning_color_not_the_joint_one():
     assert claim["outcome"] == PASS and claim["value"] == pytest.approx(0.938, abs=1e-3)
 
 
-def test_speed_fails_when_nothing_is_ever_learned():
-    # every run censored: all tied as slowest, no order (0), however it is resampled
+def test_speed_is_inconclusive_when_nothing_is_ever_learned():
+    # every run censored: all tied as slowest, no order (0); but "more than the last
+    # step" everywhere says nothing about which gap is faster, so no fail either
     times = {gap: [None] * 3 for gap in COLOR_GAPS}
     claim = judge_speed(signal_study(naive_times(times)), CLAIMS_CFG["speed"])
-    assert claim["outcome"] == FAIL and claim["value"] == 0 and claim["interval"] == [0, 0]
+    assert claim["outcome"] == INCONCLUSIVE and claim["value"] == 0
+    assert "no run reached the threshold" in claim["detail"]
     assert "never (0/3 reached)" in claim["detail"]
+
+
+def test_hidden_and_underspecification_are_inconclusive_when_nothing_is_ever_learned():
+    never = {(seed, gap): (None, None, None) for seed in (0, 1) for gap in COLOR_GAPS}
+    claim = judge_hidden(methods_study(never), CLAIMS_CFG["hidden"])
+    assert claim["outcome"] == INCONCLUSIVE and "no run reached the threshold" in claim["detail"]
+    times = {0.0: [None, None], 1.0: [None, None]}
+    claim = judge_underspecification(
+        underspecification_study(by_seed(times)), CLAIMS_CFG["underspecification"]
+    )
+    assert claim["outcome"] == INCONCLUSIVE and "no run reached the threshold" in claim["detail"]
 
 
 def test_speed_is_not_evaluated_with_fewer_levels_than_asked_or_without_concept_times():

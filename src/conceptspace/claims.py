@@ -10,8 +10,9 @@ is written by hand; each claim ends as one of:
   and the estimate meets the threshold;
 - "fail": the interval lies entirely on the wrong side (upper bound below the
   threshold, or at or below no effect);
-- "inconclusive", with the reason: the interval straddles, or a level has one seed (no
-  interval over seeds can be drawn);
+- "inconclusive", with the reason: the interval straddles, a level has one seed (no
+  interval over seeds can be drawn), or no run reached the threshold at all (claims 1,
+  3 and 5: learning times all censored at the last step cannot be ordered);
 - "not evaluated", with the reason: the study lacks what the claim needs.
 
 Conventions shared by the claims:
@@ -303,6 +304,12 @@ def _one_seed(groups: Sequence[np.ndarray], seeds_key: str) -> str | None:
     return f"one seed per level: no interval over seeds; run more seeds ({seeds_key})"
 
 
+NOTHING_LEARNED = (
+    "no run reached the threshold within training, so every learning time is censored at "
+    "the last checkpoint and the data cannot order them; train longer (training.steps)"
+)
+
+
 def _ran(accuracy: xr.DataArray) -> xr.DataArray:
     """Which runs were run: a value at some checkpoint (``accuracy`` has a step dim)."""
     return accuracy.notnull().any("step")
@@ -424,6 +431,8 @@ def judge_speed(
     few = _one_seed(groups, SIGNAL_SEEDS_KEY)
     if few:
         return result(INCONCLUSIVE, f"{few}; {detail}", value, data=data)
+    if not any(r.any() for r in reached):
+        return result(INCONCLUSIVE, f"{NOTHING_LEARNED}; {detail}", value, data=data)
     interval = resampling.interval(groups, rho)
     threshold = Estimate("the estimate", value, interval, float(cfg["min_spearman"]))
     outcome, reason = _decide(interval, CLAIMS["speed"].null, resampling, estimate=threshold)
@@ -532,6 +541,8 @@ def judge_hidden(
             "evaluation.methods.intervention.alphas or overprompt.colors)",
         )
     times = _per_run(study, _censored_past_last(study["learning_time"], study["step"].values))
+    never = float(np.max(study["step"].values)) + 1.0
+    times = times.sel({"method": ["naive", *methods]})
     elicited = times.sel({"method": methods}).min("method")
     difference = times.sel({"method": "naive"}) - elicited
     if not difference.sizes["run"]:
@@ -556,6 +567,10 @@ def judge_hidden(
     few = _one_seed(groups, SIGNAL_SEEDS_KEY)
     if few:
         return result(INCONCLUSIVE, f"{few}; {detail}", value, p_value=p_value, data=data)
+    if (times >= never).all():  # every method of every run censored: ties, no evidence
+        return result(
+            INCONCLUSIVE, f"{NOTHING_LEARNED}; {detail}", value, p_value=p_value, data=data
+        )
     interval = resampling.interval(groups, median)
     fraction_interval = resampling.interval(groups, earlier)
     data["fraction_earlier_interval"] = list(fraction_interval)
@@ -663,6 +678,8 @@ def judge_underspecification(
     few = _one_seed(ends, "studies.underspecification.seeds")
     if few:
         return result(INCONCLUSIVE, f"{few}; {detail}", value, data=data)
+    if all((group >= never).all() for group in ends):
+        return result(INCONCLUSIVE, f"{NOTHING_LEARNED}; {detail}", value, data=data)
     interval = resampling.interval(ends, lambda g: float(g[1].mean() - g[0].mean()))
     null, lower = CLAIMS["underspecification"].null, float(cfg["min_delay"])
     outcome, reason = _decide(interval, null, resampling, lower)
