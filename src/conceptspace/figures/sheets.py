@@ -56,6 +56,17 @@ def sheet_rows(samples: xr.Dataset) -> list[tuple[str, str]]:
     return rows
 
 
+def framed(image: np.ndarray, valid: bool) -> np.ndarray:
+    """``image`` (y, x, channel) uint8, outlined in INVALID_FRAME if it is not ``valid``
+    (real objects never touch the border, so the outline hides none of one)."""
+    if valid:
+        return image
+    image = image.copy()
+    image[[0, -1], :] = INVALID_FRAME
+    image[:, [0, -1]] = INVALID_FRAME
+    return image
+
+
 def sheet_canvas(samples: xr.Dataset, rows: list[tuple[str, str]], per_cell: int) -> np.ndarray:
     """One uint8 RGB image: ``rows`` x steps cells of ``per_cell`` samples each."""
     images = samples["images"].transpose("step", "method", "prompt", "sample", "y", "x", "channel")
@@ -76,11 +87,8 @@ def sheet_canvas(samples: xr.Dataset, rows: list[tuple[str, str]], per_cell: int
         for s in range(n_steps):
             for i in range(per_cell):
                 left = s * (cell_w + CELL_GAP) + i * (size_x + SAMPLE_GAP)
-                cell = cells[s, i].copy()
-                if valid is not None and not valid.values[s, i]:
-                    cell[[0, -1], :] = INVALID_FRAME
-                    cell[:, [0, -1]] = INVALID_FRAME
-                canvas[top : top + size_y, left : left + size_x] = cell
+                ok = True if valid is None else bool(valid.values[s, i])
+                canvas[top : top + size_y, left : left + size_x] = framed(cells[s, i], ok)
     return canvas
 
 

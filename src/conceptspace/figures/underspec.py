@@ -31,6 +31,7 @@ from conceptspace.figures import (
     save_figure,
 )
 from conceptspace.io import ConceptspaceError
+from conceptspace.figures.sheets import framed
 
 UNSEEN = COLOR_SHAPE.unseen_classes[0]  # "11", the blue triangle
 NAIVE = "naive"
@@ -105,7 +106,7 @@ def plot_underspec(
     accuracy_axes(
         ax_accuracy, f"(b) naive prompting of {COLOR_SHAPE.label(UNSEEN)}", threshold, sigma
     )
-    ax_accuracy.set_ylabel("accuracy: P(blue) \u00d7 P(triangle) (probability)")
+    ax_accuracy.set_ylabel("accuracy: mean of valid \u00d7 P(blue) \u00d7 P(triangle)")
     ax_accuracy.set_xlabel(STEP_LABEL)
     ax_accuracy.legend(fontsize=7, loc="upper left")
 
@@ -129,8 +130,11 @@ def _draw_samples(ax, samples: Sequence[xr.Dataset], ratios: Sequence[float]) ->
         sheet = by_ratio.get(round(ratio, 6))
         if sheet is None:
             continue
-        images = sheet["images"].sel({"method": NAIVE, "prompt": UNSEEN}).isel(step=-1)
-        rows.append(np.concatenate(list(images.values), axis=1))  # samples side by side
+        at = {"method": NAIVE, "prompt": UNSEEN}
+        images = sheet["images"].sel(at).isel(step=-1).values
+        valid = sheet["valid"].sel(at).isel(step=-1).values if "valid" in sheet else None
+        images = [framed(image, valid is None or bool(valid[i])) for i, image in enumerate(images)]
+        rows.append(np.concatenate(images, axis=1))  # samples side by side
         labels.append(f"{100 * ratio:g}%")
     if not rows:
         note(ax, "no samples files")
@@ -142,4 +146,4 @@ def _draw_samples(ax, samples: Sequence[xr.Dataset], ratios: Sequence[float]) ->
     ax.axis("on")
     ax.set_xticks([])
     ax.set_yticks([height * (i + 0.5) for i in range(len(rows))], labels)
-    ax.set_ylabel("masked red triangles")
+    ax.set_ylabel("masked red triangles (red frame: no valid object)")
