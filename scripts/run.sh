@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, locally: set up, then run the study of a preset with Snakemake and leave
 # the figures under results/figures/. Extra arguments go to snakemake.
-#   scripts/run.sh                      the cpu preset on 2 cores: the paper's claims, < 1 hour
+#   scripts/run.sh                      the cpu preset on 2 cores: the paper's claims, ~1 hour
 #   PRESET=smoke scripts/run.sh         a 3-minute wiring check of every rule
 #   PRESET=paper scripts/run.sh --cores 8   the paper-scale config.yaml as it is
 set -euo pipefail
