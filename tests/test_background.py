@@ -90,8 +90,15 @@ def test_background_study_runs_alone_through_snakemake(tmp_path):
         assert list(study["unseen"].values) == ["011", "101", "110", "111"]
         assert float(study["background_gap"]) == pytest.approx(0.4)
         assert study["learning_time"].dims == ("seed", "method", "unseen")
-        prob = study["concept_prob"].sel({"method": "naive"}).values
-        assert np.isfinite(prob).all() and prob.min() >= 0 and prob.max() <= 1
+        naive = study.sel({"method": "naive"})
+        for name in ("accuracy", "valid_fraction"):  # every prompt was sampled and scored
+            values = naive[name].values
+            assert np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
+        assert (naive["accuracy"] <= naive["valid_fraction"] + 1e-9).all()
+        # the concept-space point averages the valid samples: NaN only where none is
+        prob = naive["concept_prob"]
+        np.testing.assert_array_equal(prob.isnull().all("concept"), naive["valid_fraction"] == 0)
+        assert float(prob.min()) >= 0 and float(prob.max()) <= 1 or prob.isnull().all()
     figure = results / "figures" / "fig_background.pdf"
     assert figure.read_bytes()[:5] == b"%PDF-"
     assert figure.with_suffix(".png").stat().st_size > 10_000

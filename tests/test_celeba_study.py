@@ -84,7 +84,8 @@ def test_celeba_study_runs_through_snakemake(tmp_path):
                 "training": {"steps": 20, "checkpoints": {"count": 2, "first": 10, "last": 20}},
             },
         },
-        "probe": {"validation_fraction": 0.25},
+        "training": {"batch_size": 8},  # within the 15 training images of a run
+        "probe": {"validation_fraction": 0.25, "batch_size": 8},
     }
     path = tmp_path / "celeba.yaml"
     path.write_text(yaml.safe_dump(overlay))

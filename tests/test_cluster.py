@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from conceptspace import device as device_module
-from conceptspace.cluster import SlurmCluster, SlurmRequest, preflight_problems
+from conceptspace.cluster import SlurmCluster, SlurmRequest, _executor_in_argv, preflight_problems
 from conceptspace.config import ConfigError, load_config, preset_file, validate_config
 from conceptspace.io import ConceptspaceError
 from conftest import REPO, SCHEMA, SMOKE
@@ -194,3 +194,12 @@ def test_the_conda_env_names_no_path_and_every_dependency():
         assert re.split(r"[<>=!\s]", requirement, maxsplit=1)[0].lower() in names, requirement
     plugin = "snakemake-executor-plugin-slurm>=2.8.0,<2.9"
     assert plugin in entries and any(r.startswith(plugin) for r in project["dependencies"])
+
+
+def test_the_executor_is_read_back_from_the_command_line_under_a_dry_run():
+    # Snakemake 9 releases that replace the executor by "dryrun" under -n: the command
+    # line still says which executor the run is planned for.
+    assert _executor_in_argv(["snakemake", "-n", "--executor", "slurm", "-j", "64"]) == "slurm"
+    assert _executor_in_argv(["snakemake", "-e", "slurm"]) == "slurm"
+    assert _executor_in_argv(["snakemake", "--executor=slurm"]) == "slurm"
+    assert _executor_in_argv(["snakemake", "--cores", "4"]) is None

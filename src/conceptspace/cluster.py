@@ -41,9 +41,23 @@ def launched_executor() -> str | None:
     while frame is not None:
         code = frame.f_code
         if code.co_name == "args_to_api" and frame.f_globals.get("__name__") == "snakemake.cli":
-            args = frame.f_locals.get("args")
-            return getattr(args, "executor", None)
+            executor = getattr(frame.f_locals.get("args"), "executor", None)
+            # Some Snakemake 9 releases replace the executor by "dryrun" under -n before
+            # the Snakefile is read; the command line still names the one asked for.
+            if executor == "dryrun":
+                executor = _executor_in_argv(sys.argv) or executor
+            return executor
         frame = frame.f_back
+    return None
+
+
+def _executor_in_argv(argv: list[str]) -> str | None:
+    """The value of ``--executor`` / ``-e`` on a command line, if it names one."""
+    for index, word in enumerate(argv):
+        if word in ("--executor", "-e") and index + 1 < len(argv):
+            return argv[index + 1]
+        if word.startswith("--executor="):
+            return word.split("=", 1)[1]
     return None
 
 
