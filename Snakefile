@@ -3,21 +3,26 @@
 #   snakemake --cores 4                       here: the smoke preset, every rule in minutes
 #   snakemake results/figures/fig_signal.pdf  here: one figure and what it needs (smoke)
 #   snakemake --executor slurm -j 64          on a Slurm cluster: config.yaml, the paper's scale
-#   snakemake --cores 4 --config preset=cpu   here: the claims at laptop scale (~45 min)
+#   snakemake --cores 4 --config preset=cpu   here: the claims at laptop scale (~1 h)
 #   snakemake --report results/report.html    the report, once the study has run
 # Which scale runs where is config key `preset`; profiles/default/ (found by Snakemake)
 # sets the cores and the GPU packing, docs/slurm.md the cluster.
 
 
+import sys
 from pathlib import Path
 
 from snakemake.utils import min_version
 
-min_version("9.0")
+min_version("9.27")  # the version the tests ran (pyproject.toml)
 
 
 configfile: "config.yaml"
 
+
+# The workflow reads its own code, as its jobs do (run_workflow_code below), whatever is
+# installed: a conda environment or a plain one holds the dependencies only.
+sys.path.insert(0, str(Path(workflow.basedir, "src")))
 
 from conceptspace.cluster import run_workflow_code, runs_on_cluster
 from conceptspace.config import ConfigError, preset_file, with_preset
