@@ -1,0 +1,335 @@
+"""The pixel-level validity check: real images of every study's classes and signal levels
+pass, and what the probe mistakes for a perfect sample (blank images), two objects, an
+object mostly outside the frame, noise and specks do not, each counted as a rate."""
+
+import functools
+from dataclasses import astuple
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conceptspace.concepts import (
+    COLOR_SHAPE,
+    COLOR_SIZE,
+    COLOR_SIZE_BACKGROUND,
+    LAYOUTS,
+    Signal,
+    celeba_layout,
+)
+from conceptspace.config import (
+    MAX_COLOR_GAP,
+    MAX_SIZE_GAP,
+    background_runs,
+    load_config,
+    signal_levels,
+    underspecification,
+)
+from conceptspace.render import TRIANGLE_INRADIUS, render_images, render_probe_set
+from conceptspace.validity import diagnostics, label_components, sample_validity
+
+REPO = Path(__file__).resolve().parents[1]
+PRESETS = (
+    (REPO / "config.yaml",),
+    (REPO / "config.yaml", REPO / "workflow" / "presets" / "cpu.yaml"),
+    (REPO / "config.yaml", REPO / "workflow" / "presets" / "smoke.yaml"),
+)
+SIZES = (16, 32)
+MIN_RATE = 0.99  # of real images judged valid, and of each kind of failure judged invalid
+IMAGES = 600  # per layout, image size and kind
+
+
+def study_signals() -> dict[str, list[Signal]]:
+    """Every signal level of each synthetic study in config.yaml and the cpu and smoke
+    presets, by layout."""
+    found = {name: set() for name in LAYOUTS}
+    for paths in PRESETS:
+        config = load_config(*paths)
+        found["color_size"].update(Signal(dc, ds) for dc, ds in signal_levels(config))
+        study = underspecification(config)
+        if study:
+            found["color_shape"].add(Signal(study["color_gap"], study["size_gap"]))
+        found["color_size_background"].update(run.signal for run in background_runs(config))
+    return {name: sorted(levels, key=astuple) for name, levels in found.items() if levels}
+
+
+SIGNALS = study_signals()
+
+
+def data_cfg(size: int) -> dict:
+    return dict(load_config(REPO / "config.yaml")["data"], image_size=size)
+
+
+@functools.lru_cache(maxsize=None)
+def real_set(layout, size, images=IMAGES):
+    """Probe-set images of every class of ``layout`` pooled over its studies' levels
+    (shared: callers must not change it)."""
+    per_class = images // len(layout.classes)
+    return render_probe_set(data_cfg(size), SIGNALS[layout.name], per_class, size, layout=layout)
+
+
+def validity_by_level(images, real, layout, size):
+    """``sample_validity`` called as evaluation does, with each image's run signal."""
+    valid = np.zeros(len(images), bool)
+    for signal in SIGNALS[layout.name]:
+        members = np.isclose(real["color_gap"], signal.color_gap) & np.isclose(
+            real["size_gap"], signal.size_gap
+        )
+        valid[members] = sample_validity(images[members], layout, data_cfg(size), signal)
+    return valid
+
+
+def rerender(real, positions, size, rng, backgrounds=None):
+    """The real set's objects drawn again at other positions (and backgrounds)."""
+    backgrounds = real["background"] if backgrounds is None else backgrounds
+    return render_images(
+        real["color"], real["size"], positions, backgrounds, data_cfg(size), rng, real.get("shape")
+    )
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("layout", [LAYOUTS[name] for name in SIGNALS], ids=lambda x: x.name)
+def test_real_images_of_every_class_and_level_are_valid(layout, size):
+    real = real_set(layout, size)
+    drawn = set(zip(real["color_gap"].tolist(), real["size_gap"].tolist()))  # float32 values
+    levels = {
+        (np.float32(s.color_gap).item(), np.float32(s.size_gap).item())
+        for s in SIGNALS[layout.name]
+    }
+    assert drawn == levels, "a level has no images"
+    valid = validity_by_level(real["images"], real, layout, size)
+    assert valid.mean() >= MIN_RATE, f"{valid.mean():.3f} of real {layout.name} images valid"
+    for label in range(len(layout.classes)):
+        assert valid[real["label"] == label].mean() >= MIN_RATE, layout.classes[label]
+
+
+def blank_images(layout, size, rng):
+    """No object, on every kind of background: the training range's nuisance (each channel
+    drawn), greys across it, the test grey, white, and the layout's own backgrounds; with
+    the renderer's pixel noise."""
+    data = data_cfg(size)
+    low, high = data["background_train"]
+    n = IMAGES // 4
+    real = real_set(layout, size)
+    backgrounds = np.concatenate(
+        [
+            rng.uniform(low, high, (n, 3)),
+            np.repeat(np.linspace(low, high, n)[:, None], 3, axis=1),
+            np.full((n // 2, 3), data["background_test"]),
+            np.ones((n // 2, 3)),
+            real["background"][:n],
+        ]
+    )
+    nothing = np.zeros(len(backgrounds))
+    return render_images(backgrounds, nothing, np.zeros((len(nothing), 2)), backgrounds, data, rng)
+
+
+def two_objects(layout, size, rng):
+    """Two real objects apart inside the frame, composited on the first one's background."""
+    real = real_set(layout, size, images=2 * IMAGES)  # not every pair fits apart
+    half = len(real["images"]) // 2
+    first, second = np.arange(half), np.arange(half, 2 * half)
+    extent = real["size"] * np.where(real.get("shape", 0) == 1, 2 * TRIANGLE_INRADIUS, 1.0)
+    # Blurred edges reach ~2 px out at OBJECT_THRESHOLD; apart means 6 px between edges.
+    gap = extent[first] + extent[second] + 6 * 2 / (size - 1)
+    # 64 tries of 2 positions per pair, each object inside the frame
+    room = np.maximum(1 - np.stack([extent[first], extent[second]], 1), 0)
+    tries = rng.uniform(-1, 1, (half, 64, 2, 2)) * room[:, None, :, None]
+    apart = np.linalg.norm(tries[:, :, 0] - tries[:, :, 1], axis=-1) > gap[:, None]
+    kept = apart.any(1)
+    chosen = tries[np.arange(half), np.argmax(apart, axis=1)][kept]
+    first, second = first[kept], second[kept]
+    positions = np.zeros((len(real["images"]), 2))
+    positions[first], positions[second] = chosen[:, 0], chosen[:, 1]
+    backgrounds = real["background"].copy()
+    backgrounds[second] = backgrounds[first]
+    images = rerender(real, positions, size, rng, backgrounds)
+    composite = images[first] + images[second] - backgrounds[first][:, :, None, None]
+    return np.clip(composite, 0.0, 1.0)
+
+
+def outside_frame(layout, size, rng):
+    """Real objects whose centre lies beyond a border by a quarter to a whole radius (in
+    grid units): at least 60% of the object is outside (a disc 66%, a triangle 60%)."""
+    real = real_set(layout, size)
+    n = len(real["images"])
+    reach = data_cfg(size)["position_range"]
+    beyond = 1 + rng.uniform(0.25, 1.0, n) * real["size"]
+    along = rng.uniform(-reach, reach, n)
+    axis = rng.integers(0, 2, n)
+    sign = rng.choice([-1.0, 1.0], n)
+    positions = np.where(axis[:, None] == 0, np.stack([sign * beyond, along], 1), 0.0)
+    positions += np.where(axis[:, None] == 1, np.stack([along, sign * beyond], 1), 0.0)
+    return rerender(real, positions, size, rng)
+
+
+def pure_noise(layout, size, rng):
+    """Uniform noise, and blank backgrounds with Gaussian noise of std 0.02 to 0.1 (20 to
+    100 times the renderer's)."""
+    real = real_set(layout, size)
+    third = IMAGES // 3
+    uniform = rng.uniform(0, 1, (third, 3, size, size))
+    std = rng.uniform(0.02, 0.1, (2 * third, 1, 1, 1))
+    grainy = real["background"][: 2 * third, :, None, None] + std * rng.standard_normal(
+        (2 * third, 3, size, size)
+    )
+    return np.clip(np.concatenate([uniform, grainy]), 0.0, 1.0).astype(np.float32)
+
+
+def specks(layout, size, rng):
+    """One or two pixels of an object's colour on its blank background."""
+    real = real_set(layout, size)
+    n = len(real["images"])
+    nothing = np.zeros(n)
+    images = render_images(
+        real["background"], nothing, np.zeros((n, 2)), real["background"], data_cfg(size), rng
+    )
+    row, column = rng.integers(1, size - 2, (2, n))
+    wide = rng.integers(0, 2, n)  # half the specks are two pixels side by side
+    for index, color in enumerate(real["color"]):
+        images[index, :, row[index], column[index] : column[index] + 1 + wide[index]] = color[
+            :, None
+        ]
+    return images
+
+
+FAILURES = {
+    "blank": blank_images,
+    "two objects": two_objects,
+    "outside the frame": outside_frame,
+    "noise": pure_noise,
+    "speck": specks,
+}
+# Two objects of color_shape (large sizes only) cannot both fit the frame apart.
+FAILURE_LAYOUTS = {
+    "two objects": (COLOR_SIZE, COLOR_SIZE_BACKGROUND),
+}
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("kind", sorted(FAILURES))
+def test_failures_are_invalid(kind, size):
+    for layout in FAILURE_LAYOUTS.get(kind, (COLOR_SIZE, COLOR_SHAPE, COLOR_SIZE_BACKGROUND)):
+        signal = SIGNALS[layout.name][0]  # bounds hold at every level: any run's signal
+        images = FAILURES[kind](layout, size, np.random.default_rng(size))
+        assert len(images) >= IMAGES // 4, f"too few {kind} images to count a rate"
+        invalid = ~sample_validity(images, layout, data_cfg(size), signal)
+        assert invalid.mean() >= MIN_RATE, f"{kind} ({layout.name}): {invalid.mean():.3f} invalid"
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize(
+    "layout, signal",
+    [
+        (COLOR_SIZE, Signal(MAX_COLOR_GAP, MAX_SIZE_GAP)),  # largest and smallest objects
+        (COLOR_SIZE, Signal(0.05, MAX_SIZE_GAP)),  # ... nearly grey
+        (COLOR_SHAPE, Signal(MAX_COLOR_GAP, MAX_SIZE_GAP)),  # triangles wider than the frame
+        (COLOR_SIZE_BACKGROUND, Signal(MAX_COLOR_GAP, MAX_SIZE_GAP, MAX_COLOR_GAP)),
+    ],
+    ids=lambda x: getattr(x, "name", None) or "-".join(f"{g:g}" for g in astuple(x)),
+)
+def test_bounds_hold_at_the_limits_the_config_allows(layout, signal, size):
+    real = render_probe_set(data_cfg(size), [signal], IMAGES // len(layout.classes), 7, 0, layout)
+    valid = sample_validity(real["images"], layout, data_cfg(size), signal)
+    assert valid.mean() >= MIN_RATE, f"{valid.mean():.3f} valid"
+
+
+def test_the_background_layout_needs_the_runs_signal():
+    real = real_set(COLOR_SIZE_BACKGROUND, 16)
+    with pytest.raises(ValueError, match="pass signal=concepts.Signal"):
+        sample_validity(real["images"], COLOR_SIZE_BACKGROUND, data_cfg(16))
+
+
+def test_images_of_another_size_or_shape_are_refused():
+    real = real_set(COLOR_SIZE, 16)
+    with pytest.raises(ValueError, match="data.image_size is 32"):
+        sample_validity(real["images"], COLOR_SIZE, data_cfg(32))
+    with pytest.raises(ValueError, match=r"\(B, 3, S, S\)"):
+        sample_validity(real["images"][:, :2], COLOR_SIZE, data_cfg(16))
+
+
+def test_torch_tensors_get_the_same_verdict_as_arrays():
+    images = np.concatenate(
+        [
+            real_set(COLOR_SIZE, 16)["images"][:50],
+            blank_images(COLOR_SIZE, 16, np.random.default_rng(0))[:50],
+        ]
+    )
+    verdict = sample_validity(images, COLOR_SIZE, data_cfg(16))
+    assert verdict[:50].all() and not verdict[50:].any()
+    np.testing.assert_array_equal(
+        sample_validity(torch.from_numpy(images), COLOR_SIZE, data_cfg(16)), verdict
+    )
+
+
+def test_diagnostics_measure_the_object():
+    """A disc of known radius away from the border: one object of about its area, centred
+    where it was drawn, not touching the border, and the background it was drawn on."""
+    data = data_cfg(32)
+    radius_px = 6
+    n = 20
+    rng = np.random.default_rng(0)
+    positions = rng.uniform(-0.3, 0.3, (n, 2))
+    backgrounds = rng.uniform(0.8, 1.0, (n, 3))
+    colors = np.tile([0.7, 0.3, 0.3], (n, 1))
+    sizes = np.full(n, radius_px * 2 / (32 - 1))
+    images = render_images(colors, sizes, positions, backgrounds, data, rng)
+    found = diagnostics(images, COLOR_SIZE, data)
+    np.testing.assert_allclose(found["background"], backgrounds, atol=0.005)
+    assert (found["objects"] == 1).all() and not found["touches_border"].any()
+    # The blurred edge counts where it exceeds the threshold: a ring about 1 px wide.
+    assert np.all(np.abs(found["area"] - np.pi * (radius_px + 1) ** 2) < 2 * np.pi * radius_px)
+    np.testing.assert_allclose(found["centroid"], positions, atol=0.02)
+    assert (found["noise"] < 0.005).all()
+    noisy = 0.5 + 0.02 * rng.standard_normal(images.shape)  # unclipped
+    np.testing.assert_allclose(diagnostics(noisy, COLOR_SIZE, data)["noise"], 0.02, rtol=0.2)
+
+
+def flood_fill_components(mask):
+    """Reference labels of one 2-d mask: 8-connected, each component named by the raster
+    index of its first pixel."""
+    height, width = mask.shape
+    labels = -np.ones(mask.shape, int)
+    for start in zip(*np.nonzero(mask)):
+        if labels[start] >= 0:
+            continue
+        name = start[0] * width + start[1]
+        labels[start], stack = name, [start]
+        while stack:
+            i, j = stack.pop()
+            for ni in range(max(i - 1, 0), min(i + 2, height)):
+                for nj in range(max(j - 1, 0), min(j + 2, width)):
+                    if mask[ni, nj] and labels[ni, nj] < 0:
+                        labels[ni, nj] = name
+                        stack.append((ni, nj))
+    return labels
+
+
+def test_components_match_a_flood_fill():
+    rng = np.random.default_rng(0)
+    masks = np.concatenate([rng.random((30, 16, 16)) < density for density in (0.2, 0.45, 0.6)])
+    spiral = np.zeros((1, 16, 16), bool)  # one long winding component: many rounds
+    spiral[0, ::2, :] = True
+    spiral[0, 1::4, -1] = spiral[0, 3::4, 0] = True
+    masks = np.concatenate([masks, spiral])
+    labels = label_components(masks)
+    for mask, found in zip(masks, labels):
+        np.testing.assert_array_equal(found, flood_fill_components(mask))
+    assert len(np.unique(labels[-1][labels[-1] >= 0])) == 1
+
+
+def test_celeba_images_are_judged_by_their_contrast():
+    """Faces fill the frame: only a near-constant generation (flat, with noise) is
+    invalid. Stand-ins for faces: smooth random fields of a photo's contrast."""
+    layout = celeba_layout(("Male", "Wearing_Hat"), "01")
+    rng = np.random.default_rng(0)
+    n = 200
+    coarse = torch.from_numpy(rng.uniform(0, 1, (n, 3, 8, 8)).astype(np.float32))
+    faces = torch.nn.functional.interpolate(coarse, size=64, mode="bilinear").numpy()
+    flat = rng.uniform(0, 1, (n, 3, 1, 1)) + rng.uniform(
+        0, 0.01, (n, 1, 1, 1)
+    ) * rng.standard_normal((n, 3, 64, 64))
+    flat = np.clip(flat, 0, 1)
+    assert sample_validity(faces, layout, data_cfg(16)).mean() >= MIN_RATE
+    assert (~sample_validity(flat, layout, data_cfg(16))).mean() >= MIN_RATE
