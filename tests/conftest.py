@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conceptspace.config import load_config
@@ -11,6 +12,13 @@ from conceptspace.config import load_config
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SMOKE = REPO / "workflow" / "presets" / "smoke.yaml"
+
+
+def every_sample_valid(p_target: np.ndarray) -> np.ndarray:
+    """The ``valid`` (method, prompt, sample) of an evaluation whose samples all hold one
+    object: 1 where ``p_target`` (method, prompt, concept, sample) has a value, NaN where
+    the method does not prompt the class."""
+    return np.where(np.isnan(p_target).any(axis=2), np.nan, 1.0)
 
 
 def venv_tool(name: str) -> str:

@@ -57,7 +57,7 @@ def test_candidate_plans_one_training_and_one_evaluation(candidate, tmp_path):
 
 
 def test_a_config_of_several_runs_is_refused():
-    with pytest.raises(ConceptspaceError, match="plans 3 .*baseline.yaml"):
+    with pytest.raises(ConceptspaceError, match="plans 6 .*baseline.yaml"):
         single_run(load_config(REPO / "config.yaml", PRESETS / "cpu.yaml"))
 
 

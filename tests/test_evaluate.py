@@ -23,6 +23,7 @@ from conceptspace.evaluate import (
     prepare_checkpoint,
     sample_checkpoints,
     sample_seed,
+    score_samples,
     target_probabilities,
 )
 from conceptspace.io import ConceptspaceError
@@ -104,7 +105,7 @@ EVALUATION = {
     "batch_size": 5,  # batches cut across prompts and methods
     "threshold": 0.8,
     "sigma": 0.0,
-    "smoothed": {"threshold": 0.9, "sigma": 2.0, "consecutive": 3},
+    "authors": {"threshold": 0.9, "sigma": 2.0, "consecutive": 3},
     "methods": METHODS,
 }
 # naive and 2 patched: 4 prompts each; 2 overprompts and 1 intervention: the unseen class
@@ -202,7 +203,7 @@ def test_evaluation_scores_each_sample_against_its_own_prompt(monkeypatch, tmp_p
         "config": {
             "image_size": 8,
             "seed": SEED,
-            "dataset": {"signal": {"color_gap": 0.4, "size_gap": 0.4}},
+            "dataset": {"signal": {"color_gap": 0.4, "size_gap": 0.4}, "data": DATA},
             "training": TRAINING,
         },
     }
@@ -272,6 +273,11 @@ def test_evaluation_writes_p_target(trained, tmp_path):
             ]
             assert list(applied.sel({"method": method}).values) == expected, method
         assert not (p_target.isnull() & applied).any()  # all or nothing per (method, prompt)
+        valid = ds["valid"].transpose("method", "prompt", "sample")
+        assert valid.attrs["units"] == "1" and valid.attrs["long_name"]
+        verdicts = valid.values[np.broadcast_to(applied.values[:, :, None], valid.shape)]
+        assert set(np.unique(verdicts)) <= {0.0, 1.0}  # a verdict for every applied sample
+        assert valid.where(~applied).isnull().all()  # NaN where the method is not applied
         values = p_target.values[np.broadcast_to(applied.values[:, :, None, None], p_target.shape)]
         assert np.isfinite(values).all() and (values >= 0).all() and (values <= 1).all()
         assert values.std() > 0  # not a constant placeholder
@@ -491,3 +497,54 @@ def test_evaluate_run_keeps_current_evaluations_and_redoes_stale_ones(trained, t
         assert ds.sizes["sample"] == 2
     with open_trajectory(out) as trajectory:
         assert trajectory.sizes["sample"] == 2
+
+
+def test_blank_samples_halve_the_accuracy_instead_of_raising_it():
+    """The measured failure: the probe reads an image with no object as a confident
+    "blue small", the unseen class. Half of a set of real blue-small images replaced by
+    blank backgrounds must halve the class's accuracy; scored by the probe alone it
+    would rise."""
+    from conceptspace.concepts import COLOR_SIZE
+    from conceptspace.render import render_images, sample_objects
+    from conceptspace.trajectories import summarise_samples
+
+    data = {**DATA, "image_size": 16}
+    rng = np.random.default_rng(0)
+    n = 64
+    objects = sample_objects(["11"] * n, SIGNAL, rng)
+    positions = rng.uniform(-0.5, 0.5, size=(n, 2))
+    backgrounds = np.repeat(rng.uniform(0.8, 1.0, size=(n, 1)), 3, axis=1)
+    real = render_images(objects["color"], objects["size"], positions, backgrounds, data, rng)
+    blanks = np.clip(backgrounds[:, :, None, None] + rng.normal(0, 0.001, real.shape), 0, 1)
+    half = np.concatenate([real[: n // 2], blanks[: n // 2]]).astype(np.float32)
+
+    class BlankReadsAsBlueSmall:
+        """A stand-in for the probe: 0.9 for a real target, 1.0 for a blank."""
+
+        image_size = 16
+
+    def probe_answer(probe, images):
+        blank = images.flatten(1).std(dim=1) < 0.01
+        p_value_1 = torch.where(blank, 1.0, 0.9)[:, None].expand(-1, 2)
+        return torch.stack([1 - p_value_1, p_value_1], dim=-1)
+
+    import conceptspace.probe
+
+    def accuracies(images):
+        original = conceptspace.probe.predict_proba
+        conceptspace.probe.predict_proba = probe_answer
+        try:
+            scores, valid = score_samples(
+                BlankReadsAsBlueSmall(), torch.from_numpy(images), ["11"] * n, COLOR_SIZE, data
+            )
+        finally:
+            conceptspace.probe.predict_proba = original
+        p_target = xr.DataArray(scores.T, dims=("concept", "sample"))
+        return summarise_samples(p_target, xr.DataArray(valid.astype(float), dims="sample"))
+
+    full, halved = accuracies(real), accuracies(half)
+    assert float(full["valid_fraction"]) == 1.0
+    assert float(halved["valid_fraction"]) == 0.5
+    assert float(halved["accuracy"]) == pytest.approx(float(full["accuracy"]) / 2)
+    # the paper's product of means, which takes the probe's word, rises instead
+    assert float(halved["product_of_means"]) > float(full["product_of_means"])

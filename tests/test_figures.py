@@ -27,7 +27,7 @@ from conceptspace.figures.trajectories import (
 from conceptspace.io import ConceptspaceError, provenance
 from conceptspace.methods import build_methods
 from conceptspace.trajectories import gather_run, gather_study, learning_time, save_dataset_nc
-from conftest import REPO, SCHEMA, SMOKE
+from conftest import REPO, SCHEMA, SMOKE, every_sample_valid
 from test_trajectories import METHODS_CFG as ALL_METHODS  # every kind of method
 from test_trajectories import OFF_CFG as NO_METHODS  # naive prompting only
 
@@ -38,7 +38,7 @@ EVALUATION = {
     "batch_size": 8,
     "threshold": 0.8,
     "sigma": 0.0,
-    "smoothed": {"threshold": 0.9, "sigma": 2.0, "consecutive": 3},
+    "authors": {"threshold": 0.9, "sigma": 2.0, "consecutive": 3},
 }
 
 
@@ -68,7 +68,9 @@ def fabricate_study(folder, runs, methods_cfg=NO_METHODS):
                     p_target[m, CLASSES.index(prompt)] = np.nan
             path = folder / f"eval_{seed}_{color_gap}_{size_gap}_{step}.nc"
             attrs = {"step": step, "seed": seed, "color_gap": color_gap, "size_gap": size_gap}
-            write_evaluation(path, p_target, methods, CLASSES, CONCEPTS, attrs)
+            write_evaluation(
+                path, p_target, methods, CLASSES, CONCEPTS, attrs, every_sample_valid(p_target)
+            )
             paths.append(path)
         trajectory = folder / f"trajectory_{seed}_{color_gap}_{size_gap}.nc"
         save_dataset_nc(gather_run(paths), trajectory)
@@ -127,8 +129,8 @@ def test_plot_signal_with_gaps_that_were_not_run(tmp_path):
 
 
 def test_plot_signal_refuses_a_dataset_that_is_not_a_study(tmp_path):
-    study = fabricate_study(tmp_path, {(0, 0.4, 0.4): 2}).drop_vars("learning_speed")
-    with pytest.raises(ConceptspaceError, match="learning_speed"):
+    study = fabricate_study(tmp_path, {(0, 0.4, 0.4): 2}).drop_vars("learning_time_concept")
+    with pytest.raises(ConceptspaceError, match="learning_time_concept"):
         plot_signal(study, tmp_path / "x.pdf", 0.4, 0.4)
     assert not (tmp_path / "x.pdf").exists()
 

@@ -3,7 +3,7 @@ background concept (2x2x2). The 2x2 layout is the signal study's constants."""
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, every_sample_valid
 
 from conceptspace.concepts import (
     CLASSES,
@@ -139,7 +139,7 @@ STEPS = [100, 400, 900, 1600]
 EVALUATION = {
     "threshold": 0.8,
     "sigma": 0.0,
-    "smoothed": {"threshold": 0.9, "sigma": 1.0, "consecutive": 2},
+    "authors": {"threshold": 0.9, "sigma": 1.0, "consecutive": 2},
 }
 METHODS_CFG = {
     "overprompt": {"colors": [[0.1, 0.1, 0.9]]},
@@ -167,7 +167,15 @@ def write_layout_run(folder, layout, seed, crossing, **run):
         path = folder / f"{layout.name}_s{seed}_{tag}_{step}.nc"
         attrs = {"step": step, "seed": seed, "color_gap": 0.4, "size_gap": 0.4, **run}
         attrs["layout"] = layout.name
-        write_evaluation(path, p_target, methods, layout.classes, layout.concepts, attrs)
+        write_evaluation(
+            path,
+            p_target,
+            methods,
+            layout.classes,
+            layout.concepts,
+            attrs,
+            every_sample_valid(p_target),
+        )
         paths.append(path)
     out = folder / f"{layout.name}_s{seed}_{tag}.nc"
     save_dataset_nc(gather_run(paths), out)

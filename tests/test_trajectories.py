@@ -16,12 +16,15 @@ from conceptspace.trajectories import (
     gather_run,
     gather_study,
     learning_time,
-    learning_time_smoothed,
+    learning_time_authors,
     open_study,
     save_dataset_nc,
     smooth_accuracy,
     smooth_over_steps,
+    smooth_reflect,
+    summarise_samples,
 )
+from conftest import every_sample_valid
 
 STEPS = [10 * (i + 1) ** 2 for i in range(16)]  # quadratic, like the checkpoint schedule
 EVALUATION = {
@@ -30,7 +33,7 @@ EVALUATION = {
     "batch_size": 8,
     "threshold": 0.8,
     "sigma": 0.0,
-    "smoothed": {"threshold": 0.9, "sigma": 2.0, "consecutive": 3},
+    "authors": {"threshold": 0.9, "sigma": 2.0, "consecutive": 3},
 }
 CONFIG = {
     "studies": {"signal": {"seeds": [0, 1]}},
@@ -124,38 +127,46 @@ def test_smooth_accuracy_keeps_dims_and_coordinates():
     xr.testing.assert_identical(smooth_accuracy(accuracy, 0.0), accuracy)
 
 
-def test_learning_time_smoothed_needs_consecutive_checkpoints():
+def test_learning_time_authors_takes_the_middle_of_the_first_window():
     values = over_steps([0.0, 0.95, 0.95, 0.0, 0.95, 0.95, 0.95, 0.95])
-    # Without smoothing (sigma 0): the first pair is too short, the run from index 4 counts.
-    assert float(learning_time_smoothed(values, 0.9, sigma=0.0, consecutive=3)) == 500
-    assert float(learning_time_smoothed(values, 0.9, sigma=0.0, consecutive=2)) == 200
-    assert float(learning_time_smoothed(values, 0.9, sigma=0.0, consecutive=1)) == 200
-    assert np.isnan(float(learning_time_smoothed(values[:3], 0.9, sigma=0.0, consecutive=4)))
+    # Without smoothing (sigma 0): the first pair is too short; the window from index 4
+    # counts and T is its middle checkpoint (index 5, step 600).
+    assert float(learning_time_authors(values, 0.9, sigma=0.0, consecutive=3)) == 600
+    assert float(learning_time_authors(values, 0.9, sigma=0.0, consecutive=2)) == 300
+    assert float(learning_time_authors(values, 0.9, sigma=0.0, consecutive=1)) == 200
+    # strictly above: exactly the threshold never counts
+    assert float(learning_time_authors(over_steps([0.9] * 5), 0.9, 0.0, 1)) == 500
 
 
-def test_learning_time_smoothed_ignores_a_single_spike():
+def test_learning_time_authors_counts_never_as_the_last_step():
+    never = over_steps([0.0, 0.5, 0.8, 0.5])
+    assert float(learning_time_authors(never, 0.9, sigma=1.5, consecutive=3)) == 400
+    short = over_steps([0.95, 0.95])
+    assert float(learning_time_authors(short, 0.9, sigma=0.0, consecutive=3)) == 200
+
+
+def test_learning_time_authors_ignores_a_single_spike():
     spike = over_steps([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
     # Unsmoothed, the spike alone would count...
-    assert float(learning_time_smoothed(spike, 0.9, sigma=0.0, consecutive=1)) == 400
-    # ...smoothed it is spread below the threshold.
-    assert np.isnan(float(learning_time_smoothed(spike, 0.9, sigma=2.0, consecutive=1)))
+    assert float(learning_time_authors(spike, 0.9, sigma=0.0, consecutive=1)) == 400
+    # ...smoothed it is spread below the threshold: never, the last step.
+    assert float(learning_time_authors(spike, 0.9, sigma=1.5, consecutive=1)) == 700
 
 
-def test_learning_time_smoothed_delays_a_step_by_the_smoothing():
-    values = np.array([0.0] * 6 + [1.0] * 12)
-    steps = list(range(len(values)))
-    sigma = 2.0
-    # Reference smoothing written out: the truncated kernel renormalised over the points
-    # that exist.
-    smoothed = []
-    for i in range(len(values)):
-        js = np.arange(max(0, i - 8), min(len(values), i + 9))
-        weights = np.exp(-0.5 * ((js - i) / sigma) ** 2)
-        smoothed.append(np.sum(weights * values[js]) / weights.sum())
-    expected = next(i for i, v in enumerate(smoothed) if v >= 0.9)
-    time = float(learning_time_smoothed(over_steps(values, steps), 0.9, sigma, consecutive=3))
-    assert time == expected
-    assert time > 6  # later than the raw step
+def test_reflect_smoothing_matches_its_definition():
+    # SciPy's gaussian_filter1d(mode="reflect", truncate=4): the series mirrored about
+    # each end (d c b a | a b c d | d c b a), a kernel of radius int(4 sigma + 0.5).
+    values = np.array([0.0, 0.0, 1.0, 0.0, 1.0, 1.0])
+    sigma = 1.5
+    radius = int(4 * sigma + 0.5)
+    mirrored = np.concatenate([values[::-1], values, values[::-1]])
+    mirrored = mirrored[len(values) - radius : 2 * len(values) + radius]
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel /= kernel.sum()
+    expected = np.convolve(mirrored, kernel, mode="valid")
+    np.testing.assert_allclose(smooth_reflect(values, sigma), expected)
+    np.testing.assert_allclose(smooth_reflect(np.full(5, 0.7), 1.5), 0.7)  # edges kept
 
 
 def test_smoothing_keeps_constants_at_the_edges_and_skips_nan():
@@ -165,15 +176,15 @@ def test_smoothing_keeps_constants_at_the_edges_and_skips_nan():
     assert np.isnan(smooth_over_steps(np.array([np.nan, np.nan]), 1.0)).all()
 
 
-def test_learning_time_smoothed_keeps_other_dims():
+def test_learning_time_authors_keeps_other_dims():
     probs = xr.DataArray(
         [[0.0, 1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0]],
         dims=("concept", "step"),
         coords={"concept": ["color", "size"], "step": [1, 2, 3, 4, 5]},
     )
-    times = learning_time_smoothed(probs, 0.9, sigma=0.0, consecutive=3)
+    times = learning_time_authors(probs, 0.9, sigma=0.0, consecutive=3)
     assert times.dims == ("concept",)
-    np.testing.assert_array_equal(times.values, [2, np.nan])
+    np.testing.assert_array_equal(times.values, [3, 5])  # never: the last step
 
 
 # ----------------------------------------------------------------------------- fabricated runs
@@ -212,7 +223,9 @@ def write_run(
             "probe_accuracy_color": 0.99,
             "provenance_like": {"nested": [1, 2]},
         }
-        write_evaluation(path, p_target, methods, CLASSES, CONCEPTS, attrs)
+        write_evaluation(
+            path, p_target, methods, CLASSES, CONCEPTS, attrs, every_sample_valid(p_target)
+        )
         paths.append(path)
     return paths
 
@@ -253,13 +266,54 @@ def test_gather_run_sorts_steps_and_averages(tmp_path):
     evaluated = run.isel(method=slice(0, len(EVALUATED)))
     expected_prob = evaluated["p_target"].values.mean(axis=-1)  # NaN stays NaN
     np.testing.assert_allclose(evaluated["concept_prob"].values, expected_prob)
-    np.testing.assert_allclose(evaluated["accuracy"].values, expected_prob.prod(axis=-1))
+    p = evaluated["p_target"].values  # every sample valid: the accuracy is the mean product
+    np.testing.assert_allclose(evaluated["accuracy"].values, p.prod(axis=-2).mean(axis=-1))
+    np.testing.assert_allclose(evaluated["product_of_means"].values, expected_prob.prod(axis=-1))
+    np.testing.assert_allclose(evaluated["concept_accuracy"].values, expected_prob)
+    np.testing.assert_allclose(
+        evaluated["hard_accuracy"].values,
+        (p > 0.5).all(axis=-2).mean(axis=-1) * (p[:, :, :, 0, 0] * 0 + 1),
+    )
+    np.testing.assert_allclose(evaluated["valid_fraction"].values, expected_prob[..., 0] * 0 + 1)
     naive = run["accuracy"].sel({"method": "naive", "prompt": "11"}).values
     np.testing.assert_allclose(naive[3:], 1.0)
     np.testing.assert_allclose(naive[:3], 0.09, rtol=1e-6)
     # a method not applied to a prompt is NaN, never a product of NaNs taken as 1
     assert run["accuracy"].sel({"method": "overprompt_0", "prompt": "00"}).isnull().all()
     assert json.loads(run.attrs["evaluation_cfg"]) == EVALUATION
+
+
+def test_invalid_samples_score_zero_and_are_left_out_of_the_concept_point():
+    # One prompt, two concepts, four samples: half blue-large (1, 0), half red-small
+    # (0, 1) for a blue-small target, then the same with two samples blank (invalid).
+    p_target = xr.DataArray(
+        [[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]], dims=("concept", "sample")
+    )
+    valid = xr.DataArray([1.0, 1.0, 1.0, 1.0], dims="sample")
+    mixed = summarise_samples(p_target, valid)
+    # no sample is blue small: accuracy 0, while the product of means says 0.25
+    assert float(mixed["accuracy"]) == 0.0
+    assert float(mixed["product_of_means"]) == 0.25
+    np.testing.assert_allclose(mixed["concept_accuracy"].values, [0.5, 0.5])
+
+    target = xr.DataArray([[0.9] * 4, [0.9] * 4], dims=("concept", "sample"))
+    all_valid = summarise_samples(target, valid)
+    # Half of the samples replaced by blank images that the probe scores as perfect
+    # targets (as a real probe does) and the validity check rejects:
+    blanked = target.copy()
+    blanked[..., 2:] = 1.0
+    half_valid = valid.copy()
+    half_valid[..., 2:] = 0.0
+    half = summarise_samples(blanked, half_valid)
+    assert float(half["accuracy"]) == pytest.approx(float(all_valid["accuracy"]) / 2)
+    assert float(half["hard_accuracy"]) == pytest.approx(float(all_valid["hard_accuracy"]) / 2)
+    assert float(half["valid_fraction"]) == 0.5
+    np.testing.assert_allclose(half["concept_prob"].values, [0.9, 0.9])  # valid ones only
+    # the paper's score and the authors' hard accuracy would rise instead
+    assert float(half["product_of_means"]) > float(all_valid["product_of_means"])
+    # no valid sample at all: no concept-space point, accuracy 0
+    none = summarise_samples(blanked, valid * 0)
+    assert none["concept_prob"].isnull().all() and float(none["accuracy"]) == 0.0
 
 
 def test_gather_run_best_of_is_the_best_variant_at_each_step(tmp_path):
@@ -380,12 +434,17 @@ def test_gather_study_builds_the_outer_grid(study_runs, tmp_path):
         else:
             assert time == STEPS[crossing]
             assert speed == pytest.approx(1 / STEPS[crossing])
-            smoothed = study["learning_time_smoothed"].sel(point)
-            assert smoothed.dims == ("concept",)
-            # a clean jump 0.3 -> 1: smoothing delays it by a few checkpoints
-            assert (smoothed.values > time).all()
-            assert (smoothed.values <= STEPS[crossing + 4]).all()
-    assert study["learning_time_smoothed"].dims == grid + ("method", "concept")
+            per_concept = study["learning_time_concept"].sel(point)
+            assert per_concept.dims == ("concept",)
+            # each concept's probability jumps 0.3 -> 1 with the joint accuracy
+            assert (per_concept.values <= time).all()
+            authors = study["learning_time_authors"].sel(point)
+            assert authors.dims == ("concept",)
+            # a clean jump 0.3 -> 1: reflect smoothing and the window's middle delay it
+            assert (authors.values > time).all()
+            assert (authors.values <= STEPS[crossing + 4]).all()
+    assert study["learning_time_authors"].dims == grid + ("method", "concept")
+    assert study["learning_time_concept"].dims == grid + ("method", "concept")
     assert study["learning_speed"].attrs["units"] == "1/optimizer steps"
 
 

@@ -84,19 +84,25 @@ def test_smoke_run_leaves_the_study_dataset(smoke_run):
         assert list(study["step"].values) == steps
         assert list(study["prompt"].values) == ["00", "01", "10", "11"]
         # Individual overprompts and alphas act on the unseen class only: NaN elsewhere.
-        lone = study["concept_prob"].sel({"method": "overprompt_0"})
+        lone = study["accuracy"].sel({"method": "overprompt_0"})
         assert bool(lone.sel(prompt=["00", "01", "10"]).isnull().all())
-        prob = study["concept_prob"].sel({"method": "naive"})
+        accuracy = study["accuracy"].sel({"method": "naive"})
         # Three signal levels of the 2x2 grid were run, for both seeds: 6 of 8 cells.
-        ran = prob.notnull().all(["step", "prompt", "concept"])
+        ran = accuracy.notnull().all(["step", "prompt"])
         assert int(ran.sum()) == 6
         assert not bool(ran.sel(color_gap=0.3, size_gap=0.3).any())
-        values = prob.values[np.isfinite(prob.values)]
-        assert values.min() >= 0 and values.max() <= 1
-        accuracy = study["accuracy"].values
-        product = study["concept_prob"].prod("concept", skipna=False).values
-        np.testing.assert_array_equal(np.isfinite(accuracy), np.isfinite(product))
-        np.testing.assert_allclose(accuracy[np.isfinite(accuracy)], product[np.isfinite(product)])
+        valid = study["valid_fraction"].sel({"method": "naive"})
+        np.testing.assert_array_equal(valid.notnull().values, accuracy.notnull().values)
+        for name in ("accuracy", "valid_fraction", "hard_accuracy", "product_of_means"):
+            values = study[name].values[np.isfinite(study[name].values)]
+            assert values.min() >= 0 and values.max() <= 1, name
+        # accuracy counts a sample only when it is valid: never above the valid fraction
+        assert bool((accuracy <= valid + 1e-9).where(ran).all())
+        prob = study["concept_prob"].values  # over valid samples: NaN where none is valid
+        assert np.nanmin(prob, initial=0) >= 0 and np.nanmax(prob, initial=1) <= 1
+        assert study["learning_time_concept"].dims == (
+            "seed", "color_gap", "size_gap", "method", "concept"
+        )  # fmt: skip
         assert study["learning_time"].dims == ("seed", "color_gap", "size_gap", "method")
         assert "units" in study["step"].attrs
         assert json.loads(study.attrs["config"])["training"]["steps"] == 60
@@ -140,12 +146,12 @@ def test_smoke_run_is_complete_and_one_figure_rebuilds_alone(smoke_run):
     assert planned_jobs(plan.stdout) == {"fig_signal": 1, "total": 1}
 
 
-def test_cpu_preset_plans_its_five_runs(tmp_path):
-    # The laptop-scale preset (issue 6): 3 color gaps + 2 masking ratios, each evaluated
-    # at every checkpoint by one job.
+def test_cpu_preset_plans_its_ten_runs(tmp_path):
+    # The laptop-scale preset: 3 color gaps + 2 masking ratios, two seeds each (the
+    # claims' intervals are over seeds), each run evaluated at every checkpoint by one job.
     cpu = REPO / "workflow" / "presets" / "cpu.yaml"
     result = snakemake(tmp_path, "-n", "--quiet", "rules", configs=(REPO / "config.yaml", cpu))
     jobs = planned_jobs(result.stdout)
-    assert jobs["train_vdm"] == 5 and jobs["train_probe"] == 2
-    assert jobs["evaluate_run"] == 5
+    assert jobs["train_vdm"] == 10 and jobs["train_probe"] == 2
+    assert jobs["evaluate_run"] == 10
     assert jobs["claims"] == 1 and jobs["fig_underspec"] == 1

@@ -43,7 +43,8 @@ its T is "more than the last step", never a speed of 0 or a dropped run.
   make it. In claim 5 it understates the mean T of every ratio with censored runs: at the
   largest ratio that shrinks the delay (weakens the claim), at the smallest it inflates
   it. Censored runs at the smallest ratio mean training was too short to judge the
-  claim; the detail lists the runs that reached the threshold per ratio.
+  claim, so a pass then becomes "inconclusive"; the detail lists the runs that reached
+  the threshold per ratio.
 - Claim 2 looks at a path before its run reaches the threshold; a censored run's whole
   path counts. Claim 4 compares smoothed accuracies per checkpoint and needs no T.
 

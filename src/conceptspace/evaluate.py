@@ -58,6 +58,7 @@ from conceptspace.trajectories import (
     missing_run_attrs,
     COORD_ATTRS,
     P_TARGET_ATTRS,
+    VALID_ATTRS,
     method_coords,
     netcdf_attrs,
     save_dataset_nc,
@@ -68,7 +69,7 @@ log = logging.getLogger(__name__)
 # Part of every kept evaluation's inputs (RunEvaluation.inputs_hash): raise it with any
 # change that changes what an evaluation computes, so that evaluations kept from an
 # earlier job are made again (`snakemake --forcerun evaluate_run` alone keeps them).
-EVALUATION_VERSION = 1
+EVALUATION_VERSION = 2  # 2: every sample gets a validity verdict
 # Keeps the evaluation noise apart from any other stream seeded from the run seed.
 EVALUATION_STREAM = 0x5EED_E7A1
 # Gaps recorded in a checkpoint and given on the command line must agree this closely.
@@ -112,10 +113,13 @@ class Condition:
     layout: Layout = COLOR_SIZE
 
     def h(self, signal: Signal) -> np.ndarray:
-        """The h given to the model: the class means, the color overridden by an overprompt."""
+        """The h given to the model: the class means, the color (and size) overridden by
+        an overprompt."""
         h = self.layout.class_h(self.prompt, signal).copy()
         if self.method.color is not None:
             h[self.layout.slots("color")] = self.method.color
+        if self.method.size is not None:
+            h[self.layout.slots("size")] = self.method.size
         return h
 
 
@@ -236,6 +240,28 @@ def target_probabilities(probabilities: torch.Tensor, prompts: Sequence[str]) ->
     targets = torch.tensor([[int(d) for d in p] for p in prompts], device=probabilities.device)
     chosen = probabilities.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return chosen.double().cpu().numpy()
+
+
+def score_samples(
+    probe,
+    images: torch.Tensor,
+    prompts: Sequence[str],
+    layout: Layout,
+    data_cfg: Mapping[str, Any],
+    signal: Signal | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """What the evaluation records of a batch of generated ``images`` (B, 3, S, S) in
+    [0, 1], row i prompted with ``prompts[i]``: the probe's probability of each concept's
+    target value (B, n_concepts), and the validity verdict (B,) of
+    ``validity.sample_validity`` (one object of plausible size inside the image). The
+    probe answers for any image, a blank one included; the verdict is what keeps a
+    blank from scoring as a success (``trajectories.summarise_samples``)."""
+    from conceptspace.probe import predict_proba
+    from conceptspace.validity import sample_validity
+
+    scores = target_probabilities(predict_proba(probe, images), prompts)
+    verdicts = np.asarray(sample_validity(images, layout, data_cfg, signal), dtype=bool)
+    return scores, verdicts
 
 
 # ----------------------------------------------------------------------------- loading
@@ -385,18 +411,25 @@ def write_evaluation(
     prompts: Sequence[str],
     concepts: Sequence[str],
     attrs: Mapping[str, Any],
+    valid: np.ndarray,
 ) -> None:
     """Write one checkpoint's evaluation as netCDF: ``p_target`` (method, prompt, concept,
-    sample), NaN where a method is not applied to a prompt, with its coordinates (method
-    with method_kind and method_setting); ``attrs`` (which must hold step, seed, and
-    color_gap and size_gap but for CelebA) become global attributes, non-scalars as JSON
-    strings."""
+    sample) and ``valid`` (method, prompt, sample; 1 or 0), NaN where a method is not
+    applied to a prompt, with their coordinates (method with method_kind and
+    method_setting); ``attrs`` (which must hold step, seed, and color_gap and size_gap but
+    for CelebA) become global attributes, non-scalars as JSON strings."""
     p_target = np.asarray(p_target, dtype=np.float32)
+    valid = np.asarray(valid, dtype=np.float32)
     expected = (len(methods), len(prompts), len(concepts))
     if p_target.ndim != 4 or p_target.shape[:3] != expected:
         raise ValueError(
             f"p_target must be (method, prompt, concept, sample) = ({', '.join(map(str, expected))}"
             f", n); got {p_target.shape}"
+        )
+    if valid.shape != p_target.shape[:2] + p_target.shape[3:]:
+        raise ValueError(
+            f"valid must be (method, prompt, sample) = {p_target.shape[:2] + p_target.shape[3:]}"
+            f"; got {valid.shape}"
         )
     missing = missing_run_attrs(attrs)
     if missing:
@@ -407,7 +440,8 @@ def write_evaluation(
                 ("method", "prompt", "concept", "sample"),
                 p_target,
                 dict(P_TARGET_ATTRS),
-            )
+            ),
+            "valid": (("method", "prompt", "sample"), valid, dict(VALID_ATTRS)),
         },
         coords={
             **method_index(methods),
@@ -422,7 +456,8 @@ def write_evaluation(
         "description": (
             "One checkpoint prompted with every method: for each method, prompted class, "
             "concept and sample, the probe's probability that the sample shows the prompt's "
-            "target value of the concept (NaN: method not applied to the prompt)."
+            "target value of the concept, and whether the sample holds exactly one object "
+            "of plausible size (valid; NaN: method not applied to the prompt)."
         ),
         **netcdf_attrs(attrs),
     }
@@ -572,8 +607,6 @@ def _evaluate_with(
 ) -> Path:
     """:func:`evaluate_checkpoint` with the probe already loaded (``evaluate_run`` loads
     it once for all of a run's checkpoints)."""
-    from conceptspace.probe import predict_proba
-
     probe_path, evaluation_cfg, min_accuracy = run.probe_path, run.evaluation_cfg, run.min_accuracy
     signal, seed, device, mask_ratio = run.signal, run.seed, run.device, run.mask_ratio
     samples_per_prompt, sampler_steps, batch_size = _sampling_settings(evaluation_cfg)
@@ -606,15 +639,18 @@ def _evaluate_with(
     )
     prompts, concepts = layout.classes, layout.concepts
     p_target = np.full((len(methods), len(prompts), len(concepts), samples_per_prompt), np.nan)
+    valid = np.full((len(methods), len(prompts), samples_per_prompt), np.nan)
     where = [(methods.index(c.method), prompts.index(c.prompt)) for c in conditions]
+    data_cfg = (prepared.metadata["config"].get("dataset") or {}).get("data") or {}
     for chunk, images in prepared.generate(
         samples_per_prompt, signal, seed, evaluation_cfg, device
     ):
-        scores = target_probabilities(
-            predict_proba(probe, images), [conditions[c].prompt for c, _ in chunk]
+        scores, verdicts = score_samples(
+            probe, images, [conditions[c].prompt for c, _ in chunk], layout, data_cfg, signal
         )
-        for (c, i), row in zip(chunk, scores):
+        for (c, i), row, verdict in zip(chunk, scores, verdicts):
             p_target[where[c] + (slice(None), i)] = row
+            valid[where[c] + (i,)] = verdict
 
     attrs = _run_attrs(prepared, evaluation_cfg, signal, seed, device, layout, mask_ratio)
     probe_accuracy = dict(getattr(probe, "accuracy", {}) or {})
@@ -624,17 +660,17 @@ def _evaluate_with(
         **{f"probe_accuracy_{name}": float(value) for name, value in probe_accuracy.items()},
         **(extra_attrs or {}),
     )
-    write_evaluation(out_path, p_target, methods, prompts, concepts, attrs)
+    write_evaluation(out_path, p_target, methods, prompts, concepts, attrs, valid)
     for unseen_class in layout.unseen_classes:
-        unseen = p_target[:, prompts.index(unseen_class)].mean(axis=-1)  # (method, concept)
+        k = prompts.index(unseen_class)
+        accuracy = np.mean(valid[:, k] * p_target[:, k].prod(axis=1), axis=-1)  # (method,)
         log.info(
-            "wrote %s; unseen class %s, mean p_target (%s): %s",
+            "wrote %s; unseen class %s, accuracy (valid fraction): %s",
             out_path,
             unseen_class,
-            ", ".join(concepts),
             "; ".join(
-                f"{m.name} " + " ".join(f"{v:.3f}" for v in unseen[k])
-                for k, m in enumerate(methods)
+                f"{m.name} {accuracy[j]:.3f} ({np.mean(valid[j, k]):.2f})"
+                for j, m in enumerate(methods)
                 if unseen_class in m.prompts
             ),
         )
@@ -725,15 +761,19 @@ def sample_checkpoints(
     as netCDF to ``out_path``:
 
     ``images`` uint8 (step, method, prompt, sample, y, x, channel), 0 where a method is
-    not applied to a prompt; ``applied`` bool (method, prompt); coords as in the
-    evaluation files (method with method_kind, method_setting).
+    not applied to a prompt; ``valid`` uint8 (step, method, prompt, sample), the
+    evaluation's validity verdict of each image (1: one object of plausible size);
+    ``applied`` bool (method, prompt); coords as in the evaluation files (method with
+    method_kind, method_setting).
     """
+    from conceptspace.validity import sample_validity
+
     device = compute_device(device, threads)
     _sampling_settings(evaluation_cfg)  # refuse bad settings before loading anything
     if samples < 1 or not checkpoint_paths:
         raise ConceptspaceError("sample needs at least one checkpoint and --samples >= 1")
 
-    stacks, steps, methods, first = [], [], None, None
+    stacks, verdicts, steps, methods, first = [], [], [], None, None
     for path in checkpoint_paths:
         prepared = prepare_checkpoint(path, evaluation_cfg["methods"], signal, seed, device, layout)
         if methods is None:
@@ -743,16 +783,19 @@ def sample_checkpoints(
         images = np.zeros(
             (len(methods), len(layout.classes), samples, size, size, channels), np.uint8
         )
+        valid = np.zeros(images.shape[:3], np.uint8)
         conditions = prepared.conditions
+        data_cfg = (prepared.metadata["config"].get("dataset") or {}).get("data") or {}
         log.info("sampling %s (step %d): %d conditions", path, prepared.step, len(conditions))
         for chunk, batch in prepared.generate(samples, signal, seed, evaluation_cfg, device):
             pixels = (batch * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            for (c, i), image in zip(chunk, pixels):
+            verdict = sample_validity(batch, layout, data_cfg, signal)
+            for (c, i), image, ok in zip(chunk, pixels, verdict):
                 condition = conditions[c]
-                images[methods.index(condition.method), layout.class_index(condition.prompt), i] = (
-                    image
-                )
+                at = (methods.index(condition.method), layout.class_index(condition.prompt), i)
+                images[at], valid[at] = image, ok
         stacks.append(images)
+        verdicts.append(valid)
         steps.append(prepared.step)
 
     order = np.argsort(steps)
@@ -763,6 +806,11 @@ def sample_checkpoints(
                 ("step", "method", "prompt", "sample", "y", "x", "channel"),
                 np.stack([stacks[k] for k in order]),
                 {"units": "1", "long_name": "generated image, RGB in 0..255 (0: not applied)"},
+            ),
+            "valid": (
+                ("step", "method", "prompt", "sample"),
+                np.stack([verdicts[k] for k in order]),
+                dict(VALID_ATTRS),
             ),
             "applied": (
                 ("method", "prompt"),

@@ -5,7 +5,8 @@ One evaluation scores several *methods*; each is a named variant with a kind:
 - ``naive``: every class prompted with its concept means, h = ``signal.class_h(class)``.
 - ``overprompt_<i>`` (kind overprompt): the unseen class only, its color replaced by
   ``evaluation.methods.overprompt.colors[i]`` (pushed past the training values), its
-  size kept at the class mean.
+  size slot set to ``overprompt.size`` (the authors' analysis fixes it at 0.3, between
+  the small and the large radius; null keeps the class mean).
 - ``intervention_<i>`` (kind intervention): the unseen class, prompted naively, with
   the linear latent intervention of ``unet.LinearIntervention`` at alpha =
   ``alphas[i]`` and the configured beta in every block's embedding.
@@ -50,6 +51,7 @@ class Method:
     setting: str
     prompts: tuple[str, ...]
     color: tuple[float, float, float] | None = None
+    size: float | None = None
     alpha: float = 0.0
     beta: float = 0.0
     donor_step: int | None = None
@@ -89,10 +91,13 @@ def build_methods(
         NAIVE if layout is COLOR_SIZE else Method("naive", "naive", "class means", layout.classes)
     ]
     overprompted = overprompted_classes(layout)
+    size = methods_cfg["overprompt"].get("size") if "size" in layout.concepts else None
+    size = None if size is None else float(size)
     for i, color in enumerate(methods_cfg["overprompt"]["colors"] if overprompted else []):
         rgb = tuple(float(c) for c in color)
         setting = "rgb=(" + ", ".join(f"{c:g}" for c in rgb) + ")"
-        methods.append(Method(f"overprompt_{i}", "overprompt", setting, overprompted, rgb))
+        setting += "" if size is None else f" size={size:g}"
+        methods.append(Method(f"overprompt_{i}", "overprompt", setting, overprompted, rgb, size))
     intervention = methods_cfg["intervention"]
     beta = float(intervention["beta"])
     alphas = intervention["alphas"] if has_intervention(layout) else []

@@ -5,13 +5,26 @@ Three levels of files, all netCDF (engine netcdf4), all written through
 
 - one evaluation per checkpoint (``evaluate.write_evaluation``): ``p_target``
   (method, prompt, concept, sample), the probe's probability that each sample shows the
-  prompt's target value of each concept, NaN where a method does not prompt the class;
+  prompt's target value of each concept, and ``valid`` (method, prompt, sample), the
+  verdict of ``conceptspace.validity`` on whether the sample holds one object at all;
+  NaN where a method does not prompt the class;
 - one trajectory per run (:func:`gather_run`): the evaluations stacked over ``step``,
-  with the concept-space point of each method and prompt (``concept_prob``, the mean
-  over samples) and its accuracy (the product of the two coordinates);
+  with the sample summaries of :data:`SUMMARIES` (:func:`summarise_samples`);
 - one study (:func:`gather_study`): all runs on the outer grid seed x color gap x size
-  gap (or the study's own grid, e.g. seed x mask_ratio for underspecification), without
-  the sample dimension, plus the learning times of the unseen class for every method.
+  gap (or the study's own grid, e.g. seed x mask_ratio for underspecification), the
+  summaries without the sample dimension, plus the learning times of the unseen class
+  for every method.
+
+Scoring (why a sample must be valid). The probe answers for any image, and for an
+image with no object it answers with confidence: a blank background reads as "blue
+small", the unseen class of the 2x2. So ``accuracy``, the default score, is the mean
+over samples of valid x P(concept 1 = target) x P(concept 2 = target) (x the third
+concept's where there is one): the probability that a sample *is* the target. The
+paper's product of the means over samples (``product_of_means``) scores a set that is
+half blue-large and half red-small at 0.25, though no sample is blue small, and a set
+of blanks at 1; it is kept for comparison, with ``hard_accuracy`` (argmax per concept),
+``concept_accuracy`` (one concept at a time) and ``valid_fraction``. The concept-space
+coordinate ``concept_prob`` is the mean over the *valid* samples (NaN when none is).
 
 Layouts (``concepts.Layout``): prompts are the run's layout's classes (its name is the
 ``layout`` attribute, absent = the 2x2). A run is identified by its ``RUN_COORDS``
@@ -23,25 +36,26 @@ Methods (``conceptspace.methods``): the ``method`` dimension holds the evaluated
 (naive, overprompt_i, intervention_i, patched_*) with non-dimension coordinates
 ``method_kind`` and ``method_setting``. :func:`gather_run` appends one best-of method per
 kind with several variants (``overprompt``, ``intervention``; setting "best of k"): at
-each step and prompt, the concept_prob and accuracy of the variant with the highest
-accuracy there (the SPEC's "score = best over the prompts / over alpha"). The choice is
-made per step, so a best-of trajectory is an upper envelope of its variants, and its
-learning time is the earliest of theirs; its p_target is NaN (no single sample set).
+each step and prompt, every summary of the variant with the highest accuracy there
+(the paper scores overprompting and intervention by their best prompt / alpha, Sec. 4).
+The choice is made per step, so a best-of trajectory is an upper envelope of its
+variants, and its learning time is the earliest of theirs; its p_target is NaN.
 
-Learning time (SPEC "Probes and evaluation"):
+Learning time (Sec. 3, Fig. 3):
 
 - :func:`learning_time` [paper, the default]: the first checkpoint at which the unseen
   class's accuracy, Gaussian-smoothed over checkpoints with ``evaluation.sigma``
   (checkpoint indices; 0 = as measured), reaches ``evaluation.threshold`` (0.8); NaN if
-  it never does. The paper reads T off its plotted accuracies, which are smoothed
-  (sigma 2); smoothing also keeps one checkpoint's sampling noise (32 samples: a
-  standard error up to 0.09) from faking a crossing.
-- :func:`learning_time_smoothed` [the authors' code]: per concept, the unseen class's
-  concept probability smoothed over checkpoints with a Gaussian (sigma in checkpoint
-  indices), then the first checkpoint from which it stays >= ``smoothed.threshold`` for
-  ``smoothed.consecutive`` checkpoints in a row. [inferred] The reported step is the
-  first of those checkpoints; near the ends of the trajectory (and around missing
-  values) the truncated kernel is renormalised over the checkpoints that exist.
+  it never does. The paper reads T off its plotted accuracies, which are smoothed;
+  smoothing also keeps one checkpoint's sampling noise (32 samples: a standard error up
+  to 0.09) from faking a crossing. ``learning_time`` is the joint time (accuracy);
+  ``learning_time_concept`` the time of each concept (``concept_accuracy``), the one the
+  paper's learning-speed figure reads (color against the color gap, size against the
+  size gap): at a large color gap the joint time is bounded by the size's.
+- :func:`learning_time_authors` [the authors' analysis code, a variant]: per concept, the
+  hard accuracy over all samples, smoothed in reflect mode (``evaluation.authors.sigma``
+  1.5), strictly above 0.9 at three checkpoints in a row, T the middle one; a run that
+  never gets there counts as its last step.
 
 The speed of learning is 1 / learning time, in 1/optimizer steps.
 """
@@ -96,10 +110,15 @@ P_TARGET_ATTRS = {
     "units": "1",
     "long_name": "probe probability that a sample shows the prompt's target value of the concept",
 }
+VALID_ATTRS = {
+    "units": "1",
+    "long_name": "validity verdict: 1 if the sample holds exactly one object of plausible size "
+    "inside the image (conceptspace.validity), 0 if not",
+}
 CONCEPT_PROB_ATTRS = {
     "units": "1",
-    "long_name": "concept-space coordinate: mean over samples of the probability of the "
-    "prompt's target value of the concept",
+    "long_name": "concept-space coordinate: mean over the valid samples of the probability of "
+    "the prompt's target value of the concept (NaN: no valid sample)",
 }
 METHOD_ATTRS = {
     "method": {"units": "1", "long_name": "prompting method (variant)"},
@@ -110,9 +129,54 @@ METHOD_ATTRS = {
     "method_setting": {"units": "1", "long_name": "setting of the prompting method"},
 }
 METHOD_COORDS = tuple(METHOD_ATTRS)
-ACCURACY_ATTRS = {
-    "units": "1",
-    "long_name": "accuracy of the prompt: product over concepts of the concept-space coordinates",
+# What gather_run summarises over the samples of each (step, method, prompt): name ->
+# (whether it keeps the concept dim, attributes). ``accuracy`` is the default score.
+SUMMARIES = {
+    "accuracy": (
+        False,
+        {
+            "units": "1",
+            "long_name": "accuracy: mean over samples of valid x the product over concepts of "
+            "the probability of the target value (a sample with no object scores 0)",
+        },
+    ),
+    "concept_accuracy": (
+        True,
+        {
+            "units": "1",
+            "long_name": "accuracy of one concept: mean over samples of valid x the probability "
+            "of the concept's target value",
+        },
+    ),
+    "hard_accuracy": (
+        False,
+        {
+            "units": "1",
+            "long_name": "hard accuracy: fraction of samples that are valid and whose most "
+            "probable value of every concept is the target",
+        },
+    ),
+    "hard_concept_accuracy": (
+        True,
+        {
+            "units": "1",
+            "long_name": "hard accuracy of one concept as the authors' code scores it: fraction "
+            "of samples whose most probable value is the target, validity not checked",
+        },
+    ),
+    "valid_fraction": (
+        False,
+        {"units": "1", "long_name": "fraction of samples holding exactly one plausible object"},
+    ),
+    "product_of_means": (
+        False,
+        {
+            "units": "1",
+            "long_name": "the paper's accuracy: product over concepts of the mean over all "
+            "samples (valid or not) of the probability of the target value",
+        },
+    ),
+    "concept_prob": (True, CONCEPT_PROB_ATTRS),
 }
 
 
@@ -198,7 +262,7 @@ def missing_run_attrs(attrs: Mapping[str, Any]) -> list[str]:
 
 def open_evaluation(path: str | os.PathLike) -> xr.Dataset:
     """One checkpoint's evaluation, as written by ``evaluate.write_evaluation``."""
-    ds = _open_netcdf(path, "evaluation", ("p_target",))
+    ds = _open_netcdf(path, "evaluation", ("p_target", "valid"))
     missing = missing_run_attrs(ds.attrs)
     if missing:
         raise ConceptspaceError(
@@ -211,7 +275,7 @@ def open_evaluation(path: str | os.PathLike) -> xr.Dataset:
 def open_trajectory(path: str | os.PathLike) -> xr.Dataset:
     """One run's trajectory, as written by :func:`gather_run`."""
     # a run's coordinates: its seed, and its gaps unless its layout has none (CelebA)
-    return _open_netcdf(path, "run trajectory", ("concept_prob", "accuracy", "seed"))
+    return _open_netcdf(path, "run trajectory", (*SUMMARIES, "seed"))
 
 
 def open_study(path: str | os.PathLike) -> xr.Dataset:
@@ -313,37 +377,74 @@ def smooth_over_steps(values: np.ndarray, sigma: float) -> np.ndarray:
         return np.where(weights > 0, weighted / weights, np.nan)
 
 
-def learning_time_smoothed(
-    prob_over_step: xr.DataArray, threshold: float, sigma: float, consecutive: int
-) -> xr.DataArray:
-    """The authors' learning time: smooth ``prob_over_step`` over checkpoints (Gaussian,
-    ``sigma`` in checkpoint indices), then return the first step from which it stays
-    >= ``threshold`` for ``consecutive`` checkpoints in a row; NaN if never.
+def smooth_reflect(values: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing along the last axis as the authors' analysis smooths (SciPy's
+    ``gaussian_filter1d`` in its default "reflect" mode: the trajectory mirrored about
+    each end, kernel cut at 4 sigma). NaN spreads to its neighbours. sigma 0: unchanged."""
+    values = np.asarray(values, dtype=float)
+    if sigma < 0:
+        raise ValueError(f"sigma must be >= 0; got {sigma}")
+    n = values.shape[-1]
+    if sigma == 0 or n == 0:
+        return values.copy()
+    radius = int(KERNEL_TRUNCATE * sigma + 0.5)
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel /= kernel.sum()
+    # "reflect" (d c b a | a b c d | d c b a): indices folded back into 0..n-1
+    period = 2 * n
+    out = np.zeros_like(values)
+    for offset, weight in zip(offsets, kernel):
+        index = np.mod(np.arange(n) + offset, period)
+        index = np.where(index >= n, period - 1 - index, index)
+        out += weight * values[..., index]
+    return out
 
-    Works along dim 'step' over any other dims (e.g. concept).
+
+def learning_time_authors(
+    hard_accuracy_over_step: xr.DataArray, threshold: float, sigma: float, consecutive: int
+) -> xr.DataArray:
+    """The learning time as the authors' analysis code computes it, per concept: the hard
+    (argmax) accuracy of each concept, Gaussian-smoothed over checkpoints in reflect mode
+    (:func:`smooth_reflect`, ``sigma`` in checkpoint indices), must be strictly above
+    ``threshold`` at ``consecutive`` checkpoints in a row; T is the middle one of the
+    first such window. A run that never gets there has T = its last checkpoint's step
+    (the authors count it so; compare ``learning_time``, where it is NaN).
+
+    Works along dim 'step' over any other dims. A missing value (a method that does not
+    prompt a class) stays NaN.
     """
-    _check_step_dim(prob_over_step, "learning_time_smoothed")
+    _check_step_dim(hard_accuracy_over_step, "learning_time_authors")
     consecutive = int(consecutive)
     if consecutive < 1:
         raise ValueError(f"consecutive must be >= 1; got {consecutive}")
-    steps = prob_over_step["step"].values
+    steps = np.asarray(hard_accuracy_over_step["step"].values, dtype=float)
 
-    def first_stable_crossing(values: np.ndarray) -> np.ndarray:
+    def middle_of_first_window(values: np.ndarray) -> np.ndarray:
+        missing = ~np.isfinite(values).any(axis=-1)
         with np.errstate(invalid="ignore"):
-            above = smooth_over_steps(values, sigma) >= threshold
+            above = smooth_reflect(values, sigma) > threshold
         if above.shape[-1] < consecutive:
-            return np.full(above.shape[:-1], np.nan)
-        windows = np.lib.stride_tricks.sliding_window_view(above, consecutive, axis=-1)
-        return _first_step(windows.all(axis=-1), steps[: windows.shape[-2]])
+            times = np.full(above.shape[:-1], steps[-1] if len(steps) else np.nan)
+        else:
+            windows = np.lib.stride_tricks.sliding_window_view(above, consecutive, axis=-1)
+            middle = steps[consecutive // 2 :][: windows.shape[-2]]
+            times = _first_step(windows.all(axis=-1), middle)
+            times = np.where(np.isfinite(times), times, steps[-1])
+        return np.where(missing, np.nan, times)
 
     result = xr.apply_ufunc(
-        first_stable_crossing, prob_over_step, input_core_dims=[["step"]], keep_attrs=False
+        middle_of_first_window,
+        hard_accuracy_over_step,
+        input_core_dims=[["step"]],
+        keep_attrs=False,
     )
     result.attrs = {
         "units": STEP_UNITS,
         "long_name": (
-            f"first step from which the Gaussian-smoothed (sigma {sigma} checkpoints) concept "
-            f"probability stays >= {threshold} for {consecutive} checkpoints"
+            f"authors' learning time: middle of the first {consecutive} checkpoints in a row "
+            f"where the hard accuracy, Gaussian-smoothed (sigma {sigma:g} checkpoints, reflect "
+            f"mode), is > {threshold}; never: the last checkpoint's step"
         ),
         "threshold": float(threshold),
         "sigma_checkpoints": float(sigma),
@@ -371,10 +472,11 @@ def _describe_run(run: Mapping[str, float]) -> str:
 def gather_run(eval_paths: Sequence[str | os.PathLike]) -> xr.Dataset:
     """One run's evaluations stacked over 'step' (sorted), with its concept-space path.
 
-    Variables: ``p_target`` (step, method, prompt, concept, sample); ``concept_prob``
-    (step, method, prompt, concept), the mean over samples: the concept-space point of
-    each method and prompt; ``accuracy`` (step, method, prompt), the product over
-    concepts of concept_prob. NaN where a method does not prompt a class. The method
+    Variables: ``p_target`` (step, method, prompt, concept, sample), ``valid`` (step,
+    method, prompt, sample) and the :data:`SUMMARIES` over samples
+    (:func:`summarise_samples`): ``accuracy`` (step, method, prompt) and the others, with
+    ``concept_prob`` (step, method, prompt, concept) the concept-space point of each
+    method and prompt. NaN where a method does not prompt a class. The method
     dim ends with the best-of methods (see the module docstring). Scalar coords seed,
     color_gap, size_gap. All files must come from one run (same seed and gaps), hold
     distinct steps, and share methods, prompts, concepts and samples; otherwise
@@ -409,30 +511,33 @@ def gather_run(eval_paths: Sequence[str | os.PathLike]) -> xr.Dataset:
                 )
 
     steps = [int(ds.attrs["step"]) for _, ds in evaluations]
-    p_target = xr.concat(
-        [ds["p_target"].astype(float) for _, ds in evaluations],
-        dim=xr.DataArray(steps, dims="step"),
-        coords="minimal",
-        join="exact",
-    ).sortby("step")
-    concept_prob = p_target.mean("sample", skipna=False)
-    accuracy = concept_prob.prod("concept", skipna=False)
-    concept_prob, accuracy = with_best_of(concept_prob, accuracy)
-    # best-of rows of p_target: NaN (no single set of samples)
-    p_target = (
-        p_target.drop_vars(METHOD_COORDS[1:])
-        .reindex({"method": concept_prob["method"].values})
-        .assign_coords({name: concept_prob[name] for name in METHOD_COORDS})
-    )
-    for array, attrs in (
-        (p_target, P_TARGET_ATTRS),
-        (concept_prob, CONCEPT_PROB_ATTRS),
-        (accuracy, ACCURACY_ATTRS),
+
+    def stacked(name: str) -> xr.DataArray:
+        return xr.concat(
+            [ds[name].astype(float) for _, ds in evaluations],
+            dim=xr.DataArray(steps, dims="step"),
+            coords="minimal",
+            join="exact",
+        ).sortby("step")
+
+    p_target, valid = stacked("p_target"), stacked("valid")
+    summaries = with_best_of(summarise_samples(p_target, valid))
+    # best-of rows of p_target and valid: NaN (no single set of samples)
+    per_sample = {}
+    for name, array, attrs in (
+        ("p_target", p_target, P_TARGET_ATTRS),
+        ("valid", valid, VALID_ATTRS),
     ):
+        array = (
+            array.drop_vars(METHOD_COORDS[1:])
+            .reindex({"method": summaries["accuracy"]["method"].values})
+            .assign_coords({c: summaries["accuracy"][c] for c in METHOD_COORDS})
+        )
         array.attrs = dict(attrs)
+        per_sample[name] = array
 
     ds = xr.Dataset(
-        {"p_target": p_target, "concept_prob": concept_prob, "accuracy": accuracy},
+        {**per_sample, **summaries},
         coords={name: int(v) if name == "seed" else float(v) for name, v in run.items()},
     )
     _set_coord_attrs(ds)
@@ -442,8 +547,11 @@ def gather_run(eval_paths: Sequence[str | os.PathLike]) -> xr.Dataset:
         "description": (
             "One training run in concept space: for each checkpoint (step), prompting "
             "method and prompted class, the probe's probability that each sample shows the "
-            "prompt's target value of each concept, its mean over samples (the concept-space "
-            "point) and the product over concepts (accuracy). Best-of methods (kind "
+            "prompt's target value of each concept, whether the sample holds one object "
+            "(valid), and their summaries over samples: accuracy (mean of valid x the "
+            "product over concepts), each concept's accuracy, the hard accuracy, the valid "
+            "fraction, the paper's product of means, and the concept-space point (mean over "
+            "valid samples). Best-of methods (kind "
             "overprompt / intervention, setting 'best of k') take, at each step and prompt, "
             "the variant with the highest accuracy: an upper envelope; their p_target is NaN."
         ),
@@ -461,13 +569,41 @@ def gather_run(eval_paths: Sequence[str | os.PathLike]) -> xr.Dataset:
     return ds
 
 
-def with_best_of(
-    concept_prob: xr.DataArray, accuracy: xr.DataArray
-) -> tuple[xr.DataArray, xr.DataArray]:
+def summarise_samples(p_target: xr.DataArray, valid: xr.DataArray) -> dict[str, xr.DataArray]:
+    """The :data:`SUMMARIES` of ``p_target`` (..., concept, sample) and ``valid`` (...,
+    sample; 1 valid, 0 not, NaN not applied), each a mean over 'sample'. A sample that
+    holds no object (valid 0) scores 0 in every accuracy but the authors' hard concept
+    accuracy and the paper's product of means, which score whatever the probe says;
+    NaN where a method does not prompt a class."""
+    applied = p_target.notnull().all("concept")
+    ok = valid.where(applied)
+    hit = (p_target > 0.5).where(p_target.notnull())  # binary concepts: argmax = target
+
+    def mean(array: xr.DataArray) -> xr.DataArray:
+        return array.mean("sample", skipna=False)
+
+    summaries = {
+        "accuracy": mean(ok * p_target.prod("concept", skipna=False)),
+        "concept_accuracy": mean(ok * p_target),
+        "hard_accuracy": mean(ok * hit.prod("concept", skipna=False)),
+        "hard_concept_accuracy": mean(hit),
+        "valid_fraction": mean(ok),
+        "product_of_means": mean(p_target).prod("concept", skipna=False),
+        "concept_prob": p_target.where(ok == 1).mean("sample", skipna=True),
+    }
+    for name, array in summaries.items():
+        array.attrs = dict(SUMMARIES[name][1])
+    return summaries
+
+
+def with_best_of(summaries: Mapping[str, xr.DataArray]) -> dict[str, xr.DataArray]:
     """Append a best-of method for each kind of ``methods.BEST_OF_KINDS`` present: at each
-    (step, prompt) the variant with the highest accuracy (NaN where none is applied)."""
+    (step, prompt) the variant with the highest ``accuracy`` (NaN where none is applied),
+    every summary taken from that variant."""
+    accuracy = summaries["accuracy"]
     kinds = accuracy["method_kind"].values
-    best_probs, best_accuracies, names, settings = [], [], [], []
+    best: dict[str, list[xr.DataArray]] = {name: [] for name in summaries}
+    names, settings = [], []
     for kind in BEST_OF_KINDS:
         variants = [str(m) for m, k in zip(accuracy["method"].values, kinds) if k == kind]
         if not variants:
@@ -475,27 +611,24 @@ def with_best_of(
         variant_accuracy = accuracy.sel({"method": variants})
         applied = variant_accuracy.notnull().any("method")
         choice = variant_accuracy.fillna(-np.inf).argmax("method")
-        best_probs.append(
-            concept_prob.sel({"method": variants})
-            .isel(method=choice)
-            .where(applied)
-            .drop_vars(METHOD_COORDS, errors="ignore")
-        )
-        best_accuracies.append(
-            variant_accuracy.isel(method=choice)
-            .where(applied)
-            .drop_vars(METHOD_COORDS, errors="ignore")
-        )
+        for name, array in summaries.items():
+            best[name].append(
+                array.sel({"method": variants})
+                .isel(method=choice)
+                .where(applied)
+                .drop_vars(METHOD_COORDS, errors="ignore")
+            )
         names.append(kind)
         settings.append(f"best of {len(variants)}")
     if not names:
-        return concept_prob, accuracy
+        return dict(summaries)
     coords = method_coords(names, names, settings)
-    best_prob = xr.concat(best_probs, dim="method").assign_coords(coords)
-    best_accuracy = xr.concat(best_accuracies, dim="method").assign_coords(coords)
-    concept_prob = xr.concat([concept_prob, best_prob], dim="method")
-    accuracy = xr.concat([accuracy, best_accuracy], dim="method")
-    return concept_prob, accuracy
+    result = {}
+    for name, array in summaries.items():
+        rows = xr.concat(best[name], dim="method").assign_coords(coords)
+        result[name] = xr.concat([array, rows], dim="method")
+        result[name].attrs = dict(array.attrs)
+    return result
 
 
 # Evaluation attributes that hold for the whole run (the per-checkpoint ones, step and
@@ -538,13 +671,13 @@ def gather_study(
     study; e.g. seed, mask_ratio for underspecification), then step, method, prompt,
     concept.
 
-    Keeps ``concept_prob`` and ``accuracy`` (no sample dim); NaN where a grid point was
-    not run or a method does not prompt a class. Adds the unseen class's learning times
-    for every method: ``learning_time`` (grid..., method), the first step with accuracy
-    (smoothed over checkpoints with ``evaluation_cfg['sigma']``) >=
-    ``evaluation_cfg['threshold']``; ``learning_time_smoothed`` (..., method, concept),
-    the authors' per-concept variant (``evaluation_cfg['smoothed']``); and
-    ``learning_speed`` = 1 / learning_time. A layout with several unseen classes adds a
+    Keeps the run's :data:`SUMMARIES` (no sample dim); NaN where a grid point was not run
+    or a method does not prompt a class. Adds the unseen class's learning times for every
+    method: ``learning_time`` (grid..., method), the first step with accuracy (smoothed
+    over checkpoints with ``evaluation_cfg['sigma']``) >= ``evaluation_cfg['threshold']``;
+    ``learning_time_concept`` (..., method, concept), the same on each concept's accuracy;
+    ``learning_time_authors`` (..., method, concept), the authors' variant
+    (``evaluation_cfg['authors']``); and ``learning_speed`` = 1 / learning_time. A layout with several unseen classes adds a
     dim ``unseen`` after method. Run coordinates not on the grid must be the same for
     every run and stay scalar coordinates. Runs must share steps, methods, prompts and
     concepts, and each grid point may appear once; otherwise ConceptspaceError.
@@ -603,25 +736,17 @@ def gather_study(
     axes = [sorted({key[i] for key in placed}) for i in range(len(grid))]
 
     shape = tuple(len(axis) for axis in axes)
-    concept_prob = np.full(shape + first["concept_prob"].shape, np.nan)
-    accuracy = np.full(shape + first["accuracy"].shape, np.nan)
-    for key, path in placed.items():
-        ds = dict(runs)[path]
-        index = tuple(axis.index(value) for axis, value in zip(axes, key))
-        concept_prob[index] = (
-            ds["concept_prob"].transpose("step", "method", "prompt", "concept").values
-        )
-        accuracy[index] = ds["accuracy"].transpose("step", "method", "prompt").values
+    variables = {}
+    for name, (per_concept, attrs) in SUMMARIES.items():
+        dims = ("step", "method", "prompt") + (("concept",) if per_concept else ())
+        values = np.full(shape + first[name].transpose(*dims).shape, np.nan)
+        for key, path in placed.items():
+            index = tuple(axis.index(value) for axis, value in zip(axes, key))
+            values[index] = dict(runs)[path][name].transpose(*dims).values
+        variables[name] = (grid + dims, values, dict(attrs))
 
     study = xr.Dataset(
-        {
-            "concept_prob": (
-                grid + ("step", "method", "prompt", "concept"),
-                concept_prob,
-                CONCEPT_PROB_ATTRS,
-            ),
-            "accuracy": (grid + ("step", "method", "prompt"), accuracy, ACCURACY_ATTRS),
-        },
+        variables,
         coords={
             **{
                 name: np.array(axis, dtype=np.int64 if name == "seed" else float)
@@ -644,23 +769,26 @@ def gather_study(
         unseen = study.sel(prompt=unseen_classes).rename(prompt="unseen")
         extra = ("unseen",)
     named = "/".join(unseen_classes)
+    smoothing = f", Gaussian-smoothed over checkpoints (sigma {sigma:g}), is" if sigma else ""
     times = learning_time(unseen["accuracy"], threshold, sigma)
     times.attrs["long_name"] = (
-        f"learning time: first step at which the unseen class {named}'s accuracy"
-        + (f", Gaussian-smoothed over checkpoints (sigma {sigma:g}), is" if sigma else "")
-        + f" >= {threshold} (NaN: never reached, or not run)"
+        f"learning time: first step at which the unseen class {named}'s accuracy{smoothing}"
+        f" >= {threshold} (NaN: never reached, or not run)"
     )
-    smoothed_cfg = evaluation_cfg["smoothed"]
-    smoothed_times = learning_time_smoothed(
-        unseen["concept_prob"],
-        float(smoothed_cfg["threshold"]),
-        float(smoothed_cfg["sigma"]),
-        int(smoothed_cfg["consecutive"]),
+    concept_times = learning_time(unseen["concept_accuracy"], threshold, sigma)
+    concept_times.attrs["long_name"] = (
+        f"learning time of each concept: first step at which the unseen class {named}'s "
+        f"accuracy on that concept{smoothing} >= {threshold} (NaN: never reached, or not run)"
     )
-    smoothed_times.attrs["long_name"] = (
-        f"learning time of each concept of the unseen class {named} (authors' code): "
-        + smoothed_times.attrs["long_name"]
-        + " (NaN: never reached, or not run)"
+    authors_cfg = evaluation_cfg["authors"]
+    authors_times = learning_time_authors(
+        unseen["hard_concept_accuracy"],
+        float(authors_cfg["threshold"]),
+        float(authors_cfg["sigma"]),
+        int(authors_cfg["consecutive"]),
+    )
+    authors_times.attrs["long_name"] = (
+        f"unseen class {named}, each concept: " + authors_times.attrs["long_name"]
     )
     speed = 1.0 / times
     speed.attrs = {
@@ -669,7 +797,8 @@ def gather_study(
         "threshold": threshold,
     }
     study["learning_time"] = times.transpose(*grid, "method", *extra)
-    study["learning_time_smoothed"] = smoothed_times.transpose(*grid, "method", *extra, "concept")
+    study["learning_time_concept"] = concept_times.transpose(*grid, "method", *extra, "concept")
+    study["learning_time_authors"] = authors_times.transpose(*grid, "method", *extra, "concept")
     study["learning_speed"] = speed.transpose(*grid, "method", *extra)
     _set_coord_attrs(study)
 
@@ -677,10 +806,13 @@ def gather_study(
     study.attrs = {
         "description": (
             f"Concept-space study: for each run ({' x '.join(grid)}; NaN where not run), "
-            "checkpoint, prompting method and prompted class, the concept-space point "
-            "(mean probe probability of each target concept value) and accuracy (their "
-            f"product); and per method the learning time and speed of the unseen class "
-            f"{named}. Best-of methods are upper envelopes over their variants."
+            "checkpoint, prompting method and prompted class, the summaries over samples "
+            "(accuracy = mean of valid x the product over concepts of the target "
+            "probabilities; each concept's accuracy; hard accuracy; valid fraction; the "
+            "paper's product of means; the concept-space point over valid samples); and per "
+            f"method the learning times (joint, per concept, the authors' variant) and speed "
+            f"of the unseen class {named}. Best-of methods are upper envelopes over their "
+            "variants."
         ),
         **netcdf_attrs(layout_attrs(layout)),
         "config": json.dumps(config, sort_keys=True, default=json_default),

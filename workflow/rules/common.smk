@@ -168,7 +168,7 @@ def settings(*sections, **extra):
 # The evaluation keys that only gather_study reads (learning times). The sampling rules get
 # the evaluation section without them, so that changing one regathers the studies instead
 # of sampling every checkpoint again.
-GATHER_ONLY_EVALUATION_KEYS = ("threshold", "sigma", "smoothed")
+GATHER_ONLY_EVALUATION_KEYS = ("threshold", "sigma", "authors")
 
 
 def sampling_settings(*sections):

@@ -273,7 +273,7 @@ def accuracy_axes(ax: Axes, title: str, threshold: float, sigma: float = 0.0) ->
             color="0.35",
         )
     ax.set_xlabel(STEP_LABEL)
-    ax.set_ylabel("accuracy: P(color) \u00d7 P(size) of the target (probability)")
+    ax.set_ylabel("accuracy: mean of valid \u00d7 P(color) \u00d7 P(size) of the target")
     ax.set_ylim(-0.03, 1.03)
     ax.axhline(threshold, color="0.4", ls=":", lw=1.0, label=f"threshold {threshold:g}")
     ax.grid(alpha=0.3)
@@ -330,6 +330,19 @@ def plot_accuracy_levels(
                 threshold=threshold,
                 sigma=sigma,
             )
+            if "valid_fraction" in level:
+                valid = level["valid_fraction"].sel({"method": method, "prompt": UNSEEN_CLASS})
+                mean_valid, _, _ = seed_summary(valid.transpose("seed", "step"))
+                ax.plot(
+                    valid["step"].values,
+                    mean_valid,
+                    "-.",
+                    color=color,
+                    lw=0.9,
+                    alpha=0.8,
+                    label=f"{method_label(method)}, class {UNSEEN_CLASS}: fraction of samples "
+                    "holding one object",
+                )
             on_training = accuracy.sel(prompt=training).mean("prompt", skipna=False)
             if training_classes and on_training.notnull().any():
                 label = f"{method_label(method)}, training classes (mean of {', '.join(training)})"

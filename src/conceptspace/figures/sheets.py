@@ -5,7 +5,9 @@ method, prompt, sample, y, x, channel); ``applied`` (method, prompt)). Rows are 
 (method, prompt) pairs a method applies to (naive and patched: every class; overprompt
 and intervention variants: the unseen class 11), columns the checkpoint steps; each cell
 shows the first samples side by side. These are the images the evaluation scored (same
-per-sample noise), so a sheet shows what a point of the other figures looks like.
+per-sample noise), so a sheet shows what a point of the other figures looks like. A
+sample the validity check rejects (no object, two, or one of implausible size: scored 0)
+is framed in red.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from conceptspace.trajectories import _open_netcdf
 # Pixels between samples in a cell, and between cells; the gaps show the background.
 SAMPLE_GAP, CELL_GAP = 1, 6
 GAP_GREY = 255
+INVALID_FRAME = (220, 30, 30)  # the outline drawn over a sample that holds no valid object
 # Each image pixel is drawn up to this many PNG pixels wide, fewer if the sheet would
 # be wider than MAX_WIDTH pixels (paper scale: 60 steps).
 UPSCALE, MAX_WIDTH = 3, 6000
@@ -64,10 +67,19 @@ def sheet_canvas(samples: xr.Dataset, rows: list[tuple[str, str]], per_cell: int
     for r, (method, prompt) in enumerate(rows):
         top = r * (size_y + CELL_GAP)
         cells = images.sel({"method": method, "prompt": prompt}).values  # (step, sample, y, x, c)
+        valid = (
+            samples["valid"].sel({"method": method, "prompt": prompt}).transpose("step", "sample")
+            if "valid" in samples
+            else None
+        )
         for s in range(n_steps):
             for i in range(per_cell):
                 left = s * (cell_w + CELL_GAP) + i * (size_x + SAMPLE_GAP)
-                canvas[top : top + size_y, left : left + size_x] = cells[s, i]
+                cell = cells[s, i].copy()
+                if valid is not None and not valid.values[s, i]:
+                    cell[[0, -1], :] = INVALID_FRAME
+                    cell[:, [0, -1]] = INVALID_FRAME
+                canvas[top : top + size_y, left : left + size_x] = cell
     return canvas
 
 
@@ -118,7 +130,7 @@ def plot_sample_sheet(
         side.set_visible(False)
     ax.set_title(
         f"{title}\nrows: prompting method and prompted class; columns: training step; the "
-        f"first {per_cell} samples of each",
+        f"first {per_cell} samples of each; red frame: no valid object (scored 0)",
         fontsize=9,
         pad=18,  # above the step labels
     )

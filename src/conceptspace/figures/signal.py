@@ -1,14 +1,19 @@
 """Figure "signal": concept signal dictates the speed and the path of concept learning.
 
-(a) Speed of learning 1/T of the unseen class against the color gap, at the color
-    sweep's size gap; (b) the same against the size gap, at the size sweep's color gap.
-    Each seed is a faint point; the line is the mean over the seeds that reached the
-    threshold, the band their range (min to max). Runs that never reached the threshold
-    within training are hollow markers at speed 0 (their speed is below 1/last step),
-    counted in the legend, never dropped.
+(a) Speed of learning the color of the unseen class, 1/T(color), against the color gap,
+    at the color sweep's size gap; (b) speed of learning its size, 1/T(size), against
+    the size gap, at the size sweep's color gap: each concept's own learning time
+    (``learning_time_concept``), as the paper's Fig. 3 reads it (the joint time is
+    bounded by the slower concept, so it cannot show one concept's signal). Each seed
+    is a point; a run that never reached the threshold is censored at the last
+    checkpoint: a hollow marker at 1/last step (its speed is at most that). The line is
+    1 / (mean T over seeds), censored runs counted at the last step (the authors'
+    aggregation; an upper bound where a seed is censored), the band the range of the
+    seeds' speeds.
 (c) Concept-space trajectories of the unseen class (x = P(color = blue), y =
-    P(size = small)), mean over seeds, one line per color gap at the color sweep's size
-    gap, colored by the color gap; hollow circle = first checkpoint, filled = last.
+    P(size = small), over its valid samples), mean over seeds, one line per color gap at
+    the color sweep's size gap, colored by the color gap; hollow circle = first
+    checkpoint, filled = last.
 
 Everything is read from the study dataset of ``trajectories.gather_study``.
 """
@@ -45,7 +50,9 @@ GAP_LABELS = {
     "color_gap": ("color gap", "\u0394c", "RGB units"),
     "size_gap": ("size gap", "\u0394s", "grid units"),
 }
-REQUIRED = ("concept_prob", "accuracy", "learning_speed")
+REQUIRED = ("concept_prob", "accuracy", "learning_time_concept")
+# The concept whose learning time each sweep reads.
+SWEPT_CONCEPT = {"color_gap": "color", "size_gap": "size"}
 
 
 def plot_signal(
@@ -68,7 +75,7 @@ def plot_signal(
         )
     if "method" in study.dims:  # this figure is about naive prompting
         study = study.sel({"method": "naive"})
-    threshold = study["learning_speed"].attrs.get("threshold")
+    threshold = study["learning_time"].attrs.get("threshold")
     threshold_text = "the threshold" if threshold is None else f"{float(threshold):g}"
     n_seeds = study.sizes.get("seed", 1)
 
@@ -83,8 +90,8 @@ def plot_signal(
     _trajectory_panel(trajectories, figure, study, color_sweep_size_gap)
     figure.suptitle(
         f"Concept signal dictates the speed of learning. Unseen class {UNSEEN_CLASS} "
-        f"(blue small), naive prompting; T = first checkpoint with accuracy "
-        f"\u2265 {threshold_text}; {n_seeds} seed{'s' if n_seeds != 1 else ''}",
+        f"(blue small), naive prompting; T(concept) = first checkpoint with that concept's "
+        f"accuracy \u2265 {threshold_text}; {n_seeds} seed{'s' if n_seeds != 1 else ''}",
         fontsize=12,
     )
     return save_figure(figure, out_pdf, record=record)
@@ -106,88 +113,84 @@ def _speed_panel(
 ) -> None:
     _, fixed_symbol, _ = GAP_LABELS[fixed_dim]
     sweep_name = GAP_LABELS[sweep_dim][0]
+    concept = SWEPT_CONCEPT[sweep_dim]
     ax.set_title(
-        f"{letter} speed of learning vs {sweep_name}, at {fixed_symbol} = {fixed_value:g}",
+        f"{letter} speed of learning {concept} vs {sweep_name}, at {fixed_symbol} = "
+        f"{fixed_value:g}",
         fontsize=11,
     )
     ax.set_xlabel(_gap_label(sweep_dim))
-    ax.set_ylabel(f"speed of learning 1/T (per {SPEED_SCALE:g} optimizer steps)")
+    ax.set_ylabel(f"speed 1/T({concept}) (per {SPEED_SCALE:g} optimizer steps)")
     index = gap_index(study, fixed_dim, fixed_value)
-    if index is None:
+    if index is None or concept not in study["concept"].values:
         note(ax, f"no runs at {fixed_symbol} = {fixed_value:g}")
         return
     sub = study.isel({fixed_dim: index})
     was_run = sub["accuracy"].notnull().any(("step", "prompt")).transpose("seed", sweep_dim).values
-    speed = (sub["learning_speed"] * SPEED_SCALE).transpose("seed", sweep_dim).values
-    reached = was_run & np.isfinite(speed)
-    never = was_run & ~np.isfinite(speed)
+    times = sub["learning_time_concept"].sel(concept=concept).transpose("seed", sweep_dim).values
+    last_step = float(study["step"].values[-1])
+    reached = was_run & np.isfinite(times)
+    censored = was_run & ~np.isfinite(times)
     gaps = sub[sweep_dim].values
     if not was_run.any():
         note(ax, f"no runs at {fixed_symbol} = {fixed_value:g}")
         return
 
-    # Individual seeds, faint; then mean and range over the seeds that reached.
-    has_speed = reached.any(axis=0)
-    if has_speed.any():
-        seed_rows, gap_columns = np.nonzero(reached)
+    # Censored runs count at the last step: speeds are then upper bounds.
+    speed = SPEED_SCALE / np.where(censored, last_step, times)
+    rows, columns = np.nonzero(reached)
+    ax.scatter(
+        gaps[columns],
+        speed[rows, columns],
+        s=16,
+        color="C0",
+        alpha=0.5,
+        linewidths=0,
+        label="single seeds",
+    )
+    n_censored, n_run = int(censored.sum()), int(was_run.sum())
+    if n_censored:
+        rows, columns = np.nonzero(censored)
         ax.scatter(
-            gaps[gap_columns],
-            speed[seed_rows, gap_columns],
-            s=14,
-            color="C0",
-            alpha=0.35,
-            linewidths=0,
-            label="single seeds",
-        )
-        masked = np.where(reached, speed, np.nan)[:, has_speed]
-        x = gaps[has_speed]
-        ax.fill_between(
-            x,
-            np.nanmin(masked, axis=0),
-            np.nanmax(masked, axis=0),
-            color="C0",
-            alpha=0.15,
-            linewidth=0,
-            label="range over seeds",
-        )
-        ax.plot(
-            x,
-            np.nanmean(masked, axis=0),
-            "o-",
-            color="C0",
-            ms=4,
-            label=f"mean over seeds that reached {threshold_text}",
-        )
-    # Runs that never reached the threshold: hollow markers at speed 0, counted.
-    never_per_gap = never.sum(axis=0)
-    n_never, n_run = int(never.sum()), int(was_run.sum())
-    if never_per_gap.any():
-        at = never_per_gap > 0
-        ax.scatter(
-            gaps[at],
-            np.zeros(at.sum()),
+            gaps[columns],
+            speed[rows, columns],
             s=40,
             marker="v",
             facecolors="none",
             edgecolors="C3",
             linewidths=1.2,
             zorder=3,
-            label=f"never reached {threshold_text} ({n_never} of {n_run} runs)",
+            label=f"never reached {threshold_text}: at most 1/last step ({n_censored} of "
+            f"{n_run} runs)",
         )
-        for gap, count in zip(gaps[at], never_per_gap[at]):
-            if count > 1:
-                ax.annotate(
-                    f"\u00d7{count}",
-                    (gap, 0),
-                    textcoords="offset points",
-                    xytext=(5, 4),
-                    fontsize=7,
-                    color="C3",
-                )
-    if not has_speed.any():
-        note(ax, f"no run reached accuracy \u2265 {threshold_text}\nwithin training")
-    top = np.nanmax(np.where(reached, speed, np.nan)) if has_speed.any() else 1.0
-    ax.set_ylim(-0.06 * top, 1.15 * top)
+    ran = was_run.any(axis=0)
+    with np.errstate(invalid="ignore"):
+        kept = np.where(was_run, speed, np.nan)[:, ran]
+        mean_time = np.nanmean(
+            np.where(was_run, np.where(censored, last_step, times), np.nan)[:, ran], axis=0
+        )
+    x = gaps[ran]
+    ax.fill_between(
+        x,
+        np.nanmin(kept, axis=0),
+        np.nanmax(kept, axis=0),
+        color="C0",
+        alpha=0.15,
+        linewidth=0,
+        label="range over seeds",
+    )
+    ax.plot(
+        x,
+        SPEED_SCALE / mean_time,
+        "o-",
+        color="C0",
+        ms=4,
+        label="1 / mean T over seeds (censored at the last step)",
+    )
+    if not reached.any():
+        note(ax, f"no run reached {concept} accuracy \u2265 {threshold_text}\nwithin training")
+    top = float(np.nanmax(kept))
+    ax.set_ylim(-0.06 * top, 1.2 * top)
     ax.margins(x=0.08)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
@@ -223,6 +226,8 @@ def _trajectory_panel(ax: Axes, figure, study: xr.Dataset, size_gap: float) -> N
         x = path.sel(concept="color").values
         y = path.sel(concept="size").values
         finite = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
+        if not len(finite):  # no valid sample at any checkpoint: no point to draw
+            continue
         color = cmap(norm(gap))
         ax.plot(x, y, "-", color=color, lw=1.4, alpha=0.9)
         ax.plot(x[finite[0]], y[finite[0]], "o", mfc="white", mec=color, ms=6, zorder=3)
