@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from conceptspace.calibration import TAUGHT_PLACEHOLDER, checkpoint_table, single_run, write_record
+from conceptspace.calibration import (
+    COLUMNS,
+    TAUGHT_PLACEHOLDER,
+    checkpoint_table,
+    single_run,
+    write_record,
+)
 from conceptspace.config import load_config, validate_config
 from conceptspace.io import ConceptspaceError
 from conftest import REPO, SCHEMA, planned_jobs, snakemake
@@ -138,3 +144,18 @@ def test_calibrate_script_names_the_candidates_for_an_unknown_one():
     assert result.returncode == 2
     assert "no candidate workflow/presets/calibration/no-such-candidate.yaml" in result.stderr
     assert "baseline" in result.stderr and "data-range-01" in result.stderr
+
+
+def test_checkpoint_table_reads_a_gathered_trajectory(tmp_path):
+    from test_trajectories import STEPS, write_trajectory
+
+    with xr.open_dataset(write_trajectory(tmp_path, 0, 0.8, 0.4, crossing_index=5)) as gathered:
+        lines = checkpoint_table(gathered.load(), "11", sigma=0.0).splitlines()
+    headings = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert headings == ["step", "naive accuracy", "smoothed (sigma 0)"] + [
+        heading for heading, *_ in COLUMNS[1:]
+    ] + ["training classes (min)"]
+    assert len(lines) == 2 + len(STEPS)
+    # naive class 11: every concept 0.3 before the crossing, 1 from it; every sample valid
+    assert lines[2].split("|")[2:5] == [" 0.09 ", " 0.09 ", " 1.00 "]
+    assert lines[2 + 5].split("|")[2:6] == [" 1.00 ", " 1.00 ", " 1.00 ", " 1.00 "]
