@@ -1,11 +1,15 @@
 # conceptspace: how diffusion models learn concepts (Park et al., NeurIPS 2024).
 #
-#   snakemake --cores 4                                   the study in config.yaml
-#   snakemake --cores 2 --configfile workflow/presets/smoke.yaml   a run of every rule in minutes
-#   snakemake results/figures/fig_signal.pdf              one figure and what it needs
-#   snakemake --executor slurm -j 64                      on a Slurm cluster
-#   snakemake --report results/report.html                the report, once the study has run
+#   snakemake --cores 4                       here: the smoke preset, every rule in minutes
+#   snakemake results/figures/fig_signal.pdf  here: one figure and what it needs (smoke)
+#   snakemake --executor slurm -j 64          on a Slurm cluster: config.yaml, the paper's scale
+#   snakemake --cores 4 --config preset=cpu   here: the claims at laptop scale (~45 min)
+#   snakemake --report results/report.html    the report, once the study has run
+# Which scale runs where is config key `preset`; profiles/default/ (found by Snakemake)
+# sets the cores and the GPU packing, docs/slurm.md the cluster.
 
+
+from pathlib import Path
 
 from snakemake.utils import min_version
 
@@ -13,6 +17,46 @@ min_version("9.0")
 
 
 configfile: "config.yaml"
+
+
+from conceptspace.cluster import run_workflow_code, runs_on_cluster
+from conceptspace.config import ConfigError, preset_file, with_preset
+
+# Jobs run this workflow's own code (`python -m conceptspace`), whatever is installed: a
+# conda environment (envs/conceptspace.yaml) holds the dependencies only.
+run_workflow_code(Path(workflow.basedir, "src"))
+
+# `preset: auto` is the smoke preset when jobs run on this machine and config.yaml as it
+# is when they go to a cluster; a named preset is laid over config.yaml (whether read here
+# or given with --configfile), under the other config files and --config values given.
+ON_CLUSTER = runs_on_cluster(workflow)
+try:
+    PRESET, PRESET_FILE = preset_file(
+        config, Path(workflow.basedir, "workflow", "presets"), ON_CLUSTER
+    )
+except ConfigError as err:
+    raise WorkflowError(str(err))
+if PRESET_FILE:
+    # config.yaml: the repository's, then the one the configfile directive reads (the
+    # working directory's), wherever --configfile names them
+    _base = [Path(workflow.basedir, "config.yaml").resolve(), Path("config.yaml").resolve()]
+    _base = [path for path in dict.fromkeys(_base) if path.is_file()]
+    _given = [Path(path).resolve() for path in workflow.config_settings.configfiles]
+    _layered = with_preset(
+        _base,
+        PRESET_FILE,
+        [path for path in _given if path not in _base],
+        dict(workflow.config_settings.config),
+    )
+    config.clear()
+    config.update(_layered)
+config["preset"] = PRESET  # what ran, recorded in every dataset's config
+
+if ON_CLUSTER and workflow.is_main_process:
+    # The cores of profiles/default are for jobs on this machine. Snakemake would also cap
+    # every cluster job's threads at them, and fit the jobs packed into one cluster job
+    # (group-components) into them, one after another instead of side by side.
+    workflow.global_resources["_cores"] = None
 
 
 # snakemake --report results/report.html: the study, then every figure with its caption.
@@ -35,3 +79,4 @@ rule all:
         FIGURES,
         # the claims are judged from the signal study (claim 5 adds underspecification)
         CLAIMS_JSON if SIGNAL_STUDY else [],
+    localrule: True

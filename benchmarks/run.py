@@ -171,6 +171,12 @@ def measure_training(case: dict) -> dict:
     extra = {"first_call_s": first}
     if case.get("compile"):
         extra["compile_s_estimate"] = first - short  # the warm-up call's extra time
+    if long <= short:  # the extra steps cost nothing measurable: noise swamped them
+        raise RuntimeError(
+            f"the {steps} measured steps took {long - short:.3f} s (the long run minus the "
+            "short one): too few steps for a loaded machine; raise --small-steps or rerun "
+            "on a quiet machine"
+        )
     return _rates(long - short, steps, case, **extra)
 
 

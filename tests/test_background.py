@@ -35,7 +35,7 @@ TINY = {
 }
 
 
-def test_paper_background_study_trains_40k_steps_per_spec():
+def test_paper_background_study_trains_40k_steps():
     config = load_config(REPO / "config.yaml")
     runs = background_runs(config)
     assert [run.seed for run in runs] == [0, 100, 200, 300, 400]

@@ -11,7 +11,7 @@ from conftest import REPO
 
 def test_tiny_benchmark_writes_a_complete_report(tmp_path):
     out = tmp_path / "bench.json"
-    command = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--tiny", "--small-steps", "2"]
+    command = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--tiny", "--small-steps", "20"]
     command += ["--skip", "evaluation", "--devices", "cpu", "--repeats", "1", "--out", str(out)]
     subprocess.run(command, check=True, cwd=tmp_path, timeout=600)
     report = json.loads(out.read_text())
@@ -22,7 +22,7 @@ def test_tiny_benchmark_writes_a_complete_report(tmp_path):
     assert set(cases) == {("baseline", "default"), ("conceptspace", "default")}
     for result in cases.values():
         assert "error" not in result, result
-        assert result["steps"] == 2 and result["device"] == "cpu"
+        assert result["steps"] == 20 and result["device"] == "cpu"
         assert result["images_per_s"] > 0 and math.isfinite(result["images_per_s"])
         assert result["peak_rss_mb"] > 0
     ratio = report["training_ratio_vs_baseline"]["tiny/cpu/default"]

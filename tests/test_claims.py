@@ -35,7 +35,8 @@ from conceptspace.config import load_config
 from conceptspace.info import PROVENANCE_KEYS
 from conceptspace.io import ConceptspaceError
 from conceptspace.statistics import sign_test, spearman
-from conceptspace.trajectories import learning_time, save_dataset_nc
+from conceptspace.netcdf import save_dataset_nc
+from conceptspace.trajectories import learning_time
 from conftest import REPO, SMOKE, snakemake
 
 STEPS = [100, 200, 400, 800]

@@ -25,7 +25,7 @@ def test_paper_and_smoke_configs_are_valid(paper):
     validate_config(load_config(REPO / "config.yaml", SMOKE), SCHEMA)
 
 
-def test_paper_study_matches_the_spec(paper):
+def test_paper_study_has_the_papers_sweeps_seeds_and_checkpoints(paper):
     assert paper["studies"]["signal"]["seeds"] == [0, 100, 200, 300, 400]
     sweeps = {s["name"]: s for s in paper["studies"]["signal"]["sweeps"]}
     assert len(sweeps["color_gap"]["color_gap"]) == 20 and sweeps["color_gap"]["size_gap"] == [0.4]

@@ -30,7 +30,8 @@ from conceptspace.io import ConceptspaceError
 from conceptspace.probe import train_probe
 from conceptspace.render import render_training_set, save_dataset
 from conceptspace.train import checkpoint_path, train_run
-from conceptspace.trajectories import gather_run, open_trajectory
+from conceptspace.netcdf import open_trajectory
+from conceptspace.trajectories import gather_run
 
 SIGNAL = Signal(0.4, 0.4)
 SEED = 5

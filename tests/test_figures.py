@@ -11,6 +11,7 @@ import xarray as xr
 from PIL import Image
 
 from conceptspace import cli
+from conceptspace.analysis import blue_small, convergence_step, memorization_turn
 from conceptspace.concepts import CLASSES, CONCEPTS, run_id
 from conceptspace.config import ConfigError, load_config, validate_config
 from conceptspace.evaluate import write_evaluation
@@ -18,15 +19,11 @@ from conceptspace.figures.hidden import plot_hidden
 from conceptspace.figures.patching import plot_patching
 from conceptspace.figures.sheets import plot_sample_sheet, sheet_canvas, sheet_rows
 from conceptspace.figures.signal import plot_signal
-from conceptspace.figures.trajectories import (
-    blue_small,
-    convergence_step,
-    memorization_turn,
-    plot_trajectories,
-)
+from conceptspace.figures.trajectories import plot_trajectories
 from conceptspace.io import ConceptspaceError, provenance
 from conceptspace.methods import build_methods
-from conceptspace.trajectories import gather_run, gather_study, learning_time, save_dataset_nc
+from conceptspace.netcdf import save_dataset_nc
+from conceptspace.trajectories import gather_run, gather_study, learning_time
 from conftest import REPO, SCHEMA, SMOKE, every_sample_valid
 from test_trajectories import METHODS_CFG as ALL_METHODS  # every kind of method
 from test_trajectories import OFF_CFG as NO_METHODS  # naive prompting only
@@ -504,3 +501,54 @@ def test_accuracy_curves_are_smoothed_as_the_learning_times_were():
     assert line.get_label().endswith(f"at step {times[0]:.0f} (1/1 seeds)")
     assert smoothed[list(accuracy["step"].values).index(times[0])] >= 0.8
     assert any("sigma 1" in text.get_text() for text in ax.texts)
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+def test_a_long_title_is_wrapped_inside_a_narrow_figure():
+    from conceptspace.figures import balanced, figure_title, new_figure
+
+    figure = new_figure(4.0, 3.0)
+    figure.subplots()
+    long = "Hidden capability: " + "a long subtitle that no one-panel figure holds " * 3
+    figure_title(figure, f"{long}\nsecond line, short")
+    figure.canvas.draw()
+    title = figure.get_suptitle()
+    extent = figure._suptitle.get_window_extent(figure.canvas.get_renderer())
+    assert title.count("\n") >= 3 and title.endswith("\nsecond line, short")
+    assert extent.x0 >= 0 and extent.x1 <= figure.bbox.x1, "the title runs off the canvas"
+    # as few lines as the width allows, none left with a single word
+    lines = balanced("one two three four five six seven eight nine ten", 40).split("\n")
+    assert len(lines) == 2 and all(len(line.split()) > 2 for line in lines)
+
+
+def test_corner_labels_sit_outside_the_square_clear_of_the_markers():
+    from conceptspace.figures import concept_square, new_figure
+
+    figure = new_figure(5.0, 5.0)
+    ax = figure.subplots()
+    concept_square(ax, "panel")
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    to_data = ax.transData.inverted()
+    labels = [text for text in ax.texts if "red" in text.get_text() or "blue" in text.get_text()]
+    assert len(labels) == 4
+    for label in labels:
+        box = label.get_window_extent(renderer)
+        (_, low), (_, high) = to_data.transform([(box.x0, box.y0), (box.x1, box.y1)])
+        assert high < 0 or low > 1, f"{label.get_text()!r} lies inside the square"
+        assert ax.bbox.y0 <= box.y0 and box.y1 <= ax.bbox.y1, f"{label.get_text()!r} is cut"
+
+
+def test_a_sweep_with_one_level_is_drawn_as_one_level(tmp_path):
+    from conceptspace.figures import new_figure
+    from conceptspace.figures.signal import _speed_panel
+
+    study = fabricate_study(tmp_path, {(0, 0.6, 0.4): 2, (1, 0.6, 0.4): 3}).sel({"method": "naive"})
+    ax = new_figure(5.0, 4.0).subplots()
+    _speed_panel(ax, study, "size_gap", "color_gap", 0.6, "0.8", "(b)")
+    assert not ax.collections[1:], "a band over one level"  # the seeds' points only
+    assert all(len(line.get_xdata()) == 1 for line in ax.get_lines()), "a line over one level"
+    assert any("one level" in text.get_text() for text in ax.texts)
+    assert list(ax.get_xticks()) == [pytest.approx(0.4)]

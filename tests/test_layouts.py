@@ -29,7 +29,8 @@ from conceptspace.render import (
     render_probe_set,
     render_training_set,
 )
-from conceptspace.trajectories import gather_run, gather_study, save_dataset_nc
+from conceptspace.netcdf import save_dataset_nc
+from conceptspace.trajectories import gather_run, gather_study
 
 SIGNAL = Signal(color_gap=0.4, size_gap=0.4, background_gap=0.4)
 # The data settings of config.yaml, small.

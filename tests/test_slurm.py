@@ -1,12 +1,19 @@
 """The Slurm path on a real Slurm: a single-node cluster brought up on this machine
 (tests/slurm/cluster_up.sh: munge, MariaDB, slurmdbd, slurmctld, slurmd, two fake GPUs)
-runs the smoke preset through `snakemake --executor slurm` with the project's profile
-(workflow/profiles/slurm). Checked: every job went through Slurm (sacct), GPU rules ran
-on the gpu partition with a GPU, each run's evaluations ran as one job, the study
-dataset equals that of a local run although one training job was requeued midway
-(scontrol requeue, what a preempting scheduler does) and resumed from its checkpoint, a
-training job cancelled midway (scancel) is resubmitted with a larger runtime and resumes,
-and a job that fails once succeeds on its retry with a larger runtime.
+runs the smoke preset through `snakemake --executor slurm -j 64` with the shipped default
+profile (profiles/default, found by Snakemake) and the site overlay profiles/slurm-site
+(its partitions are the test cluster's). Checked: the heavy rules went through Slurm
+(sacct) and the light ones ran in Snakemake's own process, GPU jobs ran on the gpu
+partition with one GPU, trainings and evaluations were packed several to a Slurm job
+sharing its one GPU, the study dataset equals that of a local run although one training
+job was requeued midway (scontrol requeue, what a preempting scheduler does) and resumed
+from its checkpoint, a training job cancelled midway (scancel) is resubmitted with a
+larger runtime and resumes, a job that fails once succeeds on its retry with a larger
+runtime, a wrong partition is stopped by the preflight before any submission, and a job
+given a GPU that torch cannot see stops under compute.device auto.
+
+The fake GPUs are files: torch sees none, so the runs that compute set compute.device:
+cpu (the local run too, so that the configs match).
 
 The smoke run uses the plugin's default job status command (sacct), as users on clusters
 with accounting do. The cancel test runs with `--slurm-status-command squeue`: plugin 2.8.0
@@ -36,7 +43,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-import yaml
 
 from conceptspace.config import checkpoint_steps, load_config, study_runs, underspecification_runs
 from conftest import REPO, SMOKE, venv_tool
@@ -44,11 +50,16 @@ from conftest import REPO, SMOKE, venv_tool
 pytestmark = pytest.mark.slurm
 
 HARNESS = REPO / "tests" / "slurm"
-PROFILE = REPO / "workflow" / "profiles" / "slurm"
+SITE = REPO / "profiles" / "slurm-site"
 REQUIRED = os.environ.get("CONCEPTSPACE_REQUIRE_SLURM") == "1"
 KEEP = os.environ.get("CONCEPTSPACE_SLURM_KEEP") == "1"
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "slurmdbd", "mariadbd", "sbatch")
 GPU_RULES = ("train_vdm", "train_probe", "evaluate_run", "sample_images")
+LOCAL_RULES = ("render_training_set", "gather_study", "sample_sheet", "claims", "fig_signal",
+               "fig_trajectories", "fig_hidden", "fig_patching", "fig_underspec", "all")  # fmt: skip
+PACKED = {"train": "train_vdm", "evaluate": "evaluate_run"}  # group -> rule (rules/*.smk)
+RUNS_PER_JOB = 5  # group-components of profiles/default
+TRAIN_MINUTES = 30  # a training's runtime at the smoke scale (training_minutes, common.smk)
 RULES = ("render_training_set", "train_vdm", "train_probe", "evaluate_run", "gather_study",
          "sample_images", "sample_sheet", "claims", "fig_signal",
          "fig_trajectories", "fig_hidden", "fig_patching", "fig_underspec")  # fmt: skip
@@ -156,7 +167,8 @@ def snakemake_command(workdir: Path, *args, snakefile=REPO / "Snakefile", config
 
 
 def slurm_args() -> list[str]:
-    return ["--workflow-profile", str(PROFILE), "--slurm-init-seconds-before-status-checks", "2"]
+    return ["--executor", "slurm", "-j", "64", "--profile", str(SITE),
+            "--slurm-init-seconds-before-status-checks", "2"]  # fmt: skip
 
 
 def start(command, workdir: Path, env: dict) -> subprocess.Popen:
@@ -199,8 +211,9 @@ class Interrupter(threading.Thread):
         )
         for line in (out or "").splitlines():
             jobid, _, comment = line.partition("|")
-            if comment.startswith("rule_") and rule_of(comment) == ("train_vdm", run):
-                return jobid
+            if comment.startswith("rule_") and rule_of(comment)[0] == "train_vdm":
+                if run in packed_runs(self.cluster, jobid):
+                    return jobid
         return None
 
     def interrupt(self, jobid: str) -> bool:
@@ -243,6 +256,15 @@ class Interrupter(threading.Thread):
             self.error = repr(err)
 
 
+def packed_runs(cluster: Cluster, jobid: str) -> list[str]:
+    """The runs a Slurm job of the workflow computes, from its batch script (the plugin
+    names them as the --target-jobs of the Snakemake it starts)."""
+    script = cluster.run("scontrol", "write", "batch_script", jobid, "-", check=False) or ""
+    return re.findall(rf"run=({RUN})", script)
+
+
+# The fake GPUs are files: jobs compute on the CPU.
+CPU_OVERLAY = "compute:\n  device: cpu\n"
 # A run long enough to be caught between its first checkpoint and its end.
 CANCEL_OVERLAY = """\
 studies:
@@ -258,6 +280,7 @@ figures:
   levels: [{color_gap: 0.6, size_gap: 0.4}]
 """
 CANCEL_RUN = "dc0.600_ds0.400_seed0"
+FLAKY_MINUTES = 10  # the runtime of retry.smk's rule, per attempt
 
 
 @dataclass
@@ -283,20 +306,38 @@ def runs(cluster, tmp_path_factory) -> dict[str, Run]:
     same preset locally on 2 cores; one longer training through Slurm, cancelled midway;
     and the fail-once workflow through Slurm."""
     base = tmp_path_factory.mktemp("slurm-runs")
-    smoke = (REPO / "config.yaml", SMOKE)
+    on_cpu = base / "cpu.yaml"
+    on_cpu.write_text(CPU_OVERLAY)
+    smoke = (REPO / "config.yaml", SMOKE, on_cpu)
     overlay = base / "cancel.yaml"
     overlay.write_text(CANCEL_OVERLAY)
     target = f"results/signal/runs/{CANCEL_RUN}/manifest.json"
     commands = {
         "slurm": snakemake_command(base / "slurm", *slurm_args(), configs=smoke),
         "local": snakemake_command(base / "local", "--cores", "2", configs=smoke),
+        # a partition the cluster does not have: the preflight stops the run
+        "wrong_partition": snakemake_command(
+            base / "wrong_partition",
+            *(*slurm_args(), target),  # --set-resources takes every word after it
+            *("--set-resources", "train_vdm:slurm_partition=a100"),
+            configs=smoke,
+        ),
+        # compute.device auto on the fake GPUs: the job stops, naming the fix
+        "no_gpu": snakemake_command(
+            base / "no_gpu",
+            *(*slurm_args(), "--retries", "0", target),
+            configs=(REPO / "config.yaml", SMOKE),
+        ),
         "cancel": snakemake_command(
             base / "cancel",
             *slurm_args(),
             *("--slurm-status-command", "squeue", target),
             configs=(*smoke, overlay),
         ),
-        "flaky": snakemake_command(base / "flaky", *slurm_args(), snakefile=HARNESS / "retry.smk"),
+        # retries as profiles/default sets them (it is not found beside retry.smk)
+        "flaky": snakemake_command(
+            base / "flaky", *slurm_args(), "--retries", "1", snakefile=HARNESS / "retry.smk"
+        ),
     }
     started = time.monotonic()
     processes = {key: start(command, base / key, cluster.env) for key, command in commands.items()}
@@ -332,13 +373,6 @@ def runs(cluster, tmp_path_factory) -> dict[str, Run]:
     return results
 
 
-def profile_runtime(rule: str | None, attempt: int) -> int:
-    """Minutes the profile asks for: a rule's runtime, or the default (rule None)."""
-    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
-    resources = profile["default-resources"] | profile["set-resources"].get(rule, {})
-    return int(eval(str(resources["runtime"]), {"attempt": attempt}))
-
-
 def minutes(timelimit: str) -> int:
     """Slurm's [D-]HH:MM:SS as minutes."""
     days, _, clock = timelimit.rpartition("-")
@@ -347,7 +381,11 @@ def minutes(timelimit: str) -> int:
 
 
 def rule_of(comment: str) -> tuple[str, str | None]:
-    """(rule, run) of a Slurm job from the comment the plugin gives it."""
+    """(rule, run) of a Slurm job from the comment the plugin gives it; a packed job
+    (rule_<group>_<rule>) names no run."""
+    for group, rule in PACKED.items():
+        if comment == f"rule_{group}_{rule}":
+            return rule, None
     for rule in RULES:
         if comment == f"rule_{rule}":
             return rule, None
@@ -374,45 +412,63 @@ def slurm_jobs(cluster: Cluster, name: str) -> dict[str, list[dict]]:
 # ----------------------------------------------------------------------------- tests
 
 
-def test_every_rule_ran_as_a_slurm_job(cluster, runs):
+def test_heavy_rules_ran_as_slurm_jobs_and_light_ones_in_snakemake(cluster, runs):
     slurm = runs["slurm"].succeeded()
     ran_locally = re.findall(r"^localrule (\w+):", slurm.output, flags=re.M)
-    assert ran_locally == ["all"], f"jobs that did not go through Slurm: {ran_locally}"
+    assert set(ran_locally) == set(LOCAL_RULES)
+    assert ran_locally.count("render_training_set") == len(SMOKE_RUNS)
     jobs = slurm_jobs(cluster, slurm.name)
-    expected = {rule: len(SMOKE_RUNS) for rule in ("render_training_set", "train_vdm")}
-    expected |= {"train_probe": 2, "evaluate_run": len(SMOKE_RUNS), "gather_study": 2}  # 2 studies
-    expected |= {"fig_underspec": 1, "fig_signal": 1}
-    # The sample sheet's run (signal) and the blue-triangle samples of each masking ratio.
-    expected |= {"sample_images": 3, "sample_sheet": 1, "claims": 1}
-    expected |= {"fig_trajectories": 1, "fig_hidden": 1, "fig_patching": 1}
+    packs = -(-len(SMOKE_RUNS) // RUNS_PER_JOB)  # ceil: the runs, RUNS_PER_JOB to a job
+    # the probe of each study; the sample sheet's run and the blue-triangle samples
+    expected = {"train_vdm": packs, "evaluate_run": packs, "train_probe": 2, "sample_images": 3}
     assert {rule: len(rows) for rule, rows in jobs.items()} == expected
     for rule, rows in jobs.items():
         for row in rows:
             assert row["State"] == "COMPLETED", f"{rule}: {row}"
 
 
-def test_gpu_rules_ran_on_the_gpu_partition_with_a_gpu(cluster, runs):
+def test_gpu_jobs_ran_on_the_gpu_partition_with_one_gpu(cluster, runs):
     for rule, rows in slurm_jobs(cluster, runs["slurm"].succeeded().name).items():
+        assert rule in GPU_RULES
         for row in rows:
-            if rule in GPU_RULES:
-                assert row["Partition"] == "gpu" and "gres/gpu=1" in row["AllocTRES"], row
-            else:
-                assert row["Partition"] == "cpu" and "gres/gpu" not in row["AllocTRES"], row
+            assert row["Partition"] == "gpu" and "gres/gpu=1" in row["AllocTRES"], row
 
 
-def test_evaluations_are_one_slurm_job_per_run(cluster, runs):
+def test_trainings_and_evaluations_share_one_gpu_several_to_a_job(cluster, runs):
     slurm = runs["slurm"].succeeded()
-    jobs = slurm_jobs(cluster, slurm.name)["evaluate_run"]
-    assert sorted(row["run"] for row in jobs) == sorted(SMOKE_RUNS)
-    for row in jobs:
-        assert minutes(row["Timelimit"]) == profile_runtime("evaluate_run", attempt=1), row
-        assert re.search(r"\bcpu=1,.*gres/gpu=1\b", row["AllocTRES"]), row
-        # the job evaluated every checkpoint of its run
-        study = STUDY_OF_RUN[row["run"]]
-        evaluated = (slurm.workdir / "results" / study / "runs" / row["run"] / "eval").glob(
-            "step_*.nc"
-        )
-        assert len(list(evaluated)) == len(STEPS)
+    jobs = slurm_jobs(cluster, slurm.name)
+    for rule in PACKED.values():
+        packed = {row["JobIDRaw"]: packed_runs(cluster, row["JobIDRaw"]) for row in jobs[rule]}
+        # every run in exactly one job, and the largest job holds RUNS_PER_JOB of them
+        assert sorted(sum(packed.values(), [])) == sorted(SMOKE_RUNS), packed
+        assert max(len(runs_of_job) for runs_of_job in packed.values()) == RUNS_PER_JOB
+        for row in jobs[rule]:
+            # one GPU for the pack; CPUs add up (1 thread per smoke training and evaluation)
+            cpus = len(packed[row["JobIDRaw"]])
+            assert re.search(rf"\bcpu={cpus},.*gres/gpu=1\b", row["AllocTRES"]), row
+    assert minutes(jobs["train_vdm"][0]["Timelimit"]) == TRAIN_MINUTES  # side by side
+    for run in SMOKE_RUNS:  # each evaluation job scored every checkpoint of its runs
+        evaluated = slurm.workdir / "results" / STUDY_OF_RUN[run] / "runs" / run / "eval"
+        assert len(list(evaluated.glob("step_*.nc"))) == len(STEPS)
+
+
+def test_a_wrong_partition_stops_the_run_before_any_submission(cluster, runs):
+    wrong = runs["wrong_partition"]
+    assert wrong.returncode != 0
+    assert wrong.output.count("Slurm preflight") == 1, wrong.output[-3000:]
+    assert "partition 'a100' (asked by train_vdm) does not exist" in wrong.output
+    assert "cpu*, gpu" in wrong.output  # the partitions the cluster has
+    assert "Submitted" not in wrong.output and "SLURM jobid" not in wrong.output
+    assert wrong.name is not None and cluster.sacct(wrong.name) == []
+
+
+def test_a_job_given_a_gpu_torch_cannot_see_stops_under_device_auto(runs):
+    no_gpu = runs["no_gpu"]
+    assert no_gpu.returncode != 0
+    log = no_gpu.workdir / "results/logs/train_vdm/signal" / f"{CANCEL_RUN}.log"
+    text = log.read_text()
+    assert "was given a GPU" in text and "compute.device: cpu" in text, text[-2000:]
+    assert not list((log.parents[3] / "signal/runs" / CANCEL_RUN).glob("checkpoints/*.pt"))
 
 
 def test_study_equals_a_local_run(runs):
@@ -447,8 +503,12 @@ def test_requeued_training_resumes_in_the_same_slurm_job(cluster, runs):
     instances = [row for row in cluster.sacct(slurm.name) if row["JobIDRaw"] == jobid]
     states = [row["State"] for row in instances]
     assert states == ["REQUEUED", "COMPLETED"], job_story(cluster, slurm, jobid, instances)
-    train_jobs = [r for r in slurm_jobs(cluster, slurm.name)["train_vdm"] if r["run"] == run]
-    assert [r["JobIDRaw"] for r in train_jobs] == [jobid]  # Slurm reran it; no resubmission
+    train_jobs = [
+        r["JobIDRaw"]
+        for r in slurm_jobs(cluster, slurm.name)["train_vdm"]
+        if run in packed_runs(cluster, r["JobIDRaw"])
+    ]
+    assert train_jobs == [jobid]  # Slurm reran it; no resubmission
 
 
 def job_story(cluster: Cluster, run: Run, jobid: str, instances: list[dict]) -> str:
@@ -476,8 +536,8 @@ def test_cancelled_training_is_resubmitted_with_more_time_and_resumes(cluster, r
     assert [r["JobIDRaw"] == jobid for r in train_jobs] == [True, False]
     cancelled, again = train_jobs
     assert cancelled["State"].startswith("CANCELLED") and again["State"] == "COMPLETED"
-    assert minutes(cancelled["Timelimit"]) == profile_runtime("train_vdm", attempt=1)
-    assert minutes(again["Timelimit"]) == profile_runtime("train_vdm", attempt=2)
+    assert minutes(cancelled["Timelimit"]) == TRAIN_MINUTES  # attempt 1
+    assert minutes(again["Timelimit"]) == 2 * TRAIN_MINUTES  # attempt 2
     manifest = cancel.workdir / "results/signal/runs" / run / "manifest.json"
     assert json.loads(manifest.read_text())["final_step"] == 150
 
@@ -486,8 +546,7 @@ def test_a_job_that_fails_once_succeeds_on_retry_with_a_larger_runtime(cluster, 
     flaky = runs["flaky"].succeeded()
     rows = cluster.sacct(flaky.name)
     assert [row["State"] for row in rows] == ["FAILED", "COMPLETED"], rows
-    runtimes = [profile_runtime(None, attempt) for attempt in (1, 2)]  # the default runtime
-    assert runtimes[1] > runtimes[0]
+    runtimes = [FLAKY_MINUTES * attempt for attempt in (1, 2)]  # tests/slurm/retry.smk
     assert [minutes(row["Timelimit"]) for row in rows] == runtimes
     assert (flaky.workdir / "flaky.txt").read_text().split() == [
         "attempt=2",

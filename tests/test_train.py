@@ -134,7 +134,9 @@ def test_run_writes_checkpoints_sidecars_and_manifest(reference, dataset):
         assert entry["path"] == str(path)
         checkpoint = torch.load(path, weights_only=True)
         assert checkpoint["step"] == entry["step"]
-        assert {"model", "optimizer", "rng", "config", "provenance"} <= checkpoint.keys()
+        assert {"model", "rng", "config", "provenance"} <= checkpoint.keys()
+        # the optimizer state, which only a resume reads, in the two latest only
+        assert ("optimizer" in checkpoint) == (entry["step"] in scheduled[-2:])
         assert isinstance(checkpoint["rng"]["torch"], torch.Tensor)
         assert checkpoint["config"]["seed"] == SEED
         assert checkpoint["config"]["training"] == TRAINING
@@ -178,12 +180,12 @@ def test_validation_elbo_has_fixed_noise_and_leaves_training_rng_alone(reference
 
 def test_resume_in_process_matches_an_uninterrupted_run(reference, dataset, tmp_path, caplog):
     run_dir, _ = reference
-    copy = copy_run(run_dir, tmp_path, keep_steps={4})
+    # killed after step 7 (step 4 no longer holds the optimizer state a resume needs)
+    copy = copy_run(run_dir, tmp_path, keep_steps={4, 7})
     with caplog.at_level(logging.INFO, logger="conceptspace.train"):
         train_run(MODEL, TRAINING, dataset, SEED, copy, tmp_path / "manifest.json")
-    assert f"resuming from step 4 ({checkpoint_path(copy, 4)})" in caplog.text
-    for step in (7, 12):
-        assert_same_weights(final_state(copy, step), final_state(run_dir, step))
+    assert f"resuming from step 7 ({checkpoint_path(copy, 7)})" in caplog.text
+    assert_same_weights(final_state(copy, 12), final_state(run_dir, 12))
 
 
 def test_corrupt_latest_checkpoint_is_skipped_with_a_warning(reference, dataset, tmp_path, caplog):
@@ -247,11 +249,11 @@ def test_a_run_older_than_the_model_keys_resumes_under_their_legacy_values(
     # MODEL has neither model.data_range nor model.h_init_fan_in: it stands for runs
     # trained before they existed, on [-1, 1] with PyTorch's default init
     run_dir, _ = reference
-    copy = copy_run(run_dir, tmp_path, keep_steps={4})
+    copy = copy_run(run_dir, tmp_path, keep_steps={4, 7})
     legacy = {**MODEL, "data_range": [-1, 1], "h_init_fan_in": None}
     with caplog.at_level(logging.INFO, logger="conceptspace.train"):
         train_run(legacy, TRAINING, dataset, SEED, copy, tmp_path / "manifest.json")
-    assert "resuming from step 4" in caplog.text
+    assert "resuming from step 7" in caplog.text
     assert_same_weights(final_state(copy), final_state(run_dir))
     vdm, _ = load_checkpoint(checkpoint_path(run_dir, 12))
     assert (vdm.data_low, vdm.data_high) == (-1.0, 1.0)
@@ -353,3 +355,17 @@ def test_bf16_runs_the_network_in_bfloat16_and_keeps_float32_weights(reference, 
     # Autocast really ran: bf16 arithmetic leads to other weights than the fp32 run's.
     fp32 = final_state(reference[0])
     assert any(not torch.equal(weights[name], fp32[name]) for name in fp32)
+
+
+def test_a_checkpoint_without_optimizer_state_trains_the_run_again(
+    reference, dataset, tmp_path, caplog
+):
+    # Only a run's two latest checkpoints keep the optimizer state; an earlier one left
+    # alone (the later ones deleted by hand) cannot be resumed from: the run starts over.
+    run_dir, _ = reference
+    copy = copy_run(run_dir, tmp_path, keep_steps={4})
+    assert "optimizer" not in torch.load(checkpoint_path(copy, 4), weights_only=True)
+    with caplog.at_level(logging.INFO, logger="conceptspace.train"):
+        train_run(MODEL, TRAINING, dataset, SEED, copy, tmp_path / "manifest.json")
+    assert "holds no optimizer state" in caplog.text and "resuming" not in caplog.text
+    assert_same_weights(final_state(copy, 12), final_state(run_dir, 12))

@@ -12,13 +12,12 @@ from conceptspace.concepts import CLASSES, CONCEPTS
 from conceptspace.evaluate import write_evaluation
 from conceptspace.io import ConceptspaceError
 from conceptspace.methods import build_methods
+from conceptspace.netcdf import open_study, save_dataset_nc
 from conceptspace.trajectories import (
     gather_run,
     gather_study,
     learning_time,
     learning_time_authors,
-    open_study,
-    save_dataset_nc,
     smooth_accuracy,
     smooth_over_steps,
     smooth_reflect,

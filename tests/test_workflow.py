@@ -43,7 +43,7 @@ def test_rules_and_code_are_formatted():
 
 def test_dry_run_plans_the_paper_scale_study(tmp_path):
     config = load_config(REPO / "config.yaml")
-    result = snakemake(tmp_path, "-n", "--quiet", "rules")
+    result = snakemake(tmp_path, "-n", "--quiet", "rules", "--config", "preset=paper")
     jobs = planned_jobs(result.stdout)
     # the signal study's 290 runs, underspecification's 5 seeds x 5 masking ratios and the
     # background study's 5 seeds (which train 40k steps, so have their own checkpoints)
@@ -58,6 +58,67 @@ def test_dry_run_plans_the_paper_scale_study(tmp_path):
     assert jobs["evaluate_run"] == runs and "evaluate_checkpoint" not in jobs
     assert jobs["gather_study"] == 3 and jobs["fig_signal"] == 1
     assert jobs["fig_underspec"] == 1 and jobs["fig_background"] == 1
+
+
+GPU_RULES = ("train_vdm", "train_probe", "evaluate_run", "sample_images")
+
+
+def planned_resources(output: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, resources) of every job of a dry run's output, group members included."""
+    jobs, rule = [], None
+    for line in output.splitlines():
+        if line.strip().startswith("rule ") and line.rstrip().endswith(":"):
+            rule = line.strip()[5:-1]
+        elif line.strip().startswith("resources:") and rule:
+            pairs = line.strip().removeprefix("resources:").split(", ")
+            jobs.append((rule, dict(pair.strip().split("=", 1) for pair in pairs)))
+            rule = None
+    return jobs
+
+
+def slurm_dry_run(tmp_path, *args) -> list[tuple[str, dict[str, str]]]:
+    result = snakemake(tmp_path, "--executor", "slurm", "-j", "64", "-n", *args)
+    return planned_resources(result.stdout)
+
+
+def test_slurm_dry_run_asks_every_gpu_job_for_a_gpu_runtime_and_memory(tmp_path):
+    # As a new cluster user types it: no site profile (profiles/default/ is Snakemake's own
+    # find), the paper's scale (preset auto on a cluster).
+    jobs = slurm_dry_run(tmp_path)
+    counts = {rule: sum(1 for name, _ in jobs if name == rule) for rule in GPU_RULES}
+    assert counts == {"train_vdm": 320, "train_probe": 3, "evaluate_run": 320, "sample_images": 6}
+    for rule, resources in jobs:
+        if rule in GPU_RULES:
+            assert resources.get("gres") == "gpu:1", (rule, resources)
+            assert int(resources["runtime"]) >= 30 and int(resources["mem_mb"]) >= 8000
+    trainings = {r["runtime"] for rule, r in jobs if rule == "train_vdm"}
+    assert trainings == {"240", "480"}  # 20k steps, and the background study's 40k
+
+
+def test_command_line_resources_add_to_the_gpu_request(tmp_path):
+    jobs = slurm_dry_run(
+        tmp_path,
+        *("--set-resources", "train_vdm:slurm_partition=a100", "evaluate_run:runtime=90"),
+        *("--default-resources", "slurm_account=myproj"),
+    )
+    for rule, resources in jobs:
+        if rule in GPU_RULES:
+            assert resources["gres"] == "gpu:1" and "mem_mb" in resources, (rule, resources)
+            assert resources["slurm_account"] == "myproj"
+        if rule == "train_vdm":
+            assert resources["slurm_partition"] == "a100" and resources["runtime"] in ("240", "480")
+        if rule == "evaluate_run":
+            assert resources["runtime"] == "90"
+
+
+def test_runs_on_this_machine_default_to_the_smoke_preset(tmp_path):
+    here = planned_jobs(snakemake(tmp_path, "-n", "--quiet", "rules").stdout)
+    smoke = planned_jobs(
+        snakemake(tmp_path, "-n", "--quiet", "rules", configs=(REPO / "config.yaml", SMOKE)).stdout
+    )
+    assert here == smoke and here["train_vdm"] == 8
+    cluster = snakemake(tmp_path, "-n", "--quiet", "rules", "--executor", "slurm", "-j", "64")
+    assert planned_jobs(cluster.stdout)["train_vdm"] == 320
 
 
 def test_bad_config_stops_before_planning_and_names_the_key(tmp_path):

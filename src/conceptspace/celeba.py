@@ -1,4 +1,4 @@
-"""CelebA faces as a dataset of the pipeline (SPEC "CelebA"; the paper's Male x Wearing_Hat).
+"""CelebA faces as a dataset of the pipeline (docs/study.md; the paper's Male x Wearing_Hat).
 
 The user supplies CelebA in torchvision's layout (it cannot be downloaded here) and
 ``prepare_celeba`` writes a dataset in the same format as the synthetic sets

@@ -59,7 +59,7 @@ The claims (Park et al., section 4 and Figs. 3-6):
 2. Memorization first: per seed, at the weakest and the strongest color gap of that
    sweep, that seed's naive path of the unseen class (``concept_prob``) before its
    accuracy reaches the threshold, and the path's nearest approach to a training class
-   (``figures.trajectories.memorization_turn``). The margin there is the distance to the
+   (``analysis.memorization_turn``). The margin there is the distance to the
    corner the claim does not expect minus the distance to the one it expects (weak gap:
    01 red small at (0, 1); strong gap: 10 blue large at (1, 0)), so positive means nearer
    the expected corner; a seed whose path never comes near either corner (no turn) has
@@ -91,13 +91,20 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import xarray as xr
 
+from conceptspace.analysis import (
+    PULL_CORNERS,
+    class_label,
+    memorization_turn,
+    select_level,
+    sigma_of,
+    threshold_of,
+)
 from conceptspace.concepts import UNSEEN_CLASS
 from conceptspace.config import ConfigError, sweep
-from conceptspace.figures import class_label, select_level, sigma_of, threshold_of
-from conceptspace.figures.trajectories import PULL_CORNERS, memorization_turn
 from conceptspace.io import ConceptspaceError, atomic_path, json_default, provenance, write_json
 from conceptspace.statistics import bootstrap_interval, sign_test, spearman
-from conceptspace.trajectories import _open_netcdf, smooth_accuracy
+from conceptspace.netcdf import open_netcdf, open_study
+from conceptspace.trajectories import smooth_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -711,7 +718,7 @@ def evaluate_claims(
 
 def open_underspecification(path: str | os.PathLike) -> xr.Dataset:
     """The underspecification study dataset (dims seed, mask_ratio, step, method, ...)."""
-    return _open_netcdf(
+    return open_netcdf(
         path, "underspecification study", ("accuracy", "learning_time", "mask_ratio")
     )
 
@@ -725,8 +732,6 @@ def write_claims(
 ) -> dict[str, Any]:
     """Judge every claim and write ``out_json`` (sorted keys) and the HTML table
     ``out_table``. The claims depend only on the datasets and ``config['claims']``."""
-    from conceptspace.trajectories import open_study
-
     study = open_study(signal_path)
     underspec = None
     absent = (

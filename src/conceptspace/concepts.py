@@ -54,7 +54,7 @@ H_LAYOUT = ("red", "green", "blue", "size")
 COLOR_NAMES = ("red", "blue")
 SIZE_NAMES = ("large", "small")
 
-# SPEC: sizes are 0.45 +- ds/2; colors 0.5 +- dc/2 per channel.
+# Sizes are 0.45 +- ds/2, colors 0.5 +- dc/2 per channel (docs/study.md "Concept signal").
 SIZE_CENTER = 0.45
 COLOR_CENTER = 0.5
 SIZE_FLOOR = 0.1
@@ -96,7 +96,7 @@ class Signal:
         half = self.size_gap / 2
         return SIZE_CENTER + half if size == 0 else SIZE_CENTER - half
 
-    # Training samples spread uniformly around the means (SPEC): each color channel by
+    # Training samples spread uniformly around the means (docs/study.md): each color channel by
     # +- dc/8, the radius by +- 3 ds/8, so neighbouring classes never overlap.
     @property
     def color_halfwidth(self) -> float:

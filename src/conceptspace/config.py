@@ -8,6 +8,7 @@ each naming the key and the fix, before Snakemake plans a single job.
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,11 +167,57 @@ def load_config(*paths: str | Path) -> dict:
     return config
 
 
+def preset_file(config: dict, presets: Path, on_cluster: bool) -> tuple[str, Path | None]:
+    """The preset a run uses, by config key ``preset``, and the file to lay over
+    config.yaml (None: config.yaml as it is, the paper's scale). ``auto`` is ``paper``
+    when jobs go to a cluster and ``smoke`` when they run on this machine; any other name
+    is ``presets``/<name>.yaml."""
+    name = str(config.get("preset", "paper"))
+    if name == "auto":
+        name = "paper" if on_cluster else "smoke"
+    if name == "paper":
+        return name, None
+    path = presets / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in presets.glob("*.yaml"))
+        raise ConfigError(
+            f"config key 'preset': no preset named '{name}' ({path} does not exist); use "
+            f"auto, paper or one of: {', '.join(known)}"
+        )
+    return name, path
+
+
+def with_preset(
+    base: Iterable[Path], preset: Path, overlays: Iterable[Path], overrides: dict
+) -> dict:
+    """The config of a run with a preset: config.yaml (``base``), the preset, then the
+    command line's other config files and its --config values, so that a preset sits
+    under whatever the user gives."""
+    return merge(load_config(*base, preset, *overlays), overrides)
+
+
+def non_finite_numbers(value: Any, key: str = "") -> Iterable[str]:
+    """Keys whose value is NaN or infinite, anywhere in the config (YAML's .nan, .inf):
+    JSON-schema ranges let NaN through, and training would run on it."""
+    if isinstance(value, dict):
+        for child, item in value.items():
+            yield from non_finite_numbers(item, f"{key}.{child}" if key else str(child))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from non_finite_numbers(item, f"{key}.{i}")
+    elif isinstance(value, float) and not math.isfinite(value):
+        yield (
+            f"config key '{key}' is {value}; every number of the config must be finite: "
+            "set a number"
+        )
+
+
 def validate_config(config: dict, schema_path: str | Path) -> None:
     """Raise ConfigError listing every problem of ``config``; return None if it is valid."""
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = jsonschema.Draft202012Validator(schema)
-    problems = [_describe(error) for error in validator.iter_errors(config)]
+    problems = list(non_finite_numbers(config))
+    problems += [_describe(error) for error in validator.iter_errors(config)]
     if not problems:  # relations between keys only make sense once each key is sound
         problems = list(_cross_checks(config)) + list(_results_problems(config["results"]))
     if problems:
@@ -247,10 +294,69 @@ def _cross_checks(config: dict) -> Iterable[str]:
         yield "config key 'data.background_train' must be [low, high] with low <= high"
 
     yield from _evaluation_problems(config)
+    yield from _batch_problems(config)
     yield from _signal_problems(config)
     yield from _underspecification_problems(config)
     yield from _background_problems(config)
     yield from _celeba_problems(config)
+
+
+# (trained classes, classes) of each study's layout (conceptspace.concepts); CelebA's two
+# attributes make four classes, one held out.
+STUDY_CLASSES = {"signal": (3, 4), "underspecification": (3, 4), "background": (4, 8)}
+STUDY_CLASSES["celeba"] = (3, 4)
+
+
+def _kept(images: int, validation_fraction: float) -> int:
+    """Training images of one class once its validation share is held out (render.py
+    holds out round(fraction * n) of each class)."""
+    return images - int(round(validation_fraction * images))
+
+
+def _batch_problems(config: dict) -> Iterable[str]:
+    """A batch larger than the training set it is drawn from: training would draw the
+    same images over and over (the VDM) or fail (the probe), so it is refused."""
+    data_fraction = ("data.validation_fraction", float(config["data"]["validation_fraction"]))
+    probe_fraction = ("probe.validation_fraction", float(config["probe"]["validation_fraction"]))
+    for study, (trained, classes) in STUDY_CLASSES.items():
+        section = celeba_study(config) if study == "celeba" else study_section(config, study)
+        if section is None:
+            continue
+        if study == "celeba":
+            train_set = ("studies.celeba.per_class", section["per_class"], *data_fraction)
+            probe_set = ("studies.celeba.probe_per_class", section["probe_per_class"])
+            probe_set += data_fraction
+        else:
+            train_set = ("data.images_per_class", config["data"]["images_per_class"])
+            train_set += data_fraction
+            probe_set = ("probe.images_per_class", config["probe"]["images_per_class"])
+            probe_set += probe_fraction
+        own = (section.get("training") or {}).get("batch_size") is not None
+        yield from _batch_problem(
+            f"studies.{study}.training.batch_size" if own else "training.batch_size",
+            study_training(config, study)["batch_size"],
+            f"the {study} study's training set of a run",
+            trained,
+            train_set,
+        )
+        yield from _batch_problem(
+            "probe.batch_size",
+            config["probe"]["batch_size"],
+            f"the {study} study's probe training set",
+            classes,
+            probe_set,
+        )
+
+
+def _batch_problem(key, batch, what, classes, images) -> Iterable[str]:
+    count_key, count, fraction_key, fraction = images
+    kept = _kept(int(count), fraction)
+    if batch > classes * kept:
+        yield (
+            f"config key '{key}' ({batch}) is larger than {what}: {classes} classes x {kept} "
+            f"images ({count_key} {count}, {fraction_key} {fraction}) = {classes * kept}; "
+            f"lower the batch or raise {count_key}"
+        )
 
 
 def _signal_problems(config: dict) -> Iterable[str]:

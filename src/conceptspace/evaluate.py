@@ -1,5 +1,5 @@
-"""Scoring one checkpoint in concept space (SPEC "Probes and evaluation" and "Eliciting
-hidden capabilities").
+"""Scoring one checkpoint in concept space (docs/study.md, "Prompting methods" and
+"Scoring and the learning time").
 
 Conditions: every prompting method of ``conceptspace.methods`` (naive, overprompt_i,
 intervention_i, patched_*) applied to each prompt it is defined for (overprompts and
@@ -54,12 +54,12 @@ from conceptspace.io import (
     remove_stale_temporaries,
 )
 from conceptspace.methods import Method, build_methods, method_problems
-from conceptspace.trajectories import (
-    missing_run_attrs,
+from conceptspace.netcdf import (
     COORD_ATTRS,
     P_TARGET_ATTRS,
     VALID_ATTRS,
     method_coords,
+    missing_run_attrs,
     netcdf_attrs,
     save_dataset_nc,
 )

@@ -1,4 +1,4 @@
-"""The ways of prompting a checkpoint (SPEC "Eliciting hidden capabilities").
+"""The ways of prompting a checkpoint (docs/study.md "Prompting methods").
 
 One evaluation scores several *methods*; each is a named variant with a kind:
 

@@ -1,4 +1,4 @@
-"""The concept classifier that scores generations (SPEC "Probes and evaluation").
+"""The concept classifier that scores generations (docs/study.md "The probe").
 
 One network with a head per concept of its layout (``concepts.Layout``; the 2x2: color
 0 red / 1 blue, size 0 large / 1 small): a small U-Net-style encoder (conv stem; per level one residual

@@ -1,4 +1,4 @@
-"""Synthetic images of the concept layouts (SPEC "Synthetic data"; ``concepts.Layout``).
+"""Synthetic images of the concept layouts (docs/study.md "The images"; ``concepts.Layout``).
 
 An image is a blurred disc (or triangle) of one color on a flat background:
 

@@ -3,13 +3,18 @@
 Layout of a run (``run_dir``)::
 
     checkpoints/step_000500.pt     torch.save dict, loadable with weights_only=True:
-                                   model, optimizer, step, rng, config, metrics, provenance
+                                   model, step, rng, config, metrics, provenance; and
+                                   optimizer, in the run's two latest checkpoints only
     checkpoints/step_000500.json   sidecar: step, metrics, config, provenance
     <manifest_path>                written last: the checkpoints, the config, final loss
 
 Checkpoints are saved at ``checkpoint_steps(training_cfg)`` (the schedule the Snakemake
 DAG plans evaluations for) and at the last step. Each is written sidecar first, then the
-.pt through ``io.atomic_path``, so a .pt that exists is complete.
+.pt through ``io.atomic_path``, so a .pt that exists is complete. Only a resume reads the
+optimizer state (two thirds of a checkpoint: 85 of 128 MB at the paper's scale), and a
+resume starts from the latest checkpoint (the one before it if the latest is damaged):
+once a checkpoint is written, the one two before it is rewritten without it, again
+through ``io.atomic_path``.
 
 Determinism: every random number of training (batch indices, t0, eps, dropout) comes
 from the global torch RNG, seeded once with ``torch.manual_seed(seed)``; a checkpoint
@@ -64,7 +69,8 @@ VALIDATION_SEED_OFFSET = 7919  # validation noise differs from the training stre
 # explode_factor: the divergence check's key before training.divergence, in older runs.
 COSMETIC_TRAINING_KEYS = ("log_every", "divergence", "explode_factor")
 _CHECKPOINT_NAME = re.compile(r"step_(\d{6,})\.pt")
-_CHECKPOINT_KEYS = ("model", "optimizer", "step", "rng", "config")
+_CHECKPOINT_KEYS = ("model", "step", "rng", "config")
+_RESUME_KEY = "optimizer"  # in the run's two latest checkpoints only
 # Model keys added after runs were trained without them, with the value those runs used:
 # a stored config that lacks one means this value (for loading and for resuming).
 LEGACY_MODEL_KEYS = {"data_range": [-1.0, 1.0], "h_init_fan_in": None}
@@ -436,6 +442,13 @@ def train_run(
                 checkpoints_dir,
             )
             return _write_manifest(manifest_path, run_dir, save_steps, config, scheduled, record)
+        if _RESUME_KEY not in checkpoint:  # only the two latest keep it (_save_checkpoint)
+            log.warning(
+                "checkpoint %s holds no optimizer state; training starts from step 0 and "
+                "writes the checkpoints again",
+                resume_path,
+            )
+            checkpoint = None
 
     # --- model and optimizer; all randomness from the global torch RNG
     torch.manual_seed(seed)
@@ -608,6 +621,7 @@ def _save_checkpoint(
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+    _drop_optimizer_before(run_dir, step, keep=2)
     log.info(
         "checkpoint step %d: train loss %.4f, validation %s bits/dim -> %s",
         step,
@@ -615,6 +629,23 @@ def _save_checkpoint(
         "n/a" if metrics["validation_bpd"] is None else f"{metrics['validation_bpd']:.4f}",
         path,
     )
+
+
+def _drop_optimizer_before(run_dir: Path, step: int, keep: int) -> None:
+    """Rewrite the checkpoint ``keep`` checkpoints before ``step`` without its optimizer
+    state: a resume reads the latest, or the one before a damaged latest. Atomic: a job
+    killed meanwhile leaves it whole, with or without. (Earlier ones went the same way.)"""
+    earlier = [s for s in _stored_steps(run_dir / "checkpoints") if s < step]
+    if len(earlier) < keep:
+        return
+    path = checkpoint_path(run_dir, earlier[-keep])
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except DAMAGED_TORCH_FILE_ERRORS:
+        return  # a resume skips it (_find_resume_checkpoint)
+    if payload.pop(_RESUME_KEY, None) is not None:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -1,19 +1,13 @@
 """Gathering evaluations into trajectories in concept space, and learning times.
 
-Three levels of files, all netCDF (engine netcdf4), all written through
-``io.atomic_path`` by :func:`save_dataset_nc`:
+Two steps, each reading and writing the files of ``conceptspace.netcdf``:
 
-- one evaluation per checkpoint (``evaluate.write_evaluation``): ``p_target``
-  (method, prompt, concept, sample), the probe's probability that each sample shows the
-  prompt's target value of each concept, and ``valid`` (method, prompt, sample), the
-  verdict of ``conceptspace.validity`` on whether the sample holds one object at all;
-  NaN where a method does not prompt the class;
-- one trajectory per run (:func:`gather_run`): the evaluations stacked over ``step``,
-  with the sample summaries of :data:`SUMMARIES` (:func:`summarise_samples`);
-- one study (:func:`gather_study`): all runs on the outer grid seed x color gap x size
-  gap (or the study's own grid, e.g. seed x mask_ratio for underspecification), the
-  summaries without the sample dimension, plus the learning times of the unseen class
-  for every method.
+- :func:`gather_run`: one run's evaluations (one per checkpoint) stacked over ``step``,
+  with the sample summaries of ``netcdf.SUMMARIES`` (:func:`summarise_samples`);
+- :func:`gather_study`: all runs on the outer grid seed x color gap x size gap (or the
+  study's own grid, e.g. seed x mask_ratio for underspecification), the summaries
+  without the sample dimension, plus the learning times of the unseen class for every
+  method.
 
 Scoring (why a sample must be valid). The probe answers for any image, and for an
 image with no object it answers with confidence: a blank background reads as "blue
@@ -66,223 +60,41 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
 
 from conceptspace.concepts import layout_attrs, layout_from_attrs
-from conceptspace.io import ConceptspaceError, atomic_path, json_default, provenance
+from conceptspace.io import ConceptspaceError, json_default, provenance
 from conceptspace.methods import BEST_OF_KINDS
+from conceptspace.netcdf import (
+    METHOD_COORDS,
+    P_TARGET_ATTRS,
+    STEP_UNITS,
+    SPEED_UNITS,
+    SUMMARIES,
+    VALID_ATTRS,
+    method_coords,
+    netcdf_attrs,
+    open_evaluation,
+    open_trajectory,
+    set_coord_attrs,
+)
+
+# The command line reads the writer and the study reader from here too.
+from conceptspace.netcdf import open_study, save_dataset_nc  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-STEP_UNITS = "optimizer steps"
-SPEED_UNITS = "1/optimizer steps"
 # Gaps are compared after rounding: run ids and configs print them with 3 decimals.
 GAP_DECIMALS = 6
 # The Gaussian kernel is cut at this many sigmas on each side.
 KERNEL_TRUNCATE = 4.0
 
-COORD_ATTRS = {
-    "step": {"units": STEP_UNITS, "long_name": "training step of the checkpoint"},
-    "prompt": {
-        "units": "1",
-        "long_name": "prompted class (digits: color 0 red / 1 blue, size 0 large / 1 small)",
-    },
-    "concept": {"units": "1", "long_name": "concept scored by the probe"},
-    "sample": {"units": "1", "long_name": "sample index within a prompt"},
-    "seed": {"units": "1", "long_name": "training seed of the run"},
-    "color_gap": {"units": "RGB units", "long_name": "color gap dc between red and blue means"},
-    "size_gap": {"units": "grid units", "long_name": "size gap ds between large and small radii"},
-    "mask_ratio": {
-        "units": "1",
-        "long_name": "masking ratio p: fraction of the masked class's training images whose "
-        "masked concept is hidden in h",
-    },
-    "background_gap": {"units": "grey level", "long_name": "background gap db between greys"},
-    "unseen": {"units": "1", "long_name": "unseen class"},
-}
 # What identifies a run: always seed and the two gaps; the rest where a study has them.
 RUN_COORDS = ("seed", "color_gap", "size_gap", "mask_ratio", "background_gap")
 SIGNAL_GRID = ("seed", "color_gap", "size_gap")
-P_TARGET_ATTRS = {
-    "units": "1",
-    "long_name": "probe probability that a sample shows the prompt's target value of the concept",
-}
-VALID_ATTRS = {
-    "units": "1",
-    "long_name": "validity verdict: 1 if the sample holds exactly one object of plausible size "
-    "inside the image (conceptspace.validity), 0 if not",
-}
-CONCEPT_PROB_ATTRS = {
-    "units": "1",
-    "long_name": "concept-space coordinate: mean over the valid samples of the probability of "
-    "the prompt's target value of the concept (NaN: no valid sample)",
-}
-METHOD_ATTRS = {
-    "method": {"units": "1", "long_name": "prompting method (variant)"},
-    "method_kind": {
-        "units": "1",
-        "long_name": "kind of prompting method: naive, overprompt, intervention or patched",
-    },
-    "method_setting": {"units": "1", "long_name": "setting of the prompting method"},
-}
-METHOD_COORDS = tuple(METHOD_ATTRS)
-# What gather_run summarises over the samples of each (step, method, prompt): name ->
-# (whether it keeps the concept dim, attributes). ``accuracy`` is the default score.
-SUMMARIES = {
-    "accuracy": (
-        False,
-        {
-            "units": "1",
-            "long_name": "accuracy: mean over samples of valid x the product over concepts of "
-            "the probability of the target value (a sample with no object scores 0)",
-        },
-    ),
-    "concept_accuracy": (
-        True,
-        {
-            "units": "1",
-            "long_name": "accuracy of one concept: mean over samples of valid x the probability "
-            "of the concept's target value",
-        },
-    ),
-    "hard_accuracy": (
-        False,
-        {
-            "units": "1",
-            "long_name": "hard accuracy: fraction of samples that are valid and whose most "
-            "probable value of every concept is the target",
-        },
-    ),
-    "hard_concept_accuracy": (
-        True,
-        {
-            "units": "1",
-            "long_name": "hard accuracy of one concept as the authors' code scores it: fraction "
-            "of samples whose most probable value is the target, validity not checked",
-        },
-    ),
-    "valid_fraction": (
-        False,
-        {"units": "1", "long_name": "fraction of samples holding exactly one plausible object"},
-    ),
-    "product_of_means": (
-        False,
-        {
-            "units": "1",
-            "long_name": "the paper's accuracy: product over concepts of the mean over all "
-            "samples (valid or not) of the probability of the target value",
-        },
-    ),
-    "concept_prob": (True, CONCEPT_PROB_ATTRS),
-}
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def netcdf_attrs(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``record`` as netCDF attributes, which must be strings or numbers.
-
-    Strings and numbers stay as they are (numpy scalars become Python ones, bools 0/1);
-    anything else (dicts, lists, None) becomes a JSON string. ``prefix`` is put before
-    every key.
-    """
-    attrs: dict[str, Any] = {}
-    for key, value in record.items():
-        if isinstance(value, np.generic):
-            value = value.item()
-        if isinstance(value, bool):
-            value = int(value)
-        if not isinstance(value, (str, int, float)):
-            value = json.dumps(value, sort_keys=True, default=json_default)
-        attrs[f"{prefix}{key}"] = value
-    return attrs
-
-
-def method_coords(
-    names: Sequence[str], kinds: Sequence[str], settings: Sequence[str]
-) -> dict[str, xr.Variable]:
-    """The ``method`` dimension coordinate with its ``method_kind`` and ``method_setting``."""
-    return {
-        name: xr.Variable(
-            "method", np.array([str(v) for v in values], dtype=object), dict(METHOD_ATTRS[name])
-        )
-        for name, values in (
-            ("method", names),
-            ("method_kind", kinds),
-            ("method_setting", settings),
-        )
-    }
-
-
-def save_dataset_nc(ds: xr.Dataset, path: str | os.PathLike) -> None:
-    """Write ``ds`` to ``path`` (netCDF4, floats compressed) atomically."""
-    encoding = {
-        name: {"zlib": True, "complevel": 4}
-        for name, variable in ds.data_vars.items()
-        if np.issubdtype(variable.dtype, np.floating)
-    }
-    with atomic_path(path, suffix=".nc") as tmp:
-        ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
-
-
-def _open_netcdf(path: str | os.PathLike, kind: str, required: Iterable[str]) -> xr.Dataset:
-    """Read a whole netCDF file into memory (the file is closed again); a missing,
-    corrupt or foreign file raises ConceptspaceError naming the file and the fix."""
-    path = Path(path)
-    if not path.exists():
-        raise ConceptspaceError(f"{kind} {path} does not exist; run `snakemake` to build it")
-    try:
-        with xr.open_dataset(path, engine="netcdf4") as ds:
-            ds = ds.load()
-    except Exception as err:  # any reader failure means a damaged file
-        raise ConceptspaceError(
-            f"{kind} {path} could not be read ({type(err).__name__}: {err}); it is truncated "
-            "or corrupt: delete it and rerun `snakemake` to rebuild it"
-        ) from err
-    missing = [name for name in required if name not in ds.variables]
-    if missing:
-        raise ConceptspaceError(
-            f"{path} is not a {kind} (it lacks {', '.join(missing)}); delete it and rerun "
-            "`snakemake` to rebuild it"
-        )
-    return ds
-
-
-def missing_run_attrs(attrs: Mapping[str, Any]) -> list[str]:
-    """The attributes an evaluation must carry that ``attrs`` lacks: step and seed, and
-    the gaps unless its layout has no signal level (a one-hot layout: CelebA's), the
-    criterion ``evaluate._run_attrs`` writes them by."""
-    gaps = () if layout_from_attrs(attrs).one_hot else ("color_gap", "size_gap")
-    return [key for key in ("step", "seed") + gaps if key not in attrs]
-
-
-def open_evaluation(path: str | os.PathLike) -> xr.Dataset:
-    """One checkpoint's evaluation, as written by ``evaluate.write_evaluation``."""
-    ds = _open_netcdf(path, "evaluation", ("p_target", "valid"))
-    missing = missing_run_attrs(ds.attrs)
-    if missing:
-        raise ConceptspaceError(
-            f"evaluation {path} lacks the attributes {', '.join(missing)}; it was not written "
-            "by `conceptspace evaluate`: delete it and rerun `snakemake`"
-        )
-    return ds
-
-
-def open_trajectory(path: str | os.PathLike) -> xr.Dataset:
-    """One run's trajectory, as written by :func:`gather_run`."""
-    # a run's coordinates: its seed, and its gaps unless its layout has none (CelebA)
-    return _open_netcdf(path, "run trajectory", (*SUMMARIES, "seed"))
-
-
-def open_study(path: str | os.PathLike) -> xr.Dataset:
-    """The study dataset written by :func:`gather_study`, loaded into memory."""
-    return _open_netcdf(
-        path, "study dataset", ("concept_prob", "accuracy", "learning_time", "learning_speed")
-    )
 
 
 # ----------------------------------------------------------------------------- learning times
@@ -473,7 +285,7 @@ def gather_run(eval_paths: Sequence[str | os.PathLike]) -> xr.Dataset:
     """One run's evaluations stacked over 'step' (sorted), with its concept-space path.
 
     Variables: ``p_target`` (step, method, prompt, concept, sample), ``valid`` (step,
-    method, prompt, sample) and the :data:`SUMMARIES` over samples
+    method, prompt, sample) and the ``netcdf.SUMMARIES`` over samples
     (:func:`summarise_samples`): ``accuracy`` (step, method, prompt) and the others, with
     ``concept_prob`` (step, method, prompt, concept) the concept-space point of each
     method and prompt. NaN where a method does not prompt a class. The method
@@ -540,7 +352,7 @@ def gather_run(eval_paths: Sequence[str | os.PathLike]) -> xr.Dataset:
         {**per_sample, **summaries},
         coords={name: int(v) if name == "seed" else float(v) for name, v in run.items()},
     )
-    _set_coord_attrs(ds)
+    set_coord_attrs(ds)
     ordered_paths = [str(path) for _, path in sorted(seen_steps.items())]
     record = provenance({"evaluations": ordered_paths}, int(run["seed"]))
     ds.attrs = {
@@ -570,7 +382,7 @@ def gather_run(eval_paths: Sequence[str | os.PathLike]) -> xr.Dataset:
 
 
 def summarise_samples(p_target: xr.DataArray, valid: xr.DataArray) -> dict[str, xr.DataArray]:
-    """The :data:`SUMMARIES` of ``p_target`` (..., concept, sample) and ``valid`` (...,
+    """The ``netcdf.SUMMARIES`` of ``p_target`` (..., concept, sample) and ``valid`` (...,
     sample; 1 valid, 0 not, NaN not applied), each a mean over 'sample'. A sample that
     holds no object (valid 0) scores 0 in every accuracy but the authors' hard concept
     accuracy and the paper's product of means, which score whatever the probe says;
@@ -652,12 +464,6 @@ def _carried_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _set_coord_attrs(ds: xr.Dataset) -> None:
-    for name, attrs in {**COORD_ATTRS, **METHOD_ATTRS}.items():
-        if name in ds.coords:
-            ds[name].attrs = dict(attrs)
-
-
 # ----------------------------------------------------------------------------- the study
 
 
@@ -671,7 +477,7 @@ def gather_study(
     study; e.g. seed, mask_ratio for underspecification), then step, method, prompt,
     concept.
 
-    Keeps the run's :data:`SUMMARIES` (no sample dim); NaN where a grid point was not run
+    Keeps the run's ``netcdf.SUMMARIES`` (no sample dim); NaN where a grid point was not run
     or a method does not prompt a class. Adds the unseen class's learning times for every
     method: ``learning_time`` (grid..., method), the first step with accuracy (smoothed
     over checkpoints with ``evaluation_cfg['sigma']``) >= ``evaluation_cfg['threshold']``;
@@ -800,7 +606,7 @@ def gather_study(
     study["learning_time_concept"] = concept_times.transpose(*grid, "method", *extra, "concept")
     study["learning_time_authors"] = authors_times.transpose(*grid, "method", *extra, "concept")
     study["learning_speed"] = speed.transpose(*grid, "method", *extra)
-    _set_coord_attrs(study)
+    set_coord_attrs(study)
 
     run_list = [str(placed[k]) for k in sorted(placed)]
     study.attrs = {

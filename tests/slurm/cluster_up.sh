@@ -17,9 +17,10 @@
 # it). Ports are settings (SLURM_TEST_{CTLD,SLURMD,DBD,DB}_PORT) so that the cluster does
 # not collide with anything the machine runs. Running it again while it is up does nothing.
 #
-# The node advertises its real CPUs and SLURM_TEST_MEMORY_MB of memory (default 65536,
-# SlurmdParameters=config_overrides), so that the profile's memory requests, sized for
-# cluster nodes, schedule here; without cgroups nothing enforces them.
+# The node advertises SLURM_TEST_CPUS CPUs (default: the machine's, at least 16) and
+# SLURM_TEST_MEMORY_MB of memory (default 65536; SlurmdParameters=config_overrides), so
+# that the rules' requests, sized for cluster nodes, and packed jobs (several trainings
+# asking for their CPUs together) schedule here; without cgroups nothing enforces them.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -82,7 +83,7 @@ fi
 
 started=$SECONDS
 node="$(hostname -s)"
-cpus="$(nproc)"
+cpus="${SLURM_TEST_CPUS:-$(($(nproc) > 16 ? $(nproc) : 16))}"
 mkdir -p "$D"/{etc,run,log,state,spool,dev}
 touch "$marker"
 for ((i = 0; i < gpus; i++)); do

@@ -20,6 +20,7 @@ rule claims:
         table=report(CLAIMS_TABLE, caption="../report/claims.rst", category="Claims"),
     log:
         LOGS / "claims.log",
+    localrule: True
     conda:
         ENV
     params:

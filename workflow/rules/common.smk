@@ -186,6 +186,28 @@ def threads_for(stage):
     return config["compute"]["threads"][stage]
 
 
+# What each job asks a cluster for (the Slurm executor reads these; a local run only caps
+# threads at --cores). Runtime (minutes) and memory grow with the attempt, so a job that ran
+# out of either is retried with more (retries: profiles/default). GPU rules ask for one GPU
+# as gres: a string, which Snakemake does not add up when it packs several jobs into one
+# Slurm job (group-components: profiles/default), so a pack shares one GPU. Light rules
+# (renders, gathering, figures, claims) are `localrule: True`: they run in the Snakemake
+# process itself, not as cluster jobs of their own.
+GPU = "gpu:1"
+
+
+def per_attempt(amount):
+    """``amount`` on the first attempt, twice that on the second, ..."""
+    return lambda wildcards, attempt: amount * attempt
+
+
+def training_minutes(wildcards, attempt):
+    """A training's runtime: 4 h per 20k steps of the study (the paper's U-Net: 11-17 min
+    on an H200, so slower GPUs and GPUs shared by a pack fit), at least 30 min."""
+    steps = STUDY_TRAINING[wildcards.study]["steps"]
+    return max(30, -(-240 * steps // 20000)) * attempt
+
+
 def run_checkpoints(wildcards, steps):
     """The run's checkpoint files at ``steps`` (named as train.checkpoint_path names them)."""
     folder = RESULTS / wildcards.study / "runs" / wildcards.run / "checkpoints"
@@ -211,3 +233,18 @@ def celeba_options(per_class):
     options += f" --validation-fraction {config['data']['validation_fraction']}"
     options += f" --crop {CELEBA['crop']}" if CELEBA["crop"] else ""
     return options + ("" if CELEBA["verify_md5"] else " --no-verify-md5")
+
+
+# Before the first submission of a Slurm run: every partition, account, QoS and GPU type
+# the planned jobs ask for is looked up on the cluster (conceptspace.cluster); a wrong one
+# stops the run with one message, instead of one failed sbatch per job and attempt.
+onstart:
+    if workflow.executor_plugin is not None and workflow.executor_plugin.name.endswith("slurm"):
+        from conceptspace.cluster import slurm_preflight
+
+        try:
+            slurm_preflight(
+                workflow.dag.needrun_jobs(), getattr(workflow.executor_settings, "qos", None)
+            )
+        except ConceptspaceError as err:
+            raise WorkflowError(str(err))

@@ -9,6 +9,7 @@ rule render_training_set:
         LOGS / "render_training_set" / "{study}" / "{run}.log",
     wildcard_constraints:
         study="signal|underspecification|background",
+    localrule: True
     conda:
         ENV
     threads: threads_for("render")
@@ -34,6 +35,9 @@ if CELEBA:
         conda:
             ENV
         threads: threads_for("render")
+        resources:
+            runtime=per_attempt(60),
+            mem_mb=per_attempt(8000),
         params:
             options=celeba_options(CELEBA["per_class"]),
             seed=lambda wildcards: run_fields(wildcards)["seed"],
@@ -49,6 +53,9 @@ if CELEBA:
         conda:
             ENV
         threads: threads_for("render")
+        resources:
+            runtime=per_attempt(60),
+            mem_mb=per_attempt(8000),
         params:
             options=celeba_options(CELEBA["probe_per_class"]),
             seed=CELEBA["seeds"][0],

@@ -17,9 +17,17 @@ rule evaluate_run:
         RESULTS / "{study}" / "runs" / "{run}" / "trajectory.nc",
     log:
         LOGS / "evaluate_run" / "{study}" / "{run}.log",
+    benchmark:
+        LOGS / "evaluate_run" / "{study}" / "{run}.benchmark.tsv"
+    group:
+        "evaluate"  # several runs share one GPU (group-components: profiles/default)
     conda:
         ENV
     threads: threads_for("evaluate")
+    resources:
+        gres=GPU,
+        runtime=per_attempt(60),  # ~1.5 s per paper-scale checkpoint on an H200
+        mem_mb=per_attempt(8000),
     params:
         settings=sampling_settings("probe"),
         run=run_args,
@@ -49,6 +57,10 @@ rule sample_images:
     conda:
         ENV
     threads: threads_for("evaluate")
+    resources:
+        gres=GPU,
+        runtime=per_attempt(30),
+        mem_mb=per_attempt(8000),
     params:
         settings=sampling_settings(),
         run=run_args,

@@ -14,6 +14,7 @@ rule fig_signal:
         ),
     log:
         LOGS / "figures" / "fig_signal.log",
+    localrule: True
     conda:
         ENV
     params:
@@ -43,6 +44,7 @@ for claim in ("trajectories", "hidden", "patching"):
             ),
         log:
             LOGS / "figures" / f"fig_{claim}.log",
+        localrule: True
         conda:
             ENV
         params:
@@ -67,6 +69,7 @@ rule sample_sheet:
         report(SAMPLE_SHEET_PNG, caption="../report/sample_sheet.rst", category="Samples"),
     log:
         LOGS / "figures" / f"samples_{SAMPLE_SHEET_RUN}.log",
+    localrule: True
     conda:
         ENV
     params:
@@ -99,6 +102,7 @@ if UNDERSPECIFICATION:
             ),
         log:
             LOGS / "figures" / "fig_underspec.log",
+        localrule: True
         conda:
             ENV
         params:
@@ -126,6 +130,7 @@ if BACKGROUND:
             ),
         log:
             LOGS / "figures" / "fig_background.log",
+        localrule: True
         conda:
             ENV
         params:
@@ -152,6 +157,7 @@ if CELEBA:
             ),
         log:
             LOGS / "figures" / "fig_celeba.log",
+        localrule: True
         conda:
             ENV
         params:

@@ -13,6 +13,7 @@ rule gather_study:
         RESULTS / "{study}" / "study.nc",
     log:
         LOGS / "gather_study" / "{study}.log",
+    localrule: True
     conda:
         ENV
     threads: threads_for("gather")

@@ -11,9 +11,17 @@ rule train_vdm:
         RESULTS / "{study}" / "runs" / "{run}" / "manifest.json",
     log:
         LOGS / "train_vdm" / "{study}" / "{run}.log",
+    benchmark:
+        LOGS / "train_vdm" / "{study}" / "{run}.benchmark.tsv"
+    group:
+        "train"  # several runs share one GPU (group-components: profiles/default)
     conda:
         ENV
     threads: threads_for("train")
+    resources:
+        gres=GPU,
+        runtime=training_minutes,
+        mem_mb=per_attempt(8000),
     params:
         settings=lambda wildcards: settings("model", training=STUDY_TRAINING[wildcards.study]),
         fields=run_fields,
@@ -37,9 +45,15 @@ rule train_probe:
         metrics=RESULTS / "{study}" / "probe" / "metrics.json",
     log:
         LOGS / "train_probe" / "{study}.log",
+    benchmark:
+        LOGS / "train_probe" / "{study}.benchmark.tsv"
     conda:
         ENV
     threads: threads_for("probe")
+    resources:
+        gres=GPU,
+        runtime=per_attempt(120),
+        mem_mb=per_attempt(16000),
     params:
         settings=lambda wildcards: settings(
             "data", "probe", signals=study_signal_levels(wildcards.study)

@@ -8,14 +8,18 @@ Select methods with a dict, ``ds.sel({"method": name})``: ``method`` is also a k
 of ``sel`` itself (inexact matching), so ``ds.sel(method=name)`` silently selects nothing.
 
 The helpers below are shared by the figures of the study dataset (the contract of
-``trajectories.gather_study``): picking one signal level, checking that the methods a
-figure needs were evaluated, summarising over seeds, and drawing an accuracy curve.
+``trajectories.gather_study``): checking that the methods a figure needs were evaluated,
+drawing a concept-space panel and an accuracy curve. What the figures read from a study
+(one signal level, the threshold, the summary over seeds) is ``conceptspace.analysis``,
+which the claims read too.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -25,22 +29,28 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from conceptspace.concepts import (
-    COLOR_NAMES,
-    SIZE_NAMES,
-    TRAINING_CLASSES,
-    UNSEEN_CLASS,
-    class_digits,
+from conceptspace.analysis import (
+    CORNERS,
+    class_label,
+    seed_summary,
+    select_level,
+    sigma_of,
+    threshold_of,
 )
+from conceptspace.concepts import TRAINING_CLASSES, UNSEEN_CLASS
 from conceptspace.io import ConceptspaceError, atomic_path, json_default
 from conceptspace.trajectories import smooth_accuracy
 
 PNG_DPI = 150
-# Gaps in the config and in the dataset are compared to this tolerance.
-GAP_TOLERANCE = 1e-6
+# Width of an average character of the default font (DejaVu Sans), in em, rounded up:
+# titles are wrapped to the figure's width with it.
+CHAR_WIDTH_EM = 0.6
 STEP_LABEL = "training step (optimizer steps)"
-# Each class's corner in the concept-space frame x = P(color = blue), y = P(size = small).
-CORNERS = {"00": (0.0, 0.0), "01": (0.0, 1.0), "10": (1.0, 0.0), "11": (1.0, 1.0)}
+# Concept-space panels: class labels sit this many points outside their corner, clear of
+# the largest marker drawn at a corner (the trajectories' star, 16 points across), in a
+# margin of the square wide enough to hold them.
+LABEL_OFFSET = 10
+SQUARE_MARGIN = 0.15
 # One color per prompting method kind, the same in every figure.
 METHOD_COLORS = {"naive": "C0", "overprompt": "C1", "intervention": "C2", "patched": "C3"}
 METHOD_NAMES = {
@@ -56,6 +66,25 @@ def new_figure(width: float, height: float) -> Figure:
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
     return figure
+
+
+def figure_title(figure: Figure, text: str, fontsize: float = 11) -> None:
+    """The figure's title, each line of ``text`` wrapped to the figure's width so that no
+    line runs off the canvas, whatever the number of panels."""
+    chars = max(20, int(figure.get_figwidth() * 72 / (CHAR_WIDTH_EM * fontsize)))
+    figure.suptitle(
+        "\n".join(balanced(line, chars) for line in text.split("\n")), fontsize=fontsize
+    )
+
+
+def balanced(line: str, chars: int) -> str:
+    """``line`` wrapped to at most ``chars`` characters a line, in as few lines as that
+    takes, each about as long as the others (no last word alone on its line)."""
+    fewest = len(textwrap.wrap(line, chars)) or 1
+    for width in range(math.ceil(len(line) / fewest), chars):
+        if len(textwrap.wrap(line, width)) == fewest:
+            return textwrap.fill(line, width)
+    return textwrap.fill(line, chars)
 
 
 def file_metadata(title: str, record: Mapping[str, Any] | None, fmt: str) -> dict[str, str]:
@@ -86,15 +115,14 @@ def save_figure(
     return out_pdf, out_png
 
 
-def class_label(name: str) -> str:
-    """'11 blue small' for class '11'."""
-    color, size = class_digits(name)
-    return f"{name} {COLOR_NAMES[color]} {SIZE_NAMES[size]}"
-
-
 def method_label(method: str) -> str:
     """A reader's name for a method coordinate value ('patched_step_002000' as it is)."""
     return METHOD_NAMES.get(method, method.replace("_", " "))
+
+
+def seeds_count(n: int) -> str:
+    """'1 seed', '2 seeds'."""
+    return f"{n} seed{'' if n == 1 else 's'}"
 
 
 def level_title(color_gap: float, size_gap: float) -> str:
@@ -117,17 +145,18 @@ def note(ax: Axes, text: str) -> None:
 
 
 def label_corners(ax: Axes, corners: Mapping[str, tuple[float, float]]) -> None:
-    """Label each class at its corner of the unit square, inside it; the unseen class
-    in bold."""
+    """Label each class just outside its corner of the unit square, above the top corners
+    and below the bottom ones, where no probability can put a marker (the largest
+    marker reaches LABEL_OFFSET points from its point); the unseen class in bold."""
     for name, (x, y) in corners.items():
         unseen = name == UNSEEN_CLASS
         ax.annotate(
             class_label(name) + (" (unseen)" if unseen else ""),
             (x, y),
             textcoords="offset points",
-            xytext=(4 if x == 0 else -4, 4 if y == 0 else -4),
+            xytext=(0, -LABEL_OFFSET if y == 0 else LABEL_OFFSET),
             ha="left" if x == 0 else "right",
-            va="bottom" if y == 0 else "top",
+            va="top" if y == 0 else "bottom",
             fontsize=8,
             color="0.3",
             fontweight="bold" if unseen else "normal",
@@ -138,10 +167,10 @@ def concept_square(ax: Axes, title: str) -> None:
     """Axes of a concept-space panel: x = P(color = blue), y = P(size = small), each
     class labelled at its corner."""
     ax.set_title(title, fontsize=11)
-    ax.set_xlabel("P(color = blue), mean over samples (probability)")
-    ax.set_ylabel("P(size = small), mean over samples (probability)")
+    ax.set_xlabel("P(color = blue), mean over valid samples (probability)")
+    ax.set_ylabel("P(size = small), mean over valid samples (probability)")
     ax.set_xlim(-0.1, 1.1)
-    ax.set_ylim(-0.1, 1.1)
+    ax.set_ylim(-SQUARE_MARGIN, 1 + SQUARE_MARGIN)
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
     label_corners(ax, CORNERS)
@@ -170,53 +199,6 @@ def require_methods(study: xr.Dataset, methods: Sequence[str], figure: str) -> N
             "section of the config and rerun `snakemake` (the checkpoints are evaluated "
             "again), or leave this figure out"
         )
-
-
-def gap_index(study: xr.Dataset, dim: str, value: float) -> int | None:
-    """Index of ``value`` on the gap coordinate ``dim`` (to GAP_TOLERANCE); None if it is
-    not there."""
-    matches = np.flatnonzero(np.abs(study[dim].values - float(value)) < GAP_TOLERANCE)
-    return int(matches[0]) if len(matches) else None
-
-
-def select_level(study: xr.Dataset, color_gap: float, size_gap: float) -> xr.Dataset | None:
-    """The study at one signal level (dims seed, step, method, prompt[, concept]); None
-    if that level is not on the grid or none of its runs has data."""
-    indices = {"color_gap": gap_index(study, "color_gap", color_gap)}
-    indices["size_gap"] = gap_index(study, "size_gap", size_gap)
-    if None in indices.values():
-        return None
-    level = study.isel(indices)
-    ran = level["accuracy"].notnull().any([dim for dim in level["accuracy"].dims if dim != "seed"])
-    if not ran.any():
-        return None
-    return level.isel(seed=np.flatnonzero(ran.values))  # the seeds that were run
-
-
-def threshold_of(study: xr.Dataset) -> float:
-    """The accuracy threshold of the learning times."""
-    try:
-        return float(study["learning_time"].attrs["threshold"])
-    except KeyError:
-        raise ConceptspaceError(
-            "the study's learning_time carries no 'threshold' attribute; delete "
-            "results/signal/study.nc and rerun `snakemake` (rule gather_study)"
-        ) from None
-
-
-def sigma_of(study: xr.Dataset) -> float:
-    """The Gaussian smoothing over checkpoints (sigma, in checkpoints) of the accuracies
-    behind the learning times; 0 for a study gathered without it."""
-    return float(study["learning_time"].attrs.get("sigma_checkpoints", 0.0))
-
-
-def seed_summary(values: xr.DataArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean, minimum and maximum over 'seed' (NaN-skipping; NaN where no seed has data)."""
-    finite = values.notnull().any("seed")
-    mean = values.mean("seed", skipna=True).where(finite)
-    low = values.min("seed", skipna=True).where(finite)
-    high = values.max("seed", skipna=True).where(finite)
-    return mean.values, low.values, high.values
 
 
 def draw_accuracy(
@@ -348,10 +330,10 @@ def plot_accuracy_levels(
                 label = f"{method_label(method)}, training classes (mean of {', '.join(training)})"
                 draw_accuracy(ax, on_training, color, label, linestyle=":", sigma=sigma)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13))
-    seeds_text = f"{max(n_seeds)} seeds" if n_seeds else "seeds"
-    figure.suptitle(
+    seeds_text = seeds_count(max(n_seeds)) if n_seeds else "seeds"
+    figure_title(
+        figure,
         f"{title}\nline: mean over {seeds_text}; band: range (min to max) over seeds; dashed "
         "vertical: mean over seeds of the first step at the threshold",
-        fontsize=11,
     )
     return save_figure(figure, out_pdf, record=record)

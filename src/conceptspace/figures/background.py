@@ -24,16 +24,16 @@ import numpy as np
 import xarray as xr
 from matplotlib.axes import Axes
 
+from conceptspace.analysis import sigma_of, threshold_of
 from conceptspace.concepts import CONCEPT_VALUES, COLOR_SIZE_BACKGROUND, Layout
 from conceptspace.figures import (
     accuracy_axes,
     draw_accuracy,
+    figure_title,
     new_figure,
     require,
     require_methods,
     save_figure,
-    sigma_of,
-    threshold_of,
 )
 from conceptspace.io import ConceptspaceError
 
@@ -57,7 +57,7 @@ def value_one_probability(concept_prob: xr.DataArray, layout: Layout = LAYOUT) -
 
 
 def axis_label(concept: str) -> str:
-    return f"P({concept} = {CONCEPT_VALUES[concept][1]}), mean over samples (probability)"
+    return f"P({concept} = {CONCEPT_VALUES[concept][1]}), mean over valid samples (probability)"
 
 
 def _projection_panel(ax: Axes, position: xr.DataArray, x: str, y: str) -> None:
@@ -140,7 +140,8 @@ def plot_background(
         if name in study.coords
     )
     n_seeds = study.sizes.get("seed", 1)
-    figure.suptitle(
+    figure_title(
+        figure,
         f"2x2x2 concept space ({gaps}): naive prompting, mean over {n_seeds} seed(s)",
         fontsize=12,
     )

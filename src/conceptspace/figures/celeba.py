@@ -1,4 +1,4 @@
-"""fig_celeba: concept learning on CelebA faces (SPEC "CelebA"; the paper's Male x
+"""fig_celeba: concept learning on CelebA faces (docs/study.md; the paper's Male x
 Wearing_Hat, female with hat held out).
 
 The layout is the study's own (``concepts.celeba_layout``, from the dataset's
@@ -23,18 +23,18 @@ from typing import Any, Mapping
 import numpy as np
 import xarray as xr
 
+from conceptspace.analysis import sigma_of, threshold_of
 from conceptspace.concepts import layout_from_attrs
 from conceptspace.figures import (
     METHOD_COLORS,
     accuracy_axes,
     draw_accuracy,
+    figure_title,
     method_label,
     new_figure,
     require,
     require_methods,
     save_figure,
-    sigma_of,
-    threshold_of,
 )
 from conceptspace.figures.background import value_one_probability
 from conceptspace.io import ConceptspaceError
@@ -66,8 +66,8 @@ def plot_celeba(
 
     figure = new_figure(13, 6.2)
     square, curves = figure.subplots(1, 2)
-    square.set_xlabel(f"P({first} present), mean over samples (probability)")
-    square.set_ylabel(f"P({second} present), mean over samples (probability)")
+    square.set_xlabel(f"P({first} present), mean over valid samples (probability)")
+    square.set_ylabel(f"P({second} present), mean over valid samples (probability)")
     square.set_xlim(-0.1, 1.1)
     square.set_ylim(-0.1, 1.1)
     square.set_aspect("equal")
@@ -124,7 +124,8 @@ def plot_celeba(
         )
     curves.legend(fontsize=7, loc="upper left")
     n_seeds = study.sizes.get("seed", 1)
-    figure.suptitle(
+    figure_title(
+        figure,
         f"CelebA, {first} x {second}: learning dynamics, mean over {n_seeds} seed(s)",
         fontsize=12,
     )

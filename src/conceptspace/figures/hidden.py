@@ -19,7 +19,8 @@ from typing import Any, Mapping, Sequence
 import xarray as xr
 
 from conceptspace.concepts import UNSEEN_CLASS
-from conceptspace.figures import class_label, plot_accuracy_levels
+from conceptspace.analysis import class_label
+from conceptspace.figures import plot_accuracy_levels
 from conceptspace.io import ConceptspaceError
 
 METHODS = ("naive", "overprompt", "intervention")

@@ -23,9 +23,10 @@ from conceptspace.concepts import UNSEEN_CLASS
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from conceptspace.figures import class_label, file_metadata
+from conceptspace.analysis import class_label
+from conceptspace.figures import file_metadata
 from conceptspace.io import ConceptspaceError, atomic_path
-from conceptspace.trajectories import _open_netcdf
+from conceptspace.netcdf import open_netcdf
 
 # Pixels between samples in a cell, and between cells; the gaps show the background.
 SAMPLE_GAP, CELL_GAP = 1, 6
@@ -38,7 +39,7 @@ UPSCALE, MAX_WIDTH = 3, 6000
 
 def open_samples(path: str | os.PathLike) -> xr.Dataset:
     """A samples file written by ``conceptspace sample``, loaded into memory."""
-    return _open_netcdf(path, "samples file", ("images", "applied"))
+    return open_netcdf(path, "samples file", ("images", "applied"))
 
 
 def sheet_rows(samples: xr.Dataset) -> list[tuple[str, str]]:

@@ -9,7 +9,8 @@
     checkpoint: a hollow marker at 1/last step (its speed is at most that). The line is
     1 / (mean T over seeds), censored runs counted at the last step (the authors'
     aggregation; an upper bound where a seed is censored), the band the range of the
-    seeds' speeds.
+    seeds' speeds. A sweep with one level has no line: its mean is a point and the
+    panel says "one level".
 (c) Concept-space trajectories of the unseen class (x = P(color = blue), y =
     P(size = small), over its valid samples), mean over seeds, one line per color gap at
     the color sweep's size gap, colored by the color gap; hollow circle = first
@@ -32,15 +33,15 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.lines import Line2D
 
+from conceptspace.analysis import CORNERS, GAP_TOLERANCE, gap_index
 from conceptspace.concepts import UNSEEN_CLASS
 from conceptspace.figures import (
-    CORNERS,
-    GAP_TOLERANCE,
     concept_square,
-    gap_index,
+    figure_title,
     new_figure,
     note,
     save_figure,
+    seeds_count,
 )
 from conceptspace.io import ConceptspaceError
 
@@ -88,10 +89,11 @@ def plot_signal(
         speed_size, study, "size_gap", "color_gap", size_sweep_color_gap, threshold_text, "(b)"
     )
     _trajectory_panel(trajectories, figure, study, color_sweep_size_gap)
-    figure.suptitle(
+    figure_title(
+        figure,
         f"Concept signal dictates the speed of learning. Unseen class {UNSEEN_CLASS} "
         f"(blue small), naive prompting; T(concept) = first checkpoint with that concept's "
-        f"accuracy \u2265 {threshold_text}; {n_seeds} seed{'s' if n_seeds != 1 else ''}",
+        f"accuracy \u2265 {threshold_text}; {seeds_count(n_seeds)}",
         fontsize=12,
     )
     return save_figure(figure, out_pdf, record=record)
@@ -170,23 +172,31 @@ def _speed_panel(
             np.where(was_run, np.where(censored, last_step, times), np.nan)[:, ran], axis=0
         )
     x = gaps[ran]
-    ax.fill_between(
-        x,
-        np.nanmin(kept, axis=0),
-        np.nanmax(kept, axis=0),
-        color="C0",
-        alpha=0.15,
-        linewidth=0,
-        label="range over seeds",
-    )
-    ax.plot(
-        x,
-        SPEED_SCALE / mean_time,
-        "o-",
-        color="C0",
-        ms=4,
-        label="1 / mean T over seeds (censored at the last step)",
-    )
+    mean_label = "1 / mean T over seeds (censored at the last step)"
+    if len(x) == 1:  # one level is no sweep: no line, no band, and the panel says so
+        ax.plot(x, SPEED_SCALE / mean_time, "o", color="C0", ms=6, label=mean_label)
+        ax.set_xticks(x)
+        ax.text(
+            0.5,
+            0.03,
+            f"one level ({GAP_LABELS[sweep_dim][1]} = {x[0]:g}): no sweep",
+            transform=ax.transAxes,
+            ha="center",
+            va="bottom",
+            fontsize=10,
+            color="0.35",
+        )
+    else:
+        ax.fill_between(
+            x,
+            np.nanmin(kept, axis=0),
+            np.nanmax(kept, axis=0),
+            color="C0",
+            alpha=0.15,
+            linewidth=0,
+            label="range over seeds",
+        )
+        ax.plot(x, SPEED_SCALE / mean_time, "o-", color="C0", ms=4, label=mean_label)
     if not reached.any():
         note(ax, f"no run reached {concept} accuracy \u2265 {threshold_text}\nwithin training")
     top = float(np.nanmax(kept))
@@ -241,7 +251,7 @@ def _trajectory_panel(ax: Axes, figure, study: xr.Dataset, size_gap: float) -> N
             Line2D([], [], ls="", marker="o", color="k", label=f"end (step {steps[-1]})"),
         ],
         fontsize=8,
-        loc="upper center",
+        loc="lower center",  # between the bottom corners' labels, clear of the top ones
     )
     n_seeds = study.sizes.get("seed", 1)
     figure.colorbar(

@@ -9,9 +9,10 @@ each prompt's target value; the probe is binary per concept, so for a red or lar
 target the blue or small probability is 1 minus it. Points are colored by training
 step; faint lines are the single seeds of class 11.
 
-Two events are marked, each defined from the data:
+Two events are marked, each defined from the data (``conceptspace.analysis``, which
+claim 2 reads too):
 
-- The turn from memorization (:func:`memorization_turn`). Memorization pulls the
+- The turn from memorization (``analysis.memorization_turn``). Memorization pulls the
   unseen class's generations toward a training class that differs from it in one
   concept: 01 red small at (0, 1) or 10 blue large at (1, 0). The class it
   is pulled to is the one of those two corners its mean path comes nearest to; the turn
@@ -19,7 +20,7 @@ Two events are marked, each defined from the data:
   counts only if there the generations read as that class more likely than not (the
   product of the probabilities of its color and its size >= 0.5); otherwise no
   memorization is seen and no turn is marked.
-- The convergence of the training classes (:func:`convergence_step`): the first step
+- The convergence of the training classes (``analysis.convergence_step``): the first step
   at which the mean accuracy over seeds of all three training classes is at least the
   learning-time threshold (``evaluation.threshold``).
 """
@@ -38,92 +39,31 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.lines import Line2D
 
-from conceptspace.concepts import (
-    CLASSES,
-    CONCEPTS,
-    TRAINING_CLASSES,
-    UNSEEN_CLASS,
-    class_digits,
-)
-from conceptspace.figures import (
-    CORNERS,
+from conceptspace.analysis import (
+    blue_small,
     class_label,
+    convergence_step,
+    memorization_turn,
+    select_level,
+    sigma_of,
+    threshold_of,
+)
+from conceptspace.concepts import CLASSES, UNSEEN_CLASS
+from conceptspace.figures import (
     concept_square,
+    figure_title,
     level_title,
     new_figure,
     note,
     require,
     require_methods,
     save_figure,
-    select_level,
-    sigma_of,
-    threshold_of,
+    seeds_count,
 )
 from conceptspace.io import ConceptspaceError
-from conceptspace.trajectories import learning_time
 
-# Memorization pulls the unseen class toward 01 or 10, the training classes one concept
-# away from it.
-PULL_CORNERS = {name: CORNERS[name] for name in ("01", "10")}
-# Memorization is seen only where the generations read as the training class more
-# likely than not: the product of the probabilities of its color and its size.
-MEMORIZATION_MIN = 0.5
 MARKERS = {"00": "s", "01": "^", "10": "v", "11": "o"}
 FIGURE = "fig_trajectories"
-
-
-def memorization_turn(path: xr.DataArray) -> tuple[float, str | None]:
-    """(step, training class) of the turn from memorization of a concept-space path.
-
-    ``path`` (step, concept) holds the unseen class's coordinates ('color', 'size').
-    The class is the training class, 01 at (0, 1) or 10 at (1, 0), whose corner the path
-    comes nearest to; the step is that nearest approach (the last on ties). Memorization
-    counts only if there the generations read as that class more likely than not:
-    P(its color) x P(its size) >= MEMORIZATION_MIN. (NaN, None) if it does not, or if
-    the path has no finite point.
-    """
-    x = path.sel(concept="color").values.astype(float)
-    y = path.sel(concept="size").values.astype(float)
-    finite = np.isfinite(x) & np.isfinite(y)
-    if not finite.any():
-        return np.nan, None
-    best: tuple[float, int, str] | None = None  # (distance, index, class)
-    for name, (cx, cy) in PULL_CORNERS.items():
-        distance = np.where(finite, np.hypot(x - cx, y - cy), np.inf)
-        nearest = int(np.flatnonzero(distance == distance.min())[-1])
-        if best is None or distance[nearest] < best[0]:
-            best = (float(distance[nearest]), nearest, name)
-    _, index, name = best
-    cx, cy = PULL_CORNERS[name]
-    # The probability of the class's own color and size: 1 - the distance along each axis.
-    reads_as_class = (1 - abs(x[index] - cx)) * (1 - abs(y[index] - cy))
-    if reads_as_class < MEMORIZATION_MIN:
-        return np.nan, None
-    return float(path["step"].values[index]), name
-
-
-def blue_small(concept_prob: xr.DataArray) -> xr.DataArray:
-    """Concept-space points (prompt, concept, ...) in the frame shared by all prompts:
-    P(color = blue) and P(size = small) instead of the prompt's target values."""
-    prompts, concepts = concept_prob["prompt"].values, concept_prob["concept"].values
-    # Digit 0 of a concept (red, large) is the value whose probability must be flipped.
-    flips = xr.DataArray(
-        [[class_digits(str(p))[CONCEPTS.index(str(c))] == 0 for c in concepts] for p in prompts],
-        dims=("prompt", "concept"),
-        coords={"prompt": prompts, "concept": concepts},
-    )
-    return xr.where(flips, 1.0 - concept_prob, concept_prob).transpose(*concept_prob.dims)
-
-
-def convergence_step(accuracy: xr.DataArray, threshold: float, sigma: float = 0.0) -> float:
-    """The first step at which every training class's accuracy (Gaussian-smoothed over
-    checkpoints with ``sigma``, as the learning times) is >= ``threshold``.
-
-    ``accuracy`` (prompt, step) holds at least the training classes; NaN if never (a
-    missing value never counts as reached).
-    """
-    training = accuracy.sel(prompt=list(TRAINING_CLASSES))
-    return float(learning_time(training.min("prompt", skipna=False), threshold, sigma))
 
 
 def plot_trajectories(
@@ -157,8 +97,9 @@ def plot_trajectories(
     figure.colorbar(
         ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), label="training step", shrink=0.8
     )
-    seeds_text = f"mean over {max(n_seeds)} seeds" if n_seeds else "no runs"
-    figure.suptitle(
+    seeds_text = f"mean over {seeds_count(max(n_seeds))}" if n_seeds else "no runs"
+    figure_title(
+        figure,
         f"Concept memorization, then a turn: class {class_label(UNSEEN_CLASS)} (unseen) and "
         f"the training classes in concept space, naive prompting; {seeds_text}",
         fontsize=12,

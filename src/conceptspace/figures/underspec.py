@@ -1,4 +1,4 @@
-"""fig_underspec: underspecified prompts delay or block generalization (SPEC claim 5).
+"""fig_underspec: underspecified prompts delay or block generalization (claim 5; docs/study.md).
 
 (a) Steps until naive prompting of the unseen blue triangle (class 11 of the color_shape
 layout) reaches the accuracy threshold, against the percentage of red-triangle training
@@ -18,17 +18,17 @@ import numpy as np
 import xarray as xr
 from matplotlib import colormaps
 
+from conceptspace.analysis import sigma_of, threshold_of
 from conceptspace.concepts import COLOR_SHAPE
 from conceptspace.figures import (
     STEP_LABEL,
     accuracy_axes,
     draw_accuracy,
+    figure_title,
     new_figure,
     note,
     require,
     save_figure,
-    sigma_of,
-    threshold_of,
 )
 from conceptspace.io import ConceptspaceError
 
@@ -111,7 +111,8 @@ def plot_underspec(
 
     # (c) sample sheet of the blue-triangle prompt across ratios
     _draw_samples(ax_samples, samples, ratios)
-    figure.suptitle(
+    figure_title(
+        figure,
         "Underspecification: masking the color of red triangles delays or blocks the blue "
         "triangle",
         fontsize=12,
