@@ -55,7 +55,10 @@ def test_candidate_is_valid_and_changes_only_what_it_names(candidate):
 @pytest.mark.workflow
 @pytest.mark.parametrize("candidate", CANDIDATES, ids=lambda path: path.stem)
 def test_candidate_plans_one_training_and_one_evaluation(candidate, tmp_path):
-    result = snakemake(tmp_path, "-n", "--quiet", "rules", configs=configs_of(candidate))
+    # as scripts/calibrate.sh runs it: the cpu preset by name, the overlays as config files
+    overlays = configs_of(candidate)[2:]
+    args = ("-n", "--quiet", "rules", "--config", "preset=cpu")
+    result = snakemake(tmp_path, *args, configs=(REPO / "config.yaml", *overlays))
     jobs = planned_jobs(result.stdout)
     assert jobs["render_training_set"] == jobs["train_vdm"] == jobs["evaluate_run"] == 1
     assert jobs["train_probe"] == 1 and jobs["sample_sheet"] == 1
