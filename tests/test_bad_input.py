@@ -114,6 +114,9 @@ def test_wrong_type_is_named(paper):
         (("training", "precision"), "fp16"),
         (("training", "divergence", "mad_factor"), 1.0),  # would stop healthy runs
         (("training", "divergence", "min_rise"), 0.0),
+        (("model", "data_range"), [1, 0]),  # lo must be below hi
+        (("model", "data_range"), [0, 0.5, 1]),
+        (("model", "h_init_fan_in"), 0),
     ],
 )
 def test_out_of_range_value_is_named(paper, path, value):

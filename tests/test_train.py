@@ -226,6 +226,8 @@ def test_finished_run_only_rewrites_its_manifest(reference, dataset, tmp_path, c
     [
         ({"training": with_training(lr=0.002)}, "training.lr"),
         ({"model": {**MODEL, "dropout": 0.0}}, "model.dropout"),
+        ({"model": {**MODEL, "data_range": [0, 1]}}, "model.data_range"),
+        ({"model": {**MODEL, "h_init_fan_in": 11}}, "model.h_init_fan_in"),
         ({"seed": SEED + 1}, "seed"),
     ],
 )
@@ -239,6 +241,30 @@ def test_resume_with_a_changed_config_is_refused(reference, dataset, tmp_path, c
     assert key in message and "delete" in message
     assert not (tmp_path / "m.json").exists()
     assert not checkpoint_path(copy, 7).exists()
+
+
+def test_a_run_older_than_the_model_keys_resumes_under_their_legacy_values(
+    reference, dataset, tmp_path, caplog
+):
+    # MODEL has neither model.data_range nor model.h_init_fan_in: it stands for runs
+    # trained before they existed, on [-1, 1] with PyTorch's default init
+    run_dir, _ = reference
+    copy = copy_run(run_dir, tmp_path, keep_steps={4, 7})
+    legacy = {**MODEL, "data_range": [-1, 1], "h_init_fan_in": None}
+    with caplog.at_level(logging.INFO, logger="conceptspace.train"):
+        train_run(legacy, TRAINING, dataset, SEED, copy, tmp_path / "manifest.json")
+    assert "resuming from step 7" in caplog.text
+    assert_same_weights(final_state(copy), final_state(run_dir))
+    vdm, _ = load_checkpoint(checkpoint_path(run_dir, 12))
+    assert (vdm.data_low, vdm.data_high) == (-1.0, 1.0)
+
+
+def test_a_run_on_the_authors_scale_loads_on_it(dataset, tmp_path):
+    model = {**MODEL, "data_range": [0, 1], "h_init_fan_in": 11}
+    train_run(model, TRAINING, dataset, SEED, tmp_path / "run", tmp_path / "manifest.json")
+    vdm, metadata = load_checkpoint(checkpoint_path(tmp_path / "run", 12))
+    assert (vdm.data_low, vdm.data_high) == (0.0, 1.0)
+    assert metadata["config"]["model"] == model
 
 
 def test_resume_on_another_dataset_is_refused(reference, tmp_path):

@@ -225,3 +225,40 @@ def test_embed_applies_the_intervention_in_every_block_with_its_own_directions()
             torch.testing.assert_close(out, e2, rtol=1e-5, atol=1e-6)
             assert torch.equal(out[0], e[0])  # alpha = beta = 0 row: bit-identical
             assert not torch.allclose(out[2], e[2])  # alpha = 2 moves the embedding
+
+
+# ------------------------------------------------------------------- the init of h's layer
+
+
+def test_h_init_fan_in_draws_h_layer_as_for_a_padded_h_and_leaves_the_rest():
+    def built(fan_in):
+        torch.manual_seed(0)
+        return UNet(H_DIM, 16, channels=(8, 16), h_init_fan_in=fan_in, **TINY)
+
+    default, padded = built(None), built(11)
+    first_layers = {
+        f"embedding.{i}.0.{kind}"
+        for i in range(len(default.embedding))
+        for kind in ("weight", "bias")
+    }
+    scaled = padded.state_dict()
+    for name, value in default.state_dict().items():
+        if name in first_layers:  # U(+-1/2) -> U(+-1/sqrt(11)): the same draws, scaled
+            assert torch.allclose(scaled[name], value * (H_DIM / 11) ** 0.5)
+            assert float(scaled[name].abs().max()) <= 11**-0.5
+        else:
+            assert torch.equal(scaled[name], value), name
+    # the widest first layer's draws fill most of their range (not some other scale)
+    widest = max((mlp[0].weight.detach() for mlp in padded.embedding), key=torch.numel)
+    assert float(widest.abs().max()) > 0.9 * 11**-0.5
+
+
+def test_h_init_fan_in_from_config_and_below_h_dim_refused():
+    torch.manual_seed(0)
+    net = UNet.from_config({**PAPER_MODEL, "h_init_fan_in": 11}, H_DIM, 32)
+    assert float(net.embedding[0][0].weight.detach().abs().max()) <= 11**-0.5
+    torch.manual_seed(0)
+    net = UNet.from_config(PAPER_MODEL, H_DIM, 32)  # absent: PyTorch's default, U(+-1/2)
+    assert float(net.embedding[0][0].weight.detach().abs().max()) > 11**-0.5
+    with pytest.raises(ConceptspaceError, match="h_init_fan_in 3 is below"):
+        UNet(H_DIM, 16, channels=(8, 16), h_init_fan_in=3, **TINY)

@@ -225,10 +225,12 @@ def disc_images(n, generator):
     return images, torch.cat([color, radius[:, None]], dim=1)
 
 
-def test_a_tiny_model_learns_a_tiny_dataset():
+@pytest.mark.parametrize("data_range", [(-1.0, 1.0), (0.0, 1.0)])
+def test_a_tiny_model_learns_a_tiny_dataset(data_range):
     """The loss falls, and so does its diffusion term: the reconstruction term alone would
-    fall as the schedule lowers gamma(0), the diffusion term only if the network learns."""
-    vdm = tiny_vdm(randomize=False)
+    fall as the schedule lowers gamma(0), the diffusion term only if the network learns.
+    On either data scale."""
+    vdm = tiny_vdm(randomize=False, data_range=data_range)
     images, h = disc_images(64, seeded(0))
     optimizer = torch.optim.AdamW(vdm.parameters(), lr=3e-3, weight_decay=0.01)
     torch.manual_seed(0)
@@ -244,3 +246,45 @@ def test_a_tiny_model_learns_a_tiny_dataset():
     for name, values in history.items():
         first, last = sum(values[:20]) / 20, sum(values[-20:]) / 20
         assert last < 0.75 * first, f"{name}: first 20 steps {first:.3f}, last 20 {last:.3f}"
+
+
+# ------------------------------------------------------------------------- the data scale
+
+
+@pytest.mark.parametrize("data_range", [(0.0, 1.0), (-1.0, 1.0)])
+def test_data_range_round_trips_and_maps_the_image_ends(data_range):
+    vdm = tiny_vdm(data_range=data_range)
+    x, _ = batch(3)
+    assert torch.allclose(vdm.to_image_scale(vdm.to_model_scale(x)), x, atol=1e-7)
+    ends = vdm.to_model_scale(torch.tensor([0.0, 1.0]))
+    assert ends.tolist() == list(data_range)
+
+
+def test_loss_sees_the_images_on_the_configured_scale():
+    """[-1, 1] on x is [0, 1] on 2 x - 1, term by term, with the same noise; and the two
+    scales give different losses for the same images (the option is not ignored)."""
+    x, h = batch(4)
+
+    def terms(vdm, images):
+        return {k: v.item() for k, v in vdm.loss(images, h, generator=seeded(5)).items()}
+
+    plus_minus = terms(tiny_vdm(data_range=(-1.0, 1.0)), x)
+    unit = tiny_vdm(data_range=(0.0, 1.0))
+    assert terms(unit, 2.0 * x - 1.0) == pytest.approx(plus_minus, rel=1e-5)
+    assert terms(unit, x)["prior"] != pytest.approx(plus_minus["prior"], rel=1e-3)
+
+
+def test_sampler_maps_back_from_the_configured_scale():
+    """The same network and noise give the same z_0 whatever the scale; the images differ
+    by the scales' mapping back: (y + 100) / 200 against (y + 50) / 200 (no clamping)."""
+    h = torch.rand(3, H_DIM, generator=seeded(2))
+    first = tiny_vdm(data_range=(-100.0, 100.0)).sample(h, 4, [seeded(i) for i in range(3)])
+    second = tiny_vdm(data_range=(-50.0, 150.0)).sample(h, 4, [seeded(i) for i in range(3)])
+    assert 0.0 < float(first.min()) and float(first.max()) < 1.0
+    assert torch.allclose(second, first - 0.25, atol=1e-6)
+
+
+@pytest.mark.parametrize("data_range", [(1.0, 1.0), (1.0, -1.0), (0.0, 0.5, 1.0)])
+def test_bad_data_range_is_refused_by_name(data_range):
+    with pytest.raises(ValueError, match="data_range"):
+        tiny_vdm(data_range=data_range)

@@ -293,6 +293,21 @@ def cmd_claims_table(args: argparse.Namespace) -> None:
     print(claims_table_markdown(read_json(args.claims)), end="")
 
 
+def cmd_calibration_record(args: argparse.Namespace) -> None:
+    from conceptspace.calibration import write_record
+
+    out = write_record(
+        args.name,
+        args.configfile,
+        args.results,
+        args.out,
+        args.wall_seconds,
+        args.peak_rss_kib,
+        args.command,
+    )
+    log.info("wrote %s", out)
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     from conceptspace.info import describe
 
@@ -468,6 +483,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("claims-table", cmd_claims_table, "print a claims.json as a Markdown table")
     p.add_argument("claims", help="results/claims.json")
+
+    p = stage(
+        "calibration-record",
+        cmd_calibration_record,
+        "write docs/calibration/<name>-<date>/ from one calibration run (scripts/calibrate.sh)",
+    )
+    p.add_argument("name", help="the candidate (workflow/presets/calibration/<name>.yaml)")
+    p.add_argument(
+        "--configfile",
+        nargs="+",
+        required=True,
+        help="config.yaml, the presets and the candidate's overlay last, as the run used them",
+    )
+    p.add_argument("--results", required=True, help="the run's results folder")
+    p.add_argument("--out", required=True, help="the record's folder")
+    p.add_argument("--wall-seconds", type=float, required=True, help="the run's wall time")
+    p.add_argument("--peak-rss-kib", type=int, help="peak RSS of any job (/usr/bin/time -v)")
+    p.add_argument("--command", help="the command that ran it, as the record shows it")
 
     p = stage("info", cmd_info, "print the provenance of files the pipeline wrote")
     p.add_argument("paths", nargs="+")

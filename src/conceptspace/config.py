@@ -267,6 +267,9 @@ def _cross_checks(config: dict) -> Iterable[str]:
     model = config["model"]
     if model["gamma_min"] >= model["gamma_max"]:
         yield "config key 'model.gamma_min' must be below 'model.gamma_max'"
+    low, high = model["data_range"]
+    if low >= high:
+        yield "config key 'model.data_range' must be [lo, hi] with lo < hi, e.g. [0, 1]"
     for section in ("model", "probe"):
         for width in config[section]["channels"]:
             if width % config[section]["groups"]:

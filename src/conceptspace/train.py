@@ -71,6 +71,9 @@ COSMETIC_TRAINING_KEYS = ("log_every", "divergence", "explode_factor")
 _CHECKPOINT_NAME = re.compile(r"step_(\d{6,})\.pt")
 _CHECKPOINT_KEYS = ("model", "step", "rng", "config")
 _RESUME_KEY = "optimizer"  # in the run's two latest checkpoints only
+# Model keys added after runs were trained without them, with the value those runs used:
+# a stored config that lacks one means this value (for loading and for resuming).
+LEGACY_MODEL_KEYS = {"data_range": [-1.0, 1.0], "h_init_fan_in": None}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -104,7 +107,7 @@ def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
     training = {k: v for k, v in config["training"].items() if k not in COSMETIC_TRAINING_KEYS}
     dataset = {k: v for k, v in config["dataset"].items() if k not in ("path", "data")}
     return {
-        "model": config["model"],
+        "model": {**LEGACY_MODEL_KEYS, **config["model"]},
         "training": training,
         "seed": config["seed"],
         "dataset": dataset,
@@ -207,12 +210,14 @@ def _build_vdm(model_cfg: Mapping[str, Any], h_dim: int, image_size: int):
     from conceptspace.unet import UNet
     from conceptspace.vdm import VDM
 
-    net = UNet.from_config(dict(model_cfg), h_dim, image_size)
+    model_cfg = {**LEGACY_MODEL_KEYS, **model_cfg}
+    net = UNet.from_config(model_cfg, h_dim, image_size)
     return VDM(
         net,
         float(model_cfg["gamma_min"]),
         float(model_cfg["gamma_max"]),
         float(model_cfg["reconstruction_sigma"]),
+        data_range=model_cfg["data_range"],
     )
 
 

@@ -27,6 +27,17 @@ that order; 14 for the paper config) has its own MLP h -> Linear(C) -> GELU -> L
 interventions act on (``net.embed(h, intervention=...)``) and what patching swaps
 (``net(z, t, embeddings=donor.embed(h))``).
 
+Their first Linear's initial scale (config ``model.h_init_fan_in``): PyTorch draws a
+Linear's weights and biases from U(+-1/sqrt(fan_in)). The authors' h has 11 slots, most
+unused (their ``v_conditioning_dims: [11]``); this project's has the layout's own (4 for
+the 2x2), so by default its first layer starts sqrt(11/4) = 1.66 times larger than
+theirs. ``h_init_fan_in`` = n draws it as for an h zero-padded to n slots: the default
+draws scaled by sqrt(h_dim / n), which is U(+-1/sqrt(n)) exactly. Zero-padded slots would
+multiply zeros (no effect on the output, no gradient), so this is the padded model
+without changing h, the checkpoints' shapes or the interventions' direction vectors, and
+the rest of the network keeps the same random draws. The authors also ran an
+init-scale ablation: the scale matters to these dynamics.
+
 Linear latent intervention (SPEC "Eliciting hidden capabilities", the authors' code): in
 every block, with e the block's embedding of the prompt and u_color, u_size the block's
 normalised embeddings of an h holding only the color direction and only the size
@@ -57,6 +68,8 @@ TIME_SCALE = 1000.0  # the embedding sees 1000 t, as in the VDM code [code]
 MAX_TIMESCALE = 10_000.0
 NORM_EPS = 1e-6  # GroupNorm epsilon [code]
 CONFIG_KEYS = ("channels", "blocks_per_level", "groups", "attention_heads", "dropout", "time_dim")
+# Optional: a config without it (a checkpoint older than the key) draws PyTorch's default.
+H_INIT_KEY = "h_init_fan_in"
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int = SINUSOIDAL_DIM) -> torch.Tensor:
@@ -186,10 +199,17 @@ class UNet(nn.Module):
         dropout: float = 0.1,
         time_dim: int = 256,
         image_channels: int = 3,
+        h_init_fan_in: int | None = None,
     ):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         check_sizes(image_size, channels, blocks_per_level, groups, attention_heads)
+        if h_init_fan_in is not None and h_init_fan_in < h_dim:
+            raise ConceptspaceError(
+                f"model.h_init_fan_in {h_init_fan_in} is below h's {h_dim} slots; it draws the "
+                "embedding MLPs' first layer as for h zero-padded to that many slots: use a "
+                f"value >= {h_dim}, or null for PyTorch's default"
+            )
         self.h_dim = h_dim
         self.image_size = image_size
         self.image_channels = image_channels
@@ -239,6 +259,13 @@ class UNet(nn.Module):
         self.embedding = nn.ModuleList(
             mlp(h_dim, residual.out_channels) for residual in self.residual_blocks()
         )
+        if h_init_fan_in is not None:
+            # U(+-1/sqrt(h_dim)) -> U(+-1/sqrt(h_init_fan_in)), weights and biases alike
+            # (PyTorch's Linear init); no new draws, so the rest of the network is unchanged
+            with torch.no_grad():
+                for embedding_mlp in self.embedding:
+                    for parameter in embedding_mlp[0].parameters():
+                        parameter.mul_(math.sqrt(h_dim / h_init_fan_in))
         self.autocast_bf16 = False  # set_precision; not state, so checkpoints are unchanged
 
     @classmethod
@@ -259,6 +286,7 @@ class UNet(nn.Module):
             attention_heads=int(model_cfg["attention_heads"]),
             dropout=float(model_cfg["dropout"]),
             time_dim=int(model_cfg["time_dim"]),
+            h_init_fan_in=None if model_cfg.get(H_INIT_KEY) is None else int(model_cfg[H_INIT_KEY]),
         )
 
     def residual_blocks(self) -> list[ResidualBlock]:

@@ -5,9 +5,13 @@ sigma_t^2 = sigmoid(gamma(t)), alpha_t^2 = sigmoid(-gamma(t)). The schedule is l
 linear, gamma(t) = b + |w| t, initialised to b = gamma_min, w = gamma_max - gamma_min
 [authors' code], and trained with the network on the ELBO.
 
-Data: images x in [0, 1] are mapped to [-1, 1] inside (``loss``) and back (``sample``).
-Every density below, the reconstruction's included, lives on that [-1, 1] scale. (The
-authors' code feeds [0, 1] images to its VDM unchanged: a project choice, documented.)
+Data: images x in [0, 1] are mapped linearly onto ``data_range`` = [lo, hi] inside
+(``loss``) and back (``sample``); every density below, the reconstruction's included,
+lives on that scale (config ``model.data_range``). The authors' code feeds [0, 1] images
+to its VDM unchanged ([0, 1], the paper-scale default); [-1, 1], the usual choice of
+diffusion models, doubles every pixel's distance from the others, so at the same gamma
+the signal-to-noise ratio of the data is four times the authors' (as if gamma were lower
+by log 4 = 1.39) and the data's mean sits at 0 instead of 0.5.
 
 Loss (the VDM ELBO, sec. 3.5), in bits per dimension (nats / (D ln 2), D = C * H * W):
     diffusion       0.5 gamma'(t) ||eps - eps_hat(z_t; t)||^2            (VDM eq. 17, T -> inf)
@@ -17,8 +21,8 @@ Loss (the VDM ELBO, sec. 3.5), in bits per dimension (nats / (D ln 2), D = C * H
     reconstruction  -E_q(z_0|x) log p(x | z_0) with the authors' Gaussian decoder
                     p(x | z_0) = N(x; z_0 / alpha_0, reconstruction_sigma^2). The VDM paper
                     uses a 256-way discrete decoder instead; this Gaussian term is a density
-                    on the [-1, 1] scale, not a probability, so the "ELBO" is only comparable
-                    between runs with the same reconstruction_sigma.
+                    on the data_range scale, not a probability, so the "ELBO" is only
+                    comparable between runs with the same reconstruction_sigma and data_range.
 Times are drawn with the low-discrepancy (antithetic) sampler of the VDM appendix.
 The reconstruction term is taken in closed form, its expectation over z_0: the authors'
 code uses a one-sample Monte Carlo estimate with the same expectation. With sigma = 1e-3 it
@@ -30,7 +34,8 @@ channels_last batch gets the same noise on the same pixels.
 Sampler: ancestral, T steps from t = 1 to 0 (VDM appendix, p(z_s | z_t)):
     c = -expm1(gamma_s - gamma_t)
     z_s = (alpha_s / alpha_t) (z_t - sigma_t c eps_hat) + sqrt(sigma_s^2 c) eps
-and the image is x = z_0 / alpha_0 (the decoder's mean), mapped to [0, 1] and clamped.
+and the image is x = z_0 / alpha_0 (the decoder's mean), mapped from ``data_range`` back to
+[0, 1] and clamped.
 (The authors' sampler returns z_0 itself; alpha_0 = 0.997 at gamma_min = -5.)
 """
 
@@ -80,6 +85,21 @@ def same_layout(tensor: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+# What a model config without model.data_range means: the scale every run used before
+# the key existed (their checkpoints load, and resume, with it).
+LEGACY_DATA_RANGE = (-1.0, 1.0)
+
+
+def check_data_range(data_range: Sequence[float]) -> tuple[float, float]:
+    """(lo, hi) as floats; a ValueError unless it is two numbers with lo < hi."""
+    if len(data_range) != 2 or not float(data_range[0]) < float(data_range[1]):
+        raise ValueError(
+            f"data_range must be [lo, hi] with lo < hi (e.g. [0, 1] or [-1, 1]), got "
+            f"{list(data_range)}"
+        )
+    return float(data_range[0]), float(data_range[1])
+
+
 class VDM(nn.Module):
     """A noise-prediction network ``net`` with a learned linear noise schedule.
 
@@ -87,7 +107,7 @@ class VDM(nn.Module):
     block embeddings, and ``net.image_channels`` / ``net.image_size`` the image shape
     (``conceptspace.unet.UNet``). The network's time input is
     t_input = (gamma(t) - gamma_min) / (gamma_max - gamma_min), with the configured (not
-    the learned) end points.
+    the learned) end points. Images in [0, 1] are modelled on the scale ``data_range``.
     """
 
     def __init__(
@@ -96,8 +116,10 @@ class VDM(nn.Module):
         gamma_min: float = -5.0,
         gamma_max: float = 10.0,
         reconstruction_sigma: float = 1e-3,
+        data_range: Sequence[float] = LEGACY_DATA_RANGE,
     ):
         super().__init__()
+        self.data_low, self.data_high = check_data_range(data_range)
         if not gamma_max > gamma_min:
             raise ValueError(f"gamma_max {gamma_max} must exceed gamma_min {gamma_min}")
         if not reconstruction_sigma > 0:
@@ -124,6 +146,16 @@ class VDM(nn.Module):
         """The network's time input, (gamma(t) - gamma_min) / (gamma_max - gamma_min)."""
         return (gamma_t - self.gamma_min) / (self.gamma_max - self.gamma_min)
 
+    # --- the data scale
+
+    def to_model_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] -> the modelled scale [lo, hi] (``data_range``)."""
+        return self.data_low + (self.data_high - self.data_low) * x
+
+    def to_image_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """The modelled scale [lo, hi] -> images in [0, 1] (not clamped)."""
+        return (x - self.data_low) / (self.data_high - self.data_low)
+
     # --- the ELBO
 
     def loss(
@@ -139,7 +171,7 @@ class VDM(nn.Module):
         ``discrete_steps`` = T gives the discrete-time diffusion loss; None the continuous
         one. t0 and eps come from ``generator`` (else the global RNG), in that order.
         """
-        x = 2.0 * x.float() - 1.0
+        x = self.to_model_scale(x.float())
         batch, dims = x.shape[0], x[0].numel()
         bits_per_dim = 1.0 / (dims * math.log(2.0))
 
@@ -236,7 +268,7 @@ class VDM(nn.Module):
                 z = self.ancestral_step(z, t, s, embeddings, generators)
             alpha_0, _ = alpha_sigma(self.gamma(times[-1]))
             x = z / alpha_0
-            return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+            return self.to_image_scale(x).clamp(0.0, 1.0)
         finally:
             self.train(was_training)
 

@@ -1,0 +1,180 @@
+"""Calibration records: one training run of a candidate setting, summarised for docs/calibration/.
+
+A candidate is an overlay ``workflow/presets/calibration/<name>.yaml`` laid over the cpu
+preset and ``calibration/baseline.yaml``, which narrows the study to one run (the signal
+study at color gap 0.8, size gap 0.4, seed 0; the other studies off), so that a candidate
+costs one training and one evaluation. ``scripts/calibrate.sh NAME`` runs it through the
+pipeline into ``results/calibration/<name>/`` and then :func:`write_record`, which writes
+``docs/calibration/<name>-<date>/``: the overlay, the wall time and peak memory, the claims
+table, the sample sheet, and the unseen class's scores at every checkpoint (README.md).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import xarray as xr
+
+from conceptspace.config import load_config, study_runs
+from conceptspace.io import ConceptspaceError, read_json
+
+# Columns of the per-checkpoint table: (heading, variable, method, concept); a variable the
+# trajectory lacks (written before it existed) leaves its column out.
+COLUMNS = (
+    ("naive accuracy", "accuracy", "naive", None),
+    ("valid fraction", "valid_fraction", "naive", None),
+    ("color accuracy", "concept_accuracy", "naive", "color"),
+    ("size accuracy", "concept_accuracy", "naive", "size"),
+    ("product of means", "product_of_means", "naive", None),
+    ("intervention (best)", "accuracy", "intervention", None),
+    ("overprompt (best)", "accuracy", "overprompt", None),
+)
+TAUGHT_PLACEHOLDER = "_(to write after reading the table and looking at the sample sheet)_"
+
+
+def single_run(config: dict) -> Any:
+    """The one run of a calibration config; a named error when there are more or none."""
+    runs = study_runs(config)
+    if len(runs) != 1:
+        raise ConceptspaceError(
+            f"a calibration trains one run, this config plans {len(runs)} "
+            f"({', '.join(run.id for run in runs)}); lay calibration/baseline.yaml under the "
+            "candidate's overlay"
+        )
+    return runs[0]
+
+
+def _column(trajectory: xr.Dataset, variable: str, method: str, concept: str | None, prompt: str):
+    if variable not in trajectory or method not in trajectory["method"].values:
+        return None
+    values = trajectory[variable].sel({"method": method, "prompt": prompt})
+    if concept is not None:
+        if "concept" not in values.dims or concept not in values["concept"].values:
+            return None
+        values = values.sel(concept=concept)
+    return values
+
+
+def _number(value: float) -> str:
+    return "—" if not math.isfinite(value) else f"{value:.2f}"
+
+
+def checkpoint_table(trajectory: xr.Dataset, prompt: str, sigma: float) -> str:
+    """Markdown: the scores of ``prompt`` at every checkpoint, naive accuracy smoothed too,
+    and the training classes' lowest naive accuracy (are they learned?)."""
+    from conceptspace.trajectories import smooth_accuracy
+
+    columns = [(heading, _column(trajectory, *spec, prompt)) for heading, *spec in COLUMNS]
+    columns = [(heading, values) for heading, values in columns if values is not None]
+    naive = trajectory["accuracy"].sel({"method": "naive"})
+    smoothed = smooth_accuracy(naive.sel(prompt=prompt), sigma)
+    training = [p for p in trajectory["prompt"].values if p != prompt]
+    training_min = naive.sel(prompt=training).min("prompt")
+    headings = ["step", columns[0][0], f"smoothed (sigma {sigma:g})"]
+    headings += [heading for heading, _ in columns[1:]] + ["training classes (min)"]
+    lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
+    for i, step in enumerate(trajectory["step"].values):
+        cells = [str(int(step)), _number(float(columns[0][1][i])), _number(float(smoothed[i]))]
+        cells += [_number(float(values[i])) for _, values in columns[1:]]
+        cells.append(_number(float(training_min[i])))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def headline(trajectory: xr.Dataset, prompt: str, threshold: float, sigma: float) -> str:
+    """One sentence: when (if) each method's smoothed accuracy of ``prompt`` reaches the
+    threshold, the naive peak, and the naive valid fraction at the last checkpoint."""
+    from conceptspace.trajectories import learning_time, smooth_accuracy
+
+    parts = []
+    for method in ("naive", "intervention", "overprompt"):
+        if method not in trajectory["method"].values:
+            continue
+        at = trajectory["accuracy"].sel({"method": method, "prompt": prompt})
+        reached = float(learning_time(at, threshold, sigma))
+        parts.append(f"{method} {'never' if math.isnan(reached) else f'at step {reached:.0f}'}")
+    naive = smooth_accuracy(
+        trajectory["accuracy"].sel({"method": "naive", "prompt": prompt}), sigma
+    )
+    peak = int(np.nanargmax(naive.values))
+    text = (
+        f"Class {prompt}'s smoothed accuracy reaches {threshold:g}: {', '.join(parts)}. Naive "
+        f"peak {float(naive[peak]):.2f} at step {int(trajectory['step'][peak])}"
+    )
+    if "valid_fraction" in trajectory:
+        last = float(trajectory["valid_fraction"].sel({"method": "naive", "prompt": prompt})[-1])
+        text += f"; naive valid fraction at the last checkpoint {last:.2f}"
+    return text + "."
+
+
+def write_record(
+    name: str,
+    configs: Sequence[str | Path],
+    results: str | Path,
+    out: str | Path,
+    wall_seconds: float,
+    peak_rss_kib: int | None = None,
+    command: str | None = None,
+) -> Path:
+    """Write ``out`` (README.md, overlay.yaml, claims.json, the sample sheet PNG) from the
+    run of the calibration config ``configs`` (config.yaml first, the candidate's overlay
+    last) whose results are in ``results``. Returns ``out``."""
+    configs = [Path(path) for path in configs]
+    config = load_config(*configs)
+    run = single_run(config)
+    results = Path(results)
+    trajectory_path = results / "signal" / "runs" / run.id / "trajectory.nc"
+    if not trajectory_path.exists():
+        raise ConceptspaceError(
+            f"{trajectory_path} does not exist: the calibration run has not finished; run "
+            f"scripts/calibrate.sh {name} first"
+        )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(configs[-1], out / "overlay.yaml")
+    evaluation = config["evaluation"]
+    with xr.open_dataset(trajectory_path) as trajectory:
+        trajectory = trajectory.load()
+    from conceptspace.concepts import layout_from_attrs
+
+    prompt = layout_from_attrs(trajectory.attrs).unseen_classes[0]
+    sections = [f"# Calibration: {name} ({run.id})\n"]
+    memory = "" if peak_rss_kib is None else f", peak RSS of any job {peak_rss_kib / 1024:.0f} MiB"
+    sections.append(
+        "What: the cpu preset narrowed to one run by `workflow/presets/calibration/baseline.yaml`"
+        + ("" if configs[-1].stem == "baseline" else f", with `{configs[-1].name}` over it")
+        + f" (copied here as overlay.yaml), at commit {trajectory.attrs.get('git_commit')} (the"
+        + f" trajectory's provenance), results in `{results}`:\n\n"
+        + f"    {command or 'scripts/calibrate.sh ' + name}\n\n"
+        + f"Wall time {wall_seconds / 60:.1f} min{memory} (2-core machine, the whole pipeline:"
+        + " render, probe, training, evaluation, figures, claims).\n"
+    )
+    sections.append(
+        "## What it taught\n\n"
+        + headline(trajectory, prompt, evaluation["threshold"], evaluation["sigma"])
+        + f"\n\n{TAUGHT_PLACEHOLDER}\n"
+    )
+    sections.append(
+        f"## Class {prompt} at every checkpoint\n\nNaive prompting unless named; the best-of "
+        "methods are the best variant at each checkpoint; accuracies as in trajectory.nc.\n\n"
+        + checkpoint_table(trajectory, prompt, evaluation["sigma"])
+    )
+    claims = results / "claims.json"
+    if claims.exists():
+        from conceptspace.claims import claims_table_markdown
+
+        shutil.copyfile(claims, out / "claims.json")
+        sections.append(
+            "## Claims (one run: claim 1 needs 3 levels)\n\n"
+            + claims_table_markdown(read_json(claims))
+        )
+    sheets = sorted((results / "figures").glob(f"samples_{run.id}.png"))
+    for sheet in sheets:
+        shutil.copyfile(sheet, out / sheet.name)
+        sections.append(f"## Sample sheet\n\n![samples]({sheet.name})\n")
+    (out / "README.md").write_text("\n".join(sections))
+    return out

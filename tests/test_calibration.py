@@ -1,0 +1,170 @@
+"""Calibration candidates: each overlay is a valid config that plans exactly one run, and
+the record of a run says what its trajectory holds."""
+
+import subprocess
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from conceptspace.calibration import (
+    COLUMNS,
+    TAUGHT_PLACEHOLDER,
+    checkpoint_table,
+    single_run,
+    write_record,
+)
+from conceptspace.config import load_config, validate_config
+from conceptspace.io import ConceptspaceError
+from conftest import REPO, SCHEMA, planned_jobs, snakemake
+
+PRESETS = REPO / "workflow" / "presets"
+CANDIDATES = sorted((PRESETS / "calibration").glob("*.yaml"))
+BASE = (REPO / "config.yaml", PRESETS / "cpu.yaml", PRESETS / "calibration" / "baseline.yaml")
+
+
+def configs_of(candidate):
+    return BASE if candidate.stem == "baseline" else (*BASE, candidate)
+
+
+def test_the_candidates_are_there():
+    names = {path.stem for path in CANDIDATES}
+    assert {"baseline", "data-range-01", "h-init-fan-in-11"} <= names
+
+
+def flat(config, prefix=""):
+    """{"a.b": value} for every leaf of a nested config (lists are leaves)."""
+    if not isinstance(config, dict):
+        return {prefix: config}
+    return {
+        k: v for key, value in config.items() for k, v in flat(value, f"{prefix}{key}.").items()
+    }
+
+
+@pytest.mark.parametrize("candidate", CANDIDATES, ids=lambda path: path.stem)
+def test_candidate_is_valid_and_changes_only_what_it_names(candidate):
+    config = load_config(*configs_of(candidate))
+    validate_config(config, SCHEMA)
+    assert single_run(config).color_gap == 0.8 and single_run(config).size_gap == 0.4
+    if candidate.stem == "baseline":
+        assert single_run(config).id == "dc0.800_ds0.400_seed0"
+        return
+    # the overlay's keys differ from the baseline's, every other key is the baseline's
+    changed, config, baseline = flat(load_config(candidate)), flat(config), flat(load_config(*BASE))
+    for key, value in changed.items():
+        assert config[key] == value and baseline[key] != value, key
+    assert {k: v for k, v in config.items() if k not in changed} == {
+        k: v for k, v in baseline.items() if k not in changed
+    }
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize("candidate", CANDIDATES, ids=lambda path: path.stem)
+def test_candidate_plans_one_training_and_one_evaluation(candidate, tmp_path):
+    # as scripts/calibrate.sh runs it: the cpu preset by name, the overlays as config files
+    overlays = configs_of(candidate)[2:]
+    args = ("-n", "--quiet", "rules", "--config", "preset=cpu")
+    result = snakemake(tmp_path, *args, configs=(REPO / "config.yaml", *overlays))
+    jobs = planned_jobs(result.stdout)
+    assert jobs["render_training_set"] == jobs["train_vdm"] == jobs["evaluate_run"] == 1
+    assert jobs["train_probe"] == 1 and jobs["sample_sheet"] == 1
+    assert "fig_underspec" not in jobs and "fig_background" not in jobs
+
+
+def test_a_config_of_several_runs_is_refused():
+    with pytest.raises(ConceptspaceError, match="plans 6 .*baseline.yaml"):
+        single_run(load_config(REPO / "config.yaml", PRESETS / "cpu.yaml"))
+
+
+# ------------------------------------------------------------------- the record
+
+
+def trajectory():
+    """A run of 4 checkpoints whose class 11 is learned at the third (naive) and second
+    (intervention); half the naive samples are blank at the first."""
+    steps, methods, prompts = (
+        [100, 200, 300, 400],
+        ["naive", "intervention"],
+        ["00", "01", "10", "11"],
+    )
+    accuracy = np.full((4, 2, 4), 0.9)
+    accuracy[:, 0, 3] = [0.0, 0.1, 0.95, 0.95]
+    accuracy[:, 1, 3] = [0.1, 0.9, 0.95, 0.95]
+    valid = np.ones((4, 2, 4))
+    valid[0, 0, 3] = 0.5
+    concept = np.stack([accuracy**0.5, accuracy**0.5], axis=-1)
+    dims = ("step", "method", "prompt")
+    return xr.Dataset(
+        {
+            "accuracy": (dims, accuracy),
+            "valid_fraction": (dims, valid),
+            "concept_accuracy": ((*dims, "concept"), concept),
+        },
+        coords={"step": steps, "method": methods, "prompt": prompts, "concept": ["color", "size"]},
+        attrs={"layout": "color_size", "git_commit": "abc123"},
+    )
+
+
+def test_checkpoint_table_has_a_row_per_checkpoint_and_leaves_out_absent_scores():
+    table = checkpoint_table(trajectory(), "11", sigma=0.0)
+    lines = table.splitlines()
+    assert lines[0].startswith("| step | naive accuracy | smoothed (sigma 0) | valid fraction")
+    assert "product of means" not in lines[0] and "overprompt" not in lines[0]
+    assert len(lines) == 2 + 4
+    # step 100: naive 0, smoothed 0, valid 0.5, color and size sqrt(0), intervention 0.1,
+    # training classes 0.9
+    assert lines[2] == "| 100 | 0.00 | 0.00 | 0.50 | 0.00 | 0.00 | 0.10 | 0.90 |"
+
+
+def test_record_holds_overlay_headline_table_and_sheet(tmp_path):
+    candidate = PRESETS / "calibration" / "data-range-01.yaml"
+    results = tmp_path / "results"
+    run = results / "signal" / "runs" / "dc0.800_ds0.400_seed0"
+    run.mkdir(parents=True)
+    trajectory().to_netcdf(run / "trajectory.nc")
+    (results / "figures").mkdir()
+    (results / "figures" / "samples_dc0.800_ds0.400_seed0.png").write_bytes(b"png")
+    out = write_record(
+        "data-range-01", configs_of(candidate), results, tmp_path / "record", 905.0, 2048
+    )
+    assert (out / "overlay.yaml").read_text() == candidate.read_text()
+    assert (out / "samples_dc0.800_ds0.400_seed0.png").read_bytes() == b"png"
+    readme = (out / "README.md").read_text()
+    assert "15.1 min, peak RSS of any job 2 MiB" in readme and "commit abc123" in readme
+    # cpu preset: threshold 0.8, sigma 1; the smoothed naive accuracy first passes at 400
+    assert "naive at step 400, intervention at step 300" in readme
+    assert "naive valid fraction at the last checkpoint 1.00" in readme
+    assert (
+        TAUGHT_PLACEHOLDER in readme and "![samples](samples_dc0.800_ds0.400_seed0.png)" in readme
+    )
+    assert not (out / "claims.json").exists()  # no claims in these results
+
+
+def test_record_of_an_unfinished_run_names_the_fix(tmp_path):
+    with pytest.raises(ConceptspaceError, match="scripts/calibrate.sh baseline first"):
+        write_record("baseline", BASE, tmp_path / "results", tmp_path / "record", 1.0)
+
+
+def test_calibrate_script_names_the_candidates_for_an_unknown_one():
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "calibrate.sh"), "no-such-candidate"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "no candidate workflow/presets/calibration/no-such-candidate.yaml" in result.stderr
+    assert "baseline" in result.stderr and "data-range-01" in result.stderr
+
+
+def test_checkpoint_table_reads_a_gathered_trajectory(tmp_path):
+    from test_trajectories import STEPS, write_trajectory
+
+    with xr.open_dataset(write_trajectory(tmp_path, 0, 0.8, 0.4, crossing_index=5)) as gathered:
+        lines = checkpoint_table(gathered.load(), "11", sigma=0.0).splitlines()
+    headings = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert headings == ["step", "naive accuracy", "smoothed (sigma 0)"] + [
+        heading for heading, *_ in COLUMNS[1:]
+    ] + ["training classes (min)"]
+    assert len(lines) == 2 + len(STEPS)
+    # naive class 11: every concept 0.3 before the crossing, 1 from it; every sample valid
+    assert lines[2].split("|")[2:5] == [" 0.09 ", " 0.09 ", " 1.00 "]
+    assert lines[2 + 5].split("|")[2:6] == [" 1.00 ", " 1.00 ", " 1.00 ", " 1.00 "]
