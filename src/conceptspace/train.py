@@ -22,7 +22,7 @@ stores that RNG's state, and validation draws its fixed noise from a generator o
 own, so it never touches it. A resumed run therefore ends with exactly the weights of an
 uninterrupted one (same device, same thread count; CUDA kernels with atomics aside).
 
-Speed (see PERF-NOTES): the training images live in one tensor on the device, batch
+Speed (benchmarks/README.md): the training images live in one tensor on the device, batch
 indices are drawn there, and the host syncs only every ``log_every`` steps and at
 checkpoints; the loss is accumulated on the device meanwhile. A NaN/inf is therefore
 noticed at the next log or checkpoint, always before a checkpoint is written.
@@ -222,7 +222,7 @@ def _build_vdm(model_cfg: Mapping[str, Any], h_dim: int, image_size: int):
 
 
 def _use_channels_last(device: torch.device, precision: str) -> bool:
-    # CPU (oneDNN): ~1.2x in fp32 and in bf16 (PERF-NOTES). CUDA: pays off with bf16
+    # CPU (oneDNN): ~1.2x in fp32 and in bf16 (measured on the build machine). CUDA: pays off with bf16
     # tensor cores; fp32 convolutions there gain little and GroupNorm may lose.
     return device.type == "cpu" or precision == "bf16"
 

@@ -1,4 +1,4 @@
-"""The conditional U-Net that predicts the noise eps in the VDM (SPEC "Model").
+"""The conditional U-Net that predicts the noise eps in the VDM (docs/study.md "The model").
 
 Layout, following the authors' code (every size configurable; paper values in brackets):
 
@@ -38,7 +38,7 @@ without changing h, the checkpoints' shapes or the interventions' direction vect
 the rest of the network keeps the same random draws. The authors also ran an
 init-scale ablation: the scale matters to these dynamics.
 
-Linear latent intervention (SPEC "Eliciting hidden capabilities", the authors' code): in
+Linear latent intervention (docs/study.md "Prompting methods", the authors' code): in
 every block, with e the block's embedding of the prompt and u_color, u_size the block's
 normalised embeddings of an h holding only the color direction and only the size
 direction,
