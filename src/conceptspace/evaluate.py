@@ -317,6 +317,12 @@ class Prepared:
     donors: dict[int, torch.nn.Module]
     directions: tuple[torch.Tensor, torch.Tensor]
 
+    @property
+    def data_cfg(self) -> dict:
+        """The data settings the run's training set was rendered with (what the validity
+        verdict bounds its objects by); empty for a dataset that has none (CelebA)."""
+        return (self.metadata["config"].get("dataset") or {}).get("data") or {}
+
     def generate(
         self, samples: int, signal: Signal, seed: int, evaluation_cfg: Mapping[str, Any], device
     ) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor]]:
@@ -641,12 +647,16 @@ def _evaluate_with(
     p_target = np.full((len(methods), len(prompts), len(concepts), samples_per_prompt), np.nan)
     valid = np.full((len(methods), len(prompts), samples_per_prompt), np.nan)
     where = [(methods.index(c.method), prompts.index(c.prompt)) for c in conditions]
-    data_cfg = (prepared.metadata["config"].get("dataset") or {}).get("data") or {}
     for chunk, images in prepared.generate(
         samples_per_prompt, signal, seed, evaluation_cfg, device
     ):
         scores, verdicts = score_samples(
-            probe, images, [conditions[c].prompt for c, _ in chunk], layout, data_cfg, signal
+            probe,
+            images,
+            [conditions[c].prompt for c, _ in chunk],
+            layout,
+            prepared.data_cfg,
+            signal,
         )
         for (c, i), row, verdict in zip(chunk, scores, verdicts):
             p_target[where[c] + (slice(None), i)] = row
@@ -785,11 +795,10 @@ def sample_checkpoints(
         )
         valid = np.zeros(images.shape[:3], np.uint8)
         conditions = prepared.conditions
-        data_cfg = (prepared.metadata["config"].get("dataset") or {}).get("data") or {}
         log.info("sampling %s (step %d): %d conditions", path, prepared.step, len(conditions))
         for chunk, batch in prepared.generate(samples, signal, seed, evaluation_cfg, device):
             pixels = (batch * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            verdict = sample_validity(batch, layout, data_cfg, signal)
+            verdict = sample_validity(batch, layout, prepared.data_cfg, signal)
             for (c, i), image, ok in zip(chunk, pixels, verdict):
                 condition = conditions[c]
                 at = (methods.index(condition.method), layout.class_index(condition.prompt), i)

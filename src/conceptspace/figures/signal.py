@@ -139,7 +139,8 @@ def _speed_panel(
         return
 
     # Censored runs count at the last step: speeds are then upper bounds.
-    speed = SPEED_SCALE / np.where(censored, last_step, times)
+    bounded = np.where(censored, last_step, times)
+    speed = SPEED_SCALE / bounded
     rows, columns = np.nonzero(reached)
     ax.scatter(
         gaps[columns],
@@ -168,9 +169,7 @@ def _speed_panel(
     ran = was_run.any(axis=0)
     with np.errstate(invalid="ignore"):
         kept = np.where(was_run, speed, np.nan)[:, ran]
-        mean_time = np.nanmean(
-            np.where(was_run, np.where(censored, last_step, times), np.nan)[:, ran], axis=0
-        )
+        mean_time = np.nanmean(np.where(was_run, bounded, np.nan)[:, ran], axis=0)
     x = gaps[ran]
     mean_label = "1 / mean T over seeds (censored at the last step)"
     if len(x) == 1:  # one level is no sweep: no line, no band, and the panel says so
