@@ -304,12 +304,7 @@ def prepare_celeba(
     provenance.
     """
     unseen = _held_out_class(held_out)
-    if len(attributes) != 2 or attributes[0] == attributes[1]:
-        raise ConceptspaceError(
-            f"CelebA needs two different attributes (one per concept); got {list(attributes)}"
-        )
-    if int(per_class) < 1:
-        raise ConceptspaceError(f"images per class must be at least 1, got {per_class}")
+    _check_request(attributes, per_class)
     dataset = open_celeba(root, split, verify_md5)
     columns = _attribute_columns(dataset, attributes)
     digits = dataset.attr[:, columns].numpy().astype(np.int64)  # torchvision maps -1/1 to 0/1
@@ -318,6 +313,53 @@ def prepare_celeba(
     }
     classes = [name for name in CLASSES if include_held_out or name != unseen]
     per_class = int(per_class)
+    _check_available(available, classes, per_class, split, attributes)
+
+    purpose = _PROBE_SET if include_held_out else _TRAINING_SET
+    choose, split_rng = (
+        np.random.default_rng(child)
+        for child in np.random.SeedSequence([int(seed), purpose]).spawn(2)
+    )
+    index = _draw_images(digits, classes, per_class, choose)
+    labels = np.repeat([class_index(name) for name in classes], per_class).astype(np.int64)
+    arrays = {
+        "images": _read_faces(dataset, index, root, int(image_size), crop, log_every),
+        "h": np.stack([class_h(CLASSES[label]) for label in labels]),
+        "label": labels,
+        "attributes": digits[index],
+        "filename": np.array([dataset.filename[int(i)] for i in index]),
+        "is_validation": _validation_flags(labels, float(validation_fraction), split_rng),
+    }
+    settings = {
+        "attributes": list(attributes),
+        "held_out": unseen,
+        "image_size": int(image_size),
+        "per_class": per_class,
+        "split": split,
+        "include_held_out": bool(include_held_out),
+        "validation_fraction": float(validation_fraction),
+        "crop": crop,
+        "verify_md5": bool(verify_md5),
+    }
+    return RenderedSet(arrays, _metadata(settings, root, seed, classes, available))
+
+
+def _check_request(attributes: Sequence[str], per_class: int) -> None:
+    if len(attributes) != 2 or attributes[0] == attributes[1]:
+        raise ConceptspaceError(
+            f"CelebA needs two different attributes (one per concept); got {list(attributes)}"
+        )
+    if int(per_class) < 1:
+        raise ConceptspaceError(f"images per class must be at least 1, got {per_class}")
+
+
+def _check_available(
+    available: dict[str, int],
+    classes: list[str],
+    per_class: int,
+    split: str,
+    attributes: Sequence[str],
+) -> None:
     short = {name: available[name] for name in classes if available[name] < per_class}
     if short:
         counts = ", ".join(f"{name}: {count}" for name, count in short.items())
@@ -327,21 +369,30 @@ def prepare_celeba(
             f"the images per class to at most {min(short.values())}, or use split 'all'."
         )
 
-    purpose = _PROBE_SET if include_held_out else _TRAINING_SET
-    choose, split_rng = (
-        np.random.default_rng(child)
-        for child in np.random.SeedSequence([int(seed), purpose]).spawn(2)
-    )
+
+def _draw_images(
+    digits: np.ndarray, classes: list[str], per_class: int, choose: np.random.Generator
+) -> np.ndarray:
+    """Indices of ``per_class`` images of each class, class after class."""
     chosen = []
     for name in classes:
         members = np.flatnonzero(np.all(digits == class_digits(name), axis=1))
         # Sorted within a class: files are read in directory order, the draw stays seeded.
         chosen.append(np.sort(choose.choice(members, size=per_class, replace=False)))
-    index = np.concatenate(chosen)
-    labels = np.repeat([class_index(name) for name in classes], per_class).astype(np.int64)
+    return np.concatenate(chosen)
 
-    transform = face_transform(int(image_size), crop)
-    images = np.empty((len(index), 3, int(image_size), int(image_size)), np.uint8)
+
+def _read_faces(
+    dataset,
+    index: np.ndarray,
+    root: str | os.PathLike,
+    image_size: int,
+    crop: int | None,
+    log_every: int,
+) -> np.ndarray:
+    """The images at ``index``, cropped and resized (``face_transform``), uint8."""
+    transform = face_transform(image_size, crop)
+    images = np.empty((len(index), 3, image_size, image_size), np.uint8)
     started = time.perf_counter()
     for done, i in enumerate(index, start=1):
         try:
@@ -361,29 +412,19 @@ def prepare_celeba(
                 100 * done / len(index),
                 eta(done, len(index), elapsed),
             )
+    return images
 
-    attribute_values = digits[index]
-    arrays = {
-        "images": images,
-        "h": np.stack([class_h(CLASSES[label]) for label in labels]),
-        "label": labels,
-        "attributes": attribute_values,
-        "filename": np.array([dataset.filename[int(i)] for i in index]),
-        "is_validation": _validation_flags(labels, float(validation_fraction), split_rng),
-    }
-    settings = {
-        "attributes": list(attributes),
-        "held_out": unseen,
-        "image_size": int(image_size),
-        "per_class": per_class,
-        "split": split,
-        "include_held_out": bool(include_held_out),
-        "validation_fraction": float(validation_fraction),
-        "crop": crop,
-        "verify_md5": bool(verify_md5),
-    }
-    metadata = {
-        "kind": "celeba_probe_set" if include_held_out else "celeba_training_set",
+
+def _metadata(
+    settings: dict[str, Any],
+    root: str | os.PathLike,
+    seed: int,
+    classes: list[str],
+    available: dict[str, int],
+) -> dict[str, Any]:
+    attributes, unseen = settings["attributes"], settings["held_out"]
+    return {
+        "kind": "celeba_probe_set" if settings["include_held_out"] else "celeba_training_set",
         "celeba": settings,
         "root": str(root),  # not in the provenance hash: moving the data changes nothing
         "seed": int(seed),
@@ -398,4 +439,3 @@ def prepare_celeba(
         **layout_attrs(celeba_layout(tuple(attributes), unseen)),  # probes and evaluation
         "provenance": provenance({"celeba": settings}, seed),
     }
-    return RenderedSet(arrays, metadata)

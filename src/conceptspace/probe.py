@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -189,10 +190,53 @@ def train_probe(
     metrics can be read; ``load_probe`` is what refuses it.
     """
     device = compute_device(device, threads)
-    torch.manual_seed(seed)
-    steps = int(probe_cfg["steps"])
-    batch_size = int(probe_cfg["batch_size"])
+    torch.manual_seed(seed)  # the probe's initial weights
 
+    arrays, layout, source = _probe_set(data_cfg, probe_cfg, signals, seed, layout, dataset_path)
+    data = _ProbeData.split(arrays, layout, device)
+
+    config = {
+        "image_size": data.image_size,
+        "channels": [int(c) for c in probe_cfg["channels"]],
+        "groups": int(probe_cfg["groups"]),
+        "attention_heads": int(probe_cfg["attention_heads"]),
+        "n_concepts": len(layout.concepts),
+    }
+    probe = ProbeNet(**config).to(device)
+    probe.concepts = layout.concepts
+    _fit(probe, data, probe_cfg, seed, device)
+
+    accuracy = _accuracy(probe, data.validation_images, data.validation_labels, device)
+    min_accuracy = float(probe_cfg["min_accuracy"])
+    _log_accuracy(accuracy, min_accuracy)
+
+    signal_records = [{"color_gap": s.color_gap, "size_gap": s.size_gap} for s in signals]
+    record = provenance(_settings(data_cfg, probe_cfg, signal_records, source, layout), seed)
+    _save_probe(out_path, probe, config, accuracy, layout, record)
+    metrics = {
+        "accuracy": accuracy,
+        "min_accuracy": min_accuracy,
+        "n_train": int(len(data.train_images)),
+        "n_validation": int(len(data.validation_images)),
+        "steps": int(probe_cfg["steps"]),
+        "signals": signal_records,
+        "layout": layout.name,
+        "provenance": record,
+    }
+    write_json(metrics_path, metrics)
+    return metrics
+
+
+def _probe_set(
+    data_cfg: Mapping[str, Any],
+    probe_cfg: Mapping[str, Any],
+    signals: Sequence[Signal],
+    seed: int,
+    layout: Layout,
+    dataset_path: str | os.PathLike | None,
+) -> tuple[Mapping[str, Any], Layout, dict[str, Any]]:
+    """The probe set's arrays, its layout, and where it came from (for the provenance):
+    rendered for ``layout``, or read from ``dataset_path`` with the layout it holds."""
     if dataset_path is None:
         rendered = render_probe_set(
             data_cfg,
@@ -202,51 +246,89 @@ def train_probe(
             validation_fraction=float(probe_cfg["validation_fraction"]),
             layout=layout,
         )
-        source: dict[str, Any] = {}
-    else:
-        rendered, metadata = load_dataset(dataset_path)
-        layout = layout_from_attrs(metadata)
-        missing = sorted(set(layout.classes) - {layout.classes[i] for i in set(rendered["label"])})
-        if missing:
-            raise ConceptspaceError(
-                f"probe set {dataset_path} has no images of class(es) {', '.join(missing)}; the "
-                "probe must see every class, the unseen ones included: prepare it with "
-                "include_held_out (`conceptspace celeba --include-held-out`)"
-            )
-        source = {"dataset": str(dataset_path), "dataset_provenance": metadata.get("provenance")}
-    held_out = rendered["is_validation"]
-    images = torch.from_numpy(rendered["images"])
-    labels = torch.from_numpy(concept_labels(rendered["label"], layout))
-    train_images, train_labels = images[~held_out].to(device), labels[~held_out].to(device)
-    validation_images, validation_labels = images[held_out], labels[held_out]
-    n_train = len(train_images)
-    if n_train == 0:
+        return rendered, layout, {}
+    arrays, metadata = load_dataset(dataset_path)
+    layout = layout_from_attrs(metadata)
+    missing = sorted(set(layout.classes) - {layout.classes[i] for i in set(arrays["label"])})
+    if missing:
         raise ConceptspaceError(
-            "the probe has no training images; raise probe.images_per_class or lower "
-            "probe.validation_fraction"
+            f"probe set {dataset_path} has no images of class(es) {', '.join(missing)}; the "
+            "probe must see every class, the unseen ones included: prepare it with "
+            "include_held_out (`conceptspace celeba --include-held-out`)"
+        )
+    source = {"dataset": str(dataset_path), "dataset_provenance": metadata.get("provenance")}
+    return arrays, layout, source
+
+
+@dataclass
+class _ProbeData:
+    """The probe set split: training images and concept labels on the device, held-out
+    ones on the host (they are scored in batches, ``_accuracy``)."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    validation_images: torch.Tensor
+    validation_labels: torch.Tensor
+    image_size: int
+
+    @classmethod
+    def split(cls, arrays: Mapping[str, Any], layout: Layout, device: torch.device) -> _ProbeData:
+        held_out = arrays["is_validation"]
+        images = torch.from_numpy(arrays["images"])
+        labels = torch.from_numpy(concept_labels(arrays["label"], layout))
+        train_images, train_labels = images[~held_out], labels[~held_out]
+        if len(train_images) == 0:
+            raise ConceptspaceError(
+                "the probe has no training images; raise probe.images_per_class or lower "
+                "probe.validation_fraction"
+            )
+        return cls(
+            train_images=train_images.to(device),
+            train_labels=train_labels.to(device),
+            validation_images=images[held_out],
+            validation_labels=labels[held_out],
+            image_size=int(images.shape[-1]),
         )
 
-    config = {
-        "image_size": int(images.shape[-1]),
-        "channels": [int(c) for c in probe_cfg["channels"]],
-        "groups": int(probe_cfg["groups"]),
-        "attention_heads": int(probe_cfg["attention_heads"]),
-        "n_concepts": len(layout.concepts),
-    }
-    probe = ProbeNet(**config).to(device)
-    probe.concepts = layout.concepts
+
+class _ShuffledBatches:
+    """Batch indices from a seeded generator of their own: shuffled epochs without
+    replacement (an epoch's tail shorter than a batch is skipped)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size = n, batch_size
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.order = torch.randperm(n, generator=self.generator)
+        self.cursor = 0
+
+    def next(self) -> torch.Tensor:
+        if self.cursor + self.batch_size > self.n:
+            self.order, self.cursor = torch.randperm(self.n, generator=self.generator), 0
+        index = self.order[self.cursor : self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        return index
+
+
+def _fit(
+    probe: ProbeNet,
+    data: _ProbeData,
+    probe_cfg: Mapping[str, Any],
+    seed: int,
+    device: torch.device,
+) -> None:
+    """``probe_cfg['steps']`` AdamW steps on the training images, about ten progress lines."""
+    steps = int(probe_cfg["steps"])
+    batch_size = int(probe_cfg["batch_size"])
+    n_train = len(data.train_images)
     optimizer = torch.optim.AdamW(
         probe.parameters(), lr=float(probe_cfg["lr"]), weight_decay=float(probe_cfg["weight_decay"])
     )
-    # Batches come from a seeded generator: shuffled epochs without replacement.
-    batches = torch.Generator().manual_seed(int(seed))
-    order = torch.randperm(n_train, generator=batches)
-    cursor = 0
+    batches = _ShuffledBatches(n_train, batch_size, seed)
     report_every = max(1, math.ceil(steps / 10))
     log.info(
         "training probe: %d train / %d validation images, %d steps, batch %d, device %s",
         n_train,
-        len(validation_images),
+        len(data.validation_images),
         steps,
         batch_size,
         device,
@@ -256,16 +338,8 @@ def train_probe(
     started = time.perf_counter()
     running_loss, running_count = 0.0, 0
     for step in range(1, steps + 1):
-        if cursor + batch_size > n_train:
-            order, cursor = torch.randperm(n_train, generator=batches), 0
-        index = order[cursor : cursor + batch_size].to(device)
-        cursor += batch_size
-        logits = probe(train_images[index])
-        # Cross-entropy of each concept's head, summed over concepts.
-        per_concept = F.cross_entropy(
-            logits.reshape(-1, 2), train_labels[index].reshape(-1), reduction="none"
-        )
-        loss = per_concept.view(-1, probe.n_concepts).mean(dim=0).sum()
+        index = batches.next().to(device)
+        loss = _concept_loss(probe, data.train_images[index], data.train_labels[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -283,21 +357,46 @@ def train_probe(
             )
             running_loss, running_count = 0.0, 0
 
-    accuracy = _accuracy(probe, validation_images, validation_labels, device)
+
+def _concept_loss(probe: ProbeNet, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each concept's head, summed over concepts."""
+    logits = probe(images)
+    per_concept = F.cross_entropy(logits.reshape(-1, 2), labels.reshape(-1), reduction="none")
+    return per_concept.view(-1, probe.n_concepts).mean(dim=0).sum()
+
+
+def _log_accuracy(accuracy: Mapping[str, float], min_accuracy: float) -> None:
     log.info("probe held-out accuracy: %s", _format_accuracy(accuracy))
-    min_accuracy = float(probe_cfg["min_accuracy"])
     if min(accuracy.values(), default=1.0) < min_accuracy:
         log.warning(
             "probe accuracy is below probe.min_accuracy %.3f; evaluation will refuse it",
             min_accuracy,
         )
 
-    signal_records = [{"color_gap": s.color_gap, "size_gap": s.size_gap} for s in signals]
+
+def _settings(
+    data_cfg: Mapping[str, Any],
+    probe_cfg: Mapping[str, Any],
+    signal_records: list[dict[str, float]],
+    source: Mapping[str, Any],
+    layout: Layout,
+) -> dict[str, Any]:
+    """What the probe's provenance hashes: its settings and where its images came from."""
     settings = {"data": dict(data_cfg), "probe": dict(probe_cfg), "signals": signal_records}
     settings.update(source)
     if layout is not COLOR_SIZE:
         settings["layout"] = layout.name
-    record = provenance(settings, seed)
+    return settings
+
+
+def _save_probe(
+    out_path: str | os.PathLike,
+    probe: ProbeNet,
+    config: Mapping[str, Any],
+    accuracy: Mapping[str, float],
+    layout: Layout,
+    record: Mapping[str, Any],
+) -> None:
     checkpoint = {
         "state_dict": {name: t.detach().cpu() for name, t in probe.state_dict().items()},
         "config": config,
@@ -308,18 +407,6 @@ def train_probe(
     }
     with atomic_path(out_path) as tmp:
         torch.save(checkpoint, tmp)
-    metrics = {
-        "accuracy": accuracy,
-        "min_accuracy": min_accuracy,
-        "n_train": int(n_train),
-        "n_validation": int(len(validation_images)),
-        "steps": steps,
-        "signals": signal_records,
-        "layout": layout.name,
-        "provenance": record,
-    }
-    write_json(metrics_path, metrics)
-    return metrics
 
 
 def _format_accuracy(accuracy: Mapping[str, float]) -> str:

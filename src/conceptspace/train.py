@@ -36,8 +36,10 @@ import logging
 import os
 import re
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -363,65 +365,142 @@ def train_run(
     loss becomes NaN/inf or climbs far above its best (``training.divergence``); the last
     good checkpoint is kept.
     """
-    from conceptspace.render import load_dataset
-
     device = compute_device(device, threads)
     run_dir = Path(run_dir)
     steps = int(training_cfg["steps"])
-    batch_size = int(training_cfg["batch_size"])
-    log_every = max(1, int(training_cfg["log_every"]))
     # Stops training when the loss climbs far above its best (None: only NaN/inf stop it);
     # see conceptspace.divergence and docs/trust.md.
     monitor = DivergenceMonitor.from_config(training_cfg)
     precision = training_cfg.get("precision", "fp32")
-    if precision not in ("fp32", "bf16"):
-        raise ConceptspaceError(
-            f"training.precision is {precision!r}; use 'fp32' or 'bf16' in config.yaml"
+    _check_bf16_support(precision, device)
+    scheduled = _checkpoint_schedule(training_cfg, steps)
+    # The last step is always saved too, so a finished run never retrains its tail.
+    save_steps = sorted(set(scheduled) | {steps})
+
+    data = _TrainingData.load(dataset_path, device)
+    config = _run_config(model_cfg, training_cfg, seed, data)
+    record = provenance(config, seed)
+
+    resume_path, checkpoint = _matching_checkpoint(run_dir, save_steps, config, device)
+    if checkpoint is not None and checkpoint["step"] == steps:
+        log.info(
+            "all %d checkpoints exist in %s; rewriting the manifest",
+            len(save_steps),
+            run_dir / "checkpoints",
         )
+        return _write_manifest(manifest_path, run_dir, save_steps, config, scheduled, record)
+    checkpoint = _with_optimizer_state(resume_path, checkpoint)
+
+    torch.manual_seed(seed)  # all randomness of training comes from the global torch RNG
+    model = _Model.build(model_cfg, training_cfg, data, device, precision, compile)
+    start = 0 if checkpoint is None else model.resume(checkpoint, resume_path, device)
+    del checkpoint
+
+    plan = _Plan(
+        run_dir=run_dir,
+        steps=steps,
+        batch_size=int(training_cfg["batch_size"]),
+        log_every=max(1, int(training_cfg["log_every"])),
+        save_steps=save_steps,
+        config=config,
+        record=record,
+        seed=int(seed),
+        device=device,
+    )
+    _log_start(plan, model, data, start, precision)
+    _train(plan, model, data, monitor, start)
+    return _write_manifest(manifest_path, run_dir, save_steps, config, scheduled, record)
+
+
+# The configuration schema (workflow/schemas) checks every setting before a workflow or
+# command-line run gets here; train_run re-checks only what a direct library caller
+# would otherwise learn about late or not at all.
+
+
+def _check_bf16_support(precision: str, device: torch.device) -> None:
+    # The schema cannot know the device: without this a bf16 run on an old GPU fails in
+    # the first forward pass with a message that does not name the setting.
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConceptspaceError(
             f"{torch.cuda.get_device_name(device)} has no bfloat16 support; set "
             "training.precision: fp32"
         )
+
+
+def _checkpoint_schedule(training_cfg: Mapping[str, Any], steps: int) -> list[int]:
+    """The scheduled checkpoint steps, which must fit in training: a checkpoint past the
+    end would be missed only when the manifest is written, after the whole training."""
     scheduled = checkpoint_steps(training_cfg)
     if not scheduled or scheduled[-1] > steps:
         raise ConceptspaceError(
             f"checkpoints {scheduled} do not fit in training.steps = {steps}; make "
             "training.checkpoints.last <= training.steps"
         )
-    # The last step is always saved too, so a finished run never retrains its tail.
-    save_steps = sorted(set(scheduled) | {steps})
+    return scheduled
 
-    # --- data: one tensor per split, on the device
-    arrays, metadata = load_dataset(dataset_path)
-    images = torch.from_numpy(np.ascontiguousarray(arrays["images"], dtype=np.float32))
-    h_all = torch.from_numpy(np.ascontiguousarray(arrays["h"], dtype=np.float32))
-    held_out = torch.from_numpy(np.asarray(arrays["is_validation"], dtype=bool))
-    train_images, train_h = images[~held_out].to(device), h_all[~held_out].to(device)
-    validation_images = images[held_out][:VALIDATION_IMAGES].to(device)
-    validation_h = h_all[held_out][:VALIDATION_IMAGES].to(device)
-    n_train = len(train_images)
-    if n_train == 0:
-        raise ConceptspaceError(
-            f"dataset {dataset_path} has no training images (all are validation); lower "
-            "data.validation_fraction or raise data.images_per_class"
+
+@dataclass
+class _TrainingData:
+    """A rendered dataset on the device, one tensor per split (batches are indexed there,
+    without a trip through the host): the training images and the fixed validation
+    subset, with what identifies the dataset (``_dataset_summary``)."""
+
+    train_images: torch.Tensor
+    train_h: torch.Tensor
+    validation_images: torch.Tensor
+    validation_h: torch.Tensor
+    h_dim: int
+    image_size: int
+    summary: dict[str, Any]
+    device: torch.device
+
+    @classmethod
+    def load(cls, dataset_path: str | os.PathLike, device: torch.device) -> _TrainingData:
+        from conceptspace.render import load_dataset
+
+        arrays, metadata = load_dataset(dataset_path)
+        images = torch.from_numpy(np.ascontiguousarray(arrays["images"], dtype=np.float32))
+        h_all = torch.from_numpy(np.ascontiguousarray(arrays["h"], dtype=np.float32))
+        held_out = torch.from_numpy(np.asarray(arrays["is_validation"], dtype=bool))
+        train_images, train_h = images[~held_out].to(device), h_all[~held_out].to(device)
+        if len(train_images) == 0:
+            raise ConceptspaceError(
+                f"dataset {dataset_path} has no training images (all are validation); lower "
+                "data.validation_fraction or raise data.images_per_class"
+            )
+        return cls(
+            train_images=train_images,
+            train_h=train_h,
+            validation_images=images[held_out][:VALIDATION_IMAGES].to(device),
+            validation_h=h_all[held_out][:VALIDATION_IMAGES].to(device),
+            h_dim=int(h_all.shape[1]),
+            image_size=int(images.shape[-1]),
+            summary=_dataset_summary(dataset_path, arrays, metadata),
+            device=device,
         )
-    h_dim, image_size = int(h_all.shape[1]), int(images.shape[-1])
 
-    config = _plain(
+
+def _run_config(
+    model_cfg: Mapping[str, Any], training_cfg: Mapping[str, Any], seed: int, data: _TrainingData
+) -> dict[str, Any]:
+    """The config a run's checkpoints store (and a resume compares, ``_identity``)."""
+    return _plain(
         {
             "model": dict(model_cfg),
             "training": dict(training_cfg),
             "seed": int(seed),
-            "h_dim": h_dim,
-            "image_size": image_size,
-            "dataset": _dataset_summary(dataset_path, arrays, metadata),
+            "h_dim": data.h_dim,
+            "image_size": data.image_size,
+            "dataset": data.summary,
         }
     )
-    record = provenance(config, seed)
-    del arrays, images, h_all
 
-    # --- resume
+
+def _matching_checkpoint(
+    run_dir: Path, save_steps: list[int], config: dict, device: torch.device
+) -> tuple[Path | None, dict | None]:
+    """The checkpoint to resume from (``_find_resume_checkpoint``), or (None, None) for a
+    fresh run; refuses a ``run_dir`` whose checkpoints were trained under another config."""
     checkpoints_dir = run_dir / "checkpoints"
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(checkpoints_dir)  # a job killed inside torch.save
@@ -435,135 +514,256 @@ def train_run(
                 f"(config.yaml or the preset) to resume, or delete {run_dir} to train "
                 "this configuration from scratch."
             )
-        if checkpoint["step"] == steps:
-            log.info(
-                "all %d checkpoints exist in %s; rewriting the manifest",
-                len(save_steps),
-                checkpoints_dir,
-            )
-            return _write_manifest(manifest_path, run_dir, save_steps, config, scheduled, record)
-        if _RESUME_KEY not in checkpoint:  # only the two latest keep it (_save_checkpoint)
-            log.warning(
-                "checkpoint %s holds no optimizer state; training starts from step 0 and "
-                "writes the checkpoints again",
-                resume_path,
-            )
-            checkpoint = None
+    return resume_path, checkpoint
 
-    # --- model and optimizer; all randomness from the global torch RNG
-    torch.manual_seed(seed)
-    vdm = _build_vdm(model_cfg, h_dim, image_size).to(device)
-    channels_last = _use_channels_last(device, precision)
-    if channels_last:
-        vdm = vdm.to(memory_format=torch.channels_last)
-    # bf16: the network autocasts its own forward and hands float32 back, so the ELBO's
-    # arithmetic (small terms, the learned schedule) stays in float32
-    vdm.net.set_precision(precision)
-    if compile:
-        vdm.net.compile()  # in place: the state_dict keys stay those of the eager network
-    params = [p for p in vdm.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=float(training_cfg["lr"]), weight_decay=float(training_cfg["weight_decay"])
-    )
-    grad_clip = float(training_cfg["grad_clip"])
-    start = 0
-    if checkpoint is not None:
-        vdm.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+
+def _with_optimizer_state(resume_path: Path | None, checkpoint: dict | None) -> dict | None:
+    """``checkpoint`` if a resume can continue from it, else None (start from step 0)."""
+    if checkpoint is not None and _RESUME_KEY not in checkpoint:
+        # only the two latest keep it (_save_checkpoint)
+        log.warning(
+            "checkpoint %s holds no optimizer state; training starts from step 0 and "
+            "writes the checkpoints again",
+            resume_path,
+        )
+        return None
+    return checkpoint
+
+
+@dataclass
+class _Model:
+    """The VDM being trained, its optimizer, and one optimizer step."""
+
+    vdm: Any
+    optimizer: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]
+    grad_clip: float
+    channels_last: bool
+
+    @classmethod
+    def build(
+        cls,
+        model_cfg: Mapping[str, Any],
+        training_cfg: Mapping[str, Any],
+        data: _TrainingData,
+        device: torch.device,
+        precision: str,
+        compile: bool,
+    ) -> _Model:
+        vdm = _build_vdm(model_cfg, data.h_dim, data.image_size).to(device)
+        channels_last = _use_channels_last(device, precision)
+        if channels_last:
+            vdm = vdm.to(memory_format=torch.channels_last)
+        # bf16: the network autocasts its own forward and hands float32 back, so the ELBO's
+        # arithmetic (small terms, the learned schedule) stays in float32. An unknown
+        # precision stops here (ValueError naming the allowed ones).
+        vdm.net.set_precision(precision)
+        if compile:
+            vdm.net.compile()  # in place: the state_dict keys stay those of the eager network
+        params = [p for p in vdm.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params, lr=float(training_cfg["lr"]), weight_decay=float(training_cfg["weight_decay"])
+        )
+        return cls(vdm, optimizer, params, float(training_cfg["grad_clip"]), channels_last)
+
+    def resume(self, checkpoint: Mapping[str, Any], path: Path, device: torch.device) -> int:
+        """Weights, optimizer and RNG state from ``checkpoint``; returns its step."""
+        self.vdm.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
         _set_rng_state(checkpoint["rng"], device)
         start = int(checkpoint["step"])
-        log.info("resuming from step %d (%s)", start, resume_path)
-    del checkpoint
+        log.info("resuming from step %d (%s)", start, path)
+        return start
 
+    def step(self, data: _TrainingData, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on a random batch: (loss, gradient norm), left on the device."""
+        index = torch.randint(len(data.train_images), (batch_size,), device=data.device)
+        x, h = data.train_images[index], data.train_h[index]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss = self.vdm.loss(x, h)["loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.optimizer.step()
+        return loss.detach().float(), grad_norm.detach().float()
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What is fixed before the first step: where the run goes, how long it trains, when
+    it reports and saves, and what its checkpoints record."""
+
+    run_dir: Path
+    steps: int
+    batch_size: int
+    log_every: int
+    save_steps: list[int]
+    config: dict[str, Any]
+    record: dict[str, Any]
+    seed: int
+    device: torch.device
+
+
+def _log_start(plan: _Plan, model: _Model, data: _TrainingData, start: int, precision: str):
     log.info(
         "training %s: %d parameters, %d train / %d validation images (%dx%d), h_dim %d; "
         "steps %d -> %d, batch %d, %s on %s (%d threads)%s",
-        run_dir,
-        sum(p.numel() for p in params),
-        n_train,
-        len(validation_images),
-        image_size,
-        image_size,
-        h_dim,
+        plan.run_dir,
+        sum(p.numel() for p in model.params),
+        len(data.train_images),
+        len(data.validation_images),
+        data.image_size,
+        data.image_size,
+        data.h_dim,
         start,
-        steps,
-        batch_size,
+        plan.steps,
+        plan.batch_size,
         precision,
-        device,
+        plan.device,
         torch.get_num_threads(),
-        ", channels_last" if channels_last else "",
+        ", channels_last" if model.channels_last else "",
     )
 
-    # --- the loop: no host syncs except at log and checkpoint steps
-    vdm.train()
-    log_loss = torch.zeros((), device=device)
-    log_grad = torch.zeros((), device=device)
-    interval_loss = torch.zeros((), device=device)  # since the previous checkpoint
-    last_log_step = last_checked = interval_start = start
-    started = last_log_time = time.perf_counter()
-    for step in range(start + 1, steps + 1):
-        index = torch.randint(n_train, (batch_size,), device=device)
-        x, h = train_images[index], train_h[index]
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        loss = vdm.loss(x, h)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
-        loss = loss.detach().float()
-        log_loss += loss
-        interval_loss += loss
-        log_grad += grad_norm.detach().float()
 
-        report, save = step % log_every == 0 or step == steps, step in save_steps
+def _train(
+    plan: _Plan, model: _Model, data: _TrainingData, monitor: DivergenceMonitor | None, start: int
+) -> None:
+    """Steps ``start + 1`` to ``plan.steps``, with no host syncs except at log and
+    checkpoint steps."""
+    model.vdm.train()
+    tally = _LossTally(plan.device, start)
+    watch = _DivergenceWatch(plan.run_dir, monitor, start)
+    progress = _Progress(start, plan.steps, plan.batch_size)
+    for step in range(start + 1, plan.steps + 1):
+        tally.add(*model.step(data, plan.batch_size))
+        report, save = step % plan.log_every == 0 or step == plan.steps, step in plan.save_steps
         if not (report or save):
             continue
-        # One sync covers every step since the last check: a NaN/inf in a loss or a
-        # gradient norm poisons these sums, and is caught before any checkpoint is written.
-        if not torch.isfinite(log_loss + log_grad + interval_loss).item():
-            raise _diverged(run_dir, last_checked, step, "the loss or gradient norm became NaN/inf")
-        n = step - last_log_step
-        recent = (log_loss / n).item()  # mean loss since the last report
+        watch.check_finite(tally, step)
+        n, recent = tally.since_report(step)
         if report:
-            now = time.perf_counter()
-            rate = n / max(now - last_log_time, 1e-9)
-            log.info(
-                "step %d/%d loss %.4f bits/dim grad-norm %.3g | %.2f steps/s %.0f images/s "
-                "| ETA %s",
-                step,
-                steps,
-                recent,
-                (log_grad / n).item(),
-                rate,
-                rate * batch_size,
-                eta(step - start, steps - start, now - started),
-            )
-            log_loss.zero_()
-            log_grad.zero_()
-            last_log_step, last_log_time = step, now
-        if monitor is not None:
-            # A whole log interval at a report, part of one at a checkpoint between reports
-            # (the monitor allows for its extra noise); checked after the report is logged,
-            # so the log shows the loss that stops training. The reference restarts at a
-            # resume.
-            problem = monitor.observe(recent, n, complete=report)
-            if problem:
-                raise _diverged(run_dir, last_checked, step, problem)
-        last_checked = step
+            progress.report(step, n, recent, tally.take_report(step))
+        # A whole log interval at a report, part of one at a checkpoint between reports;
+        # checked after the report is logged, so the log shows the loss that stops training.
+        watch.check_climb(recent, n, report, step)
         if save:
-            save_started = time.perf_counter()
-            train_loss = (interval_loss / (step - interval_start)).item()
-            validation = _validation_elbo(vdm, validation_images, validation_h, batch_size, seed)
-            _save_checkpoint(
-                run_dir, step, vdm, optimizer, device, config, record, train_loss, validation
-            )
-            interval_loss.zero_()
-            interval_start = step
-            # Checkpoint time is not training time: keep steps/s honest (ETA includes it).
-            last_log_time += time.perf_counter() - save_started
+            with progress.paused():  # checkpoint time is not training time
+                train_loss = tally.take_interval(step)
+                validation = _validation_elbo(
+                    model.vdm, data.validation_images, data.validation_h, plan.batch_size, plan.seed
+                )
+                _save_checkpoint(
+                    plan.run_dir,
+                    step,
+                    model.vdm,
+                    model.optimizer,
+                    plan.device,
+                    plan.config,
+                    plan.record,
+                    train_loss,
+                    validation,
+                )
 
-    return _write_manifest(manifest_path, run_dir, save_steps, config, scheduled, record)
+
+class _LossTally:
+    """Sums of the loss and the gradient norm since the last report, and of the loss
+    since the last checkpoint, kept on the device: the host reads them only at reports
+    and checkpoints."""
+
+    def __init__(self, device: torch.device, start: int):
+        self.report_loss = torch.zeros((), device=device)
+        self.report_grad = torch.zeros((), device=device)
+        self.interval_loss = torch.zeros((), device=device)
+        self.report_start = self.interval_start = start
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self.report_loss += loss
+        self.interval_loss += loss
+        self.report_grad += grad_norm
+
+    def finite(self) -> bool:
+        """One sync covers every step since the last check: a NaN/inf in a loss or a
+        gradient norm poisons these sums."""
+        return bool(torch.isfinite(self.report_loss + self.report_grad + self.interval_loss).item())
+
+    def since_report(self, step: int) -> tuple[int, float]:
+        """(steps since the last report, their mean loss)."""
+        n = step - self.report_start
+        return n, (self.report_loss / n).item()
+
+    def take_report(self, step: int) -> float:
+        """The mean gradient norm since the last report; the report sums start again."""
+        grad = (self.report_grad / (step - self.report_start)).item()
+        self.report_loss.zero_()
+        self.report_grad.zero_()
+        self.report_start = step
+        return grad
+
+    def take_interval(self, step: int) -> float:
+        """The mean loss since the previous checkpoint; its sum starts again."""
+        loss = (self.interval_loss / (step - self.interval_start)).item()
+        self.interval_loss.zero_()
+        self.interval_start = step
+        return loss
+
+
+class _DivergenceWatch:
+    """Stops training (``_diverged``) when a loss or gradient norm turns NaN/inf, or when
+    the divergence monitor (``training.divergence``; None: off) sees the loss climb far
+    above its best. Its reference restarts at a resume. Remembers the last step that
+    passed, so the message says between which steps training diverged."""
+
+    def __init__(self, run_dir: Path, monitor: DivergenceMonitor | None, start: int):
+        self.run_dir = run_dir
+        self.monitor = monitor
+        self.last_passed = start
+
+    def check_finite(self, tally: _LossTally, step: int) -> None:
+        # Caught before any checkpoint is written.
+        if not tally.finite():
+            raise _diverged(
+                self.run_dir, self.last_passed, step, "the loss or gradient norm became NaN/inf"
+            )
+
+    def check_climb(self, recent: float, n: int, complete: bool, step: int) -> None:
+        """``recent``: the mean loss of the last ``n`` steps, a whole log interval when
+        ``complete`` (the monitor allows for the extra noise of part of one)."""
+        if self.monitor is not None:
+            problem = self.monitor.observe(recent, n, complete=complete)
+            if problem:
+                raise _diverged(self.run_dir, self.last_passed, step, problem)
+        self.last_passed = step
+
+
+class _Progress:
+    """The progress lines: mean loss and gradient norm, speed and ETA. Time spent writing
+    checkpoints counts in the ETA but not in the speed."""
+
+    def __init__(self, start: int, steps: int, batch_size: int):
+        self.start, self.steps, self.batch_size = start, steps, batch_size
+        self.started = self.last_time = time.perf_counter()
+
+    def report(self, step: int, n: int, loss: float, grad_norm: float) -> None:
+        now = time.perf_counter()
+        rate = n / max(now - self.last_time, 1e-9)
+        log.info(
+            "step %d/%d loss %.4f bits/dim grad-norm %.3g | %.2f steps/s %.0f images/s " "| ETA %s",
+            step,
+            self.steps,
+            loss,
+            grad_norm,
+            rate,
+            rate * self.batch_size,
+            eta(step - self.start, self.steps - self.start, now - self.started),
+        )
+        self.last_time = now
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        began = time.perf_counter()
+        yield
+        self.last_time += time.perf_counter() - began
 
 
 def _diverged(run_dir: Path, last_good: int, step: int, what: str) -> ConceptspaceError:

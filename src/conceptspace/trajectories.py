@@ -59,13 +59,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
 
-from conceptspace.concepts import layout_attrs, layout_from_attrs
+from conceptspace.concepts import Layout, layout_attrs, layout_from_attrs
 from conceptspace.io import ConceptspaceError, json_default, provenance
 from conceptspace.methods import BEST_OF_KINDS
 from conceptspace.netcdf import (
@@ -492,6 +493,22 @@ def gather_study(
         raise ConceptspaceError("gather_study needs at least one run trajectory")
     grid = tuple(grid)
     runs = [(Path(path), open_trajectory(path)) for path in run_paths]
+    _check_same_axes(runs)
+    first = runs[0][1]
+    layout = layout_from_attrs(first.attrs)
+    _check_unseen_prompted(layout, first)
+
+    placement = _GridPlacement.of(runs, grid)
+    study = placement.stack(runs)
+    for name, times in _learning_times(study, layout, evaluation_cfg, grid).items():
+        study[name] = times
+    set_coord_attrs(study)
+    study.attrs = _study_attrs(placement, layout, config, evaluation_cfg)
+    _log_study(study, placement, layout, evaluation_cfg)
+    return study
+
+
+def _check_same_axes(runs: Sequence[tuple[Path, xr.Dataset]]) -> None:
     first_path, first = runs[0]
     for path, ds in runs[1:]:
         for coord in ("step", "method", "method_setting", "prompt", "concept"):
@@ -503,69 +520,102 @@ def gather_study(
                     "training.checkpoints and evaluation settings): delete the stale "
                     "trajectories and rerun `snakemake`"
                 )
-    layout = layout_from_attrs(first.attrs)
-    unseen_classes = list(layout.unseen_classes)
-    missing = [c for c in unseen_classes if c not in first["prompt"].values]
+
+
+def _check_unseen_prompted(layout: Layout, run: xr.Dataset) -> None:
+    missing = [c for c in layout.unseen_classes if c not in run["prompt"].values]
     if missing:
         raise ConceptspaceError(
             f"the trajectories hold no prompt {', '.join(map(repr, missing))} (the unseen "
             "class); learning times cannot be computed"
         )
 
-    def run_of(path: Path, ds: xr.Dataset) -> dict[str, float]:
-        present = {name: ds[name].item() for name in RUN_COORDS if name in ds.coords}
-        lacking = [name for name in grid if name not in present]
-        if lacking:
-            raise ConceptspaceError(
-                f"{path} has no {', '.join(lacking)} coordinate, which the study's grid "
-                f"({', '.join(grid)}) needs; it belongs to another study: rerun `snakemake`"
-            )
-        return _run_key(present)
 
-    placed: dict[tuple, Path] = {}
-    fixed = {k: v for k, v in run_of(first_path, first).items() if k not in grid}
-    for path, ds in runs:
-        run = run_of(path, ds)
-        key = tuple(run[name] for name in grid)
-        others = {k: v for k, v in run.items() if k not in grid}
-        if others != fixed:
-            raise ConceptspaceError(
-                f"{path} ({_describe_run(others)}) and {first_path} ({_describe_run(fixed)}) "
-                f"differ outside the study's grid ({', '.join(grid)}); gather one study at a time"
-            )
-        if key in placed:
-            raise ConceptspaceError(
-                f"{path} and {placed[key]} are the same run ({_describe_run(run)}); pass "
-                "each run's trajectory once"
-            )
-        placed[key] = path
-    axes = [sorted({key[i] for key in placed}) for i in range(len(grid))]
+@dataclass
+class _GridPlacement:
+    """Where each run sits on the study's grid: ``placed`` maps a grid point (values in
+    ``grid`` order) to its run's path; ``axes`` are each grid dim's sorted values;
+    ``fixed`` the run coordinates off the grid, the same for every run."""
 
-    shape = tuple(len(axis) for axis in axes)
-    variables = {}
-    for name, (per_concept, attrs) in SUMMARIES.items():
-        dims = ("step", "method", "prompt") + (("concept",) if per_concept else ())
-        values = np.full(shape + first[name].transpose(*dims).shape, np.nan)
-        for key, path in placed.items():
-            index = tuple(axis.index(value) for axis, value in zip(axes, key))
-            values[index] = dict(runs)[path][name].transpose(*dims).values
-        variables[name] = (grid + dims, values, dict(attrs))
+    grid: tuple[str, ...]
+    placed: dict[tuple, Path]
+    axes: list[list[float]]
+    fixed: dict[str, float]
 
-    study = xr.Dataset(
-        variables,
-        coords={
-            **{
-                name: np.array(axis, dtype=np.int64 if name == "seed" else float)
-                for name, axis in zip(grid, axes)
+    @classmethod
+    def of(cls, runs: Sequence[tuple[Path, xr.Dataset]], grid: tuple[str, ...]) -> _GridPlacement:
+        first_path, first = runs[0]
+        placed: dict[tuple, Path] = {}
+        fixed = {k: v for k, v in _grid_run(first_path, first, grid).items() if k not in grid}
+        for path, ds in runs:
+            run = _grid_run(path, ds, grid)
+            key = tuple(run[name] for name in grid)
+            others = {k: v for k, v in run.items() if k not in grid}
+            if others != fixed:
+                raise ConceptspaceError(
+                    f"{path} ({_describe_run(others)}) and {first_path} "
+                    f"({_describe_run(fixed)}) differ outside the study's grid "
+                    f"({', '.join(grid)}); gather one study at a time"
+                )
+            if key in placed:
+                raise ConceptspaceError(
+                    f"{path} and {placed[key]} are the same run ({_describe_run(run)}); pass "
+                    "each run's trajectory once"
+                )
+            placed[key] = path
+        axes = [sorted({key[i] for key in placed}) for i in range(len(grid))]
+        return cls(grid, placed, axes, fixed)
+
+    def stack(self, runs: Sequence[tuple[Path, xr.Dataset]]) -> xr.Dataset:
+        """The runs' summaries on the grid (NaN where a grid point was not run)."""
+        first, by_path = runs[0][1], dict(runs)
+        shape = tuple(len(axis) for axis in self.axes)
+        variables = {}
+        for name, (per_concept, attrs) in SUMMARIES.items():
+            dims = ("step", "method", "prompt") + (("concept",) if per_concept else ())
+            values = np.full(shape + first[name].transpose(*dims).shape, np.nan)
+            for key, path in self.placed.items():
+                index = tuple(axis.index(value) for axis, value in zip(self.axes, key))
+                values[index] = by_path[path][name].transpose(*dims).values
+            variables[name] = (self.grid + dims, values, dict(attrs))
+        return xr.Dataset(
+            variables,
+            coords={
+                **{
+                    name: np.array(axis, dtype=np.int64 if name == "seed" else float)
+                    for name, axis in zip(self.grid, self.axes)
+                },
+                **self.fixed,
+                "step": first["step"].values,
+                **{name: first[name].variable for name in METHOD_COORDS},
+                "prompt": first["prompt"].values,
+                "concept": first["concept"].values,
             },
-            **fixed,
-            "step": first["step"].values,
-            **{name: first[name].variable for name in METHOD_COORDS},
-            "prompt": first["prompt"].values,
-            "concept": first["concept"].values,
-        },
-    )
+        )
 
+    def run_paths(self) -> list[str]:
+        """The runs' paths in grid order."""
+        return [str(self.placed[k]) for k in sorted(self.placed)]
+
+
+def _grid_run(path: Path, ds: xr.Dataset, grid: tuple[str, ...]) -> dict[str, float]:
+    """The run a trajectory belongs to (``_run_key``), which must have every grid dim."""
+    present = {name: ds[name].item() for name in RUN_COORDS if name in ds.coords}
+    lacking = [name for name in grid if name not in present]
+    if lacking:
+        raise ConceptspaceError(
+            f"{path} has no {', '.join(lacking)} coordinate, which the study's grid "
+            f"({', '.join(grid)}) needs; it belongs to another study: rerun `snakemake`"
+        )
+    return _run_key(present)
+
+
+def _learning_times(
+    study: xr.Dataset, layout: Layout, evaluation_cfg: Mapping[str, Any], grid: tuple[str, ...]
+) -> dict[str, xr.DataArray]:
+    """The unseen class's learning times for every method, and the speed: joint,
+    per concept, the authors' variant (see the module docstring)."""
+    unseen_classes = list(layout.unseen_classes)
     threshold = float(evaluation_cfg["threshold"])
     sigma = float(evaluation_cfg["sigma"])
     if len(unseen_classes) == 1:
@@ -602,18 +652,27 @@ def gather_study(
         "long_name": f"speed of learning the unseen class {named}: 1 / learning_time",
         "threshold": threshold,
     }
-    study["learning_time"] = times.transpose(*grid, "method", *extra)
-    study["learning_time_concept"] = concept_times.transpose(*grid, "method", *extra, "concept")
-    study["learning_time_authors"] = authors_times.transpose(*grid, "method", *extra, "concept")
-    study["learning_speed"] = speed.transpose(*grid, "method", *extra)
-    set_coord_attrs(study)
+    return {
+        "learning_time": times.transpose(*grid, "method", *extra),
+        "learning_time_concept": concept_times.transpose(*grid, "method", *extra, "concept"),
+        "learning_time_authors": authors_times.transpose(*grid, "method", *extra, "concept"),
+        "learning_speed": speed.transpose(*grid, "method", *extra),
+    }
 
-    run_list = [str(placed[k]) for k in sorted(placed)]
-    study.attrs = {
+
+def _study_attrs(
+    placement: _GridPlacement,
+    layout: Layout,
+    config: Mapping[str, Any],
+    evaluation_cfg: Mapping[str, Any],
+) -> dict[str, Any]:
+    run_list = placement.run_paths()
+    named = "/".join(layout.unseen_classes)
+    return {
         "description": (
-            f"Concept-space study: for each run ({' x '.join(grid)}; NaN where not run), "
-            "checkpoint, prompting method and prompted class, the summaries over samples "
-            "(accuracy = mean of valid x the product over concepts of the target "
+            f"Concept-space study: for each run ({' x '.join(placement.grid)}; NaN where "
+            "not run), checkpoint, prompting method and prompted class, the summaries over "
+            "samples (accuracy = mean of valid x the product over concepts of the target "
             "probabilities; each concept's accuracy; hard accuracy; valid fraction; the "
             "paper's product of means; the concept-space point over valid samples); and per "
             f"method the learning times (joint, per concept, the authors' variant) and speed "
@@ -627,17 +686,24 @@ def gather_study(
         "n_runs": len(run_list),
         **netcdf_attrs(provenance(dict(config))),
     }
+
+
+def _log_study(
+    study: xr.Dataset,
+    placement: _GridPlacement,
+    layout: Layout,
+    evaluation_cfg: Mapping[str, Any],
+) -> None:
     reached = np.isfinite(study["learning_time"].sel({"method": "naive"}).values)
     log.info(
         "study: %d runs (%s grid %s), %d steps; %d of %d (run, unseen class) pairs reached "
         "accuracy %.2f on %s with naive prompting",
-        len(runs),
-        " x ".join(grid),
-        " x ".join(str(len(axis)) for axis in axes),
+        len(placement.placed),
+        " x ".join(placement.grid),
+        " x ".join(str(len(axis)) for axis in placement.axes),
         study.sizes["step"],
         int(reached.sum()),
         reached.size,
-        threshold,
-        named,
+        float(evaluation_cfg["threshold"]),
+        "/".join(layout.unseen_classes),
     )
-    return study
