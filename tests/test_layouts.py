@@ -32,6 +32,7 @@ from conceptspace.render import (
     render_training_set,
 )
 from conceptspace.netcdf import save_dataset_nc
+from conceptspace.probe import train_probe
 from conceptspace.trajectories import gather_run, gather_study
 
 SIGNAL = Signal(color_gap=0.4, size_gap=0.4, background_gap=0.4)
@@ -205,6 +206,21 @@ def test_probe_sets_hold_every_class_of_the_layout():
     assert len(np.unique(digits, axis=0)) == 4
     np.testing.assert_array_equal(probe_set["shape"], digits[:, 1])
     assert (probe_set["h"][:, :3] >= 0).all()  # the probe's set is never masked
+
+
+def test_a_brief_probe_tells_the_authors_triangle_from_the_disc(tmp_path):
+    """The probe trains on the data.triangle it is given: a small one separates discs from
+    the authors' triangles at 16 px (held-out images)."""
+    probe_cfg = {
+        "channels": [8, 8, 8], "groups": 4, "attention_heads": 2, "images_per_class": 64,
+        "steps": 150, "batch_size": 32, "lr": 0.002, "weight_decay": 0.01,
+        "validation_fraction": 0.15, "min_accuracy": 0.9,
+    }  # fmt: skip
+    data = {**DATA, "triangle": "authors"}
+    metrics = train_probe(
+        data, probe_cfg, [SIGNAL], 0, tmp_path / "p.pt", tmp_path / "m.json", layout=COLOR_SHAPE
+    )
+    assert metrics["accuracy"]["shape"] >= 0.95 and metrics["accuracy"]["color"] >= 0.95
 
 
 # ----------------------------------------------------------------------------- gathering
