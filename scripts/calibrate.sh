@@ -1,23 +1,36 @@
 #!/usr/bin/env bash
 # One calibration candidate through the pipeline, timed, and its record written:
-#   scripts/calibrate.sh NAME [snakemake options]
+#   scripts/calibrate.sh NAME [NAME ...] [snakemake options]
 # NAME is an overlay in workflow/presets/calibration/ (baseline: no change), laid over the
-# cpu preset (--config preset=cpu) and calibration/baseline.yaml (one run). Results go to
-# results/calibration/NAME/ (which must not exist: a record times a whole run), the record
-# to docs/calibration/NAME-<UTC date>/ (python -m conceptspace calibration-record).
+# cpu preset (--config preset=cpu) and calibration/baseline.yaml (one run); several NAMEs
+# stack, each laid over the ones before it (an overlay's header says what it builds on),
+# and the candidate is named NAME+NAME. Results go to results/calibration/<candidate>/
+# (which must not exist: a record times a whole run), the record to
+# docs/calibration/<candidate>-<UTC date>/ (python -m conceptspace calibration-record).
 # Uses the active Python environment (source .venv/bin/activate first).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
-name="${1:?usage: scripts/calibrate.sh NAME [snakemake options]; NAME: one of $(ls workflow/presets/calibration | sed 's/\.yaml$//' | tr '\n' ' ')}"
-shift
-overlay="workflow/presets/calibration/$name.yaml"
-if [[ ! -f "$overlay" ]]; then
-    echo "no candidate $overlay; the candidates are: $(ls workflow/presets/calibration | sed 's/\.yaml$//' | tr '\n' ' ')" >&2
+candidates="$(ls workflow/presets/calibration | sed 's/\.yaml$//' | tr '\n' ' ')"
+names=()
+while [[ $# -gt 0 && "$1" != -* ]]; do
+    names+=("$1")
+    shift
+done
+if [[ ${#names[@]} -eq 0 ]]; then
+    echo "usage: scripts/calibrate.sh NAME [NAME ...] [snakemake options]; NAME: one of $candidates" >&2
     exit 2
 fi
 overlays=(workflow/presets/calibration/baseline.yaml)
-[[ "$name" == baseline ]] || overlays+=("$overlay")
+for one in "${names[@]}"; do
+    overlay="workflow/presets/calibration/$one.yaml"
+    if [[ ! -f "$overlay" ]]; then
+        echo "no candidate $overlay; the candidates are: $candidates" >&2
+        exit 2
+    fi
+    [[ "$one" == baseline ]] || overlays+=("$overlay")
+done
+name="$(IFS=+; echo "${names[*]}")"
 results="results/calibration/$name"
 if [[ -e "$results" ]]; then
     echo "$results exists; a record times a whole run: remove it (rm -r $results) to run again" >&2
@@ -35,4 +48,4 @@ peak=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$results/time.txt")
 python -m conceptspace calibration-record "$name" \
     --configfile config.yaml workflow/presets/cpu.yaml "${overlays[@]}" \
     --results "$results" --out "docs/calibration/$name-$(date -u +%Y-%m-%d)" \
-    --wall-seconds "$wall" --peak-rss-kib "$peak" --command "scripts/calibrate.sh $name"
+    --wall-seconds "$wall" --peak-rss-kib "$peak" --command "scripts/calibrate.sh ${names[*]}"

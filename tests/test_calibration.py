@@ -10,6 +10,7 @@ import xarray as xr
 from conceptspace.calibration import (
     COLUMNS,
     TAUGHT_PLACEHOLDER,
+    calibration_runs,
     checkpoint_table,
     single_run,
     write_record,
@@ -23,8 +24,15 @@ CANDIDATES = sorted((PRESETS / "calibration").glob("*.yaml"))
 BASE = (REPO / "config.yaml", PRESETS / "cpu.yaml", PRESETS / "calibration" / "baseline.yaml")
 
 
+# Candidates laid over another candidate (scripts/calibrate.sh FIRST SECOND).
+STACKED_ON = {"triangle-equal-area": "masking-three-ratios"}
+
+
 def configs_of(candidate):
-    return BASE if candidate.stem == "baseline" else (*BASE, candidate)
+    if candidate.stem == "baseline":
+        return BASE
+    under = STACKED_ON.get(candidate.stem)
+    return (*(configs_of(candidate.with_name(f"{under}.yaml")) if under else BASE), candidate)
 
 
 def test_the_candidates_are_there():
@@ -45,30 +53,43 @@ def flat(config, prefix=""):
 def test_candidate_is_valid_and_changes_only_what_it_names(candidate):
     config = load_config(*configs_of(candidate))
     validate_config(config, SCHEMA)
-    assert single_run(config).color_gap == 0.8 and single_run(config).size_gap == 0.4
+    study, runs = calibration_runs(config)
+    if study == "signal":
+        assert single_run(config).color_gap == 0.8 and single_run(config).size_gap == 0.4
+    else:  # a few runs of the underspecification study, one seed
+        assert len(runs) <= 3 and len({run.seed for run in runs}) == 1
     if candidate.stem == "baseline":
         assert single_run(config).id == "dc0.800_ds0.400_seed0"
         return
-    # the overlay's keys differ from the baseline's, every other key is the baseline's
-    changed, config, baseline = flat(load_config(candidate)), flat(config), flat(load_config(*BASE))
+    # the overlay's keys differ from those it is laid over, every other key is theirs
+    changed, config = flat(load_config(candidate)), flat(config)
+    under = flat(load_config(*configs_of(candidate)[:-1]))
+
+    def touched(key):  # a changed key, in a changed section, or a section holding one
+        return any(key.startswith(c) or c.startswith(key) for c in changed)  # keys end in "."
+
     for key, value in changed.items():
-        assert config[key] == value and baseline[key] != value, key
-    assert {k: v for k, v in config.items() if k not in changed} == {
-        k: v for k, v in baseline.items() if k not in changed
+        assert config[key] == value and (key not in under or under[key] != value), key
+    assert {k: v for k, v in config.items() if not touched(k)} == {
+        k: v for k, v in under.items() if not touched(k)
     }
 
 
 @pytest.mark.workflow
 @pytest.mark.parametrize("candidate", CANDIDATES, ids=lambda path: path.stem)
-def test_candidate_plans_one_training_and_one_evaluation(candidate, tmp_path):
+def test_candidate_plans_one_training_and_one_evaluation_per_run(candidate, tmp_path):
     # as scripts/calibrate.sh runs it: the cpu preset by name, the overlays as config files
     overlays = configs_of(candidate)[2:]
+    study, runs = calibration_runs(load_config(*configs_of(candidate)))
     args = ("-n", "--quiet", "rules", "--config", "preset=cpu")
     result = snakemake(tmp_path, *args, configs=(REPO / "config.yaml", *overlays))
     jobs = planned_jobs(result.stdout)
-    assert jobs["render_training_set"] == jobs["train_vdm"] == jobs["evaluate_run"] == 1
-    assert jobs["train_probe"] == 1 and jobs["sample_sheet"] == 1
-    assert "fig_underspec" not in jobs and "fig_background" not in jobs
+    assert jobs["render_training_set"] == jobs["train_vdm"] == jobs["evaluate_run"] == len(runs)
+    assert jobs["train_probe"] == 1 and "fig_background" not in jobs
+    if study == "signal":
+        assert jobs["sample_sheet"] == 1 and "fig_underspec" not in jobs
+    else:
+        assert jobs["fig_underspec"] == 1 and "sample_sheet" not in jobs
 
 
 def test_a_config_of_several_runs_is_refused():
@@ -140,6 +161,35 @@ def test_record_holds_overlay_headline_table_and_sheet(tmp_path):
     assert not (out / "claims.json").exists()  # no claims in these results
 
 
+def test_record_of_stacked_underspecification_candidates_holds_every_run(tmp_path):
+    """The signal study off: a headline and a table per masking ratio, the figure of the
+    study as the sheet, every overlay named."""
+    candidate = PRESETS / "calibration" / "triangle-equal-area.yaml"
+    config = load_config(*configs_of(candidate))
+    study, runs = calibration_runs(config)
+    assert study == "underspecification"
+    results = tmp_path / "results"
+    shape = trajectory().assign_coords(concept=["color", "shape"])
+    shape.attrs["layout"] = "color_shape"
+    for run in runs:
+        (results / study / "runs" / run.id).mkdir(parents=True)
+        shape.to_netcdf(results / study / "runs" / run.id / "trajectory.nc")
+    (results / "figures").mkdir()
+    (results / "figures" / "fig_underspec.png").write_bytes(b"png")
+    name = "masking-three-ratios+triangle-equal-area"
+    out = write_record(name, configs_of(candidate), results, tmp_path / "record", 60.0)
+    readme = (out / "README.md").read_text()
+    assert "with `masking-three-ratios.yaml`, `triangle-equal-area.yaml` over it" in readme
+    assert (out / "overlay.yaml").read_text() == candidate.read_text()
+    for run in runs:
+        assert f"{run.id}: Class 11's smoothed accuracy" in readme
+        assert f"## Class 11 at every checkpoint of {run.id}" in readme
+    assert "| shape accuracy |" in readme and "| size accuracy |" not in readme
+    assert "![samples](fig_underspec.png)" in readme
+    with pytest.raises(ConceptspaceError, match="calibrate.sh masking-three-ratios triangle"):
+        write_record(name, configs_of(candidate), tmp_path / "none", tmp_path / "r", 1.0)
+
+
 def test_record_of_an_unfinished_run_names_the_fix(tmp_path):
     with pytest.raises(ConceptspaceError, match="scripts/calibrate.sh baseline first"):
         write_record("baseline", BASE, tmp_path / "results", tmp_path / "record", 1.0)
@@ -162,7 +212,7 @@ def test_checkpoint_table_reads_a_gathered_trajectory(tmp_path):
         lines = checkpoint_table(gathered.load(), "11", sigma=0.0).splitlines()
     headings = [cell.strip() for cell in lines[0].strip("|").split("|")]
     assert headings == ["step", "naive accuracy", "smoothed (sigma 0)"] + [
-        heading for heading, *_ in COLUMNS[1:]
+        heading for heading, *_, concept in COLUMNS[1:] if concept != "shape"  # color x size
     ] + ["training classes (min)"]
     assert len(lines) == 2 + len(STEPS)
     # naive class 11: every concept 0.3 before the crossing, 1 from it; every sample valid

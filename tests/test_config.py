@@ -81,3 +81,14 @@ def test_studies_must_name_the_signal_study(paper):
     del config["studies"]["signal"]
     with pytest.raises(ConfigError, match="'signal' is a required property"):
         validate_config(config, SCHEMA)
+
+
+def test_data_triangle_names_one_of_the_two_triangles(paper):
+    for triangle in ("authors", "equal_area"):
+        validate_config(merge(paper, {"data": {"triangle": triangle}}), SCHEMA)
+    with pytest.raises(ConfigError, match=r"data.triangle.*'authors', 'equal_area'"):
+        validate_config(merge(paper, {"data": {"triangle": "equilateral"}}), SCHEMA)
+    config = merge(paper, {})
+    del config["data"]["triangle"]
+    with pytest.raises(ConfigError, match="'triangle' is a required property"):
+        validate_config(config, SCHEMA)

@@ -24,12 +24,15 @@ from conceptspace.io import ConceptspaceError
 from conceptspace.methods import build_methods
 from conceptspace.render import (
     TRIANGLE_INRADIUS,
+    TRIANGLE_SIDE,
+    TRIANGLES,
     concept_labels,
     render_images,
     render_probe_set,
     render_training_set,
 )
 from conceptspace.netcdf import save_dataset_nc
+from conceptspace.probe import train_probe
 from conceptspace.trajectories import gather_run, gather_study
 
 SIGNAL = Signal(color_gap=0.4, size_gap=0.4, background_gap=0.4)
@@ -62,24 +65,95 @@ def test_layouts_name_their_classes_and_h():
         COLOR_SHAPE.digits("111")
 
 
-def test_the_triangle_has_the_discs_area_and_points_up():
-    size = 201
-    cfg = {**DATA, "image_size": size, "blur_sigma_px": 0.0, "noise_std": 0.0}
+def sharp_masks(triangle, size=0.5, image_size=128):
+    """Unblurred, noiseless masks (2, S, S) of a disc and a ``triangle`` of radius ``size``
+    at the centre, and the pixel grid."""
+    cfg = {**DATA, "image_size": image_size, "blur_sigma_px": 0.0, "noise_std": 0.0}
     black, white = np.zeros((2, 3)), np.ones((2, 3))
     images = render_images(
-        black, [0.5, 0.5], np.zeros((2, 2)), white, cfg, np.random.default_rng(0), [0, 1]
-    )
-    masks = 1 - images[:, 0]
-    pixel_area = (2 / (size - 1)) ** 2
+        black, [size] * 2, np.zeros((2, 2)), white, {**cfg, "triangle": triangle},
+        np.random.default_rng(0), [0, 1],
+    )  # fmt: skip
+    return 1 - images[:, 0], np.linspace(-1, 1, image_size)
+
+
+def test_the_equal_area_triangle_has_the_discs_area_and_points_up():
+    masks, grid = sharp_masks("equal_area", image_size=201)
+    pixel_area = (grid[1] - grid[0]) ** 2
     disc, triangle = masks.sum(axis=(1, 2)) * pixel_area
     assert disc == pytest.approx(np.pi * 0.25, rel=0.01)
     assert triangle == pytest.approx(disc, rel=0.01)
     rows = np.flatnonzero(masks[1].any(axis=1))
-    grid = np.linspace(-1, 1, size)
     inradius = TRIANGLE_INRADIUS * 0.5
     # apex up (row 0 is y = -1): 2 in-radii above the centre, the base 1 in-radius below
     assert grid[rows[0]] == pytest.approx(-2 * inradius, abs=0.02)
     assert grid[rows[-1]] == pytest.approx(inradius, abs=0.02)
+
+
+def test_the_authors_triangle_has_base_equal_height_and_sides_of_slope_2():
+    """The authors' code's triangle (docs/study.md "The images"), measured on a 128 px
+    mask: base = height = the equal-area triangle's side, the base behind the centre by
+    its in-radius, the apex pointing right, the sides of slope +-2."""
+    size = 0.5
+    masks, grid = sharp_masks("authors", size)
+    triangle = masks[1] > 0.5
+    pixel = grid[1] - grid[0]
+    rows, columns = np.flatnonzero(triangle.any(axis=1)), np.flatnonzero(triangle.any(axis=0))
+    base = (rows[-1] - rows[0] + 1) * pixel  # along y: the base is vertical
+    height = (columns[-1] - columns[0] + 1) * pixel  # along x, base to apex
+    side = TRIANGLE_SIDE * size
+    assert base == pytest.approx(side, abs=2 * pixel)
+    assert height == pytest.approx(side, abs=2 * pixel)
+    assert grid[columns[0]] == pytest.approx(-TRIANGLE_INRADIUS * size, abs=pixel)
+    # the apex narrows below a pixel's width in its last two pixels
+    assert grid[columns[-1]] == pytest.approx(side - TRIANGLE_INRADIUS * size, abs=2 * pixel)
+    assert grid[rows[0]] == pytest.approx(-grid[rows[-1]], abs=pixel)  # symmetric about y0
+    # The apex side of each row ends at x = apex - 2 |y|: slope -2 above the centre, +2 below.
+    ends = np.array([grid[np.flatnonzero(row)[-1]] for row in triangle[rows]])
+    above = grid[rows] < -2 * pixel
+    below = grid[rows] > 2 * pixel
+    assert np.polyfit(grid[rows][above], ends[above], 1)[0] == pytest.approx(2.0, abs=0.05)
+    assert np.polyfit(grid[rows][below], ends[below], 1)[0] == pytest.approx(-2.0, abs=0.05)
+
+
+@pytest.mark.parametrize("triangle, ratio", [("authors", 2 / np.sqrt(3)), ("equal_area", 1.0)])
+def test_the_triangles_area_against_the_discs(triangle, ratio):
+    """authors: 2 pi / sqrt 3 size^2, 1.155 x the disc of the same size; equal_area: 1."""
+    masks, _ = sharp_masks(triangle)
+    disc, shape = masks.sum(axis=(1, 2))
+    assert shape / disc == pytest.approx(ratio, rel=0.02)
+
+
+def test_data_triangle_reaches_the_training_and_probe_sets():
+    """The triangles change with data.triangle; the discs, concept values and positions
+    do not; each set records its choice."""
+    for render in (
+        lambda data: render_training_set(data, SIGNAL, 3, COLOR_SHAPE, 0.5),
+        lambda data: render_probe_set(data, [SIGNAL], 10, seed=1, layout=COLOR_SHAPE),
+    ):
+        drawn = {kind: render({**DATA, "triangle": kind}) for kind in TRIANGLES}
+        authors, equal_area = drawn["authors"], drawn["equal_area"]
+        triangles = authors["shape"] == 1
+        assert triangles.any() and not triangles.all()
+        for name in ("h", "label", "size", "position"):
+            np.testing.assert_array_equal(authors[name], equal_area[name])
+        np.testing.assert_array_equal(
+            authors["images"][~triangles], equal_area["images"][~triangles]
+        )
+        differs = np.abs(authors["images"] - equal_area["images"]).max(axis=(1, 2, 3)) > 0.1
+        assert differs[triangles].all()
+        for kind, rendered in drawn.items():
+            assert rendered.metadata["data"]["triangle"] == kind
+
+
+@pytest.mark.parametrize("triangle", [None, "circle"])
+def test_a_missing_or_unknown_triangle_is_named(triangle):
+    data = {key: value for key, value in DATA.items() if key != "triangle"}
+    if triangle:
+        data["triangle"] = triangle
+    with pytest.raises(ConceptspaceError, match="data.triangle.*'authors'.*'equal_area'"):
+        render_probe_set(data, [SIGNAL], 4, seed=1, layout=COLOR_SHAPE)
+    render_probe_set(data, [SIGNAL], 4, seed=1)  # discs only: no triangle to choose
 
 
 def test_masking_hides_the_color_of_a_fraction_of_red_triangles_only():
@@ -132,6 +206,21 @@ def test_probe_sets_hold_every_class_of_the_layout():
     assert len(np.unique(digits, axis=0)) == 4
     np.testing.assert_array_equal(probe_set["shape"], digits[:, 1])
     assert (probe_set["h"][:, :3] >= 0).all()  # the probe's set is never masked
+
+
+def test_a_brief_probe_tells_the_authors_triangle_from_the_disc(tmp_path):
+    """The probe trains on the data.triangle it is given: a small one separates discs from
+    the authors' triangles at 16 px (held-out images)."""
+    probe_cfg = {
+        "channels": [8, 8, 8], "groups": 4, "attention_heads": 2, "images_per_class": 64,
+        "steps": 150, "batch_size": 32, "lr": 0.002, "weight_decay": 0.01,
+        "validation_fraction": 0.15, "min_accuracy": 0.9,
+    }  # fmt: skip
+    data = {**DATA, "triangle": "authors"}
+    metrics = train_probe(
+        data, probe_cfg, [SIGNAL], 0, tmp_path / "p.pt", tmp_path / "m.json", layout=COLOR_SHAPE
+    )
+    assert metrics["accuracy"]["shape"] >= 0.95 and metrics["accuracy"]["color"] >= 0.95
 
 
 # ----------------------------------------------------------------------------- gathering

@@ -3,10 +3,14 @@
 A candidate is an overlay ``workflow/presets/calibration/<name>.yaml`` laid over the cpu
 preset and ``calibration/baseline.yaml``, which narrows the study to one run (the signal
 study at color gap 0.8, size gap 0.4, seed 0; the other studies off), so that a candidate
-costs one training and one evaluation. ``scripts/calibrate.sh NAME`` runs it through the
-pipeline into ``results/calibration/<name>/`` and then :func:`write_record`, which writes
-``docs/calibration/<name>-<date>/``: the overlay, the wall time and peak memory, the claims
-table, the sample sheet, and the unseen class's scores at every checkpoint (README.md).
+costs one training and one evaluation. A candidate that switches the signal study off and
+the underspecification study on trains that study's few runs instead; overlays stack
+(``scripts/calibrate.sh NAME [NAME ...]``, each laid over the ones before it).
+``scripts/calibrate.sh`` runs them through the pipeline into ``results/calibration/<name>/``
+and then :func:`write_record`, which writes ``docs/calibration/<name>-<date>/``: the
+overlay, the wall time and peak memory, the claims table, the sample sheet (the
+underspecification figure), and the unseen class's scores at every checkpoint of every
+run (README.md).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
-from conceptspace.config import load_config, study_runs
+from conceptspace.config import load_config, signal_study, study_runs, underspecification_runs
 from conceptspace.io import ConceptspaceError, read_json
 
 # Columns of the per-checkpoint table: (heading, variable, method, concept); a variable the
@@ -29,6 +33,7 @@ COLUMNS = (
     ("valid fraction", "valid_fraction", "naive", None),
     ("color accuracy", "concept_accuracy", "naive", "color"),
     ("size accuracy", "concept_accuracy", "naive", "size"),
+    ("shape accuracy", "concept_accuracy", "naive", "shape"),
     ("product of means", "product_of_means", "naive", None),
     ("intervention (best)", "accuracy", "intervention", None),
     ("overprompt (best)", "accuracy", "overprompt", None),
@@ -46,6 +51,21 @@ def single_run(config: dict) -> Any:
             "candidate's overlay"
         )
     return runs[0]
+
+
+def calibration_runs(config: dict) -> tuple[str, list[Any]]:
+    """The study a calibration config trains and its runs: the signal study's one run or,
+    with the signal study off, the underspecification study's runs."""
+    if signal_study(config) is not None:
+        return "signal", [single_run(config)]
+    runs = underspecification_runs(config)
+    if not runs:
+        raise ConceptspaceError(
+            "a calibration trains the signal study's one run or, with the signal study off "
+            "(studies.signal: null), the underspecification study's runs; this config trains "
+            "neither: lay calibration/baseline.yaml under the candidate's overlays"
+        )
+    return "underspecification", runs
 
 
 def _column(trajectory: xr.Dataset, variable: str, method: str, concept: str | None, prompt: str):
@@ -125,44 +145,60 @@ def write_record(
     last) whose results are in ``results``. Returns ``out``."""
     configs = [Path(path) for path in configs]
     config = load_config(*configs)
-    run = single_run(config)
+    study, runs = calibration_runs(config)
     results = Path(results)
-    trajectory_path = results / "signal" / "runs" / run.id / "trajectory.nc"
-    if not trajectory_path.exists():
+    paths = {run.id: results / study / "runs" / run.id / "trajectory.nc" for run in runs}
+    missing = [str(path) for path in paths.values() if not path.exists()]
+    if missing:
         raise ConceptspaceError(
-            f"{trajectory_path} does not exist: the calibration run has not finished; run "
-            f"scripts/calibrate.sh {name} first"
+            f"{', '.join(missing)} does not exist: the calibration run has not finished; run "
+            f"scripts/calibrate.sh {name.replace('+', ' ')} first"
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(configs[-1], out / "overlay.yaml")
+    # the candidate's overlays: those after baseline.yaml, laid over it in this order
+    stems = [path.stem for path in configs]
+    overlays = configs[stems.index("baseline") + 1 :] if "baseline" in stems else configs[-1:]
     evaluation = config["evaluation"]
-    with xr.open_dataset(trajectory_path) as trajectory:
-        trajectory = trajectory.load()
+    trajectories = {}
+    for run_id, path in paths.items():
+        with xr.open_dataset(path) as trajectory:
+            trajectories[run_id] = trajectory.load()
     from conceptspace.concepts import layout_from_attrs
 
-    prompt = layout_from_attrs(trajectory.attrs).unseen_classes[0]
-    sections = [f"# Calibration: {name} ({run.id})\n"]
+    first = next(iter(trajectories.values()))
+    prompt = layout_from_attrs(first.attrs).unseen_classes[0]
+    sections = [f"# Calibration: {name} ({', '.join(paths)})\n"]
     memory = "" if peak_rss_kib is None else f", peak RSS of any job {peak_rss_kib / 1024:.0f} MiB"
+    narrowed = "to one run" if study == "signal" else f"to {len(runs)} {study} runs"
+    what = f"the cpu preset narrowed {narrowed} by `workflow/presets/calibration/baseline.yaml`"
+    if stems[-1] != "baseline":
+        over = ", ".join(f"`{path.name}`" for path in overlays)
+        what += f", with {over} over it" + (", in this order" if len(overlays) > 1 else "")
+        what += " (the last " if len(overlays) > 1 else " ("
+        what += "copied here as overlay.yaml)"
     sections.append(
-        "What: the cpu preset narrowed to one run by `workflow/presets/calibration/baseline.yaml`"
-        + ("" if configs[-1].stem == "baseline" else f", with `{configs[-1].name}` over it")
-        + f" (copied here as overlay.yaml), at commit {trajectory.attrs.get('git_commit')} (the"
-        + f" trajectory's provenance), results in `{results}`:\n\n"
+        f"What: {what}, at commit {first.attrs.get('git_commit')}"
+        + f" (the trajectory's provenance), results in `{results}`:\n\n"
         + f"    {command or 'scripts/calibrate.sh ' + name}\n\n"
         + f"Wall time {wall_seconds / 60:.1f} min{memory} (2-core machine, the whole pipeline:"
         + " render, probe, training, evaluation, figures, claims).\n"
     )
-    sections.append(
-        "## What it taught\n\n"
-        + headline(trajectory, prompt, evaluation["threshold"], evaluation["sigma"])
-        + f"\n\n{TAUGHT_PLACEHOLDER}\n"
-    )
-    sections.append(
-        f"## Class {prompt} at every checkpoint\n\nNaive prompting unless named; the best-of "
-        "methods are the best variant at each checkpoint; accuracies as in trajectory.nc.\n\n"
-        + checkpoint_table(trajectory, prompt, evaluation["sigma"])
-    )
+    threshold, sigma = evaluation["threshold"], evaluation["sigma"]
+    taught = [
+        (f"{run_id}: " if len(runs) > 1 else "") + headline(trajectory, prompt, threshold, sigma)
+        for run_id, trajectory in trajectories.items()
+    ]
+    sections.append("## What it taught\n\n" + "\n\n".join(taught) + f"\n\n{TAUGHT_PLACEHOLDER}\n")
+    for run_id, trajectory in trajectories.items():
+        sections.append(
+            f"## Class {prompt} at every checkpoint"
+            + (f" of {run_id}" if len(runs) > 1 else "")
+            + "\n\nNaive prompting unless named; the best-of methods are the best variant at "
+            "each checkpoint; accuracies as in trajectory.nc.\n\n"
+            + checkpoint_table(trajectory, prompt, sigma)
+        )
     claims = results / "claims.json"
     if claims.exists():
         from conceptspace.claims import claims_table_markdown
@@ -172,7 +208,9 @@ def write_record(
             "## Claims (one run: claim 1 needs 3 levels)\n\n"
             + claims_table_markdown(read_json(claims))
         )
-    sheets = sorted((results / "figures").glob(f"samples_{run.id}.png"))
+    # the signal run's sample sheet; the underspecification figure holds its runs' samples
+    wanted = f"samples_{runs[0].id}.png" if study == "signal" else "fig_underspec.png"
+    sheets = sorted((results / "figures").glob(wanted))
     for sheet in sheets:
         shutil.copyfile(sheet, out / sheet.name)
         sections.append(f"## Sample sheet\n\n![samples]({sheet.name})\n")

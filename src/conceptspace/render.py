@@ -4,8 +4,16 @@ An image is a blurred disc (or triangle) of one color on a flat background:
 
     grid     linspace(-1, 1, S) on both axes; pixel [i, j] sits at (x = grid[j], y = grid[i])
     mask     1 where sqrt((x - x0)^2 + (y - y0)^2) < size, else 0 (a disc); a triangle
-             (shape 1) is equilateral with the disc's area (side sqrt(4 pi / sqrt 3) size),
-             its in-circle centred on (x0, y0), apex up (towards row 0)
+             (shape 1) is ``data.triangle``'s, both built on the side
+             s = sqrt(4 pi / sqrt 3) size of the equilateral triangle of the disc's area
+             and its in-radius s sqrt(3) / 6 = 0.778 size:
+               authors     the authors' code's: base = height = s (area 2 pi / sqrt 3
+                           size^2, 1.155 x the disc's), sides of slope +-2; the base is the
+                           line x = x0 - s sqrt(3) / 6 (from y0 - s/2 to y0 + s/2), the
+                           apex at (x0 + s (1 - sqrt(3) / 6), y0) = x0 + 1.916 size,
+                           pointing right (towards the last column)
+               equal_area  equilateral with the disc's area, its in-circle centred on
+                           (x0, y0), apex up (towards row 0)
     blur     Gaussian of ``blur_sigma_px`` pixels (separable; the mask is rendered on a
              grid padded beyond the image, so discs cut by the border blur correctly)
     image    m * color + (1 - m) * background + N(0, noise_std^2), clipped to [0, 1]
@@ -95,11 +103,38 @@ def _gaussian_kernel(sigma_px: float) -> np.ndarray:
     return (kernel / kernel.sum()).astype(np.float32)
 
 
-# A triangle of the disc's area: side sqrt(4 pi / sqrt 3) * size; in-radius side / (2 sqrt 3).
-TRIANGLE_INRADIUS = float(np.sqrt(4 * np.pi / np.sqrt(3)) / (2 * np.sqrt(3)))
-# Outward normals of the triangle's sides in (x, y), y growing downwards (rows): the base
-# faces down, so the apex points up.
+# The equilateral triangle of the disc's area: side sqrt(4 pi / sqrt 3) * size, in-radius
+# side / (2 sqrt 3). Both triangles of data.triangle are built on them (module notes).
+TRIANGLE_SIDE = float(np.sqrt(4 * np.pi / np.sqrt(3)))
+TRIANGLE_INRADIUS = TRIANGLE_SIDE / (2 * np.sqrt(3))
+TRIANGLES = ("authors", "equal_area")
+# Outward normals of the equal-area triangle's sides in (x, y), y growing downwards (rows):
+# the base faces down, so the apex points up.
 _TRIANGLE_NORMALS = ((0.0, 1.0), (np.sqrt(3) / 2, -0.5), (-np.sqrt(3) / 2, -0.5))
+
+
+def triangle_kind(data_cfg: Mapping[str, Any]) -> str:
+    """``data.triangle``: which triangle shape 1 is; a named error when missing or unknown."""
+    kind = data_cfg.get("triangle")
+    if kind not in TRIANGLES:
+        raise ConceptspaceError(
+            f"data.triangle is {kind!r}; set it to 'authors' (the authors' code's triangle, "
+            "base = height) or 'equal_area' (equilateral, the disc's area): config.yaml"
+        )
+    return kind
+
+
+def _triangle_masks(dx: np.ndarray, dy: np.ndarray, sizes: np.ndarray, kind: str) -> np.ndarray:
+    """Where (dx, dy) from the centre lies inside the ``kind`` triangle of radius ``sizes``."""
+    inradius = TRIANGLE_INRADIUS * sizes
+    if kind == "equal_area":
+        return np.logical_and.reduce(
+            [nx * dx + ny * dy <= inradius for nx, ny in _TRIANGLE_NORMALS]
+        )
+    # The authors' keeps the equal-area triangle's base and raises the apex to height =
+    # base = side: right of the base, and within the sides of slope +-2 meeting at the apex.
+    apex = TRIANGLE_SIDE * sizes - inradius
+    return (dx > -inradius) & (2 * np.abs(dy) < apex - dx)
 
 
 def _blurred_masks(
@@ -108,9 +143,10 @@ def _blurred_masks(
     image_size: int,
     sigma_px: float,
     shapes: np.ndarray | None = None,
+    triangle: str = "",
 ) -> np.ndarray:
-    """Object masks (disc r < size; triangle where ``shapes`` is 1), blurred by a
-    Gaussian of sigma_px pixels: (N, S, S) float32."""
+    """Object masks (disc r < size; the ``triangle`` kind where ``shapes`` is 1), blurred
+    by a Gaussian of sigma_px pixels: (N, S, S) float32."""
     kernel = _gaussian_kernel(sigma_px) if sigma_px > 0 else np.ones(1, np.float32)
     pad = len(kernel) // 2
     spacing = 2.0 / (image_size - 1)
@@ -121,11 +157,8 @@ def _blurred_masks(
     dy = padded[None, :, None] - positions[:, 1, None, None]
     masks = dx**2 + dy**2 < sizes[:, None, None] ** 2
     if shapes is not None and np.any(shapes == 1):
-        inradius = TRIANGLE_INRADIUS * sizes[:, None, None]
-        triangle = np.logical_and.reduce(
-            [nx * dx + ny * dy <= inradius for nx, ny in _TRIANGLE_NORMALS]
-        )
-        masks = np.where((shapes == 1)[:, None, None], triangle, masks)
+        triangles = _triangle_masks(dx, dy, sizes[:, None, None], triangle)
+        masks = np.where((shapes == 1)[:, None, None], triangles, masks)
     masks = masks.astype(np.float32)
     # Separable 'valid' convolution: a sum of shifted slices, vectorised over the batch.
     rows = sum(w * masks[:, k : k + image_size, :] for k, w in enumerate(kernel))
@@ -145,7 +178,8 @@ def render_images(
 
     colors (N, 3) and backgrounds (N, 3) are RGB in [0, 1]; sizes (N,) are radii and
     positions (N, 2) centres (x, y), both in grid units; shapes (N,) 0 disc / 1 triangle
-    (None: all discs). ``rng`` draws the pixel noise.
+    (None: all discs), triangles as ``data_cfg['triangle']`` names (module notes; needed
+    only when there are triangles). ``rng`` draws the pixel noise.
     """
     colors = np.asarray(colors, np.float32).reshape(-1, 3)
     backgrounds = np.asarray(backgrounds, np.float32).reshape(-1, 3)
@@ -164,12 +198,14 @@ def render_images(
     image_size = int(data_cfg["image_size"])
     sigma_px = float(data_cfg["blur_sigma_px"])
     noise_std = float(data_cfg["noise_std"])
+    triangle = triangle_kind(data_cfg) if shapes is not None and np.any(shapes == 1) else ""
 
     images = np.empty((n, 3, image_size, image_size), np.float32)
     for start in range(0, n, _CHUNK):
         part = slice(start, start + _CHUNK)
         shape = None if shapes is None else shapes[part]
-        mask = _blurred_masks(sizes[part], positions[part], image_size, sigma_px, shape)[:, None]
+        mask = _blurred_masks(sizes[part], positions[part], image_size, sigma_px, shape, triangle)
+        mask = mask[:, None]
         color = colors[part, :, None, None]
         background = backgrounds[part, :, None, None]
         chunk = mask * color + (1 - mask) * background
@@ -310,6 +346,20 @@ def _objects_arrays(objects, labels, layout, data_cfg, streams, validation_fract
     return arrays
 
 
+def _check_mask_ratio(layout: Layout, mask_ratio: float) -> None:
+    if not 0.0 <= float(mask_ratio) <= 1.0:
+        raise ConceptspaceError(
+            f"masking ratio {mask_ratio} is outside [0, 1]; it is the fraction of "
+            "masked-class images whose concept is hidden: choose values from 0 to 1 in "
+            "studies.underspecification.mask_ratios"
+        )
+    if layout.masked is None and mask_ratio:
+        raise ConceptspaceError(
+            f"layout {layout.name} has no prompt masking, but the masking ratio is "
+            f"{mask_ratio}; use the color_shape layout or a ratio of 0"
+        )
+
+
 def mask_prompts(
     arrays: dict[str, np.ndarray],
     layout: Layout,
@@ -319,19 +369,9 @@ def mask_prompts(
     """Mask round(mask_ratio * n) of the layout's masked class (in place): their masked
     concept's slots of h become MASK_VALUE. Returns the bool mask (N,). The masked
     images are the first of one random order of the class, so they nest across ratios."""
-    if not 0.0 <= float(mask_ratio) <= 1.0:
-        raise ConceptspaceError(
-            f"masking ratio {mask_ratio} is outside [0, 1]; it is the fraction of "
-            "masked-class images whose concept is hidden: choose values from 0 to 1 in "
-            "studies.underspecification.mask_ratios"
-        )
+    _check_mask_ratio(layout, mask_ratio)
     masked = np.zeros(len(arrays["label"]), dtype=bool)
     if layout.masked is None:
-        if mask_ratio:
-            raise ConceptspaceError(
-                f"layout {layout.name} has no prompt masking, but the masking ratio is "
-                f"{mask_ratio}; use the color_shape layout or a ratio of 0"
-            )
         return masked
     masked_class, concept = layout.masked
     members = np.flatnonzero(arrays["label"] == layout.class_index(masked_class))
@@ -357,6 +397,7 @@ def render_training_set(
     is_validation (a random ``validation_fraction`` of each class); shape where the
     layout has one; masked (bool) where it masks prompts (``mask_prompts``).
     """
+    _check_mask_ratio(layout, mask_ratio)  # before the images: a bad ratio renders nothing
     streams = _streams(seed, _TRAINING_SET)
     per_class = int(data_cfg["images_per_class"])
     class_names = [name for name in layout.training_classes for _ in range(per_class)]
@@ -385,8 +426,6 @@ def render_training_set(
                 f"of class {masked_class} ({layout.label(masked_class)}) is {MASK_VALUE} in h"
             ),
         )
-    elif mask_ratio:
-        mask_prompts(arrays, layout, mask_ratio, streams["mask"])  # refuses, naming the fix
     elif layout is not COLOR_SIZE:
         settings["layout"] = layout.name
     metadata["provenance"] = provenance(settings, seed)

@@ -36,8 +36,10 @@ Synthetic layouts (``render.py``: one blurred disc or triangle on a flat backgro
                 the smallest object the renderer draws (radius SIZE_FLOOR, disc or
                 triangle, at the layout's weakest contrast, at its worst sub-pixel
                 position; ``object_bounds``), rendered with the config's image size and
-                blur. The bound holds at every signal level the config allows: one rule
-                for every run. There is no upper bound: the largest objects the config
+                blur; the equal-area triangle, which lies inside the authors' (both
+                ``data.triangle``s: render.py), so the bound holds for either. The
+                bound holds at every signal level the config allows: one rule for every
+                run. There is no upper bound: the largest objects the config
                 allows (radius 0.45 + 7/8 x 0.6 = 0.975; triangles of that area are wider
                 than the frame) cover up to 90% of the frame and two thirds of its border with
                 their blurred edges, so any ceiling would refuse nothing.
@@ -45,7 +47,10 @@ Synthetic layouts (``render.py``: one blurred disc or triangle on a flat backgro
                 must still be centred within the position range (+- ``data.position_range``
                 plus POSITION_MARGIN_PX): cutting only moves a real object's visible
                 centroid inwards, while one shifted past the border keeps its visible part
-                out there.
+                out there. The authors' triangle's centroid lies 0.12 size past its
+                position towards the apex; cut, at the sizes it is drawn at (the large
+                size, at least 0.45), its visible centroid stays within 0.505 of a position
+                at 0.5 (0.534 at worst, for sizes near 0.3 that color_shape never draws).
 
 Weakest contrast. Colors are 0.5 +- dc/2 per channel (spread +- dc/8), so every color
 has a channel <= 0.5; the nuisance backgrounds have every channel >= 0.8
@@ -63,9 +68,12 @@ as the blur (sigma 1 px), so small blurred dots pass as one: at 16 px a 2 x 2 sp
 larger than any object, short of covering the whole frame, pass (see size). Two objects
 that touch are one component. A triangle of the largest size (size gap 0.6) with its
 centre less than a quarter radius past the border can pass as one cut by the frame (10%
-at 16 px). In color_size_background at gaps so weak that 3 (dc + db) / 8 nears the
-threshold (dc = db = 0.2: 0.15), the smallest objects at 16 px vanish into the
-background (10% of real images invalid).
+at 16 px). The authors' triangle (``data.triangle``) centred a quarter to a whole radius
+left of the frame points its apex in (1.916 radii): the visible tip, centred inside the
+position range, passes as a triangle cut by the frame in 18% of such images at 16 px and
+7% at 32 px (from the other borders, 1% or less). In color_size_background at gaps so
+weak that 3 (dc + db) / 8 nears the threshold (dc = db = 0.2: 0.15), the smallest
+objects at 16 px vanish into the background (10% of real images invalid).
 
 CelebA (``layout.one_hot``): faces fill the frame, so there is no object to count and
 no flat background; the failure to catch is a collapsed, near-constant generation. A
@@ -168,7 +176,10 @@ def object_bounds(
 @lru_cache(maxsize=64)
 def _bounds(image_size, blur_sigma_px, position_range, contrast) -> Bounds:
     size = int(image_size)
+    # The equal-area triangle lies inside the authors' (the same base, a lower apex), so
+    # its bounds hold for either data.triangle.
     cfg = {"image_size": size, "blur_sigma_px": blur_sigma_px, "noise_std": 0.0}
+    cfg["triangle"] = "equal_area"
     pixel = 2.0 / (size - 1)
     # The smallest object: floor radius, disc and triangle, weakest contrast, on a white
     # background, its centre at every quarter-pixel offset.
