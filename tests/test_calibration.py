@@ -25,7 +25,7 @@ BASE = (REPO / "config.yaml", PRESETS / "cpu.yaml", PRESETS / "calibration" / "b
 
 
 # Candidates laid over another candidate (scripts/calibrate.sh FIRST SECOND).
-STACKED_ON = {"triangle-equal-area": "masking-three-ratios"}
+STACKED_ON = {"triangle-authors": "masking-three-ratios"}
 
 
 def configs_of(candidate):
@@ -164,7 +164,7 @@ def test_record_holds_overlay_headline_table_and_sheet(tmp_path):
 def test_record_of_stacked_underspecification_candidates_holds_every_run(tmp_path):
     """The signal study off: a headline and a table per masking ratio, the figure of the
     study as the sheet, every overlay named."""
-    candidate = PRESETS / "calibration" / "triangle-equal-area.yaml"
+    candidate = PRESETS / "calibration" / "triangle-authors.yaml"
     config = load_config(*configs_of(candidate))
     study, runs = calibration_runs(config)
     assert study == "underspecification"
@@ -176,10 +176,10 @@ def test_record_of_stacked_underspecification_candidates_holds_every_run(tmp_pat
         shape.to_netcdf(results / study / "runs" / run.id / "trajectory.nc")
     (results / "figures").mkdir()
     (results / "figures" / "fig_underspec.png").write_bytes(b"png")
-    name = "masking-three-ratios+triangle-equal-area"
+    name = "masking-three-ratios+triangle-authors"
     out = write_record(name, configs_of(candidate), results, tmp_path / "record", 60.0)
     readme = (out / "README.md").read_text()
-    assert "with `masking-three-ratios.yaml`, `triangle-equal-area.yaml` over it" in readme
+    assert "with `masking-three-ratios.yaml`, `triangle-authors.yaml` over it" in readme
     assert (out / "overlay.yaml").read_text() == candidate.read_text()
     for run in runs:
         assert f"{run.id}: Class 11's smoothed accuracy" in readme
