@@ -63,6 +63,8 @@ def test_a_broken_list_is_caught():
 def test_the_workflow_text_lists_what_each_preset_ran():
     workflow = REPO / "workflow" / "report" / "workflow.rst"
     html = docutils_html(rendered(workflow, load_config(REPO / "config.yaml", SMOKE)))
-    assert "60 training steps" in html and "underspecification study: 1 seed(s)" in html
+    assert (
+        "60 training steps" in html and "Underspecification study: 1 seed x masking ratios" in html
+    )
     everything = docutils_html(rendered(workflow, config_named("every study on")))
     assert "CelebA from /data/celeba" in everything
