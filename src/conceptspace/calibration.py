@@ -19,8 +19,9 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
-from conceptspace.config import load_config, study_runs
+from conceptspace.config import load_config
 from conceptspace.io import ConceptspaceError, read_json
+from conceptspace.studies import STUDIES
 
 # Columns of the per-checkpoint table: (heading, variable, method, concept); a variable the
 # trajectory lacks (written before it existed) leaves its column out.
@@ -38,7 +39,7 @@ TAUGHT_PLACEHOLDER = "_(to write after reading the table and looking at the samp
 
 def single_run(config: dict) -> Any:
     """The one run of a calibration config; a named error when there are more or none."""
-    runs = study_runs(config)
+    runs = STUDIES["signal"].runs(config)
     if len(runs) != 1:
         raise ConceptspaceError(
             f"a calibration trains one run, this config plans {len(runs)} "
