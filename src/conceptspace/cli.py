@@ -112,24 +112,6 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_evaluate(args: argparse.Namespace) -> None:
-    from conceptspace.evaluate import evaluate_checkpoint
-
-    settings = _settings(args.settings)
-    evaluate_checkpoint(
-        args.checkpoint,
-        args.probe,
-        settings["evaluation"],
-        settings["probe"]["min_accuracy"],
-        _signal(args),
-        args.seed,
-        args.out,
-        device=args.device,
-        threads=args.threads,
-        mask_ratio=args.mask_ratio,
-    )
-
-
 def cmd_evaluate_run(args: argparse.Namespace) -> None:
     from conceptspace.evaluate import evaluate_run
 
@@ -137,12 +119,12 @@ def cmd_evaluate_run(args: argparse.Namespace) -> None:
     evaluate_run(
         args.checkpoints,
         args.probe,
-        settings["evaluation"],
-        settings["probe"]["min_accuracy"],
-        _signal(args),
-        args.seed,
-        args.eval_dir,
-        args.out,
+        evaluation_cfg=settings["evaluation"],
+        min_accuracy=settings["probe"]["min_accuracy"],
+        signal=_signal(args),
+        seed=args.seed,
+        eval_dir=args.eval_dir,
+        out_path=args.out,
         device=args.device,
         threads=args.threads,
         mask_ratio=args.mask_ratio,
@@ -156,23 +138,16 @@ def cmd_sample(args: argparse.Namespace) -> None:
     settings = _settings(args.settings)
     sample_checkpoints(
         args.checkpoints,
-        settings["evaluation"],
-        _signal(args),
-        args.seed,
-        args.samples,
-        args.out,
+        evaluation_cfg=settings["evaluation"],
+        signal=_signal(args),
+        seed=args.seed,
+        samples=args.samples,
+        out_path=args.out,
         device=args.device,
         threads=args.threads,
         layout=layout_named(args.layout),
         mask_ratio=args.mask_ratio,
     )
-
-
-def cmd_gather_run(args: argparse.Namespace) -> None:
-    from conceptspace.trajectories import gather_run, save_dataset_nc
-
-    save_dataset_nc(gather_run(args.evaluations), args.out)
-    log.info("gathered %d checkpoints into %s", len(args.evaluations), args.out)
 
 
 def cmd_gather_study(args: argparse.Namespace) -> None:
@@ -413,14 +388,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     compute(p)
 
-    p = stage("evaluate", cmd_evaluate, "score one checkpoint in concept space")
-    p.add_argument("--settings", required=True, help="JSON: 'evaluation', 'probe'")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--probe", required=True)
-    sampled_run_options(p)
-    p.add_argument("--out", required=True)
-    compute(p)
-
     p = stage(
         "evaluate-run",
         cmd_evaluate_run,
@@ -442,10 +409,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="netCDF: images (step, method, prompt, ...)")
     p.add_argument("checkpoints", nargs="+", help="checkpoints of one run")
     compute(p)
-
-    p = stage("gather-run", cmd_gather_run, "one run's evaluations -> trajectory")
-    p.add_argument("--out", required=True)
-    p.add_argument("evaluations", nargs="+")
 
     p = stage("gather-study", cmd_gather_study, "all runs' trajectories -> study dataset")
     p.add_argument("--settings", required=True, help="JSON: 'evaluation', and the config to record")
