@@ -33,14 +33,19 @@ wildcard_constraints:
     run=r"[^/]+",  # an id of RUNS (run_of says so when it is not)
 
 
-def study_runs(study):
-    """The runs of a study that is on, by id; a named error for one switched off."""
-    if study not in RUNS:
+def study_on(study):
+    """The study, when it is on; a named error for one switched off."""
+    if study not in ON:
         raise WorkflowError(
             f"the {study} study is off (config studies.{study} is null); set it in config.yaml "
             "or a preset to build its outputs"
         )
-    return RUNS[study]
+    return ON[study]
+
+
+def study_runs(study):
+    """The runs of a study that is on, by id."""
+    return RUNS[study_on(study).name]
 
 
 def run_of(wildcards, study=None):

@@ -60,11 +60,11 @@ rule train_probe:
         mem_mb=per_attempt(16000),
     params:
         settings=lambda wildcards: settings(
-            "data", "probe", signals=ON[wildcards.study].levels(config)
+            "data", "probe", signals=study_on(wildcards.study).levels(config)
         ),
         layout=study_layout,
         data=lambda wildcards, input: f"--data {shlex.quote(input[0])}" if input else "",
-        seed=lambda wildcards: ON[wildcards.study].first_seed(config),
+        seed=lambda wildcards: study_on(wildcards.study).first_seed(config),
         device=config["compute"]["device"],
     shell:
         "python -m conceptspace probe --settings {params.settings:q} --seed {params.seed}"
