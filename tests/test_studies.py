@@ -89,8 +89,10 @@ def test_each_study_lists_its_runs_with_ids_and_options(smoke):
     assert list(table) == ["signal", "underspecification"]  # the smoke preset's studies
     signal = table["signal"]["dc0.300_ds0.400_seed1"]
     assert signal.args == "--color-gap 0.3 --size-gap 0.4 --seed 1"
+    assert signal.fields == {"color_gap": 0.3, "size_gap": 0.4, "seed": 1}
     masked = table["underspecification"]["p1.000_seed0"]
     assert masked.args == "--color-gap 0.4 --size-gap 0.4 --seed 0 --mask-ratio 1.0"
+    assert masked.fields == {"color_gap": 0.4, "size_gap": 0.4, "seed": 0, "mask_ratio": 1.0}
     paper = load_config(REPO / "config.yaml")
     celeba = merge(paper, {"studies": {"celeba": {"root": "faces", "seeds": [3, 1]}}})
     assert [run.id for run in STUDIES["celeba"].runs(celeba)] == ["seed1", "seed3"]

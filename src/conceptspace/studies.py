@@ -48,6 +48,12 @@ class Run:
         return Signal(*(gap or 0.0 for gap in gaps))
 
     @property
+    def fields(self) -> dict[str, float | int]:
+        """The fields it has: gaps, seed, and its masking ratio or background gap."""
+        names = ("color_gap", "size_gap", "seed", "mask_ratio", "background_gap")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    @property
     def args(self) -> str:
         """The run's options of the `render`, `evaluate-run` and `sample` commands."""
         args = ""

@@ -26,13 +26,14 @@ rule train_vdm:
         settings=lambda wildcards: settings(
             "model", training=STUDIES[wildcards.study].training(config)
         ),
-        seed=lambda wildcards: run_of(wildcards).seed,
+        # a change to a param's value or to the shell command retrains every run
+        fields=lambda wildcards: run_of(wildcards).fields,
         run_dir=lambda wildcards: RESULTS / wildcards.study / "runs" / wildcards.run,
         device=config["compute"]["device"],
         compile="--compile" if config["compute"]["compile"] else "",
     shell:
         "python -m conceptspace train --settings {params.settings:q} --data {input:q}"
-        " --seed {params.seed} --run-dir {params.run_dir:q} --manifest {output:q}"
+        " --seed {params.fields[seed]} --run-dir {params.run_dir:q} --manifest {output:q}"
         " --device {params.device} --threads {threads} {params.compile} >> {log:q} 2>&1"
 
 
