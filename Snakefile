@@ -83,5 +83,5 @@ rule all:
         STUDY_DATASETS,
         FIGURES,
         # the claims are judged from the signal study (claim 5 adds underspecification)
-        CLAIMS_JSON if SIGNAL_STUDY else [],
+        CLAIMS_JSON if "signal" in ON else [],
     localrule: True

@@ -318,7 +318,14 @@ def measure_evaluation(case: dict) -> dict:
             torch.cuda.synchronize()
         started = time.perf_counter()
         evaluate_checkpoint(
-            checkpoint_path(run_dir, 1), probe, evaluation, 0.0, signal, 0, workdir / name, device
+            checkpoint_path(run_dir, 1),
+            probe,
+            evaluation_cfg=evaluation,
+            min_accuracy=0.0,
+            signal=signal,
+            seed=0,
+            out_path=workdir / name,
+            device=device,
         )
         return time.perf_counter() - started
 

@@ -7,16 +7,9 @@ import pytest
 import xarray as xr
 
 from conceptspace.concepts import COLOR_SIZE_BACKGROUND
-from conceptspace.config import (
-    ConfigError,
-    background_runs,
-    checkpoint_steps,
-    load_config,
-    merge,
-    study_training,
-    validate_config,
-)
+from conceptspace.config import ConfigError, checkpoint_steps, load_config, merge, validate_config
 from conceptspace.figures.background import value_one_probability
+from conceptspace.studies import STUDIES
 from conftest import REPO, SCHEMA, SMOKE, snakemake
 
 # The background study alone, as small as the smoke preset, with its own shorter training.
@@ -37,12 +30,14 @@ TINY = {
 
 def test_paper_background_study_trains_40k_steps():
     config = load_config(REPO / "config.yaml")
-    runs = background_runs(config)
+    background = STUDIES["background"]
+    runs = background.runs(config)
     assert [run.seed for run in runs] == [0, 100, 200, 300, 400]
     assert runs[0].id == "dc0.400_ds0.400_db0.400_seed0"
-    assert study_training(config, "background")["steps"] == 40000
-    assert checkpoint_steps(study_training(config, "background"))[-1] == 40000
-    assert study_training(config, "signal")["steps"] == 20000  # the others keep theirs
+    assert runs[0].args == "--color-gap 0.4 --size-gap 0.4 --seed 0 --background-gap 0.4"
+    assert background.training(config)["steps"] == 40000
+    assert checkpoint_steps(background.training(config))[-1] == 40000
+    assert STUDIES["signal"].training(config)["steps"] == 20000  # the others keep theirs
 
 
 def test_background_training_overlay_is_checked_like_training():

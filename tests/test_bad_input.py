@@ -20,9 +20,11 @@ from conceptspace import cli
 from conceptspace.concepts import COLOR_SHAPE, CONCEPTS, Signal
 from conceptspace.config import ConfigError, load_config, validate_config
 from conceptspace.io import ConceptspaceError
+from conceptspace.netcdf import save_dataset_nc
 from conceptspace.probe import ProbeNet, load_probe
 from conceptspace.render import render_training_set
 from conceptspace.train import checkpoint_path, load_checkpoint, train_run
+from conceptspace.trajectories import gather_run
 from conftest import REPO, SCHEMA, snakemake
 
 # The training tests' tiny run, its dataset fixture and one-thread set-up (autouse) serve here too.
@@ -204,12 +206,13 @@ def test_a_damaged_checkpoint_is_named_with_the_fix(finished_run, tmp_path, dama
     assert "delete it and rerun training" in message
 
 
-def test_a_corrupt_evaluation_stops_gathering_without_output(tmp_path, caplog):
+def test_a_corrupt_evaluation_stops_gathering_without_output(tmp_path):
     corrupt = tmp_path / "step_000004.nc"
     corrupt.write_bytes(b"CDF\x01" + random.Random(0).randbytes(512))
     out = tmp_path / "trajectory.nc"
-    status, error = run_cli(caplog, "gather-run", "--out", out, corrupt)
-    assert status == 1
+    with pytest.raises(ConceptspaceError) as caught:
+        save_dataset_nc(gather_run([corrupt]), out)
+    error = str(caught.value)
     assert str(corrupt) in error and "corrupt" in error and "snakemake" in error
     assert not out.exists() and not half_written(tmp_path)
 

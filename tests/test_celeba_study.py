@@ -11,9 +11,10 @@ import pytest
 import xarray as xr
 import yaml
 
-from conceptspace.config import checkpoint_steps, load_config, study_training
+from conceptspace.config import load_config
 from conceptspace.concepts import celeba_layout, layout_attrs, layout_from_attrs
 from conceptspace.methods import build_methods
+from conceptspace.studies import STUDIES
 from conftest import REPO, SMOKE, planned_jobs, snakemake
 from test_celeba import build_celeba
 
@@ -58,7 +59,7 @@ def test_celeba_default_training_plans_checkpoints_past_a_million_steps(tmp_path
         tmp_path, "results/celeba/study.nc", "-n", "-p", configs=(REPO / "config.yaml", path)
     )
     config = load_config(REPO / "config.yaml", path)
-    steps = checkpoint_steps(study_training(config, "celeba"))
+    steps = STUDIES["celeba"].steps(config)
     assert max(steps) >= 1_000_000
     assert planned_jobs(result.stdout)["evaluate_run"] == 1
     command = next(line for line in result.stdout.splitlines() if "evaluate-run" in line)

@@ -8,10 +8,9 @@ from conceptspace.config import (
     checkpoint_steps,
     load_config,
     merge,
-    signal_levels,
-    study_runs,
     validate_config,
 )
+from conceptspace.studies import STUDIES
 from conftest import REPO, SCHEMA, SMOKE
 
 
@@ -35,8 +34,8 @@ def test_paper_study_has_the_papers_sweeps_seeds_and_checkpoints(paper):
     steps = checkpoint_steps(paper["training"])
     assert len(steps) == 60 and steps[0] == 500 and steps[-1] == 20000
     # 58 distinct levels: the grid shares (0.4, 0.2) and (0.4, 0.4) with the size sweep.
-    assert len(signal_levels(paper)) == 58
-    assert len(study_runs(paper)) == 58 * 5
+    assert len(STUDIES["signal"].levels(paper)) == 58
+    assert len(STUDIES["signal"].runs(paper)) == 58 * 5
 
 
 def test_overlay_merges_dicts_and_replaces_lists(paper):
@@ -61,7 +60,7 @@ def test_checkpoint_steps_are_quadratically_spaced(paper):
 
 def test_runs_are_seeds_times_the_union_of_sweeps():
     config = load_config(REPO / "config.yaml", SMOKE)
-    runs = study_runs(config)
+    runs = STUDIES["signal"].runs(config)
     assert {(r.color_gap, r.size_gap) for r in runs} == {(0.3, 0.4), (0.6, 0.4), (0.6, 0.3)}
     assert len(runs) == 6
     assert runs[0].id == "dc0.300_ds0.400_seed0"
@@ -73,7 +72,7 @@ def test_signal_study_switched_off_has_no_runs_and_no_figure_checks(paper):
     config = merge(paper, {"studies": {"signal": None}})
     config["figures"]["levels"] = [{"color_gap": 0.111, "size_gap": 0.111}]
     validate_config(config, SCHEMA)
-    assert study_runs(config) == [] and signal_levels(config) == []
+    assert STUDIES["signal"].runs(config) == [] and STUDIES["signal"].levels(config) == []
 
 
 def test_studies_must_name_the_signal_study(paper):

@@ -135,7 +135,15 @@ def trained(tmp_path_factory):
 def evaluate(trained, out, evaluation=EVALUATION, signal=SIGNAL, seed=SEED, min_accuracy=0.0):
     checkpoint, probe = trained
     return evaluate_checkpoint(
-        checkpoint, probe, evaluation, min_accuracy, signal, seed, out, device="cpu", threads=1
+        checkpoint,
+        probe,
+        evaluation_cfg=evaluation,
+        min_accuracy=min_accuracy,
+        signal=signal,
+        seed=seed,
+        out_path=out,
+        device="cpu",
+        threads=1,
     )
 
 
@@ -297,15 +305,7 @@ def test_evaluation_writes_p_target(trained, tmp_path):
 def test_evaluation_is_deterministic_and_independent_of_batching(trained, tmp_path):
     first, second = tmp_path / "first.nc", tmp_path / "second.nc"
     evaluate(trained, first)
-    # Again through the command line, with all 12 samples in one batch.
-    checkpoint, probe = trained
-    settings = {"evaluation": {**EVALUATION, "batch_size": 3 * N_CONDITIONS}, "probe": PROBE}
-    code = cli_main(
-        ["evaluate", "--settings", json.dumps(settings), "--checkpoint", str(checkpoint)]
-        + ["--probe", str(probe), "--color-gap", "0.4", "--size-gap", "0.4"]
-        + ["--seed", str(SEED), "--out", str(second), "--device", "cpu", "--threads", "1"]
-    )
-    assert code == 0
+    evaluate(trained, second, {**EVALUATION, "batch_size": 3 * N_CONDITIONS})  # one batch
     with xr.open_dataset(first) as a, xr.open_dataset(second) as b:
         np.testing.assert_allclose(a["p_target"].values, b["p_target"].values, atol=1e-5)
         # each sample has its own noise: samples of one prompt differ
@@ -449,7 +449,7 @@ def test_evaluate_run_equals_evaluating_each_checkpoint_and_gathering(trained, t
     assert code == 0
     single = [tmp_path / f"single_{step}.nc" for step in (2, 4)]
     for path, one in zip(single, checkpoints):
-        evaluate_checkpoint(one, probe, EVALUATION, 0.0, SIGNAL, SEED, path, "cpu", 1)
+        evaluate((one, probe), path)
     with open_trajectory(out) as run, xr.open_dataset(tmp_path / "eval" / "step_000004.nc") as e:
         expected = gather_run(single)
         assert list(run["step"].values) == [2, 4]
@@ -469,7 +469,15 @@ def test_evaluate_run_keeps_current_evaluations_and_redoes_stale_ones(trained, t
     eval_dir, out = tmp_path / "eval", tmp_path / "trajectory.nc"
 
     def run(evaluation=EVALUATION):
-        evaluate_run(checkpoints, probe, evaluation, 0.0, SIGNAL, SEED, eval_dir, out, "cpu", 1)
+        options = dict(signal=SIGNAL, seed=SEED, min_accuracy=0.0, device="cpu", threads=1)
+        evaluate_run(
+            checkpoints,
+            probe,
+            evaluation_cfg=evaluation,
+            eval_dir=eval_dir,
+            out_path=out,
+            **options,
+        )
         return {p.name: p.stat().st_mtime_ns for p in sorted(eval_dir.glob("step_*.nc"))}
 
     first = run()

@@ -331,7 +331,7 @@ def test_fig_underspec_draws_never_reached_seeds(tmp_path):
         for (seed, ratio), crossing in crossings.items()
     ]
     study = gather_study(runs, {}, EVALUATION, grid=("seed", "mask_ratio"))
-    pdf, png = plot_underspec(study, [], tmp_path / "fig_underspec.pdf")
+    pdf, png = plot_underspec(study, tmp_path / "fig_underspec.pdf", [])
     assert pdf.stat().st_size > 0 and png.stat().st_size > 0
     with pytest.raises(ConceptspaceError, match="underspecification study"):
         plot_underspec(study.isel(mask_ratio=0), [], tmp_path / "bad.pdf")

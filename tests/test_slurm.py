@@ -44,7 +44,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from conceptspace.config import checkpoint_steps, load_config, study_runs, underspecification_runs
+from conceptspace.config import checkpoint_steps, load_config
+from conceptspace.studies import run_table
 from conftest import REPO, SMOKE, venv_tool
 
 pytestmark = pytest.mark.slurm
@@ -67,8 +68,7 @@ SNAKEMAKE_LIMIT_S = 600  # a hung snakemake ignores SIGTERM: timeout -k kills it
 RUN = r"dc\d+\.\d{3}_ds\d+\.\d{3}_seed\d+|p\d\.\d{3}_seed\d+"  # signal | underspecification
 SMOKE_CONFIG = load_config(REPO / "config.yaml", SMOKE)
 # every study's runs: the signal study's and underspecification's
-STUDY_OF_RUN = {run.id: "signal" for run in study_runs(SMOKE_CONFIG)}
-STUDY_OF_RUN |= {run.id: "underspecification" for run in underspecification_runs(SMOKE_CONFIG)}
+STUDY_OF_RUN = {run: study for study, runs in run_table(SMOKE_CONFIG).items() for run in runs}
 SMOKE_RUNS = list(STUDY_OF_RUN)
 STEPS = checkpoint_steps(SMOKE_CONFIG["training"])
 

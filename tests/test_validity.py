@@ -18,14 +18,8 @@ from conceptspace.concepts import (
     Signal,
     celeba_layout,
 )
-from conceptspace.config import (
-    MAX_COLOR_GAP,
-    MAX_SIZE_GAP,
-    background_runs,
-    load_config,
-    signal_levels,
-    underspecification,
-)
+from conceptspace.config import MAX_COLOR_GAP, MAX_SIZE_GAP, load_config
+from conceptspace.studies import STUDIES
 from conceptspace.render import TRIANGLE_INRADIUS, TRIANGLES, render_images, render_probe_set
 from conceptspace.validity import diagnostics, label_components, sample_validity
 
@@ -46,11 +40,9 @@ def study_signals() -> dict[str, list[Signal]]:
     found = {name: set() for name in LAYOUTS}
     for paths in PRESETS:
         config = load_config(*paths)
-        found["color_size"].update(Signal(dc, ds) for dc, ds in signal_levels(config))
-        study = underspecification(config)
-        if study:
-            found["color_shape"].add(Signal(study["color_gap"], study["size_gap"]))
-        found["color_size_background"].update(run.signal for run in background_runs(config))
+        for study in STUDIES.values():
+            if study.renders:
+                found[study.layout].update(run.signal for run in study.runs(config))
     return {name: sorted(levels, key=astuple) for name, levels in found.items() if levels}
 
 

@@ -8,13 +8,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from conceptspace.config import (
-    background_runs,
-    checkpoint_steps,
-    load_config,
-    study_runs,
-    underspecification_runs,
-)
+from conceptspace.config import checkpoint_steps, load_config
+from conceptspace.studies import STUDIES
 from conftest import REPO, SMOKE, planned_jobs, snakemake, venv_tool
 
 pytestmark = pytest.mark.workflow
@@ -47,8 +42,9 @@ def test_dry_run_plans_the_paper_scale_study(tmp_path):
     jobs = planned_jobs(result.stdout)
     # the signal study's 290 runs, underspecification's 5 seeds x 5 masking ratios and the
     # background study's 5 seeds (which train 40k steps, so have their own checkpoints)
-    signal, masked = len(study_runs(config)), len(underspecification_runs(config))
-    background = len(background_runs(config))
+    names = ("signal", "underspecification", "background", "celeba")
+    signal, masked, background, celeba = (len(STUDIES[name].runs(config)) for name in names)
+    assert celeba == 0  # off: no root
     assert (signal, masked, background) == (290, 25, 5)
     runs = signal + masked + background
     assert jobs["render_training_set"] == runs
@@ -173,7 +169,7 @@ def test_smoke_run_keeps_checkpoints_manifests_and_logs(smoke_run):
     workdir, config = smoke_run
     results = workdir / "results"
     steps = checkpoint_steps(config["training"])
-    for run in study_runs(config):
+    for run in STUDIES["signal"].runs(config):
         manifest = json.loads((results / "signal" / "runs" / run.id / "manifest.json").read_text())
         listed = [entry["step"] for entry in manifest["checkpoints"]]
         assert listed == steps

@@ -23,8 +23,9 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
-from conceptspace.config import load_config, signal_study, study_runs, underspecification_runs
+from conceptspace.config import load_config
 from conceptspace.io import ConceptspaceError, read_json
+from conceptspace.studies import STUDIES
 
 # Columns of the per-checkpoint table: (heading, variable, method, concept); a variable the
 # trajectory lacks (written before it existed) leaves its column out.
@@ -43,7 +44,7 @@ TAUGHT_PLACEHOLDER = "_(to write after reading the table and looking at the samp
 
 def single_run(config: dict) -> Any:
     """The one run of a calibration config; a named error when there are more or none."""
-    runs = study_runs(config)
+    runs = STUDIES["signal"].runs(config)
     if len(runs) != 1:
         raise ConceptspaceError(
             f"a calibration trains one run, this config plans {len(runs)} "
@@ -56,9 +57,9 @@ def single_run(config: dict) -> Any:
 def calibration_runs(config: dict) -> tuple[str, list[Any]]:
     """The study a calibration config trains and its runs: the signal study's one run or,
     with the signal study off, the underspecification study's runs."""
-    if signal_study(config) is not None:
+    if STUDIES["signal"].section(config) is not None:
         return "signal", [single_run(config)]
-    runs = underspecification_runs(config)
+    runs = STUDIES["underspecification"].runs(config)
     if not runs:
         raise ConceptspaceError(
             "a calibration trains the signal study's one run or, with the signal study off "

@@ -101,9 +101,10 @@ from conceptspace.analysis import (
     threshold_of,
 )
 from conceptspace.concepts import UNSEEN_CLASS
-from conceptspace.config import ConfigError, sweep
+from conceptspace.config import ConfigError
 from conceptspace.io import ConceptspaceError, atomic_path, json_default, provenance, write_json
 from conceptspace.statistics import bootstrap_interval, sign_test, spearman
+from conceptspace.studies import sweep
 from conceptspace.netcdf import open_netcdf, open_study
 from conceptspace.trajectories import smooth_accuracy
 

@@ -7,6 +7,7 @@ Snakemake reruns a stage exactly when its own settings change.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -111,24 +112,6 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_evaluate(args: argparse.Namespace) -> None:
-    from conceptspace.evaluate import evaluate_checkpoint
-
-    settings = _settings(args.settings)
-    evaluate_checkpoint(
-        args.checkpoint,
-        args.probe,
-        settings["evaluation"],
-        settings["probe"]["min_accuracy"],
-        _signal(args),
-        args.seed,
-        args.out,
-        device=args.device,
-        threads=args.threads,
-        mask_ratio=args.mask_ratio,
-    )
-
-
 def cmd_evaluate_run(args: argparse.Namespace) -> None:
     from conceptspace.evaluate import evaluate_run
 
@@ -136,12 +119,12 @@ def cmd_evaluate_run(args: argparse.Namespace) -> None:
     evaluate_run(
         args.checkpoints,
         args.probe,
-        settings["evaluation"],
-        settings["probe"]["min_accuracy"],
-        _signal(args),
-        args.seed,
-        args.eval_dir,
-        args.out,
+        evaluation_cfg=settings["evaluation"],
+        min_accuracy=settings["probe"]["min_accuracy"],
+        signal=_signal(args),
+        seed=args.seed,
+        eval_dir=args.eval_dir,
+        out_path=args.out,
         device=args.device,
         threads=args.threads,
         mask_ratio=args.mask_ratio,
@@ -155,23 +138,16 @@ def cmd_sample(args: argparse.Namespace) -> None:
     settings = _settings(args.settings)
     sample_checkpoints(
         args.checkpoints,
-        settings["evaluation"],
-        _signal(args),
-        args.seed,
-        args.samples,
-        args.out,
+        evaluation_cfg=settings["evaluation"],
+        signal=_signal(args),
+        seed=args.seed,
+        samples=args.samples,
+        out_path=args.out,
         device=args.device,
         threads=args.threads,
         layout=layout_named(args.layout),
         mask_ratio=args.mask_ratio,
     )
-
-
-def cmd_gather_run(args: argparse.Namespace) -> None:
-    from conceptspace.trajectories import gather_run, save_dataset_nc
-
-    save_dataset_nc(gather_run(args.evaluations), args.out)
-    log.info("gathered %d checkpoints into %s", len(args.evaluations), args.out)
 
 
 def cmd_gather_study(args: argparse.Namespace) -> None:
@@ -184,15 +160,14 @@ def cmd_gather_study(args: argparse.Namespace) -> None:
 
 
 def cmd_figure(args: argparse.Namespace) -> None:
-    from conceptspace.config import sweep
     from conceptspace.io import provenance
 
-    config = _settings(args.settings)
-    record = provenance(config)
+    settings = _settings(args.settings)
+    record = provenance(settings)
     if args.name == "sheet":
         from conceptspace.figures.sheets import open_samples, plot_sample_sheet
 
-        sheet = config["figures"]["sample_sheet"]
+        sheet = settings["figures"]["sample_sheet"]
         title = (
             f"Generations of run seed {sheet['seed']}, color gap {sheet['color_gap']:g}, "
             f"size gap {sheet['size_gap']:g}"
@@ -202,70 +177,75 @@ def cmd_figure(args: argparse.Namespace) -> None:
         log.info("wrote %s", args.out)
         return
 
+    from conceptspace.studies import figure_named
     from conceptspace.trajectories import open_study
 
+    figure = figure_named(args.name)
     study = open_study(_required(args.study, "--study", args.name))
-    if args.name == "underspec":
-        from conceptspace.figures.sheets import open_samples
-        from conceptspace.figures.underspec import plot_underspec
-
-        samples = [open_samples(path) for path in args.samples_of or []]
-        plot_underspec(study, samples, args.out, record=record)
-        log.info("wrote %s", args.out)
-        return
-    if args.name == "celeba":
-        from conceptspace.figures.celeba import plot_celeba
-
-        plot_celeba(study, args.out, record=record)
-    elif args.name == "background":
-        from conceptspace.figures.background import plot_background
-
-        plot_background(study, args.out, record=record)
-    elif args.name == "signal":
-        from conceptspace.figures.signal import plot_signal
-
-        names = config["figures"]["signal"]
-        color_sweep = sweep(config, names["color_sweep"])
-        size_sweep = sweep(config, names["size_sweep"])
-        plot_signal(
-            study,
-            args.out,
-            color_sweep_size_gap=_single(color_sweep, "size_gap"),
-            size_sweep_color_gap=_single(size_sweep, "color_gap"),
-            record=record,
+    inputs: dict = {}
+    try:
+        for name in figure.inputs:
+            inputs.update(FIGURE_INPUTS[name](args, settings))
+    except KeyError as err:
+        raise ConceptspaceError(
+            f"`figure {args.name}` reads config key {err} from --settings, which lacks it; "
+            f"pass the keys {', '.join(figure.settings_keys)}"
         )
-    elif args.name == "trajectories":
-        from conceptspace.figures.trajectories import plot_trajectories
-
-        plot_trajectories(study, args.out, _figure_levels(config), record=record)
-    elif args.name == "hidden":
-        from conceptspace.figures.hidden import METHODS, plot_hidden
-
-        methods = args.methods or METHODS
-        plot_hidden(study, args.out, _figure_levels(config), methods, record=record)
-    elif args.name == "patching":
-        from conceptspace.figures.patching import plot_patching
-
-        plot_patching(study, args.out, _figure_levels(config), record=record)
+    module, function = figure.plot.split(":")
+    plot = getattr(importlib.import_module(module), function)
+    plot(study, args.out, **inputs, record=record)
     log.info("wrote %s", args.out)
+
+
+def _levels_input(args: argparse.Namespace, settings: dict) -> dict:
+    """figures.levels, each of which must be a signal level of the study (the config
+    check says so before planning; --settings may come from elsewhere)."""
+    from conceptspace.figures import levels_from
+    from conceptspace.studies import STUDIES, figure_level_problems
+
+    levels = STUDIES["signal"].levels(settings)
+    problems = list(figure_level_problems(settings["figures"]["levels"], levels))
+    if problems:
+        raise ConceptspaceError("; ".join(problems))
+    return {"levels": levels_from(settings["figures"]["levels"])}
+
+
+def _sweeps_input(args: argparse.Namespace, settings: dict) -> dict:
+    """The fixed gap of each sweep that fig_signal plots along (figures.signal)."""
+    from conceptspace.studies import sweep
+
+    names = settings["figures"]["signal"]
+    return {
+        "color_sweep_size_gap": _single(sweep(settings, names["color_sweep"]), "size_gap"),
+        "size_sweep_color_gap": _single(sweep(settings, names["size_sweep"]), "color_gap"),
+    }
+
+
+def _methods_input(args: argparse.Namespace, settings: dict) -> dict:
+    from conceptspace.studies import hidden_methods
+
+    return {"methods": args.methods or hidden_methods(settings)}
+
+
+def _samples_input(args: argparse.Namespace, settings: dict) -> dict:
+    from conceptspace.figures.sheets import open_samples
+
+    return {"samples": [open_samples(path) for path in args.samples_of or []]}
+
+
+# What `figure` gives a plot besides the study (conceptspace.studies.FIGURE_INPUT_KEYS).
+FIGURE_INPUTS = {
+    "levels": _levels_input,
+    "sweeps": _sweeps_input,
+    "methods": _methods_input,
+    "samples": _samples_input,
+}
 
 
 def _required(value: str | None, option: str, figure: str) -> str:
     if value is None:
         raise ConceptspaceError(f"`figure {figure}` needs {option} PATH")
     return value
-
-
-def _figure_levels(config: dict) -> list[tuple[float, float]]:
-    """figures.levels, each of which must be a signal level of the study (the config
-    check says so before planning; --settings may come from elsewhere)."""
-    from conceptspace.config import figure_level_problems, signal_levels
-    from conceptspace.figures import levels_from
-
-    problems = list(figure_level_problems(config["figures"]["levels"], signal_levels(config)))
-    if problems:
-        raise ConceptspaceError("; ".join(problems))
-    return levels_from(config["figures"]["levels"])
 
 
 def _single(sweep_cfg: dict, key: str) -> float:
@@ -316,6 +296,8 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from conceptspace.studies import figure_names
+
     parser = argparse.ArgumentParser(prog="conceptspace", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -406,14 +388,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     compute(p)
 
-    p = stage("evaluate", cmd_evaluate, "score one checkpoint in concept space")
-    p.add_argument("--settings", required=True, help="JSON: 'evaluation', 'probe'")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--probe", required=True)
-    sampled_run_options(p)
-    p.add_argument("--out", required=True)
-    compute(p)
-
     p = stage(
         "evaluate-run",
         cmd_evaluate_run,
@@ -436,12 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoints", nargs="+", help="checkpoints of one run")
     compute(p)
 
-    p = stage("gather-run", cmd_gather_run, "one run's evaluations -> trajectory")
-    p.add_argument("--out", required=True)
-    p.add_argument("evaluations", nargs="+")
-
     p = stage("gather-study", cmd_gather_study, "all runs' trajectories -> study dataset")
-    p.add_argument("--settings", required=True, help="JSON: the whole resolved config")
+    p.add_argument("--settings", required=True, help="JSON: 'evaluation', and the config to record")
     p.add_argument(
         "--grid",
         nargs="+",
@@ -452,30 +422,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+")
 
     p = stage("figure", cmd_figure, "draw one figure from a gathered dataset")
-    p.add_argument(
-        "name",
-        choices=[
-            "signal",
-            "trajectories",
-            "hidden",
-            "patching",
-            "sheet",
-            "underspec",
-            "background",
-            "celeba",
-        ],
-    )
-    p.add_argument("--settings", required=True, help="JSON: the whole resolved config")
+    p.add_argument("name", choices=[*figure_names(), "sheet"])
+    p.add_argument("--settings", required=True, help="JSON: the config keys the figure reads")
     p.add_argument("--study", help="study dataset (every figure but sheet)")
     p.add_argument("--samples", help="samples file of one run (sheet)")
     p.add_argument(
         "--samples-of", nargs="+", help="underspec: samples files of one seed's runs, one per ratio"
     )
-    p.add_argument("--methods", nargs="+", help="hidden: methods to draw, naive first")
+    p.add_argument(
+        "--methods", nargs="+", help="hidden: methods to draw, naive first (default: those on)"
+    )
     p.add_argument("--out", required=True, help="PDF (a PNG is written beside it); sheet: PNG")
 
     p = stage("claims", cmd_claims, "judge the paper's claims from the study datasets")
-    p.add_argument("--settings", required=True, help="JSON: the whole resolved config")
+    p.add_argument("--settings", required=True, help="JSON: the 'claims' section")
     p.add_argument("--study", required=True, help="the signal study dataset")
     p.add_argument("--underspecification", help="the underspecification study (claim 5)")
     p.add_argument("--out", required=True, help="claims JSON")

@@ -10,14 +10,12 @@ from __future__ import annotations
 import copy
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import jsonschema
 import yaml
 
-from conceptspace.concepts import Signal, run_id
 from conceptspace.io import ConceptspaceError
 
 # Colors stay inside [0, 1] when 0.5 + dc/2 + dc/8 <= 1; discs stay inside the image
@@ -31,117 +29,6 @@ class ConfigError(ConceptspaceError):
     """The configuration is invalid; the message lists every problem found."""
 
 
-@dataclass(frozen=True, order=True)
-class Run:
-    """One training run of the study: a signal level and a seed."""
-
-    color_gap: float
-    size_gap: float
-    seed: int
-
-    @property
-    def signal(self) -> Signal:
-        return Signal(self.color_gap, self.size_gap)
-
-    @property
-    def id(self) -> str:
-        return run_id(self.color_gap, self.size_gap, self.seed)
-
-
-@dataclass(frozen=True, order=True)
-class MaskedRun:
-    """One run of the underspecification study: a masking ratio and a seed (the color
-    and size gaps are the study's)."""
-
-    mask_ratio: float
-    seed: int
-
-    @property
-    def id(self) -> str:
-        return f"p{self.mask_ratio:.3f}_seed{self.seed}"
-
-
-@dataclass(frozen=True, order=True)
-class BackgroundRun:
-    """One run of the 2x2x2 background study: a seed at the study's three gaps."""
-
-    seed: int
-    color_gap: float
-    size_gap: float
-    background_gap: float
-
-    @property
-    def signal(self) -> Signal:
-        return Signal(self.color_gap, self.size_gap, self.background_gap)
-
-    @property
-    def id(self) -> str:
-        return run_id(self.color_gap, self.size_gap, self.seed, self.background_gap)
-
-
-def study_section(config: dict, name: str) -> dict | None:
-    """config studies.<name>, or None when that study is off (null or absent)."""
-    return (config.get("studies") or {}).get(name) or None
-
-
-def study_training(config: dict, name: str) -> dict:
-    """The training section of a study's runs: ``training`` with the study's own
-    ``training`` overlay (e.g. the background study's 40k steps) laid over it."""
-    section = study_section(config, name) or {}
-    return merge(config["training"], section.get("training") or {})
-
-
-def background_runs(config: dict) -> list[BackgroundRun]:
-    """Every run of the background study: its seeds at one signal level (none when off)."""
-    study = study_section(config, "background")
-    if study is None:
-        return []
-    gaps = (float(study[key]) for key in ("color_gap", "size_gap", "background_gap"))
-    color_gap, size_gap, background_gap = gaps
-    return sorted(
-        BackgroundRun(int(seed), color_gap, size_gap, background_gap) for seed in study["seeds"]
-    )
-
-
-def celeba_study(config: dict) -> dict | None:
-    """The studies.celeba section when the study is on (a root is set), else None."""
-    study = study_section(config, "celeba")
-    return study if study and study.get("root") else None
-
-
-@dataclass(frozen=True, order=True)
-class CelebaRun:
-    """One run of the CelebA study: a seed (the data are the config's)."""
-
-    seed: int
-
-    @property
-    def id(self) -> str:
-        return f"seed{self.seed}"
-
-
-def celeba_runs(config: dict) -> list[CelebaRun]:
-    study = celeba_study(config)
-    return sorted(CelebaRun(int(seed)) for seed in study["seeds"]) if study else []
-
-
-def underspecification(config: dict) -> dict | None:
-    """The studies.underspecification section, or None when the study is off."""
-    return study_section(config, "underspecification")
-
-
-def underspecification_runs(config: dict) -> list[MaskedRun]:
-    """Every run of the underspecification study: mask ratios x seeds (none when off)."""
-    study = underspecification(config)
-    if study is None:
-        return []
-    return sorted(
-        MaskedRun(float(ratio), int(seed))
-        for ratio in study["mask_ratios"]
-        for seed in study["seeds"]
-    )
-
-
 def merge(base: dict, overlay: dict) -> dict:
     """Overlay one config on another the way Snakemake does: dicts merge, lists replace."""
     merged = copy.deepcopy(base)
@@ -151,6 +38,19 @@ def merge(base: dict, overlay: dict) -> dict:
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def select(config: dict, keys: Iterable[str]) -> dict:
+    """The part of ``config`` under ``keys``: sections ("data") or keys inside one
+    ("figures.levels"), nested as in the config."""
+    chosen: dict = {}
+    for key in keys:
+        *parents, last = key.split(".")
+        source, target = config, chosen
+        for part in parents:
+            source, target = source[part], target.setdefault(part, {})
+        target[last] = source[last]
+    return chosen
 
 
 def load_config(*paths: str | Path) -> dict:
@@ -259,11 +159,12 @@ def _results_problems(results: str) -> Iterable[str]:
 
 
 def _cross_checks(config: dict) -> Iterable[str]:
+    from conceptspace.studies import STUDIES, on_studies  # studies.py builds on this module
+
     yield from _training_problems(config["training"], "training")
-    for name in ("background", "celeba"):  # studies whose runs may train longer
-        section = study_section(config, name)
-        if section and section.get("training"):
-            yield from _training_problems(study_training(config, name), f"studies.{name}.training")
+    for study in STUDIES.values():  # a study's runs may train longer, even one that is off
+        if (config["studies"].get(study.name) or {}).get("training"):
+            yield from _training_problems(study.training(config), f"studies.{study.name}.training")
     model = config["model"]
     if model["gamma_min"] >= model["gamma_max"]:
         yield "config key 'model.gamma_min' must be below 'model.gamma_max'"
@@ -294,17 +195,9 @@ def _cross_checks(config: dict) -> Iterable[str]:
         yield "config key 'data.background_train' must be [low, high] with low <= high"
 
     yield from _evaluation_problems(config)
-    yield from _batch_problems(config)
-    yield from _signal_problems(config)
-    yield from _underspecification_problems(config)
-    yield from _background_problems(config)
-    yield from _celeba_problems(config)
-
-
-# (trained classes, classes) of each study's layout (conceptspace.concepts); CelebA's two
-# attributes make four classes, one held out.
-STUDY_CLASSES = {"signal": (3, 4), "underspecification": (3, 4), "background": (4, 8)}
-STUDY_CLASSES["celeba"] = (3, 4)
+    for study in on_studies(config):
+        yield from _batch_problems(config, study)
+        yield from study.problems(config)
 
 
 def _kept(images: int, validation_fraction: float) -> int:
@@ -313,39 +206,37 @@ def _kept(images: int, validation_fraction: float) -> int:
     return images - int(round(validation_fraction * images))
 
 
-def _batch_problems(config: dict) -> Iterable[str]:
+def _batch_problems(config: dict, study) -> Iterable[str]:
     """A batch larger than the training set it is drawn from: training would draw the
     same images over and over (the VDM) or fail (the probe), so it is refused."""
     data_fraction = ("data.validation_fraction", float(config["data"]["validation_fraction"]))
     probe_fraction = ("probe.validation_fraction", float(config["probe"]["validation_fraction"]))
-    for study, (trained, classes) in STUDY_CLASSES.items():
-        section = celeba_study(config) if study == "celeba" else study_section(config, study)
-        if section is None:
-            continue
-        if study == "celeba":
-            train_set = ("studies.celeba.per_class", section["per_class"], *data_fraction)
-            probe_set = ("studies.celeba.probe_per_class", section["probe_per_class"])
-            probe_set += data_fraction
-        else:
-            train_set = ("data.images_per_class", config["data"]["images_per_class"])
-            train_set += data_fraction
-            probe_set = ("probe.images_per_class", config["probe"]["images_per_class"])
-            probe_set += probe_fraction
-        own = (section.get("training") or {}).get("batch_size") is not None
-        yield from _batch_problem(
-            f"studies.{study}.training.batch_size" if own else "training.batch_size",
-            study_training(config, study)["batch_size"],
-            f"the {study} study's training set of a run",
-            trained,
-            train_set,
-        )
-        yield from _batch_problem(
-            "probe.batch_size",
-            config["probe"]["batch_size"],
-            f"the {study} study's probe training set",
-            classes,
-            probe_set,
-        )
+    section = study.section(config)
+    trained, classes = study.classes
+    if study.renders:
+        train_set = ("data.images_per_class", config["data"]["images_per_class"])
+        train_set += data_fraction
+        probe_set = ("probe.images_per_class", config["probe"]["images_per_class"])
+        probe_set += probe_fraction
+    else:  # sets prepared from a folder, sized by the study's section
+        key = f"studies.{study.name}"
+        train_set = (f"{key}.per_class", section["per_class"], *data_fraction)
+        probe_set = (f"{key}.probe_per_class", section["probe_per_class"], *data_fraction)
+    own = (section.get("training") or {}).get("batch_size") is not None
+    yield from _batch_problem(
+        f"studies.{study.name}.training.batch_size" if own else "training.batch_size",
+        study.training(config)["batch_size"],
+        f"the {study.name} study's training set of a run",
+        trained,
+        train_set,
+    )
+    yield from _batch_problem(
+        "probe.batch_size",
+        config["probe"]["batch_size"],
+        f"the {study.name} study's probe training set",
+        classes,
+        probe_set,
+    )
 
 
 def _batch_problem(key, batch, what, classes, images) -> Iterable[str]:
@@ -357,45 +248,6 @@ def _batch_problem(key, batch, what, classes, images) -> Iterable[str]:
             f"images ({count_key} {count}, {fraction_key} {fraction}) = {classes * kept}; "
             f"lower the batch or raise {count_key}"
         )
-
-
-def _signal_problems(config: dict) -> Iterable[str]:
-    """The signal study's sweeps, and the figure settings that name its levels and sweeps
-    (checked only when the study is on: its figures are built only then)."""
-    study = signal_study(config)
-    if study is None:
-        return
-    key = "studies.signal.sweeps"
-    names = [sweep["name"] for sweep in study["sweeps"]]
-    for name in sorted({n for n in names if names.count(n) > 1}):
-        yield f"config key '{key}': the name '{name}' is used twice; names must be unique"
-    for i, sweep in enumerate(study["sweeps"]):
-        for concept, limit in (("color_gap", MAX_COLOR_GAP), ("size_gap", MAX_SIZE_GAP)):
-            for value in sweep[concept]:
-                if value > limit:
-                    yield (
-                        f"config key '{key}.{i}.{concept}': {value} is above {limit}, "
-                        f"where training values would leave the image's range"
-                    )
-                if round(value, GAP_DECIMALS) != value:
-                    yield (
-                        f"config key '{key}.{i}.{concept}': {value} has more than "
-                        f"{GAP_DECIMALS} decimals; round it (run ids print {GAP_DECIMALS})"
-                    )
-    from conceptspace.methods import sample_sheet_problems
-
-    steps = checkpoint_steps(config["training"])
-    yield from sample_sheet_problems(
-        config["figures"]["sample_sheet"], signal_levels(config), study["seeds"], steps
-    )
-    yield from figure_level_problems(config["figures"]["levels"], signal_levels(config))
-    for figure_key in ("color_sweep", "size_sweep"):
-        wanted = config["figures"]["signal"][figure_key]
-        if wanted not in names:
-            yield (
-                f"config key 'figures.signal.{figure_key}': no sweep is named '{wanted}'; "
-                f"sweeps are: {', '.join(names)}"
-            )
 
 
 def _training_problems(training: dict, key: str) -> Iterable[str]:
@@ -419,92 +271,6 @@ def _training_problems(training: dict, key: str) -> Iterable[str]:
         )
 
 
-def _background_problems(config: dict) -> Iterable[str]:
-    study = study_section(config, "background")
-    if study is None:
-        return
-    limits = (("color_gap", MAX_COLOR_GAP), ("size_gap", MAX_SIZE_GAP))
-    # grey 0.5 +- db/2, spread +- db/8: in [0, 1] up to the color gap's limit
-    for concept, limit in limits + (("background_gap", MAX_COLOR_GAP),):
-        if study[concept] > limit:
-            yield (
-                f"config key 'studies.background.{concept}': {study[concept]} is above "
-                f"{limit}, where training values would leave the image's range"
-            )
-        if round(study[concept], GAP_DECIMALS) != study[concept]:
-            yield (
-                f"config key 'studies.background.{concept}': {study[concept]} has more than "
-                f"{GAP_DECIMALS} decimals; round it (run ids print {GAP_DECIMALS})"
-            )
-    from conceptspace.methods import method_problems
-
-    steps = checkpoint_steps(study_training(config, "background"))
-    for problem in method_problems(config["evaluation"]["methods"], steps):
-        yield f"{problem} (of the background study's runs, studies.background.training)"
-
-
-def _celeba_problems(config: dict) -> Iterable[str]:
-    """CelebA's folder must be there and loadable, said before planning (not by the first
-    job), with the files torchvision expects; its image size must suit the networks."""
-    study = celeba_study(config)
-    if study is None:
-        return
-    from conceptspace.celeba import check_celeba_dir
-
-    try:
-        check_celeba_dir(study["root"], bool(study["verify_md5"]))
-    except ConceptspaceError as err:
-        yield f"config key 'studies.celeba.root' ({study['root']}): {err}"
-    for section in ("model", "probe"):
-        downsamplings = len(config[section]["channels"]) - 1
-        if study["image_size"] % 2**downsamplings:
-            yield (
-                f"config key 'studies.celeba.image_size' ({study['image_size']}) must be "
-                f"divisible by 2^{downsamplings} for the {downsamplings + 1} levels of "
-                f"'{section}.channels'"
-            )
-
-
-def figure_level_problems(
-    settings: list[dict], study_levels: list[tuple[float, float]]
-) -> Iterable[str]:
-    """Each ``figures.levels`` entry must be a signal level of the study: a panel of the
-    claim figures with no runs behind it would be empty."""
-    for i, level in enumerate(settings):
-        color_gap, size_gap = float(level["color_gap"]), float(level["size_gap"])
-        if (color_gap, size_gap) not in study_levels:  # both are floats of the config
-            yield (
-                f"config key 'figures.levels.{i}': (color_gap {color_gap:g}, size_gap "
-                f"{size_gap:g}) is not a signal level of the study; choose from "
-                + ", ".join(f"({dc:g}, {ds:g})" for dc, ds in study_levels)
-            )
-
-
-def _underspecification_problems(config: dict) -> Iterable[str]:
-    study = underspecification(config)
-    if study is None:
-        return
-    key = "studies.underspecification"
-    for concept, limit in (("color_gap", MAX_COLOR_GAP), ("size_gap", MAX_SIZE_GAP)):
-        if study[concept] > limit:
-            yield (
-                f"config key '{key}.{concept}': {study[concept]} is above {limit}, where "
-                "training values would leave the image's range"
-            )
-    for i, ratio in enumerate(study["mask_ratios"]):
-        if not 0 <= ratio <= 1:
-            yield (
-                f"config key '{key}.mask_ratios.{i}': {ratio} is outside [0, 1]; a masking ratio "
-                "is the fraction of red triangles whose color is hidden: use values from 0 "
-                "(none) to 1 (all)"
-            )
-        elif round(ratio, GAP_DECIMALS) != ratio:
-            yield (
-                f"config key '{key}.mask_ratios.{i}': {ratio} has more than {GAP_DECIMALS} "
-                f"decimals; round it (run ids print {GAP_DECIMALS})"
-            )
-
-
 def _evaluation_problems(config: dict) -> Iterable[str]:
     """Patching donors must be checkpoints of the runs."""
     from conceptspace.methods import method_problems
@@ -512,43 +278,6 @@ def _evaluation_problems(config: dict) -> Iterable[str]:
     yield from method_problems(
         config["evaluation"]["methods"], checkpoint_steps(config["training"])
     )
-
-
-def signal_study(config: dict) -> dict | None:
-    """The studies.signal section, or None when the signal study is off."""
-    return study_section(config, "signal")
-
-
-def study_runs(config: dict) -> list[Run]:
-    """Every run of the signal study: seeds x the union of the sweeps' grids, sorted
-    (none when the study is off)."""
-    study = signal_study(config)
-    if study is None:
-        return []
-    return sorted(
-        {Run(dc, ds, seed) for dc, ds in signal_levels(config) for seed in study["seeds"]}
-    )
-
-
-def signal_levels(config: dict) -> list[tuple[float, float]]:
-    """The distinct (color gap, size gap) pairs of the signal study's sweeps, sorted."""
-    study = signal_study(config)
-    return sorted(
-        {
-            (float(dc), float(ds))
-            for sweep in (study["sweeps"] if study else [])
-            for dc in sweep["color_gap"]
-            for ds in sweep["size_gap"]
-        }
-    )
-
-
-def sweep(config: dict, name: str) -> dict[str, Any]:
-    study = signal_study(config)
-    for candidate in study["sweeps"] if study else []:
-        if candidate["name"] == name:
-            return candidate
-    raise ConfigError(f"no sweep named '{name}' in studies.signal.sweeps")
 
 
 def checkpoint_steps(training: dict) -> list[int]:

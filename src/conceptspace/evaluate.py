@@ -584,6 +584,7 @@ class RunEvaluation:
 def evaluate_checkpoint(
     checkpoint_path: str | os.PathLike,
     probe_path: str | os.PathLike,
+    *,
     evaluation_cfg: Mapping[str, Any],
     min_accuracy: float,
     signal: Signal,
@@ -690,6 +691,7 @@ def _evaluate_with(
 def evaluate_run(
     checkpoint_paths: Sequence[str | os.PathLike],
     probe_path: str | os.PathLike,
+    *,
     evaluation_cfg: Mapping[str, Any],
     min_accuracy: float,
     signal: Signal,
@@ -756,6 +758,7 @@ def _made_from(path: Path, inputs: str) -> bool:
 
 def sample_checkpoints(
     checkpoint_paths: Sequence[str | os.PathLike],
+    *,
     evaluation_cfg: Mapping[str, Any],
     signal: Signal,
     seed: int,

@@ -217,7 +217,7 @@ def open_evaluation(path: str | os.PathLike) -> xr.Dataset:
     if missing:
         raise ConceptspaceError(
             f"evaluation {path} lacks the attributes {', '.join(missing)}; it was not written "
-            "by `conceptspace evaluate`: delete it and rerun `snakemake`"
+            "by `conceptspace evaluate-run`: delete it and rerun `snakemake`"
         )
     return ds
 

@@ -7,7 +7,7 @@ CLAIMS_TABLE = RESULTS / "claims.html"
 # Claim 5's dataset, only when the config runs the underspecification study; otherwise
 # claim 5 is "not evaluated", with that reason.
 UNDERSPECIFICATION_STUDY = (
-    [RESULTS / "underspecification" / "study.nc"] if UNDERSPECIFICATION else []
+    [RESULTS / "underspecification" / "study.nc"] if "underspecification" in ON else []
 )
 
 
@@ -24,7 +24,7 @@ rule claims:
     conda:
         ENV
     params:
-        settings=json.dumps(config, sort_keys=True),
+        settings=settings("claims"),
         underspecification=" ".join(
             f"--underspecification {shlex.quote(str(path))}" for path in UNDERSPECIFICATION_STUDY
         ),

@@ -1,5 +1,6 @@
 # Synthetic training images: one dataset per run of a study (its seed fixes the images;
 # the study its concept layout). CelebA's sets are prepared from the user's folder.
+from conceptspace.studies import celeba_options
 
 
 rule render_training_set:
@@ -8,7 +9,7 @@ rule render_training_set:
     log:
         LOGS / "render_training_set" / "{study}" / "{run}.log",
     wildcard_constraints:
-        study="signal|underspecification|background",
+        study="|".join(name for name, study in STUDIES.items() if study.renders),
     localrule: True
     conda:
         ENV
@@ -16,7 +17,7 @@ rule render_training_set:
     params:
         settings=settings("data"),
         run=run_args,
-        layout=lambda wildcards: STUDY_LAYOUT[wildcards.study],
+        layout=study_layout,
     shell:
         "python -m conceptspace render --settings {params.settings:q} {params.run}"
         " --layout {params.layout} --out {output:q} > {log:q} 2>&1"
@@ -25,7 +26,8 @@ rule render_training_set:
 # CelebA (studies.celeba): balanced sets read by torchvision's loader from the user's
 # folder; a run's training set (its seed draws the images, the held-out class left out)
 # and the probe's set (every class).
-if CELEBA:
+if "celeba" in ON:
+    CELEBA = ON["celeba"].section(config)
 
     rule prepare_celeba:
         output:
@@ -39,8 +41,8 @@ if CELEBA:
             runtime=per_attempt(60),
             mem_mb=per_attempt(8000),
         params:
-            options=celeba_options(CELEBA["per_class"]),
-            seed=lambda wildcards: run_fields(wildcards)["seed"],
+            options=celeba_options(config, CELEBA["per_class"]),
+            seed=lambda wildcards: run_of(wildcards, "celeba").seed,
         shell:
             "python -m conceptspace celeba {params.options} --seed {params.seed}"
             " --out {output:q} > {log:q} 2>&1"
@@ -57,8 +59,8 @@ if CELEBA:
             runtime=per_attempt(60),
             mem_mb=per_attempt(8000),
         params:
-            options=celeba_options(CELEBA["probe_per_class"]),
-            seed=CELEBA["seeds"][0],
+            options=celeba_options(config, CELEBA["probe_per_class"]),
+            seed=ON["celeba"].first_seed(config),
         shell:
             "python -m conceptspace celeba {params.options} --seed {params.seed}"
             " --include-held-out --out {output:q} > {log:q} 2>&1"

@@ -32,7 +32,7 @@ rule evaluate_run:
         settings=sampling_settings("probe"),
         run=run_args,
         eval_dir=lambda wildcards: RESULTS / wildcards.study / "runs" / wildcards.run / "eval",
-        checkpoints=lambda wildcards: run_checkpoints(wildcards, STUDY_STEPS[wildcards.study]),
+        checkpoints=lambda wildcards: run_checkpoints(wildcards, STEPS[wildcards.study]),
         device=config["compute"]["device"],
     shell:
         "python -m conceptspace evaluate-run --settings {params.settings:q}"
@@ -64,7 +64,7 @@ rule sample_images:
     params:
         settings=sampling_settings(),
         run=run_args,
-        layout=lambda wildcards: STUDY_LAYOUT[wildcards.study],
+        layout=study_layout,
         checkpoints=lambda wildcards: run_checkpoints(wildcards, sampled_steps(wildcards)),
         samples=SAMPLE_SHEET["samples"],
         device=config["compute"]["device"],

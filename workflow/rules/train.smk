@@ -23,8 +23,11 @@ rule train_vdm:
         runtime=training_minutes,
         mem_mb=per_attempt(8000),
     params:
-        settings=lambda wildcards: settings("model", training=STUDY_TRAINING[wildcards.study]),
-        fields=run_fields,
+        settings=lambda wildcards: settings(
+            "model", training=STUDIES[wildcards.study].training(config)
+        ),
+        # a change to a param's value or to the shell command retrains every run
+        fields=lambda wildcards: run_of(wildcards).fields,
         run_dir=lambda wildcards: RESULTS / wildcards.study / "runs" / wildcards.run,
         device=config["compute"]["device"],
         compile="--compile" if config["compute"]["compile"] else "",
@@ -38,7 +41,9 @@ rule train_probe:
     input:
         # CelebA's probe trains on its prepared set; the synthetic studies render theirs
         lambda wildcards: (
-            [RESULTS / "celeba" / "probe" / "probe_set.npz"] if wildcards.study == "celeba" else []
+            []
+            if STUDIES[wildcards.study].renders
+            else [RESULTS / wildcards.study / "probe" / "probe_set.npz"]
         ),
     output:
         probe=RESULTS / "{study}" / "probe" / "probe.pt",
@@ -56,11 +61,11 @@ rule train_probe:
         mem_mb=per_attempt(16000),
     params:
         settings=lambda wildcards: settings(
-            "data", "probe", signals=study_signal_levels(wildcards.study)
+            "data", "probe", signals=study_on(wildcards.study).levels(config)
         ),
-        layout=lambda wildcards: STUDY_LAYOUT[wildcards.study],
+        layout=study_layout,
         data=lambda wildcards, input: f"--data {shlex.quote(input[0])}" if input else "",
-        seed=lambda wildcards: STUDY_SEEDS[wildcards.study][0],
+        seed=lambda wildcards: study_on(wildcards.study).first_seed(config),
         device=config["compute"]["device"],
     shell:
         "python -m conceptspace probe --settings {params.settings:q} --seed {params.seed}"

@@ -44,8 +44,8 @@ def ratio_colors(ratios: Sequence[float]) -> list:
 
 def plot_underspec(
     study: xr.Dataset,
-    samples: Sequence[xr.Dataset],
     out_path: str | os.PathLike,
+    samples: Sequence[xr.Dataset],
     record: Mapping[str, Any] | None = None,
 ):
     """Draw fig_underspec from the underspecification study dataset (dims seed,

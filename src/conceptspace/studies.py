@@ -1,0 +1,461 @@
+"""The studies of the pipeline, one ``Study`` each, in one registry.
+
+A study is a section ``studies.<name>`` of the config (null switches it off), a concept
+layout, a grid of training runs, the signal levels its probe pools, its figures and the
+checks of its section. The workflow (workflow/rules/), the config checks and the command
+line read the studies from here. Adding a study is an entry in ``STUDIES``, a figure module
+under ``conceptspace.figures`` (with its caption, workflow/report/fig_<name>.rst) and a
+section of workflow/schemas/config.schema.yaml (tests/test_studies.py adds a toy study).
+
+Runs are listed from the config once (``run_table``) and looked up by id: an id names a
+run's folder, it is never parsed back into the run's fields.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from conceptspace.concepts import Signal, run_id
+from conceptspace.config import (
+    GAP_DECIMALS,
+    MAX_COLOR_GAP,
+    MAX_SIZE_GAP,
+    ConfigError,
+    checkpoint_steps,
+    merge,
+)
+from conceptspace.io import ConceptspaceError
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of a study: its id (also its folder) and the fields it is trained
+    and evaluated with. Fields a study does not vary stay None (CelebA has no gaps)."""
+
+    study: str
+    id: str
+    seed: int
+    color_gap: float | None = None
+    size_gap: float | None = None
+    mask_ratio: float | None = None
+    background_gap: float | None = None
+
+    @property
+    def signal(self) -> Signal:
+        gaps = (self.color_gap, self.size_gap, self.background_gap)
+        return Signal(*(gap or 0.0 for gap in gaps))
+
+    @property
+    def fields(self) -> dict[str, float | int]:
+        """The fields it has: gaps, seed, and its masking ratio or background gap."""
+        names = ("color_gap", "size_gap", "seed", "mask_ratio", "background_gap")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    @property
+    def args(self) -> str:
+        """The run's options of the `render`, `evaluate-run` and `sample` commands."""
+        args = ""
+        if self.color_gap is not None:
+            args += f"--color-gap {self.color_gap} --size-gap {self.size_gap} "
+        args += f"--seed {self.seed}"
+        if self.mask_ratio is not None:
+            args += f" --mask-ratio {self.mask_ratio}"
+        if self.background_gap is not None:
+            args += f" --background-gap {self.background_gap}"
+        return args
+
+
+# The config keys each input of a figure reads (`conceptspace figure` builds the input
+# from them; the workflow passes a figure rule those keys only).
+FIGURE_INPUT_KEYS = {
+    "levels": ("figures.levels", "studies.signal"),  # figures.levels, checked against the study
+    "sweeps": ("figures.signal", "studies.signal"),  # the two sweeps fig_signal plots along
+    "methods": ("evaluation.methods",),  # fig_hidden's methods, of those switched on
+    "samples": (),  # samples files of the first seed's runs, one per run
+}
+
+
+def _always(config: dict) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure of a study: `conceptspace figure <name>` draws
+    results/figures/fig_<name>.pdf (and .png) from the study's dataset with ``plot``
+    (``module:function``, called as ``function(study, out_pdf, **inputs, record=...)``),
+    captioned by workflow/report/fig_<name>.rst. ``inputs`` names what else the plot is
+    given (FIGURE_INPUT_KEYS); ``wanted`` says whether the config builds it."""
+
+    name: str
+    plot: str
+    inputs: tuple[str, ...] = ()
+    wanted: Callable[[dict], bool] = _always
+
+    @property
+    def settings_keys(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(k for i in self.inputs for k in FIGURE_INPUT_KEYS[i]))
+
+
+@dataclass(frozen=True)
+class Study:
+    """One study: results/<name>/, its runs and dataset, its figures.
+
+    Given its section (when it is on): ``runs_of`` lists its runs, ``levels_of`` the
+    signal levels (color gap, size gap[, background gap]) its probe pools;
+    ``problems_of(config, section)`` makes the checks the schema cannot. ``grid``: the run
+    fields spanning its dataset. ``classes``: (trained, all) classes of the layout, for the batch checks.
+    ``renders``: its images are rendered from the layout (else prepared from a folder).
+    ``switch``: the key of its section that must be set for it to be on, if any."""
+
+    name: str
+    layout: str
+    grid: tuple[str, ...]
+    classes: tuple[int, int]
+    runs_of: Callable[[dict], Iterable[Run]]
+    levels_of: Callable[[dict], list]
+    problems_of: Callable[[dict, dict], Iterable[str]]
+    figures: tuple[Figure, ...] = ()
+    renders: bool = True
+    switch: str | None = None
+
+    def section(self, config: dict) -> dict | None:
+        """config studies.<name>, or None when the study is off."""
+        section = (config.get("studies") or {}).get(self.name) or None
+        if section is not None and self.switch is not None and not section.get(self.switch):
+            return None
+        return section
+
+    def runs(self, config: dict) -> list[Run]:
+        section = self.section(config)
+        return list(self.runs_of(section)) if section is not None else []
+
+    def levels(self, config: dict) -> list:
+        section = self.section(config)
+        return self.levels_of(section) if section is not None else []
+
+    def training(self, config: dict) -> dict:
+        """The training section of its runs: ``training`` with the study's own
+        ``training`` overlay (e.g. the background study's 40k steps) laid over it."""
+        section = (config.get("studies") or {}).get(self.name) or {}
+        return merge(config["training"], section.get("training") or {})
+
+    def steps(self, config: dict) -> list[int]:
+        return checkpoint_steps(self.training(config))
+
+    def first_seed(self, config: dict) -> int:
+        """The seed of its one-off jobs (its probe, the samples of its figure): the first
+        of its seeds as the config lists them."""
+        return self.section(config)["seeds"][0]
+
+    def problems(self, config: dict) -> Iterable[str]:
+        section = self.section(config)
+        return self.problems_of(config, section) if section is not None else ()
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def gap_problems(
+    section: dict, key: str, limits: Iterable[tuple[str, float]], in_run_ids: bool = True
+) -> Iterable[str]:
+    """Gaps within the image's range and, if run ids print them, with few decimals."""
+    for concept, limit in limits:
+        values = section[concept] if isinstance(section[concept], list) else [section[concept]]
+        for value in values:
+            if value > limit:
+                yield (
+                    f"config key '{key}.{concept}': {value} is above {limit}, where training "
+                    "values would leave the image's range"
+                )
+            if in_run_ids and round(value, GAP_DECIMALS) != value:
+                yield (
+                    f"config key '{key}.{concept}': {value} has more than {GAP_DECIMALS} "
+                    f"decimals; round it (run ids print {GAP_DECIMALS})"
+                )
+
+
+COLOR_SIZE_LIMITS = (("color_gap", MAX_COLOR_GAP), ("size_gap", MAX_SIZE_GAP))
+
+
+def figure_level_problems(settings: list[dict], study_levels: list) -> Iterable[str]:
+    """Each ``figures.levels`` entry must be a signal level of the study: a panel of the
+    claim figures with no runs behind it would be empty."""
+    for i, level in enumerate(settings):
+        color_gap, size_gap = float(level["color_gap"]), float(level["size_gap"])
+        if (color_gap, size_gap) not in study_levels:  # both are floats of the config
+            yield (
+                f"config key 'figures.levels.{i}': (color_gap {color_gap:g}, size_gap "
+                f"{size_gap:g}) is not a signal level of the study; choose from "
+                + ", ".join(f"({dc:g}, {ds:g})" for dc, ds in study_levels)
+            )
+
+
+# ----------------------------------------------------------------------------- signal
+
+
+def _signal_levels(section: dict) -> list[tuple[float, float]]:
+    """The distinct (color gap, size gap) pairs of the sweeps, sorted."""
+    return sorted(
+        {
+            (float(dc), float(ds))
+            for sweep in section["sweeps"]
+            for dc in sweep["color_gap"]
+            for ds in sweep["size_gap"]
+        }
+    )
+
+
+def _signal_runs(section: dict) -> Iterable[Run]:
+    """Seeds x the union of the sweeps' grids."""
+    levels = _signal_levels(section)
+    for dc, ds, seed in sorted({(dc, ds, int(s)) for dc, ds in levels for s in section["seeds"]}):
+        yield Run("signal", run_id(dc, ds, seed), seed, color_gap=dc, size_gap=ds)
+
+
+def sweep(config: dict, name: str) -> dict[str, Any]:
+    """The signal study's sweep of that name."""
+    section = STUDIES["signal"].section(config)
+    for candidate in section["sweeps"] if section else []:
+        if candidate["name"] == name:
+            return candidate
+    raise ConfigError(f"no sweep named '{name}' in studies.signal.sweeps")
+
+
+def _signal_problems(config: dict, section: dict) -> Iterable[str]:
+    """The sweeps, and the figure settings that name the study's levels and sweeps."""
+    from conceptspace.methods import sample_sheet_problems
+
+    key = "studies.signal.sweeps"
+    names = [sweep["name"] for sweep in section["sweeps"]]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        yield f"config key '{key}': the name '{name}' is used twice; names must be unique"
+    for i, one in enumerate(section["sweeps"]):
+        yield from gap_problems(one, f"{key}.{i}", COLOR_SIZE_LIMITS)
+    levels = _signal_levels(section)
+    steps = checkpoint_steps(config["training"])
+    yield from sample_sheet_problems(
+        config["figures"]["sample_sheet"], levels, section["seeds"], steps
+    )
+    yield from figure_level_problems(config["figures"]["levels"], levels)
+    for figure_key in ("color_sweep", "size_sweep"):
+        wanted = config["figures"]["signal"][figure_key]
+        if wanted not in names:
+            yield (
+                f"config key 'figures.signal.{figure_key}': no sweep is named '{wanted}'; "
+                f"sweeps are: {', '.join(names)}"
+            )
+
+
+def hidden_methods(config: dict) -> list[str]:
+    """fig_hidden's methods: naive, then overprompting and latent intervention if on."""
+    methods = config["evaluation"]["methods"]
+    kinds = (("overprompt", methods["overprompt"]["colors"]),)
+    kinds += (("intervention", methods["intervention"]["alphas"]),)
+    return ["naive"] + [kind for kind, variants in kinds if variants]
+
+
+# ----------------------------------------------------------------------------- the others
+
+
+def _masked_runs(section: dict) -> Iterable[Run]:
+    """Masking ratios x seeds at the study's gaps."""
+    dc, ds = float(section["color_gap"]), float(section["size_gap"])
+    grid = {(float(r), int(s)) for r in section["mask_ratios"] for s in section["seeds"]}
+    for ratio, seed in sorted(grid):
+        yield Run("underspecification", f"p{ratio:.3f}_seed{seed}", seed, dc, ds, mask_ratio=ratio)
+
+
+def _underspecification_problems(config: dict, section: dict) -> Iterable[str]:
+    key = "studies.underspecification"
+    yield from gap_problems(section, key, COLOR_SIZE_LIMITS, in_run_ids=False)  # ids: ratios
+    for i, ratio in enumerate(section["mask_ratios"]):
+        if not 0 <= ratio <= 1:
+            yield (
+                f"config key '{key}.mask_ratios.{i}': {ratio} is outside [0, 1]; a masking "
+                "ratio is the fraction of red triangles whose color is hidden: use values "
+                "from 0 (none) to 1 (all)"
+            )
+        elif round(ratio, GAP_DECIMALS) != ratio:
+            yield (
+                f"config key '{key}.mask_ratios.{i}': {ratio} has more than {GAP_DECIMALS} "
+                f"decimals; round it (run ids print {GAP_DECIMALS})"
+            )
+
+
+BACKGROUND_GAPS = ("color_gap", "size_gap", "background_gap")
+
+
+def _background_runs(section: dict) -> Iterable[Run]:
+    """The seeds at the study's one signal level."""
+    dc, ds, db = (float(section[key]) for key in BACKGROUND_GAPS)
+    for seed in sorted(int(s) for s in section["seeds"]):
+        yield Run("background", run_id(dc, ds, seed, db), seed, dc, ds, background_gap=db)
+
+
+def _background_problems(config: dict, section: dict) -> Iterable[str]:
+    from conceptspace.methods import method_problems
+
+    # grey 0.5 +- db/2, spread +- db/8: in [0, 1] up to the color gap's limit
+    limits = COLOR_SIZE_LIMITS + (("background_gap", MAX_COLOR_GAP),)
+    yield from gap_problems(section, "studies.background", limits)
+    steps = checkpoint_steps(STUDIES["background"].training(config))
+    for problem in method_problems(config["evaluation"]["methods"], steps):
+        yield f"{problem} (of the background study's runs, studies.background.training)"
+
+
+def _celeba_runs(section: dict) -> Iterable[Run]:
+    for seed in sorted(int(s) for s in section["seeds"]):
+        yield Run("celeba", f"seed{seed}", seed)
+
+
+def _celeba_problems(config: dict, section: dict) -> Iterable[str]:
+    """CelebA's folder must be there and loadable, said before planning (not by the first
+    job), with the files torchvision expects; its image size must suit the networks."""
+    from conceptspace.celeba import check_celeba_dir
+
+    try:
+        check_celeba_dir(section["root"], bool(section["verify_md5"]))
+    except ConceptspaceError as err:
+        yield f"config key 'studies.celeba.root' ({section['root']}): {err}"
+    for networks in ("model", "probe"):
+        downsamplings = len(config[networks]["channels"]) - 1
+        if section["image_size"] % 2**downsamplings:
+            yield (
+                f"config key 'studies.celeba.image_size' ({section['image_size']}) must be "
+                f"divisible by 2^{downsamplings} for the {downsamplings + 1} levels of "
+                f"'{networks}.channels'"
+            )
+
+
+def celeba_options(config: dict, per_class: int) -> str:
+    """`conceptspace celeba` options from studies.celeba, ``per_class`` images a class."""
+    study = STUDIES["celeba"].section(config)
+    options = f"--root {shlex.quote(study['root'])} --attributes {' '.join(study['attributes'])}"
+    options += f" --held-out {' '.join(map(str, study['held_out']))}"
+    options += f" --image-size {study['image_size']} --per-class {per_class}"
+    options += f" --split {study['split']}"
+    options += f" --validation-fraction {config['data']['validation_fraction']}"
+    options += f" --crop {study['crop']}" if study["crop"] else ""
+    return options + ("" if study["verify_md5"] else " --no-verify-md5")
+
+
+# ----------------------------------------------------------------------------- the registry
+
+STUDIES: dict[str, Study] = {}
+
+
+def register(study: Study) -> Study:
+    """Add a study to the registry (a name once)."""
+    if study.name in STUDIES:
+        raise ValueError(f"a study named {study.name} is registered already")
+    STUDIES[study.name] = study
+    return study
+
+
+register(
+    Study(
+        # the 2x2 color x size study (claims 1-4), runs dc<gap>_ds<gap>_seed<seed>
+        "signal",
+        layout="color_size",
+        grid=("seed", "color_gap", "size_gap"),
+        classes=(3, 4),
+        runs_of=_signal_runs,
+        levels_of=_signal_levels,
+        problems_of=_signal_problems,
+        figures=(
+            Figure("signal", "conceptspace.figures.signal:plot_signal", ("sweeps",)),
+            Figure("trajectories", "conceptspace.figures.trajectories:plot_trajectories", ("levels",)),  # fmt: skip
+            Figure(
+                "hidden",
+                "conceptspace.figures.hidden:plot_hidden",
+                ("levels", "methods"),
+                wanted=lambda config: len(hidden_methods(config)) > 1,
+            ),
+            Figure(
+                "patching",
+                "conceptspace.figures.patching:plot_patching",
+                ("levels",),
+                wanted=lambda config: bool(config["evaluation"]["methods"]["patching"]["donors"]),
+            ),
+        ),
+    )
+)
+register(
+    Study(
+        # color x shape with prompt masking (claim 5), runs p<ratio>_seed<seed>
+        "underspecification",
+        layout="color_shape",
+        grid=("seed", "mask_ratio"),
+        classes=(3, 4),
+        runs_of=_masked_runs,
+        levels_of=lambda section: [(section["color_gap"], section["size_gap"])],
+        problems_of=_underspecification_problems,
+        figures=(Figure("underspec", "conceptspace.figures.underspec:plot_underspec", ("samples",)),),  # fmt: skip
+    )
+)
+register(
+    Study(
+        # 2x2x2 color x size x background grey, runs dc<gap>_ds<gap>_db<gap>_seed<seed>
+        "background",
+        layout="color_size_background",
+        grid=("seed",),
+        classes=(4, 8),
+        runs_of=_background_runs,
+        levels_of=lambda section: [[section[key] for key in BACKGROUND_GAPS]],
+        problems_of=_background_problems,
+        figures=(Figure("background", "conceptspace.figures.background:plot_background"),),
+    )
+)
+register(
+    Study(
+        # two CelebA attributes, one class held out; on when its root is set; runs
+        # seed<seed>, trained on sets prepared from the user's folder. Its layout is built
+        # from the prepared sets' attributes (concepts.celeba_layout); its probe trains on
+        # a prepared set, so it pools no signal levels.
+        "celeba",
+        layout="celeba",
+        grid=("seed",),
+        classes=(3, 4),
+        runs_of=_celeba_runs,
+        levels_of=lambda section: [],
+        problems_of=_celeba_problems,
+        figures=(Figure("celeba", "conceptspace.figures.celeba:plot_celeba"),),
+        renders=False,
+        switch="root",
+    )
+)
+
+
+def on_studies(config: dict) -> list[Study]:
+    """The studies the config switches on, in registry order."""
+    return [study for study in STUDIES.values() if study.section(config) is not None]
+
+
+def run_table(config: dict) -> dict[str, dict[str, Run]]:
+    """study name -> run id -> run, for every study that is on."""
+    return {study.name: {run.id: run for run in study.runs(config)} for study in on_studies(config)}
+
+
+def figures_of(config: dict) -> list[tuple[Study, Figure]]:
+    """The figures the config builds: those of the studies that are on, if wanted."""
+    return [
+        (study, figure)
+        for study in on_studies(config)
+        for figure in study.figures
+        if figure.wanted(config)
+    ]
+
+
+def figure_named(name: str) -> Figure:
+    for study in STUDIES.values():
+        for figure in study.figures:
+            if figure.name == name:
+                return figure
+    raise ConceptspaceError(f"no figure named {name}; figures are: {', '.join(figure_names())}")
+
+
+def figure_names() -> list[str]:
+    return [figure.name for study in STUDIES.values() for figure in study.figures]
