@@ -55,7 +55,9 @@ def test_candidate_is_valid_and_changes_only_what_it_names(candidate):
     validate_config(config, SCHEMA)
     study, runs = calibration_runs(config)
     if study == "signal":
-        assert single_run(config).color_gap == 0.8 and single_run(config).size_gap == 0.4
+        # the baseline's level, unless the overlay's purpose is another color gap
+        gap = 0.6 if candidate.stem == "color-gap-0.6" else 0.8
+        assert single_run(config).color_gap == gap and single_run(config).size_gap == 0.4
     else:  # a few runs of the underspecification study, one seed
         assert len(runs) <= 3 and len({run.seed for run in runs}) == 1
     if candidate.stem == "baseline":
