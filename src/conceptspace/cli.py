@@ -200,14 +200,14 @@ def cmd_figure(args: argparse.Namespace) -> None:
 def _levels_input(args: argparse.Namespace, settings: dict) -> dict:
     """figures.levels, each of which must be a signal level of the study (the config
     check says so before planning; --settings may come from elsewhere)."""
-    from conceptspace.figures import levels_from
     from conceptspace.studies import STUDIES, figure_level_problems
 
     levels = STUDIES["signal"].levels(settings)
     problems = list(figure_level_problems(settings["figures"]["levels"], levels))
     if problems:
         raise ConceptspaceError("; ".join(problems))
-    return {"levels": levels_from(settings["figures"]["levels"])}
+    chosen = settings["figures"]["levels"]
+    return {"levels": [(float(level["color_gap"]), float(level["size_gap"])) for level in chosen]}
 
 
 def _sweeps_input(args: argparse.Namespace, settings: dict) -> dict:

@@ -261,11 +261,6 @@ def accuracy_axes(ax: Axes, title: str, threshold: float, sigma: float = 0.0) ->
     ax.grid(alpha=0.3)
 
 
-def levels_from(settings: Sequence[dict]) -> list[tuple[float, float]]:
-    """The config's ``figures.levels`` as (color gap, size gap) pairs."""
-    return [(float(level["color_gap"]), float(level["size_gap"])) for level in settings]
-
-
 def plot_accuracy_levels(
     study: xr.Dataset,
     out_pdf: str | os.PathLike,
