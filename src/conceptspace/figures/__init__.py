@@ -240,20 +240,12 @@ def draw_accuracy(
 
 def accuracy_axes(ax: Axes, title: str, threshold: float, sigma: float = 0.0) -> None:
     """Labels, limits and the threshold line of an accuracy-against-step panel; with
-    ``sigma`` > 0 a note that its lines are smoothed as the learning times were (its
+    ``sigma`` > 0 a legend note that its lines are smoothed as the learning times were (its
     curves drawn by ``draw_accuracy`` with the same sigma)."""
     ax.set_title(title, fontsize=11)
-    if sigma:
-        ax.text(
-            0.99,
-            0.01,
-            f"lines: Gaussian-smoothed over checkpoints (sigma {sigma:g}); dots: as measured",
-            transform=ax.transAxes,
-            ha="right",
-            va="bottom",
-            fontsize=6,
-            color="0.35",
-        )
+    if sigma:  # a legend entry with no line, not a note inside the axes over the curves
+        note = f"lines: Gaussian-smoothed over checkpoints (sigma {sigma:g}); dots: as measured"
+        ax.plot([], [], " ", label=note)
     ax.set_xlabel(STEP_LABEL)
     ax.set_ylabel("accuracy: mean of valid \u00d7 P(color) \u00d7 P(size) of the target")
     ax.set_ylim(-0.03, 1.03)
@@ -290,6 +282,8 @@ def plot_accuracy_levels(
     n_seeds = []
     for ax, (color_gap, size_gap) in zip(axes, levels):
         accuracy_axes(ax, level_title(color_gap, size_gap), threshold, sigma)
+        if ax is not axes[0]:
+            ax.set_ylabel("")  # the panels share the y axis: its label once, at the left
         level = select_level(study.sel({"method": list(methods)}), color_gap, size_gap)
         if level is None:
             note(ax, "not run")
