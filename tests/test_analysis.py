@@ -34,7 +34,7 @@ def imported_modules(path):
 
 def test_imported_modules_sees_what_a_module_imports():
     assert "conceptspace.analysis" in imported_modules(PACKAGE / "claims.py")
-    assert "conceptspace.figures.signal" in imported_modules(PACKAGE / "cli.py")
+    assert "conceptspace.figures.sheets" in imported_modules(PACKAGE / "cli.py")
 
 
 def test_no_module_outside_figures_imports_from_figures():
