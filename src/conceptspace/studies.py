@@ -170,11 +170,17 @@ def gap_problems(
                     f"config key '{key}.{concept}': {value} is above {limit}, where training "
                     "values would leave the image's range"
                 )
-            if in_run_ids and round(value, GAP_DECIMALS) != value:
-                yield (
-                    f"config key '{key}.{concept}': {value} has more than {GAP_DECIMALS} "
-                    f"decimals; round it (run ids print {GAP_DECIMALS})"
-                )
+            if in_run_ids:
+                yield from _decimals_problems(f"{key}.{concept}", value)
+
+
+def _decimals_problems(key: str, value: float) -> Iterable[str]:
+    """A value a run id prints must fit its GAP_DECIMALS decimals, or two runs collide."""
+    if round(value, GAP_DECIMALS) != value:
+        yield (
+            f"config key '{key}': {value} has more than {GAP_DECIMALS} decimals; round it "
+            f"(run ids print {GAP_DECIMALS})"
+        )
 
 
 COLOR_SIZE_LIMITS = (("color_gap", MAX_COLOR_GAP), ("size_gap", MAX_SIZE_GAP))
@@ -278,11 +284,8 @@ def _underspecification_problems(config: dict, section: dict) -> Iterable[str]:
                 "ratio is the fraction of red triangles whose color is hidden: use values "
                 "from 0 (none) to 1 (all)"
             )
-        elif round(ratio, GAP_DECIMALS) != ratio:
-            yield (
-                f"config key '{key}.mask_ratios.{i}': {ratio} has more than {GAP_DECIMALS} "
-                f"decimals; round it (run ids print {GAP_DECIMALS})"
-            )
+        else:
+            yield from _decimals_problems(f"{key}.mask_ratios.{i}", ratio)
 
 
 BACKGROUND_GAPS = ("color_gap", "size_gap", "background_gap")
