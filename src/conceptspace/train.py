@@ -748,7 +748,7 @@ class _Progress:
         now = time.perf_counter()
         rate = n / max(now - self.last_time, 1e-9)
         log.info(
-            "step %d/%d loss %.4f bits/dim grad-norm %.3g | %.2f steps/s %.0f images/s " "| ETA %s",
+            "step %d/%d loss %.4f bits/dim grad-norm %.3g | %.2f steps/s %.0f images/s | ETA %s",
             step,
             self.steps,
             loss,
