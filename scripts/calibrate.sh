@@ -2,7 +2,7 @@
 # One calibration candidate through the pipeline, timed, and its record written:
 #   scripts/calibrate.sh NAME [NAME ...] [snakemake options]
 # NAME is an overlay in workflow/presets/calibration/ (baseline: no change), laid over the
-# cpu preset (--config preset=cpu) and calibration/baseline.yaml (one run); several NAMEs
+# cpu-16px preset (--config preset=cpu-16px, the former cpu preset: the records' base) and calibration/baseline.yaml (one run); several NAMEs
 # stack, each laid over the ones before it (an overlay's header says what it builds on),
 # and the candidate is named NAME+NAME. Results go to results/calibration/<candidate>/
 # (which must not exist: a record times a whole run), the record to
@@ -37,8 +37,8 @@ if [[ -e "$results" ]]; then
     exit 2
 fi
 mkdir -p "$results"
-# the cpu preset by config key preset (laid over config.yaml, under the overlays)
-command=(snakemake --cores 2 --configfile "${overlays[@]}" --config preset=cpu "results=$results"
+# the cpu-16px preset by config key preset (laid over config.yaml, under the overlays)
+command=(snakemake --cores 2 --configfile "${overlays[@]}" --config preset=cpu-16px "results=$results"
          "$@")
 echo "${command[*]}"
 start=$(date +%s)
@@ -46,6 +46,6 @@ start=$(date +%s)
 wall=$(( $(date +%s) - start ))
 peak=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$results/time.txt")
 python -m conceptspace calibration-record "$name" \
-    --configfile config.yaml workflow/presets/cpu.yaml "${overlays[@]}" \
+    --configfile config.yaml workflow/presets/cpu-16px.yaml "${overlays[@]}" \
     --results "$results" --out "docs/calibration/$name-$(date -u +%Y-%m-%d)" \
     --wall-seconds "$wall" --peak-rss-kib "$peak" --command "scripts/calibrate.sh ${names[*]}"
