@@ -12,6 +12,9 @@ from conceptspace.concepts import CLASSES, CONCEPTS
 from conceptspace.evaluate import write_evaluation
 from conceptspace.io import ConceptspaceError
 from conceptspace.methods import build_methods
+from conceptspace.budget import budget_table_markdown, claims_by_budget
+from conceptspace.claims import evaluate_claims
+from conceptspace.config import load_config
 from conceptspace.netcdf import open_study, save_dataset_nc
 from conceptspace.trajectories import (
     gather_run,
@@ -22,8 +25,9 @@ from conceptspace.trajectories import (
     smooth_over_steps,
     smooth_reflect,
     summarise_samples,
+    truncated_study,
 )
-from conftest import every_sample_valid
+from conftest import REPO, every_sample_valid
 
 STEPS = [10 * (i + 1) ** 2 for i in range(16)]  # quadratic, like the checkpoint schedule
 EVALUATION = {
@@ -481,3 +485,60 @@ def test_open_study_refuses_missing_and_corrupt_files(tmp_path):
     save_dataset_nc(xr.Dataset({"x": ("a", [1.0, 2.0])}), not_a_study)
     with pytest.raises(ConceptspaceError, match="not a study dataset"):
         open_study(not_a_study)
+
+
+def test_a_truncated_study_is_the_study_of_the_shorter_runs(study_runs, tmp_path):
+    """Truncating at a step gives what gathering runs that stopped there gives: the same
+    checkpoints and every learning time computed again (one run learns after the cut)."""
+    paths, crossings = study_runs
+    cut = 4  # keeps STEPS[:4]: the runs crossing at index 5 and 4 have not learned yet
+    study = gather_study(paths, CONFIG, EVALUATION)
+    shorter = []
+    for path in paths:  # each run's trajectory as if it had stopped at STEPS[cut - 1]
+        with xr.open_dataset(path) as run:
+            save_dataset_nc(run.isel(step=slice(0, cut)).load(), tmp_path / path.name)
+        shorter.append(tmp_path / path.name)
+    expected = gather_study(shorter, CONFIG, EVALUATION)
+    truncated = truncated_study(study, STEPS[cut - 1])
+    assert truncated.attrs["truncated_at_step"] == STEPS[cut - 1]
+    for name in ("accuracy", "learning_time", "learning_time_concept", "learning_time_authors"):
+        xr.testing.assert_allclose(truncated[name], expected[name])
+    run = {"method": "naive", "seed": 0, "color_gap": 0.3, "size_gap": 0.4}
+    assert np.isfinite(study["learning_time"].sel(run))
+    assert np.isnan(truncated["learning_time"].sel(run))  # it crossed at index 5, after the cut
+    # a cut between checkpoints keeps those before it
+    between = truncated_study(study, STEPS[cut - 1] + 1)
+    assert list(between["step"].values) == STEPS[:cut]
+
+
+def test_a_study_cannot_be_truncated_before_its_first_checkpoint(study_runs):
+    paths, _ = study_runs
+    with pytest.raises(ConceptspaceError, match="no checkpoint at or before step 9"):
+        truncated_study(gather_study(paths, CONFIG, EVALUATION), STEPS[0] - 1)
+
+
+def test_claims_by_budget_judges_each_cut_and_the_full_budget_as_the_claims_rule(study_runs):
+    paths, _ = study_runs
+    sweeps = [
+        {"name": "color_gap", "color_gap": [0.3, 0.6], "size_gap": [0.4]},
+        {"name": "size_gap", "color_gap": [0.6], "size_gap": [0.3, 0.4]},
+    ]
+    config = {
+        **CONFIG,
+        "studies": {"signal": {"seeds": [0, 1], "sweeps": sweeps}},
+        "figures": {"signal": {"color_sweep": "color_gap", "size_sweep": "size_gap"}},
+    }
+    study = gather_study(paths, config, EVALUATION)
+    claims_cfg = load_config(REPO / "config.yaml")["claims"]
+    rows = claims_by_budget(study, claims_cfg, [STEPS[-1], STEPS[1]])
+    assert [row["step"] for row in rows] == [STEPS[1], STEPS[-1]]
+    full = evaluate_claims(study, claims_cfg)
+    for name, claim in rows[-1]["claims"].items():
+        assert (claim["outcome"], claim["value"]) == (full[name]["outcome"], full[name]["value"])
+    # Before any naive crossing (index 2 at the earliest) no run is later with the other
+    # methods; in full, the runs whose naive prompting learned are later with them (their
+    # random scores never reach the threshold).
+    assert "0 later" in rows[0]["claims"]["hidden"]["detail"]
+    assert "4 later" in full["hidden"]["detail"]
+    table = budget_table_markdown(rows).splitlines()
+    assert len(table) == 4 and table[2].startswith(f"| {STEPS[1]:,} | ")

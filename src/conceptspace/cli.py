@@ -273,6 +273,23 @@ def cmd_claims_table(args: argparse.Namespace) -> None:
     print(claims_table_markdown(read_json(args.claims)), end="")
 
 
+def cmd_claims_budget(args: argparse.Namespace) -> None:
+    from conceptspace.budget import budget_table_markdown, claims_by_budget
+    from conceptspace.claims import open_underspecification
+    from conceptspace.config import load_config
+    from conceptspace.io import write_json
+    from conceptspace.netcdf import open_study
+
+    claims_cfg = load_config(*args.configfile)["claims"]
+    underspec = None
+    if args.underspecification:
+        underspec = open_underspecification(args.underspecification)
+    rows = claims_by_budget(open_study(args.signal), claims_cfg, args.steps, underspec)
+    if args.out:
+        write_json(args.out, {"budgets": rows, "claims_cfg": claims_cfg})
+    print(budget_table_markdown(rows), end="")
+
+
 def cmd_calibration_record(args: argparse.Namespace) -> None:
     from conceptspace.calibration import write_record
 
@@ -443,6 +460,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("claims-table", cmd_claims_table, "print a claims.json as a Markdown table")
     p.add_argument("claims", help="results/claims.json")
+
+    p = stage(
+        "claims-budget",
+        cmd_claims_budget,
+        "judge the claims again as if training had stopped earlier: outcome against budget",
+    )
+    p.add_argument(
+        "--configfile", nargs="+", required=True, help="config.yaml and the run's preset"
+    )
+    p.add_argument("--signal", required=True, help="results/signal/study.nc")
+    p.add_argument("--underspecification", help="results/underspecification/study.nc")
+    p.add_argument(
+        "--steps", nargs="+", type=int, required=True, help="the budgets, in training steps"
+    )
+    p.add_argument("--out", help="also write the outcomes as JSON here")
 
     p = stage(
         "calibration-record",

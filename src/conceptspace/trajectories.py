@@ -508,6 +508,29 @@ def gather_study(
     return study
 
 
+def truncated_study(study: xr.Dataset, last_step: int) -> xr.Dataset:
+    """``study`` as if training had stopped at ``last_step``: its checkpoints up to that
+    step, with every learning time computed again from them (the gathered settings,
+    attribute ``evaluation_cfg``). A shorter run of the same seed is this truncation:
+    training's learning rate is constant and nothing before a step depends on the total
+    number of steps. Only the smoothing's edge differs from a study gathered at the
+    shorter length with the same checkpoints."""
+    steps = study["step"].values
+    kept = study.isel(step=np.flatnonzero(steps <= last_step))
+    if kept.sizes["step"] == 0:
+        raise ConceptspaceError(
+            f"no checkpoint at or before step {last_step} (the first is {int(steps[0])}); "
+            "choose a budget of at least the first checkpoint's step"
+        )
+    grid = tuple(dim for dim in study["learning_time"].dims if dim not in ("method", "unseen"))
+    layout = layout_from_attrs(study.attrs)
+    evaluation_cfg = json.loads(study.attrs["evaluation_cfg"])
+    for name, times in _learning_times(kept, layout, evaluation_cfg, grid).items():
+        kept[name] = times
+    kept.attrs = {**study.attrs, "truncated_at_step": int(last_step)}
+    return kept
+
+
 def _check_same_axes(runs: Sequence[tuple[Path, xr.Dataset]]) -> None:
     first_path, first = runs[0]
     for path, ds in runs[1:]:
