@@ -48,6 +48,40 @@ def test_overlay_merges_dicts_and_replaces_lists(paper):
     )  # replaced whole
 
 
+PRESETS = REPO / "workflow" / "presets"
+
+
+def test_a_preset_that_extends_another_is_laid_over_it():
+    cpu = load_config(REPO / "config.yaml", PRESETS / "cpu.yaml")
+    long = load_config(REPO / "config.yaml", PRESETS / "cpu-long.yaml")
+    validate_config(long, SCHEMA)
+    assert "extends" not in long
+    # cpu-long adds a color gap and the underspecification study; the rest is cpu's
+    assert long["preset"] == "cpu-long" and long["studies"]["underspecification"]["mask_ratios"]
+    assert long["studies"]["signal"]["seeds"] == cpu["studies"]["signal"]["seeds"]
+    for key in ("studies", "preset"):
+        del cpu[key], long[key]
+    assert long == cpu
+    # every cpu run is a cpu-long run, with the same id and options
+    def signal_runs(preset):
+        config = load_config(REPO / "config.yaml", PRESETS / preset)
+        return {run.id: run.args for run in STUDIES["signal"].runs(config)}
+
+    assert signal_runs("cpu.yaml").items() < signal_runs("cpu-long.yaml").items()
+
+
+def test_extends_names_a_preset_beside_it_and_no_cycle(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b\nmodel: {groups: 4}\n")
+    (tmp_path / "b.yaml").write_text("extends: a\n")
+    with pytest.raises(ConfigError, match="'extends' makes a cycle \\(a -> b -> a\\)"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: nowhere\n")
+    with pytest.raises(ConfigError, match="names nowhere, but .*nowhere.yaml does not exist"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "b.yaml").write_text("model: {groups: 8, channels: [8]}\n")
+    assert load_config(tmp_path / "a.yaml") == {"model": {"groups": 4, "channels": [8]}}
+
+
 def test_checkpoint_steps_are_quadratically_spaced(paper):
     steps = checkpoint_steps(paper["training"])
     gaps = [b - a for a, b in zip(steps, steps[1:])]

@@ -57,14 +57,33 @@ def load_config(*paths: str | Path) -> dict:
     """Read config.yaml and any presets laid over it, in order."""
     config: dict = {}
     for path in paths:
-        try:
-            layer = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist")
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}")
-        config = merge(config, layer)
+        config = merge(config, read_layer(Path(path)))
     return config
+
+
+def read_layer(path: Path, within: tuple[Path, ...] = ()) -> dict:
+    """One config file. A preset that says ``extends: NAME`` is laid over the preset
+    NAME.yaml beside it (and that one over its own), so that a larger preset states only
+    what it adds."""
+    try:
+        layer = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist")
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}")
+    if not isinstance(layer, dict) or "extends" not in layer:
+        return layer
+    base = path.parent / f"{layer.pop('extends')}.yaml"
+    chain = within + (path.resolve(),)
+    if base.resolve() in chain:
+        names = " -> ".join(p.stem for p in chain + (base,))
+        raise ConfigError(f"config file {path}: key 'extends' makes a cycle ({names}); remove one")
+    if not base.is_file():
+        raise ConfigError(
+            f"config file {path}: key 'extends' names {base.stem}, but {base} does not exist; "
+            "name a preset in the same folder"
+        )
+    return merge(read_layer(base, chain), layer)
 
 
 def preset_file(config: dict, presets: Path, on_cluster: bool) -> tuple[str, Path | None]:
