@@ -47,7 +47,7 @@ overlay=$(mktemp --suffix .yaml)
 printf 'compute:\n  device: cuda\n' >"$overlay"
 started=$(date +%s)
 timeout "${PIPELINE_LIMIT:-300}" snakemake \
-    --configfile workflow/presets/cpu.yaml "$overlay" --cores 16 >"$out/pipeline.log" 2>&1
+    --configfile workflow/presets/cpu-16px.yaml "$overlay" --cores 16 >"$out/pipeline.log" 2>&1
 echo "pipeline: exit $? after $(($(date +%s) - started)) s"
 grep -E "steps \([0-9]+%\) done" "$out/pipeline.log" | tail -1
 if [ -f results/claims.json ]; then

@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tiny", action="store_true", help="a tiny model only: wiring check")
     parser.add_argument(
         "--small-preset",
-        default="workflow/presets/cpu.yaml",
+        default="workflow/presets/cpu-16px.yaml",
         help="preset whose model is the 'small' model (default: %(default)s)",
     )
     parser.add_argument("--paper-steps", type=int, default=6, help="timed steps, paper model")

@@ -21,7 +21,7 @@ from conftest import REPO, SCHEMA, planned_jobs, snakemake
 
 PRESETS = REPO / "workflow" / "presets"
 CANDIDATES = sorted((PRESETS / "calibration").glob("*.yaml"))
-BASE = (REPO / "config.yaml", PRESETS / "cpu.yaml", PRESETS / "calibration" / "baseline.yaml")
+BASE = (REPO / "config.yaml", PRESETS / "cpu-16px.yaml", PRESETS / "calibration" / "baseline.yaml")
 
 
 # Candidates laid over another candidate (scripts/calibrate.sh FIRST SECOND).
@@ -80,10 +80,10 @@ def test_candidate_is_valid_and_changes_only_what_it_names(candidate):
 @pytest.mark.workflow
 @pytest.mark.parametrize("candidate", CANDIDATES, ids=lambda path: path.stem)
 def test_candidate_plans_one_training_and_one_evaluation_per_run(candidate, tmp_path):
-    # as scripts/calibrate.sh runs it: the cpu preset by name, the overlays as config files
+    # as scripts/calibrate.sh runs it: the cpu-16px preset by name, the overlays as files
     overlays = configs_of(candidate)[2:]
     study, runs = calibration_runs(load_config(*configs_of(candidate)))
-    args = ("-n", "--quiet", "rules", "--config", "preset=cpu")
+    args = ("-n", "--quiet", "rules", "--config", "preset=cpu-16px")
     result = snakemake(tmp_path, *args, configs=(REPO / "config.yaml", *overlays))
     jobs = planned_jobs(result.stdout)
     assert jobs["render_training_set"] == jobs["train_vdm"] == jobs["evaluate_run"] == len(runs)
@@ -96,7 +96,7 @@ def test_candidate_plans_one_training_and_one_evaluation_per_run(candidate, tmp_
 
 def test_a_config_of_several_runs_is_refused():
     with pytest.raises(ConceptspaceError, match="plans 6 .*baseline.yaml"):
-        single_run(load_config(REPO / "config.yaml", PRESETS / "cpu.yaml"))
+        single_run(load_config(REPO / "config.yaml", PRESETS / "cpu-16px.yaml"))
 
 
 # ------------------------------------------------------------------- the record
@@ -154,7 +154,7 @@ def test_record_holds_overlay_headline_table_and_sheet(tmp_path):
     assert (out / "samples_dc0.800_ds0.400_seed0.png").read_bytes() == b"png"
     readme = (out / "README.md").read_text()
     assert "15.1 min, peak RSS of any job 2 MiB" in readme and "commit abc123" in readme
-    # cpu preset: threshold 0.8, sigma 1; the smoothed naive accuracy first passes at 400
+    # cpu-16px preset: threshold 0.8, sigma 1; the smoothed naive accuracy first passes at 400
     assert "naive at step 400, intervention at step 300" in readme
     assert "naive valid fraction at the last checkpoint 1.00" in readme
     assert (

@@ -18,6 +18,7 @@ PRESETS = {
     "config.yaml": (),
     "smoke": (SMOKE,),
     "cpu": (REPO / "workflow" / "presets" / "cpu.yaml",),
+    "cpu-long": (REPO / "workflow" / "presets" / "cpu-long.yaml",),
 }
 # Every study on, so that each branch of the template is rendered.
 ALL_STUDIES = {"studies": {"celeba": {"root": "/data/celeba"}}}

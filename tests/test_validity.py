@@ -26,7 +26,8 @@ from conceptspace.validity import diagnostics, label_components, sample_validity
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = (
     (REPO / "config.yaml",),
-    (REPO / "config.yaml", REPO / "workflow" / "presets" / "cpu.yaml"),
+    (REPO / "config.yaml", REPO / "workflow" / "presets" / "cpu-long.yaml"),  # extends cpu
+    (REPO / "config.yaml", REPO / "workflow" / "presets" / "cpu-16px.yaml"),
     (REPO / "config.yaml", REPO / "workflow" / "presets" / "smoke.yaml"),
 )
 SIZES = (16, 32)
@@ -35,8 +36,8 @@ IMAGES = 600  # per layout, image size and kind
 
 
 def study_signals() -> dict[str, list[Signal]]:
-    """Every signal level of each synthetic study in config.yaml and the cpu and smoke
-    presets, by layout."""
+    """Every signal level of each synthetic study in config.yaml and the cpu, cpu-16px
+    and smoke presets, by layout."""
     found = {name: set() for name in LAYOUTS}
     for paths in PRESETS:
         config = load_config(*paths)

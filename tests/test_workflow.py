@@ -203,12 +203,14 @@ def test_smoke_run_is_complete_and_one_figure_rebuilds_alone(smoke_run):
     assert planned_jobs(plan.stdout) == {"fig_signal": 1, "total": 1}
 
 
-def test_cpu_preset_plans_its_ten_runs(tmp_path):
-    # The laptop-scale preset: 3 color gaps + 2 masking ratios, two seeds each (the
-    # claims' intervals are over seeds), each run evaluated at every checkpoint by one job.
-    cpu = REPO / "workflow" / "presets" / "cpu.yaml"
-    result = snakemake(tmp_path, "-n", "--quiet", "rules", configs=(REPO / "config.yaml", cpu))
+@pytest.mark.parametrize(
+    "preset, runs, probes",
+    [("cpu", 4, 1), ("cpu-long", 12, 2)],  # 2 color gaps x 2 seeds; + 1 gap, 3 masking ratios
+)
+def test_cpu_presets_plan_their_runs(preset, runs, probes, tmp_path):
+    # The laptop-scale presets, two seeds per level (the claims' intervals are over
+    # seeds), each run evaluated at every checkpoint by one job; cpu-long extends cpu.
+    result = snakemake(tmp_path, "-n", "--quiet", "rules", "--config", f"preset={preset}")
     jobs = planned_jobs(result.stdout)
-    assert jobs["train_vdm"] == 10 and jobs["train_probe"] == 2
-    assert jobs["evaluate_run"] == 10
-    assert jobs["claims"] == 1 and jobs["fig_underspec"] == 1
+    assert jobs["train_vdm"] == jobs["evaluate_run"] == runs and jobs["train_probe"] == probes
+    assert jobs["claims"] == 1 and ("fig_underspec" in jobs) == (preset == "cpu-long")
