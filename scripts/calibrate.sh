@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One calibration candidate through the pipeline, timed, and its record written:
-#   scripts/calibrate.sh NAME [NAME ...] [snakemake options]
-# NAME is an overlay in workflow/presets/calibration/ (baseline: no change), laid over the
-# cpu-16px preset (--config preset=cpu-16px, the former cpu preset: the records' base) and calibration/baseline.yaml (one run); several NAMEs
+#   [BASE=PRESET] scripts/calibrate.sh NAME [NAME ...] [snakemake options]
+# NAME is an overlay in workflow/presets/calibration/ (baseline: no change), laid over a
+# preset (BASE, by default cpu-16px: the 16 px preset, base of the recorded candidates; an
+# overlay's header names its base) and calibration/baseline.yaml (one run); several NAMEs
 # stack, each laid over the ones before it (an overlay's header says what it builds on),
 # and the candidate is named NAME+NAME. Results go to results/calibration/<candidate>/
 # (which must not exist: a record times a whole run), the record to
@@ -37,8 +38,9 @@ if [[ -e "$results" ]]; then
     exit 2
 fi
 mkdir -p "$results"
-# the cpu-16px preset by config key preset (laid over config.yaml, under the overlays)
-command=(snakemake --cores 2 --configfile "${overlays[@]}" --config preset=cpu-16px "results=$results"
+base="${BASE:-cpu-16px}"
+# the base preset by config key preset (laid over config.yaml, under the overlays)
+command=(snakemake --cores 2 --configfile "${overlays[@]}" --config "preset=$base" "results=$results"
          "$@")
 echo "${command[*]}"
 start=$(date +%s)
@@ -46,6 +48,6 @@ start=$(date +%s)
 wall=$(( $(date +%s) - start ))
 peak=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$results/time.txt")
 python -m conceptspace calibration-record "$name" \
-    --configfile config.yaml workflow/presets/cpu-16px.yaml "${overlays[@]}" \
+    --configfile config.yaml "workflow/presets/$base.yaml" "${overlays[@]}" \
     --results "$results" --out "docs/calibration/$name-$(date -u +%Y-%m-%d)" \
-    --wall-seconds "$wall" --peak-rss-kib "$peak" --command "scripts/calibrate.sh ${names[*]}"
+    --wall-seconds "$wall" --peak-rss-kib "$peak" --command "${BASE:+BASE=$BASE }scripts/calibrate.sh ${names[*]}"
