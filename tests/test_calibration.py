@@ -22,6 +22,8 @@ from conftest import REPO, SCHEMA, planned_jobs, snakemake
 PRESETS = REPO / "workflow" / "presets"
 CANDIDATES = sorted((PRESETS / "calibration").glob("*.yaml"))
 BASE = (REPO / "config.yaml", PRESETS / "cpu-16px.yaml", PRESETS / "calibration" / "baseline.yaml")
+# Candidates laid over another preset than cpu-16px (BASE=NAME scripts/calibrate.sh ...).
+BASE_PRESET = {"masking-32px-long": "cpu"}
 
 
 # Candidates laid over another candidate (scripts/calibrate.sh FIRST SECOND).
@@ -32,7 +34,10 @@ def configs_of(candidate):
     if candidate.stem == "baseline":
         return BASE
     under = STACKED_ON.get(candidate.stem)
-    return (*(configs_of(candidate.with_name(f"{under}.yaml")) if under else BASE), candidate)
+    base = BASE
+    if candidate.stem in BASE_PRESET:
+        base = (BASE[0], PRESETS / f"{BASE_PRESET[candidate.stem]}.yaml", BASE[2])
+    return (*(configs_of(candidate.with_name(f"{under}.yaml")) if under else base), candidate)
 
 
 def test_the_candidates_are_there():
@@ -83,7 +88,8 @@ def test_candidate_plans_one_training_and_one_evaluation_per_run(candidate, tmp_
     # as scripts/calibrate.sh runs it: the cpu-16px preset by name, the overlays as files
     overlays = configs_of(candidate)[2:]
     study, runs = calibration_runs(load_config(*configs_of(candidate)))
-    args = ("-n", "--quiet", "rules", "--config", "preset=cpu-16px")
+    preset = BASE_PRESET.get(candidate.stem, "cpu-16px")
+    args = ("-n", "--quiet", "rules", "--config", f"preset={preset}")
     result = snakemake(tmp_path, *args, configs=(REPO / "config.yaml", *overlays))
     jobs = planned_jobs(result.stdout)
     assert jobs["render_training_set"] == jobs["train_vdm"] == jobs["evaluate_run"] == len(runs)
