@@ -173,7 +173,8 @@ def write_record(
     sections = [f"# Calibration: {name} ({', '.join(paths)})\n"]
     memory = "" if peak_rss_kib is None else f", peak RSS of any job {peak_rss_kib / 1024:.0f} MiB"
     narrowed = "to one run" if study == "signal" else f"to {len(runs)} {study} runs"
-    what = f"the cpu preset narrowed {narrowed} by `workflow/presets/calibration/baseline.yaml`"
+    base = config.get("preset", "cpu-16px")  # the preset the overlays lie on (calibrate.sh BASE)
+    what = f"the {base} preset narrowed {narrowed} by `workflow/presets/calibration/baseline.yaml`"
     if stems[-1] != "baseline":
         over = ", ".join(f"`{path.name}`" for path in overlays)
         what += f", with {over} over it" + (", in this order" if len(overlays) > 1 else "")
