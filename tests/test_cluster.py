@@ -116,7 +116,7 @@ def test_preset_auto_is_smoke_here_and_paper_on_a_cluster(preset, on_cluster, ex
 
 
 def test_an_unknown_preset_names_the_ones_there_are():
-    with pytest.raises(ConfigError, match="preset.*'tiny'.*cpu, smoke"):
+    with pytest.raises(ConfigError, match="preset.*'tiny'.*cpu, cpu-16px, cpu-long, smoke"):
         preset_file({"preset": "tiny"}, PRESETS, False)
 
 

@@ -62,6 +62,7 @@ def test_a_preset_that_extends_another_is_laid_over_it():
     for key in ("studies", "preset"):
         del cpu[key], long[key]
     assert long == cpu
+
     # every cpu run is a cpu-long run, with the same id and options
     def signal_runs(preset):
         config = load_config(REPO / "config.yaml", PRESETS / preset)
