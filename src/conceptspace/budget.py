@@ -20,6 +20,7 @@ from conceptspace.claims import CLAIMS, evaluate_claims, value_text
 from conceptspace.trajectories import truncated_study
 
 ABSENT = "the study was not run"
+KEPT = ("number", "outcome", "value", "interval", "detail")  # of each claim, per budget
 
 
 def claims_by_budget(
@@ -29,13 +30,13 @@ def claims_by_budget(
     underspecification: xr.Dataset | None = None,
 ) -> list[dict[str, Any]]:
     """For each budget in ``steps``: {step, claims: {name: {number, outcome, value,
-    interval, detail}}}, the claims judged on the studies cut at that step."""
+    interval, detail}}}, the claims judged on the studies cut at that step. A study that
+    ends before a budget (its own training overlay may be shorter) is judged whole."""
     rows = []
     for step in sorted(steps):
         cut = None if underspecification is None else truncated_study(underspecification, step)
         claims = evaluate_claims(truncated_study(signal, step), claims_cfg, cut, ABSENT)
-        kept = ("number", "outcome", "value", "interval", "detail")
-        outcomes = {name: {key: claim[key] for key in kept} for name, claim in claims.items()}
+        outcomes = {name: {key: claim[key] for key in KEPT} for name, claim in claims.items()}
         rows.append({"step": int(step), "claims": outcomes})
     return rows
 

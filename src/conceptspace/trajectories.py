@@ -513,8 +513,9 @@ def truncated_study(study: xr.Dataset, last_step: int) -> xr.Dataset:
     step, with every learning time computed again from them (the gathered settings,
     attribute ``evaluation_cfg``). A shorter run of the same seed is this truncation:
     training's learning rate is constant and nothing before a step depends on the total
-    number of steps. Only the smoothing's edge differs from a study gathered at the
-    shorter length with the same checkpoints."""
+    number of steps. It equals the study gathered from the runs' trajectories cut at that
+    step; a run trained for fewer steps would only place its checkpoints differently (the
+    schedule spaces them up to its own last step)."""
     steps = study["step"].values
     kept = study.isel(step=np.flatnonzero(steps <= last_step))
     if kept.sizes["step"] == 0:
