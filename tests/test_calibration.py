@@ -23,11 +23,14 @@ PRESETS = REPO / "workflow" / "presets"
 CANDIDATES = sorted((PRESETS / "calibration").glob("*.yaml"))
 BASE = (REPO / "config.yaml", PRESETS / "cpu-16px.yaml", PRESETS / "calibration" / "baseline.yaml")
 # Candidates laid over another preset than cpu-16px (BASE=NAME scripts/calibrate.sh ...).
-BASE_PRESET = {"masking-32px-long": "cpu"}
+BASE_PRESET = {"masking-32px-long": "cpu", "masking-ratios-0.5-1": "cpu"}
 
 
 # Candidates laid over another candidate (scripts/calibrate.sh FIRST SECOND).
-STACKED_ON = {"triangle-authors": "masking-three-ratios"}
+STACKED_ON = {
+    "triangle-authors": "masking-three-ratios",
+    "masking-ratios-0.5-1": "masking-32px-long",
+}
 
 
 def configs_of(candidate):
