@@ -22,8 +22,9 @@ from conftest import REPO, SCHEMA, planned_jobs, snakemake
 PRESETS = REPO / "workflow" / "presets"
 CANDIDATES = sorted((PRESETS / "calibration").glob("*.yaml"))
 BASE = (REPO / "config.yaml", PRESETS / "cpu-16px.yaml", PRESETS / "calibration" / "baseline.yaml")
-# Candidates laid over another preset than cpu-16px (BASE=NAME scripts/calibrate.sh ...).
-BASE_PRESET = {"masking-32px-long": "cpu", "masking-ratios-0.5-1": "cpu"}
+# Candidates laid over another preset than cpu-16px (BASE=NAME scripts/calibrate.sh ...);
+# a stacked candidate lies on the preset of the one under it.
+BASE_PRESET = {"masking-32px-long": "cpu"}
 
 
 # Candidates laid over another candidate (scripts/calibrate.sh FIRST SECOND).
@@ -33,13 +34,17 @@ STACKED_ON = {
 }
 
 
+def base_preset(stem):
+    """The preset a candidate's overlays lie on (calibrate.sh's BASE)."""
+    under = STACKED_ON.get(stem)
+    return base_preset(under) if under else BASE_PRESET.get(stem, "cpu-16px")
+
+
 def configs_of(candidate):
     if candidate.stem == "baseline":
         return BASE
     under = STACKED_ON.get(candidate.stem)
-    base = BASE
-    if candidate.stem in BASE_PRESET:
-        base = (BASE[0], PRESETS / f"{BASE_PRESET[candidate.stem]}.yaml", BASE[2])
+    base = (BASE[0], PRESETS / f"{base_preset(candidate.stem)}.yaml", BASE[2])
     return (*(configs_of(candidate.with_name(f"{under}.yaml")) if under else base), candidate)
 
 
@@ -88,11 +93,10 @@ def test_candidate_is_valid_and_changes_only_what_it_names(candidate):
 @pytest.mark.workflow
 @pytest.mark.parametrize("candidate", CANDIDATES, ids=lambda path: path.stem)
 def test_candidate_plans_one_training_and_one_evaluation_per_run(candidate, tmp_path):
-    # as scripts/calibrate.sh runs it: the cpu-16px preset by name, the overlays as files
+    # as scripts/calibrate.sh runs it: the base preset by name, the overlays as files
     overlays = configs_of(candidate)[2:]
     study, runs = calibration_runs(load_config(*configs_of(candidate)))
-    preset = BASE_PRESET.get(candidate.stem, "cpu-16px")
-    args = ("-n", "--quiet", "rules", "--config", f"preset={preset}")
+    args = ("-n", "--quiet", "rules", "--config", f"preset={base_preset(candidate.stem)}")
     result = snakemake(tmp_path, *args, configs=(REPO / "config.yaml", *overlays))
     jobs = planned_jobs(result.stdout)
     assert jobs["render_training_set"] == jobs["train_vdm"] == jobs["evaluate_run"] == len(runs)
