@@ -130,6 +130,112 @@ def test_checkpoints_past_training_are_named_with_the_fix(paper):
     assert "training.checkpoints.last" in message and "make last <= steps" in message
 
 
+@pytest.mark.parametrize("section", ["training", "studies.background.training"])
+def test_checkpoints_first_after_last_is_named_not_an_index_error(paper, section):
+    """checkpoint_steps is empty then; the patching donor "final" used to be looked up in
+    it first (an IndexError in methods.py), in training and in a study's overlay alike."""
+    path = tuple(section.split(".")) + ("checkpoints",)
+    bad = {"count": 3, "first": 50, "last": 20}
+    config = changed(paper, path[:-1], {"checkpoints": bad}) if "studies" in section else None
+    message = rejected(config or changed(paper, path, bad))
+    assert f"'{section}.checkpoints.first' (50) is after '{section}.checkpoints.last'" in message
+    assert "make first <= last" in message
+    assert message.count("\n  - ") == 1, message  # no follow-on problem of the empty steps
+
+
+# Values the schema's types and ranges let through, each named with its fix.
+@pytest.mark.parametrize(
+    "path, value, expected",
+    [
+        (
+            ("evaluation", "samples_per_prompt"),
+            100_000_000,
+            ["'evaluation.samples_per_prompt': 100000000 is greater than the maximum of 4096",
+             "set it to 4096 or less"],
+        ),
+        (
+            ("model", "h_init_fan_in"),
+            2,
+            ["'model.h_init_fan_in' (2) is below the slots of h", "signal 4", "background 5",
+             "use a value >= 5, or null"],
+        ),
+        (
+            ("studies", "signal", "seeds"),
+            [0, 1.0],
+            ["'studies.signal.seeds.1': 1.0 is not of type 'integer'", "write it as integer (1)"],
+        ),
+        (
+            ("training", "log_every"),
+            30000,
+            ["'training.log_every' (30000) is above 'training.steps' (20000)",
+             "make log_every <= steps (e.g. 200)"],
+        ),
+        (
+            ("figures", "sample_sheet", "samples"),
+            33,
+            ["'figures.sample_sheet.samples' (33) is above 'evaluation.samples_per_prompt' (32)",
+             "make samples <= 32"],
+        ),
+        (
+            ("evaluation", "authors", "consecutive"),
+            61,
+            ["'evaluation.authors.consecutive' (61) is more than the 60 checkpoints of the "
+             "signal study's runs ('training.checkpoints')", "make consecutive <= 60"],
+        ),
+        (
+            ("figures", "levels"),
+            [{"color_gap": 0.4, "size_gap": 0.4}, {"size_gap": 0.4, "color_gap": 0.4}],
+            ["'figures.levels': ", "has non-unique elements; list each entry once"],
+        ),
+    ],
+)  # fmt: skip
+def test_a_value_the_schema_alone_let_through_is_named_with_its_fix(paper, path, value, expected):
+    message = rejected(changed(paper, path, value))
+    for part in expected:
+        assert part in message, message
+
+
+def test_the_limits_just_inside_are_accepted(paper):
+    """Each refusal above is the first value past its limit: the limit itself passes."""
+    for path, value in [
+        (("evaluation", "samples_per_prompt"), 4096),
+        (("model", "h_init_fan_in"), 5),
+        (("training", "log_every"), 20000),
+        (("figures", "sample_sheet", "samples"), 32),
+        (("evaluation", "authors", "consecutive"), 60),
+    ]:
+        validate_config(changed(paper, path, value), SCHEMA)
+
+
+def test_log_every_is_checked_against_a_study_that_trains_shorter(paper):
+    config = changed(paper, ("studies", "background", "training", "steps"), 1000)
+    config["training"]["log_every"] = 2000
+    config["training"]["checkpoints"] |= {"first": 100, "last": 1000}
+    config["studies"]["background"]["training"]["checkpoints"] = {
+        "count": 10, "first": 100, "last": 1000
+    }  # fmt: skip
+    message = rejected(config)
+    assert "'training.log_every' (2000) is above 'studies.background.training.steps'" in message
+
+
+@pytest.mark.workflow
+def test_snakemake_names_h_init_fan_in_and_an_overlays_checkpoints_before_planning(tmp_path):
+    """Before, h_init_fan_in 2 passed the dry run and failed each training job (three
+    attempts), and the overlay's checkpoints raised an IndexError."""
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text(
+        "model: {h_init_fan_in: 2}\n"
+        "studies: {underspecification: {training: {checkpoints: {count: 3, first: 50, last: 20}}}}\n"
+    )
+    result = snakemake(tmp_path, "-n", configs=(REPO / "config.yaml", overlay), check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "'model.h_init_fan_in' (2) is below the slots of h" in output, output
+    assert "'studies.underspecification.training.checkpoints.first' (50) is after" in output
+    assert "Traceback" not in output and "IndexError" not in output
+    assert "Job stats" not in output  # stopped before planning
+
+
 def test_gap_that_leaves_the_color_range_is_named(paper):
     config = changed(paper, ("studies", "signal", "sweeps", 0, "color_gap"), [0.9])
     assert "studies.signal.sweeps.0.color_gap': 0.9 is above 0.8" in rejected(config)

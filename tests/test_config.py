@@ -11,7 +11,7 @@ from conceptspace.config import (
     validate_config,
 )
 from conceptspace.studies import STUDIES
-from conftest import REPO, SCHEMA, SMOKE
+from conftest import REPO, SCHEMA, SMOKE, planned_jobs, snakemake
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +126,44 @@ def test_data_triangle_names_one_of_the_two_triangles(paper):
     del config["data"]["triangle"]
     with pytest.raises(ConfigError, match="'triangle' is a required property"):
         validate_config(config, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "text, what",
+    [
+        ("- steps\n- 100\n", "holds a YAML list, not keys"),
+        ("3\n", "holds a YAML int"),
+        ("", "is empty"),
+    ],
+)
+def test_a_config_file_without_keys_is_refused_naming_the_file(tmp_path, text, what):
+    """An overlay or preset that is a YAML list, a scalar or empty: named with the fix,
+    read directly or as the preset another extends."""
+    bad = tmp_path / "overlay.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(REPO / "config.yaml", bad)
+    message = str(caught.value)
+    assert f"config file {bad} {what}" in message
+    assert "a mapping of config keys at its top level" in message and "--configfile" in message
+    (tmp_path / "child.yaml").write_text("extends: overlay\n")
+    with pytest.raises(ConfigError, match=f"config file {bad} {what}"):
+        load_config(tmp_path / "child.yaml")
+
+
+def test_a_config_with_every_eliciting_method_off_is_valid_and_plans_naive_prompting(tmp_path):
+    """Every prompting method but naive switched off is legitimate: the config passes, the
+    evaluations still run (naive prompting), fig_hidden and fig_patching are not built, and
+    the claims they serve are judged "not evaluated" (tests/test_claims.py)."""
+    overlay = tmp_path / "naive.yaml"
+    overlay.write_text(
+        "evaluation:\n  methods:\n    overprompt: {colors: []}\n"
+        "    intervention: {alphas: []}\n    patching: {donors: []}\n"
+    )
+    validate_config(load_config(REPO / "config.yaml", SMOKE, overlay), SCHEMA)
+    result = snakemake(
+        tmp_path, "-n", "--quiet", "rules", configs=(REPO / "config.yaml", SMOKE, overlay)
+    )
+    jobs = planned_jobs(result.stdout)
+    assert jobs["evaluate_run"] > 0 and jobs["claims"] == 1 and jobs["fig_trajectories"] == 1
+    assert "fig_hidden" not in jobs and "fig_patching" not in jobs

@@ -66,12 +66,14 @@ def read_layer(path: Path, within: tuple[Path, ...] = ()) -> dict:
     NAME.yaml beside it (and that one over its own), so that a larger preset states only
     what it adds."""
     try:
-        layer = yaml.safe_load(path.read_text()) or {}
+        layer = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist")
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}")
-    if not isinstance(layer, dict) or "extends" not in layer:
+    if not isinstance(layer, dict):
+        raise ConfigError(layer_problem(path, layer))
+    if "extends" not in layer:
         return layer
     base = path.parent / f"{layer.pop('extends')}.yaml"
     chain = within + (path.resolve(),)
@@ -84,6 +86,17 @@ def read_layer(path: Path, within: tuple[Path, ...] = ()) -> dict:
             "name a preset in the same folder"
         )
     return merge(read_layer(base, chain), layer)
+
+
+def layer_problem(path: Path, layer: Any) -> str:
+    """What is wrong with a config file that holds no mapping of keys (an overlay that is
+    empty, a YAML list or a scalar), naming the file and the fix."""
+    what = "is empty" if layer is None else f"holds a YAML {type(layer).__name__}, not keys"
+    return (
+        f"config file {path} {what}; a config file (or preset) is a mapping of config keys "
+        "at its top level, e.g. `training: {steps: 1000}`: write its keys, or leave the file "
+        "out of --configfile"
+    )
 
 
 def preset_file(config: dict, presets: Path, on_cluster: bool) -> tuple[str, Path | None]:
@@ -131,10 +144,20 @@ def non_finite_numbers(value: Any, key: str = "") -> Iterable[str]:
         )
 
 
+# JSON Schema counts 1.0 as an integer; Python does not (range(1.0), a run id "seed1.0"),
+# so the schema's "integer" is refused a float here, as the config checks would.
+_TYPE_CHECKER = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool)
+)
+Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator, type_checker=_TYPE_CHECKER
+)
+
+
 def validate_config(config: dict, schema_path: str | Path) -> None:
     """Raise ConfigError listing every problem of ``config``; return None if it is valid."""
     schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = Validator(schema)
     problems = list(non_finite_numbers(config))
     problems += [_describe(error) for error in validator.iter_errors(config)]
     if not problems:  # relations between keys only make sense once each key is sound
@@ -148,13 +171,38 @@ def validate_config(config: dict, schema_path: str | Path) -> None:
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
+    """The key, jsonschema's statement of the problem and the fix."""
     key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         return f"config key '{key}': {error.message}; allowed keys here: {', '.join(allowed)}"
-    if error.validator == "required":
-        return f"config key '{key}': {error.message}"
-    return f"config key '{key}': {error.message}"
+    fix = _SCHEMA_FIXES.get(str(error.validator))
+    fix = f"; {fix(error.validator_value, error.instance)}" if fix else ""
+    if error.validator == "maximum" and error.schema.get("description"):
+        fix += f" ({' '.join(error.schema['description'].split())})"
+    return f"config key '{key}': {error.message}{fix}"
+
+
+def _integer(value: Any) -> str:
+    return f" ({int(value)})" if isinstance(value, float) and value.is_integer() else ""
+
+
+# The fix for each kind of schema error (the validator's value, the value given).
+_SCHEMA_FIXES = {
+    "type": lambda expected, value: (
+        f"write it as {' or '.join(expected) if isinstance(expected, list) else expected}"
+        + _integer(value)
+    ),
+    "minimum": lambda bound, value: f"set it to {bound} or more",
+    "exclusiveMinimum": lambda bound, value: f"set it above {bound}",
+    "maximum": lambda bound, value: f"set it to {bound} or less",
+    "exclusiveMaximum": lambda bound, value: f"set it below {bound}",
+    "minItems": lambda bound, value: f"give at least {bound}",
+    "maxItems": lambda bound, value: f"give at most {bound}",
+    "uniqueItems": lambda unique, value: "list each entry once",
+    "enum": lambda allowed, value: "use one of " + ", ".join(map(str, allowed)),
+    "required": lambda names, value: "add it (config.yaml has every key, with its meaning)",
+}
 
 
 def _results_problems(results: str) -> Iterable[str]:
@@ -180,11 +228,15 @@ def _results_problems(results: str) -> Iterable[str]:
 def _cross_checks(config: dict) -> Iterable[str]:
     from conceptspace.studies import STUDIES, on_studies  # studies.py builds on this module
 
-    yield from _training_problems(config["training"], "training")
+    training = list(_training_problems(config["training"], "training"))
     for study in STUDIES.values():  # a study's runs may train longer, even one that is off
-        if (config["studies"].get(study.name) or {}).get("training"):
-            yield from _training_problems(study.training(config), f"studies.{study.name}.training")
+        overlay = (config["studies"].get(study.name) or {}).get("training")
+        if overlay:
+            key = f"studies.{study.name}.training"
+            training += _training_problems(study.training(config), key, "steps" in overlay)
+    yield from training
     model = config["model"]
+    yield from _h_init_problems(config)
     if model["gamma_min"] >= model["gamma_max"]:
         yield "config key 'model.gamma_min' must be below 'model.gamma_max'"
     low, high = model["data_range"]
@@ -213,9 +265,12 @@ def _cross_checks(config: dict) -> Iterable[str]:
     if low > high:
         yield "config key 'data.background_train' must be [low, high] with low <= high"
 
-    yield from _evaluation_problems(config)
     for study in on_studies(config):
         yield from _batch_problems(config, study)
+    if training:  # the checks below read the checkpoint steps, which need sound checkpoints
+        return
+    yield from _evaluation_problems(config)
+    for study in on_studies(config):
         yield from study.problems(config)
 
 
@@ -269,8 +324,44 @@ def _batch_problem(key, batch, what, classes, images) -> Iterable[str]:
         )
 
 
-def _training_problems(training: dict, key: str) -> Iterable[str]:
-    """Checkpoints within training; ``key`` names the section (a study's overlay)."""
+def _h_init_problems(config: dict) -> Iterable[str]:
+    """``model.h_init_fan_in`` draws h's first layer as for h padded to that many slots,
+    so it cannot be below the slots of h of a study that is on (UNet refuses it, but only
+    when the first training job starts)."""
+    from conceptspace.concepts import LAYOUTS
+    from conceptspace.studies import on_studies
+
+    fan_in = config["model"].get("h_init_fan_in")
+    if fan_in is None:
+        return
+    slots = {}
+    for study in on_studies(config):
+        if study.layout in LAYOUTS:
+            slots[study.name] = LAYOUTS[study.layout].h_dim
+        elif "attributes" in study.section(config):  # CelebA's: each attribute one-hot
+            slots[study.name] = 2 * len(study.section(config)["attributes"])
+    short = {name: h_dim for name, h_dim in slots.items() if h_dim > fan_in}
+    if short:
+        most = max(short.values())
+        studies = ", ".join(f"{name} {h_dim}" for name, h_dim in short.items())
+        yield (
+            f"config key 'model.h_init_fan_in' ({fan_in}) is below the slots of h of the "
+            f"studies that are on ({studies}); it draws the embedding MLPs' first layer as "
+            f"for h zero-padded to that many slots: use a value >= {most}, or null for "
+            "PyTorch's default"
+        )
+
+
+def _training_problems(training: dict, key: str, own_steps: bool = True) -> Iterable[str]:
+    """Checkpoints within training, and loss reports within it; ``key`` names the section
+    (a study's overlay; ``own_steps``: it sets its own steps)."""
+    if own_steps and training["log_every"] > training["steps"]:
+        yield (
+            f"config key 'training.log_every' ({training['log_every']}) is above "
+            f"'{key}.steps' ({training['steps']}): training would report its loss only at "
+            "its last step, and the divergence monitor (training.divergence) would never "
+            f"judge it; make log_every <= steps (e.g. {max(1, training['steps'] // 100)})"
+        )
     checkpoints = training["checkpoints"]
     if checkpoints["first"] > checkpoints["last"]:
         yield (
@@ -283,7 +374,7 @@ def _training_problems(training: dict, key: str) -> Iterable[str]:
             f"training ('{key}.steps' = {training['steps']}); make last <= steps"
         )
     span = checkpoints["last"] - checkpoints["first"] + 1
-    if checkpoints["count"] > span:
+    if checkpoints["count"] > span > 0:  # span <= 0: first is after last, said above
         yield (
             f"config key '{key}.checkpoints.count' ({checkpoints['count']}) asks for more "
             f"checkpoints than there are steps between first and last ({span})"
@@ -291,12 +382,34 @@ def _training_problems(training: dict, key: str) -> Iterable[str]:
 
 
 def _evaluation_problems(config: dict) -> Iterable[str]:
-    """Patching donors must be checkpoints of the runs."""
+    """Patching donors must be checkpoints of the runs; the sample sheets show samples the
+    evaluation scored; the authors' learning time needs as many checkpoints in a row as it
+    asks for."""
     from conceptspace.methods import method_problems
+    from conceptspace.studies import on_studies
 
-    yield from method_problems(
-        config["evaluation"]["methods"], checkpoint_steps(config["training"])
-    )
+    evaluation = config["evaluation"]
+    yield from method_problems(evaluation["methods"], checkpoint_steps(config["training"]))
+    shown, scored = config["figures"]["sample_sheet"]["samples"], evaluation["samples_per_prompt"]
+    if shown > scored:
+        yield (
+            f"config key 'figures.sample_sheet.samples' ({shown}) is above "
+            f"'evaluation.samples_per_prompt' ({scored}): a sample sheet shows the images "
+            f"the evaluation scored, {scored} per prompt; make samples <= {scored}"
+        )
+    consecutive = evaluation["authors"]["consecutive"]
+    for study in on_studies(config):
+        count = len(study.steps(config))
+        if consecutive > count:
+            overlay = (config["studies"][study.name].get("training") or {}).get("checkpoints")
+            key = f"studies.{study.name}.training" if overlay else "training"
+            yield (
+                f"config key 'evaluation.authors.consecutive' ({consecutive}) is more than the "
+                f"{count} checkpoints of the {study.name} study's runs ('{key}.checkpoints'): "
+                "the authors' learning time needs that many checkpoints in a row above its "
+                f"threshold, so no run could reach it; make consecutive <= {count}, or add "
+                "checkpoints"
+            )
 
 
 def checkpoint_steps(training: dict) -> list[int]:

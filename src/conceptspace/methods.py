@@ -124,7 +124,10 @@ def build_methods(
 
 def method_problems(methods_cfg: Mapping[str, Any], steps: Sequence[int]) -> Iterable[str]:
     """Relations the schema cannot check: donors must be checkpoint steps (or "final")
-    and distinct. ``steps`` are the run's checkpoint steps."""
+    and distinct. ``steps`` are the run's checkpoint steps; none (checkpoints first after
+    last, which the config check names) leaves nothing to check them against."""
+    if not steps:
+        return
     donors = [str(d) for d in methods_cfg["patching"]["donors"]]
     for donor in donors:
         if donor == FINAL_DONOR:
