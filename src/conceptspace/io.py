@@ -8,6 +8,7 @@ killed mid-write never leaves a file that looks finished.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -43,18 +44,114 @@ class ConceptspaceError(RuntimeError):
     """An error a user can fix: its message names the problem and the fix."""
 
 
+# errno of a write refused for lack of space (a full filesystem, a user's quota).
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# A write that fails while less than this is free failed for lack of space, whatever the
+# library says: torch.save reports a full disk as "RuntimeError: [enforce fail at
+# inline_container.cc] ... unexpected pos N vs M", netCDF as an HDF error.
+FULL_BELOW_BYTES = 4 * 2**20
+
+
+def filesystem_of(path: str | os.PathLike) -> str:
+    """The mount point holding ``path`` (or the folder it would be made in), with its
+    type where /proc/mounts tells it: '/scratch (tmpfs)'."""
+    folder = _existing(path)
+    while not os.path.ismount(folder) and folder != folder.parent:
+        folder = folder.parent
+    fstype = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 2 and fields[1].replace("\\040", " ") == str(folder):
+                fstype = fields[2]  # the last mount on a mount point is the one seen
+    return f"{folder} ({fstype})" if fstype else str(folder)
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Bytes this user may still write on the filesystem of ``path`` (or of the folder it
+    would be made in)."""
+    stat = os.statvfs(_existing(path))
+    return stat.f_bavail * stat.f_frsize
+
+
+def _existing(path: str | os.PathLike) -> Path:
+    folder = Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def megabytes(size: float) -> str:
+    """Bytes as MB for a message: one decimal below 10 MB, whole numbers above."""
+    return f"{size / 1e6:.1f}" if size < 1e7 else f"{size / 1e6:,.0f}"
+
+
+def no_space_error(path: str | os.PathLike, needed: float, known: bool = True) -> ConceptspaceError:
+    """The error of a write that did not fit: the filesystem, the file, what it needs
+    (``known`` False: only a lower bound, what was written before the write failed)."""
+    need = (
+        f"needs about {megabytes(needed)} MB"
+        if known
+        else f"needs more than {megabytes(needed)} MB"
+    )
+    return ConceptspaceError(
+        f"no space left on {filesystem_of(path)}: {path} {need} "
+        f"({megabytes(free_bytes(path))} MB free there); free space on it, or set config key "
+        "'results' to a folder on a larger filesystem, then rerun snakemake (finished files "
+        "are kept)"
+    )
+
+
+def _sibling_size(path: Path) -> int:
+    """The size of the largest file beside ``path`` with its suffix (the run's other
+    checkpoints, evaluations): what a file of that kind takes."""
+    with contextlib.suppress(OSError):
+        sizes = [p.stat().st_size for p in path.parent.glob(f"[!.]*{path.suffix}")]
+        return max(sizes, default=0)
+    return 0
+
+
+def lack_of_space(err: BaseException, folder: str | os.PathLike) -> bool:
+    """Whether the write into ``folder`` that raised ``err`` failed for lack of space:
+    ENOSPC or EDQUOT anywhere in its chain of causes, or (a library that reports it in
+    its own words) any error other than a ConceptspaceError while the filesystem is full."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in NO_SPACE_ERRNOS:
+            return True
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(err, ConceptspaceError):
+        return False
+    try:
+        return free_bytes(folder) < FULL_BELOW_BYTES
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(
+    path: str | os.PathLike, suffix: str | None = None, size_hint: int = 0
+) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
     The temporary file keeps the final suffix (libraries such as netCDF4 or matplotlib
-    choose their format from it). On an exception the temporary file is removed.
+    choose their format from it). On an exception the temporary file is removed. A write
+    that fails for lack of space (:func:`lack_of_space`) raises a ConceptspaceError naming
+    the filesystem and how much the file needs: about ``size_hint`` bytes or the size of
+    the largest file with its suffix beside it (the run's other checkpoints), whichever is
+    more, or, when neither reaches what was written before the write failed, more than that.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=suffix or "".join(path.suffixes)
-    )
+    try:
+        fd, tmp = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=suffix or "".join(path.suffixes)
+        )
+    except OSError as err:
+        if lack_of_space(err, path.parent):
+            needed = max(size_hint, _sibling_size(path))
+            raise no_space_error(path, needed, known=needed > 0) from err
+        raise
     os.close(fd)
     tmp = Path(tmp)
     # mkstemp makes the file private (0600); outputs are shared results, so give them the
@@ -65,6 +162,15 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     try:
         yield tmp
         os.replace(tmp, path)
+    except Exception as err:
+        full = lack_of_space(err, path.parent)  # before the partial file is removed
+        written = tmp.stat().st_size if full and tmp.exists() else 0
+        tmp.unlink(missing_ok=True)
+        if full:
+            estimate = max(size_hint, _sibling_size(path))
+            known = 0 < estimate >= written
+            raise no_space_error(path, max(written, estimate), known) from err
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
