@@ -92,6 +92,28 @@ def reference(dataset, tmp_path_factory):
     return root / "run", manifest
 
 
+def start_process(script: str, args: dict) -> subprocess.Popen:
+    """``python -c script`` with ``args`` as JSON in argv[1]; stdout and stderr together."""
+    return subprocess.Popen(
+        [sys.executable, "-c", script, json.dumps(args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def kill_once_written(process: subprocess.Popen, path, timeout: float = 60) -> None:
+    """SIGKILL ``process`` as soon as ``path`` exists (it must not finish first)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[0]
+        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+
+
 def copy_run(run_dir, tmp_path, keep_steps):
     """A copy of a finished run holding only the checkpoints of ``keep_steps``."""
     copy = tmp_path / "run"
@@ -301,23 +323,10 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(dataset, tmp_
             "run_dir": str(tmp_path / name),
             "manifest": str(tmp_path / f"{name}.json"),
         }
-        return subprocess.Popen(
-            [sys.executable, "-c", script, json.dumps(args)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        return start_process(script, args)
 
     clean, killed = start("clean"), start("killed")
-    first = checkpoint_path(tmp_path / "killed", 10)
-    deadline = time.monotonic() + 60
-    while not first.exists():
-        assert killed.poll() is None, killed.communicate()[0]
-        assert time.monotonic() < deadline, "no checkpoint after 60 s"
-        time.sleep(0.005)
-    killed.send_signal(signal.SIGKILL)
-    killed.communicate()
-    assert killed.returncode == -signal.SIGKILL
+    kill_once_written(killed, checkpoint_path(tmp_path / "killed", 10))
     assert not (tmp_path / "killed.json").exists(), "the run finished before it was killed"
     assert not checkpoint_path(tmp_path / "killed", 120).exists()
 

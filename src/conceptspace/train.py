@@ -39,7 +39,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ import torch
 from conceptspace.config import checkpoint_steps
 from conceptspace.device import compute_device, resolve_device
 from conceptspace.divergence import DivergenceMonitor
+from conceptspace.pack import RunBatch, StackedModel, draw_batch, loss_template, mask_specs
 from conceptspace.io import (
     DAMAGED_TORCH_FILE_ERRORS,
     ConceptspaceError,
@@ -62,7 +63,7 @@ from conceptspace.io import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["checkpoint_steps", "train_run", "load_checkpoint"]
+__all__ = ["checkpoint_steps", "train_run", "train_pack", "PackRun", "load_checkpoint"]
 
 # Validation ELBO: a fixed subset of held-out images and fixed noise at every checkpoint.
 VALIDATION_IMAGES = 256
@@ -163,28 +164,6 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
-
-
-def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    numpy = state["numpy"]
-    np.random.set_state(
-        (
-            numpy["kind"],
-            numpy["keys"].numpy().astype(np.uint32),
-            numpy["pos"],
-            numpy["has_gauss"],
-            numpy["cached_gaussian"],
-        )
-    )
-    if device.type == "cuda":
-        if "cuda" not in state:
-            raise ConceptspaceError(
-                "the checkpoint was written by a CPU run and holds no CUDA RNG state, so a "
-                "CUDA resume cannot reproduce it; resume with --device cpu or delete the run "
-                "folder to restart on CUDA"
-            )
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -303,8 +282,9 @@ def _write_manifest(
         "config": config,
         "provenance": record,
     }
-    write_json(manifest_path, manifest)
-    log.info("wrote manifest %s (%d checkpoints)", manifest_path, len(manifest["checkpoints"]))
+    if manifest_path is not None:  # None: a pack's runs, whose manifests go in the pack's
+        write_json(manifest_path, manifest)
+        log.info("wrote manifest %s (%d checkpoints)", manifest_path, len(manifest["checkpoints"]))
     return manifest
 
 
@@ -344,6 +324,17 @@ def _find_resume_checkpoint(
 # ----------------------------------------------------------------------------- training
 
 
+@dataclass(frozen=True)
+class PackRun:
+    """One run of a pack: its training set, seed and folder, and where its manifest goes
+    (None: ``train_pack`` only returns it)."""
+
+    dataset_path: str | os.PathLike
+    seed: int
+    run_dir: str | os.PathLike
+    manifest_path: str | os.PathLike | None = None
+
+
 def train_run(
     model_cfg: Mapping[str, Any],
     training_cfg: Mapping[str, Any],
@@ -355,7 +346,8 @@ def train_run(
     threads: int | None = None,
     compile: bool = False,
 ) -> dict[str, Any]:
-    """Train one VDM on a rendered dataset, resuming from ``run_dir``'s last checkpoint.
+    """Train one VDM on a rendered dataset, resuming from ``run_dir``'s last checkpoint:
+    a pack of one (``train_pack``).
 
     ``compile`` runs the network through torch.compile (compute.compile): it compiles
     during the first steps, and pays only where benchmarks/README.md shows it does.
@@ -365,51 +357,72 @@ def train_run(
     loss becomes NaN/inf or climbs far above its best (``training.divergence``); the last
     good checkpoint is kept.
     """
+    run = PackRun(dataset_path, seed, run_dir, manifest_path)
+    (manifest,) = train_pack(model_cfg, training_cfg, [run], device, threads, compile)
+    return manifest
+
+
+def train_pack(
+    model_cfg: Mapping[str, Any],
+    training_cfg: Mapping[str, Any],
+    runs: Sequence[PackRun],
+    device: str | torch.device = "auto",
+    threads: int | None = None,
+    compile: bool = False,
+) -> list[dict[str, Any]]:
+    """Train the runs of one pack (one architecture, step count and checkpoint schedule)
+    as one stacked model (``conceptspace.pack``), each resuming from its own checkpoints
+    and writing them as a lone run does; returns their manifests, in order.
+
+    A run that diverges stops alone and its pack-mates go on; once they are done, a
+    ConceptspaceError names every run that diverged. Runs whose latest checkpoints stand
+    at different steps (a pack killed while it wrote them) resume together from the
+    latest step they all hold with optimizer state; where there is none, each group of
+    runs at one step trains as a pack of its own, one group after another.
+    """
     device = compute_device(device, threads)
-    run_dir = Path(run_dir)
     steps = int(training_cfg["steps"])
-    # Stops training when the loss climbs far above its best (None: only NaN/inf stop it);
-    # see conceptspace.divergence and docs/trust.md.
-    monitor = DivergenceMonitor.from_config(training_cfg)
     precision = training_cfg.get("precision", "fp32")
     _check_bf16_support(precision, device)
     scheduled = _checkpoint_schedule(training_cfg, steps)
-    # The last step is always saved too, so a finished run never retrains its tail.
-    save_steps = sorted(set(scheduled) | {steps})
-
-    data = _TrainingData.load(dataset_path, device)
-    config = _run_config(model_cfg, training_cfg, seed, data)
-    record = provenance(config, seed)
-
-    resume_path, checkpoint = _matching_checkpoint(run_dir, save_steps, config, device)
-    if checkpoint is not None and checkpoint["step"] == steps:
-        log.info(
-            "all %d checkpoints exist in %s; rewriting the manifest",
-            len(save_steps),
-            run_dir / "checkpoints",
-        )
-        return _write_manifest(manifest_path, run_dir, save_steps, config, scheduled, record)
-    checkpoint = _with_optimizer_state(resume_path, checkpoint)
-
-    torch.manual_seed(seed)  # all randomness of training comes from the global torch RNG
-    model = _Model.build(model_cfg, training_cfg, data, device, precision, compile)
-    start = 0 if checkpoint is None else model.resume(checkpoint, resume_path, device)
-    del checkpoint
-
     plan = _Plan(
-        run_dir=run_dir,
         steps=steps,
         batch_size=int(training_cfg["batch_size"]),
         log_every=max(1, int(training_cfg["log_every"])),
-        save_steps=save_steps,
-        config=config,
-        record=record,
-        seed=int(seed),
+        # The last step is always saved too, so a finished run never retrains its tail.
+        save_steps=sorted(set(scheduled) | {steps}),
+        scheduled=scheduled,
+        precision=precision,
         device=device,
     )
-    _log_start(plan, model, data, start, precision)
-    _train(plan, model, data, monitor, start)
-    return _write_manifest(manifest_path, run_dir, save_steps, config, scheduled, record)
+    manifests: dict[int, dict[str, Any]] = {}
+    members = []
+    for index, run in enumerate(runs):
+        member = _Member.prepare(index, run, model_cfg, training_cfg, plan, len(runs) > 1)
+        if member.checkpoint is not None and member.checkpoint["step"] == steps:
+            log.info(
+                "all %d checkpoints exist in %s; rewriting the manifest",
+                len(plan.save_steps),
+                member.run_dir / "checkpoints",
+            )
+            manifests[index] = member.write_manifest(plan)
+        else:
+            member.checkpoint = _with_optimizer_state(member.resume_path, member.checkpoint)
+            members.append(member)
+    failures: list[ConceptspaceError] = []
+    for cohort in _cohorts(members, device):
+        failures += _train_cohort(cohort, model_cfg, training_cfg, plan, compile)
+        for member in cohort:
+            if not member.diverged:
+                manifests[member.index] = member.write_manifest(plan)
+    if len(runs) == 1 and failures:
+        raise failures[0]
+    if failures:
+        raise ConceptspaceError(
+            f"{len(failures)} of the pack's {len(runs)} runs diverged (the others trained "
+            "on and wrote their manifests): " + " || ".join(str(f) for f in failures)
+        )
+    return [manifests[index] for index in range(len(runs))]
 
 
 # The configuration schema (workflow/schemas) checks every setting before a workflow or
@@ -530,151 +543,326 @@ def _with_optimizer_state(resume_path: Path | None, checkpoint: dict | None) -> 
     return checkpoint
 
 
-@dataclass
-class _Model:
-    """The VDM being trained, its optimizer, and one optimizer step."""
-
-    vdm: Any
-    optimizer: torch.optim.Optimizer
-    params: list[torch.nn.Parameter]
-    grad_clip: float
-    channels_last: bool
-
-    @classmethod
-    def build(
-        cls,
-        model_cfg: Mapping[str, Any],
-        training_cfg: Mapping[str, Any],
-        data: _TrainingData,
-        device: torch.device,
-        precision: str,
-        compile: bool,
-    ) -> _Model:
-        vdm = _build_vdm(model_cfg, data.h_dim, data.image_size).to(device)
-        channels_last = _use_channels_last(device, precision)
-        if channels_last:
-            vdm = vdm.to(memory_format=torch.channels_last)
-        # bf16: the network autocasts its own forward and hands float32 back, so the ELBO's
-        # arithmetic (small terms, the learned schedule) stays in float32. An unknown
-        # precision stops here (ValueError naming the allowed ones).
-        vdm.net.set_precision(precision)
-        if compile:
-            vdm.net.compile()  # in place: the state_dict keys stay those of the eager network
-        params = [p for p in vdm.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            params, lr=float(training_cfg["lr"]), weight_decay=float(training_cfg["weight_decay"])
-        )
-        return cls(vdm, optimizer, params, float(training_cfg["grad_clip"]), channels_last)
-
-    def resume(self, checkpoint: Mapping[str, Any], path: Path, device: torch.device) -> int:
-        """Weights, optimizer and RNG state from ``checkpoint``; returns its step."""
-        self.vdm.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        _set_rng_state(checkpoint["rng"], device)
-        start = int(checkpoint["step"])
-        log.info("resuming from step %d (%s)", start, path)
-        return start
-
-    def step(self, data: _TrainingData, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on a random batch: (loss, gradient norm), left on the device."""
-        index = torch.randint(len(data.train_images), (batch_size,), device=data.device)
-        x, h = data.train_images[index], data.train_h[index]
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        loss = self.vdm.loss(x, h)["loss"]
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-        self.optimizer.step()
-        return loss.detach().float(), grad_norm.detach().float()
-
-
 @dataclass(frozen=True)
 class _Plan:
-    """What is fixed before the first step: where the run goes, how long it trains, when
-    it reports and saves, and what its checkpoints record."""
+    """What the runs of a pack share, fixed before the first step: how long they train,
+    when they report and save, in which precision, on which device."""
 
-    run_dir: Path
     steps: int
     batch_size: int
     log_every: int
     save_steps: list[int]
-    config: dict[str, Any]
-    record: dict[str, Any]
-    seed: int
+    scheduled: list[int]
+    precision: str
     device: torch.device
 
 
-def _log_start(plan: _Plan, model: _Model, data: _TrainingData, start: int, precision: str):
+@dataclass
+class _Member:
+    """One run of a pack: its data, what its checkpoints record, the checkpoint it
+    resumes from, and (once training) its own random number generator."""
+
+    index: int
+    run: PackRun
+    run_dir: Path
+    label: str  # prefixes its progress lines in a pack of several runs
+    data: _TrainingData
+    config: dict[str, Any]
+    record: dict[str, Any]
+    monitor: DivergenceMonitor | None
+    resume_path: Path | None
+    checkpoint: dict | None
+    generator: torch.Generator | None = None
+    diverged: bool = False
+
+    @classmethod
+    def prepare(cls, index, run, model_cfg, training_cfg, plan: _Plan, in_pack: bool) -> _Member:
+        run_dir = Path(run.run_dir)
+        data = _TrainingData.load(run.dataset_path, plan.device)
+        config = _run_config(model_cfg, training_cfg, run.seed, data)
+        resume_path, checkpoint = _matching_checkpoint(
+            run_dir, plan.save_steps, config, plan.device
+        )
+        return cls(
+            index=index,
+            run=run,
+            run_dir=run_dir,
+            label=f"{run_dir.name}: " if in_pack else "",
+            data=data,
+            config=config,
+            record=provenance(config, run.seed),
+            # Stops training when the loss climbs far above its best (None: only NaN/inf
+            # stop it); see conceptspace.divergence and docs/trust.md.
+            monitor=DivergenceMonitor.from_config(training_cfg),
+            resume_path=resume_path,
+            checkpoint=checkpoint,
+        )
+
+    @property
+    def start(self) -> int:
+        return 0 if self.checkpoint is None else int(self.checkpoint["step"])
+
+    def write_manifest(self, plan: _Plan) -> dict[str, Any]:
+        return _write_manifest(
+            self.run.manifest_path,
+            self.run_dir,
+            plan.save_steps,
+            self.config,
+            plan.scheduled,
+            self.record,
+        )
+
+    def initial_state(self, model_cfg, device: torch.device) -> tuple[dict, dict | None]:
+        """(weights, optimizer state or None), and the run's generator: from its
+        checkpoint, or, at step 0, its seeded initialisation followed by the stream a lone
+        run draws from (all randomness of a run comes from its seed)."""
+        if self.checkpoint is None:
+            torch.manual_seed(self.run.seed)
+            vdm = _build_vdm(model_cfg, self.data.h_dim, self.data.image_size)
+            self.generator = _device_generator(device)
+            state = {key: value.to(device) for key, value in vdm.state_dict().items()}
+            return state, None
+        log.info("%sresuming from step %d (%s)", self.label, self.start, self.resume_path)
+        self.generator = _generator_from(self.checkpoint["rng"], device)
+        state, optimizer = self.checkpoint["model"], self.checkpoint[_RESUME_KEY]
+        self.checkpoint = None  # the pack holds them from here on
+        return state, optimizer
+
+
+def _device_generator(device: torch.device) -> torch.Generator:
+    """A generator holding the state the device's global one holds now."""
+    generator = torch.Generator(device)
+    if device.type == "cuda":
+        generator.set_state(torch.cuda.get_rng_state(device))
+    else:
+        generator.set_state(torch.get_rng_state())
+    return generator
+
+
+def _generator_from(state: Mapping[str, Any], device: torch.device) -> torch.Generator:
+    """The run's generator at a checkpoint: the global state a lone run stores there."""
+    generator = torch.Generator(device)
+    if device.type != "cuda":
+        generator.set_state(state["torch"])
+        return generator
+    if "cuda" not in state:
+        raise ConceptspaceError(
+            "the checkpoint was written by a CPU run and holds no CUDA RNG state, so a "
+            "CUDA resume cannot reproduce it; resume with --device cpu or delete the run "
+            "folder to restart on CUDA"
+        )
+    generator.set_state(state["cuda"])
+    return generator
+
+
+def _run_rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """A checkpoint's ``rng`` in a lone run's format, the run's generator in the slot of
+    the global generator it replaces (CPU: "torch", CUDA: "cuda")."""
+    state = _rng_state(device)
+    state["cuda" if device.type == "cuda" else "torch"] = generator.get_state()
+    return state
+
+
+def _cohorts(members: list[_Member], device: torch.device) -> list[list[_Member]]:
+    """The groups of runs that train together: one, unless their checkpoints stand at
+    different steps and cannot all go back to the earliest of them (``train_pack``)."""
+    if not members:
+        return []
+    earliest = min(member.start for member in members)
+    for member in members:
+        if member.start > earliest > 0:
+            _step_back(member, earliest, device)
+    starts = sorted({member.start for member in members})
+    return [[m for m in members if m.start == start] for start in starts]
+
+
+def _step_back(member: _Member, step: int, device: torch.device) -> None:
+    """Resume ``member`` from its checkpoint at ``step`` if that one loads and holds the
+    optimizer state (a pack killed while writing its runs' checkpoints: the one before a
+    run's latest does), so that it trains with its pack again."""
+    path = checkpoint_path(member.run_dir, step)
+    try:
+        checkpoint = _read_checkpoint(path, device) if path.exists() else None
+    except ConceptspaceError:
+        checkpoint = None
+    if checkpoint is not None and _RESUME_KEY in checkpoint:
+        log.info("%sgoes back to step %d, where its pack-mates resume", member.label, step)
+        member.resume_path, member.checkpoint = path, checkpoint
+
+
+def _train_cohort(
+    members: list[_Member], model_cfg, training_cfg, plan: _Plan, compile: bool
+) -> list[ConceptspaceError]:
+    """Train runs standing at one step as one stacked model; returns the errors of those
+    that diverged."""
+    first = members[0].data
+    vdm = _build_vdm(model_cfg, first.h_dim, first.image_size).to(plan.device)
+    channels_last = _use_channels_last(plan.device, plan.precision)
+    if channels_last:
+        vdm = vdm.to(memory_format=torch.channels_last)
+    # bf16: the network autocasts its own forward and hands float32 back, so the ELBO's
+    # arithmetic (small terms, the learned schedule) stays in float32. An unknown
+    # precision stops here (ValueError naming the allowed ones).
+    vdm.net.set_precision(plan.precision)
+    template = loss_template(vdm)
+    if compile:
+        template.vdm.net.compile()  # in place: the state_dict keys stay those of the eager net
+    example = draw_batch(
+        first.train_images, first.train_h, plan.batch_size, torch.Generator(plan.device), [],
+        channels_last,
+    )  # fmt: skip
+    masks = mask_specs(template, example)
+    start = members[0].start  # every member's (_cohorts)
+    initial = [member.initial_state(model_cfg, plan.device) for member in members]
+    resumed = [optimizer for _, optimizer in initial]
+    stack = StackedModel(
+        template,
+        [state for state, _ in initial],
+        None if resumed[0] is None else resumed,
+        lr=float(training_cfg["lr"]),
+        weight_decay=float(training_cfg["weight_decay"]),
+        grad_clip=float(training_cfg["grad_clip"]),
+        channels_last=channels_last,
+    )
+    del initial, resumed
+    for member in members:
+        _log_start(plan, member, sum(p[0].numel() for p in stack.params.values()), channels_last)
+    if len(members) > 1:
+        log.info("training a pack of %d runs as one stacked model", len(members))
+    stepper = _Stepper(plan, members, stack, vdm, masks, channels_last)
+    return stepper.run(start)
+
+
+def _log_start(plan: _Plan, member: _Member, parameters: int, channels_last: bool) -> None:
+    data = member.data
     log.info(
-        "training %s: %d parameters, %d train / %d validation images (%dx%d), h_dim %d; "
+        "%straining %s: %d parameters, %d train / %d validation images (%dx%d), h_dim %d; "
         "steps %d -> %d, batch %d, %s on %s (%d threads)%s",
-        plan.run_dir,
-        sum(p.numel() for p in model.params),
+        member.label,
+        member.run_dir,
+        parameters,
         len(data.train_images),
         len(data.validation_images),
         data.image_size,
         data.image_size,
         data.h_dim,
-        start,
+        member.start,
         plan.steps,
         plan.batch_size,
-        precision,
+        plan.precision,
         plan.device,
         torch.get_num_threads(),
-        ", channels_last" if model.channels_last else "",
+        ", channels_last" if channels_last else "",
     )
 
 
-def _train(
-    plan: _Plan, model: _Model, data: _TrainingData, monitor: DivergenceMonitor | None, start: int
-) -> None:
-    """Steps ``start + 1`` to ``plan.steps``, with no host syncs except at log and
-    checkpoint steps."""
-    model.vdm.train()
-    tally = _LossTally(plan.device, start)
-    watch = _DivergenceWatch(plan.run_dir, monitor, start)
-    progress = _Progress(start, plan.steps, plan.batch_size)
-    for step in range(start + 1, plan.steps + 1):
-        tally.add(*model.step(data, plan.batch_size))
-        report, save = step % plan.log_every == 0 or step == plan.steps, step in plan.save_steps
-        if not (report or save):
-            continue
-        watch.check_finite(tally, step)
-        n, recent = tally.since_report(step)
-        if report:
-            progress.report(step, n, recent, tally.take_report(step))
-        # A whole log interval at a report, part of one at a checkpoint between reports;
-        # checked after the report is logged, so the log shows the loss that stops training.
-        watch.check_climb(recent, n, report, step)
-        if save:
-            with progress.paused():  # checkpoint time is not training time
-                train_loss = tally.take_interval(step)
-                validation = _validation_elbo(
-                    model.vdm, data.validation_images, data.validation_h, plan.batch_size, plan.seed
-                )
-                _save_checkpoint(
-                    plan.run_dir,
-                    step,
-                    model.vdm,
-                    model.optimizer,
-                    plan.device,
-                    plan.config,
-                    plan.record,
-                    train_loss,
-                    validation,
-                )
+class _Stepper:
+    """Steps ``start + 1`` to ``plan.steps`` of a pack, with no host syncs except at log
+    and checkpoint steps. A run that diverges leaves the pack there."""
+
+    def __init__(self, plan, members, stack, vdm, masks, channels_last):
+        self.plan, self.members, self.stack = plan, members, stack
+        self.vdm = vdm  # a plain VDM of the architecture: validation and the schedule's ends
+        self.masks, self.channels_last = masks, channels_last
+
+    def run(self, start: int) -> list[ConceptspaceError]:
+        plan = self.plan
+        self.stack.loss_module.train()
+        tally = _LossTally(plan.device, start, len(self.members))
+        watches = [_DivergenceWatch(m.run_dir, m.monitor, start) for m in self.members]
+        progress = _Progress(start, plan.steps, plan.batch_size)
+        failures: list[ConceptspaceError] = []
+        for step in range(start + 1, plan.steps + 1):
+            tally.add(*self.stack.step([self._draw(member) for member in self.members]))
+            report, save = step % plan.log_every == 0 or step == plan.steps, step in plan.save_steps
+            if not (report or save):
+                continue
+            finite = tally.finite()
+            problems = [watch.check_finite(ok, step) for watch, ok in zip(watches, finite)]
+            n, recent = tally.since_report(step)
+            if report:
+                grads = tally.take_report(step)
+                lines = [
+                    (m.label, loss, grad)
+                    for m, loss, grad, problem in zip(self.members, recent, grads, problems)
+                    if problem is None
+                ]
+                progress.report(step, n, lines, runs=len(self.members))
+            # A whole log interval at a report, part of one at a checkpoint between reports;
+            # checked after the report is logged, so the log shows the loss that stops training.
+            for k, watch in enumerate(watches):
+                if problems[k] is None:
+                    problems[k] = watch.check_climb(recent[k], n, report, step)
+            if any(problems):
+                failures += self._leave(problems, tally, watches)
+                if not self.members:
+                    break
+            if save:
+                with progress.paused():  # checkpoint time is not training time
+                    self._save(step, tally.take_interval(step))
+        return failures
+
+    def _draw(self, member: _Member) -> RunBatch:
+        data = member.data
+        return draw_batch(
+            data.train_images,
+            data.train_h,
+            self.plan.batch_size,
+            member.generator,
+            self.masks,
+            self.channels_last,
+        )
+
+    def _leave(self, problems, tally, watches) -> list[ConceptspaceError]:
+        """The diverged runs leave the pack (their last good checkpoints kept)."""
+        keep = [k for k, problem in enumerate(problems) if problem is None]
+        for member, problem in zip(self.members, problems):
+            if problem is not None:
+                member.diverged = True
+                log.error("%s%s", member.label, problem)
+        if keep:
+            self.stack = self.stack.keep(keep)
+            tally.keep(keep)
+        self.members = [self.members[k] for k in keep]
+        watches[:] = [watches[k] for k in keep]
+        return [problem for problem in problems if problem is not None]
+
+    def _save(self, step: int, train_losses: list[float]) -> None:
+        for k, member in enumerate(self.members):
+            state = self.stack.run_state(k)
+            self.vdm.load_state_dict(state)
+            validation = _validation_elbo(
+                self.vdm,
+                member.data.validation_images,
+                member.data.validation_h,
+                self.plan.batch_size,
+                member.run.seed,
+            )
+            _save_checkpoint(
+                member.run_dir,
+                step,
+                {
+                    "model": state,
+                    _RESUME_KEY: self.stack.run_optimizer_state(k),
+                    "rng": _run_rng_state(member.generator, self.plan.device),
+                },
+                member.config,
+                member.record,
+                train_losses[k],
+                validation,
+                _schedule_ends(self.vdm),
+            )
 
 
 class _LossTally:
-    """Sums of the loss and the gradient norm since the last report, and of the loss
-    since the last checkpoint, kept on the device: the host reads them only at reports
-    and checkpoints."""
+    """Each run's sums of the loss and the gradient norm since the last report, and of
+    the loss since the last checkpoint, kept on the device (K,): the host reads them only
+    at reports and checkpoints."""
 
-    def __init__(self, device: torch.device, start: int):
-        self.report_loss = torch.zeros((), device=device)
-        self.report_grad = torch.zeros((), device=device)
-        self.interval_loss = torch.zeros((), device=device)
+    def __init__(self, device: torch.device, start: int, runs: int):
+        self.report_loss = torch.zeros(runs, device=device)
+        self.report_grad = torch.zeros(runs, device=device)
+        self.interval_loss = torch.zeros(runs, device=device)
         self.report_start = self.interval_start = start
 
     def add(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
@@ -682,81 +870,95 @@ class _LossTally:
         self.interval_loss += loss
         self.report_grad += grad_norm
 
-    def finite(self) -> bool:
-        """One sync covers every step since the last check: a NaN/inf in a loss or a
-        gradient norm poisons these sums."""
-        return bool(torch.isfinite(self.report_loss + self.report_grad + self.interval_loss).item())
+    def keep(self, indices: list[int]) -> None:
+        for name in ("report_loss", "report_grad", "interval_loss"):
+            setattr(self, name, getattr(self, name)[indices])
 
-    def since_report(self, step: int) -> tuple[int, float]:
-        """(steps since the last report, their mean loss)."""
+    def finite(self) -> list[bool]:
+        """One sync covers every step since the last check: a NaN/inf in a run's loss or
+        gradient norm poisons its sums."""
+        return torch.isfinite(self.report_loss + self.report_grad + self.interval_loss).tolist()
+
+    def since_report(self, step: int) -> tuple[int, list[float]]:
+        """(steps since the last report, each run's mean loss over them)."""
         n = step - self.report_start
-        return n, (self.report_loss / n).item()
+        return n, (self.report_loss / n).tolist()
 
-    def take_report(self, step: int) -> float:
-        """The mean gradient norm since the last report; the report sums start again."""
-        grad = (self.report_grad / (step - self.report_start)).item()
+    def take_report(self, step: int) -> list[float]:
+        """Each run's mean gradient norm since the last report; the report sums start again."""
+        grads = (self.report_grad / (step - self.report_start)).tolist()
         self.report_loss.zero_()
         self.report_grad.zero_()
         self.report_start = step
-        return grad
+        return grads
 
-    def take_interval(self, step: int) -> float:
-        """The mean loss since the previous checkpoint; its sum starts again."""
-        loss = (self.interval_loss / (step - self.interval_start)).item()
+    def take_interval(self, step: int) -> list[float]:
+        """Each run's mean loss since the previous checkpoint; its sums start again."""
+        losses = (self.interval_loss / (step - self.interval_start)).tolist()
         self.interval_loss.zero_()
         self.interval_start = step
-        return loss
+        return losses
 
 
 class _DivergenceWatch:
-    """Stops training (``_diverged``) when a loss or gradient norm turns NaN/inf, or when
-    the divergence monitor (``training.divergence``; None: off) sees the loss climb far
-    above its best. Its reference restarts at a resume. Remembers the last step that
-    passed, so the message says between which steps training diverged."""
+    """Says why a run must stop (``_diverged``) when its loss or gradient norm turns
+    NaN/inf, or when the divergence monitor (``training.divergence``; None: off) sees its
+    loss climb far above its best. Its reference restarts at a resume. Remembers the last
+    step that passed, so the message says between which steps training diverged."""
 
     def __init__(self, run_dir: Path, monitor: DivergenceMonitor | None, start: int):
         self.run_dir = run_dir
         self.monitor = monitor
         self.last_passed = start
 
-    def check_finite(self, tally: _LossTally, step: int) -> None:
+    def check_finite(self, finite: bool, step: int) -> ConceptspaceError | None:
         # Caught before any checkpoint is written.
-        if not tally.finite():
-            raise _diverged(
-                self.run_dir, self.last_passed, step, "the loss or gradient norm became NaN/inf"
-            )
+        if finite:
+            return None
+        return _diverged(
+            self.run_dir, self.last_passed, step, "the loss or gradient norm became NaN/inf"
+        )
 
-    def check_climb(self, recent: float, n: int, complete: bool, step: int) -> None:
+    def check_climb(
+        self, recent: float, n: int, complete: bool, step: int
+    ) -> ConceptspaceError | None:
         """``recent``: the mean loss of the last ``n`` steps, a whole log interval when
         ``complete`` (the monitor allows for the extra noise of part of one)."""
         if self.monitor is not None:
             problem = self.monitor.observe(recent, n, complete=complete)
             if problem:
-                raise _diverged(self.run_dir, self.last_passed, step, problem)
+                return _diverged(self.run_dir, self.last_passed, step, problem)
         self.last_passed = step
+        return None
 
 
 class _Progress:
-    """The progress lines: mean loss and gradient norm, speed and ETA. Time spent writing
-    checkpoints counts in the ETA but not in the speed."""
+    """The progress lines: each run's mean loss and gradient norm, the pack's speed and
+    ETA. Time spent writing checkpoints counts in the ETA but not in the speed."""
 
     def __init__(self, start: int, steps: int, batch_size: int):
         self.start, self.steps, self.batch_size = start, steps, batch_size
         self.started = self.last_time = time.perf_counter()
 
-    def report(self, step: int, n: int, loss: float, grad_norm: float) -> None:
+    def report(self, step: int, n: int, lines: list[tuple[str, float, float]], runs: int):
+        """``lines``: (label, loss, gradient norm) of each run; ``runs``: the pack's size,
+        whose images the speed counts."""
         now = time.perf_counter()
         rate = n / max(now - self.last_time, 1e-9)
-        log.info(
-            "step %d/%d loss %.4f bits/dim grad-norm %.3g | %.2f steps/s %.0f images/s | ETA %s",
-            step,
-            self.steps,
-            loss,
-            grad_norm,
-            rate,
-            rate * self.batch_size,
-            eta(step - self.start, self.steps - self.start, now - self.started),
-        )
+        left = eta(step - self.start, self.steps - self.start, now - self.started)
+        for label, loss, grad_norm in lines:
+            log.info(
+                "%sstep %d/%d loss %.4f bits/dim grad-norm %.3g | %.2f steps/s %.0f images/s "
+                "| ETA %s",
+                label,
+                step,
+                self.steps,
+                loss,
+                grad_norm,
+                rate,
+                rate * self.batch_size * runs,
+                left,
+            )
         self.last_time = now
 
     @contextmanager
@@ -788,21 +990,21 @@ def _diverged(run_dir: Path, last_good: int, step: int, what: str) -> Conceptspa
 def _save_checkpoint(
     run_dir: Path,
     step: int,
-    vdm,
-    optimizer: torch.optim.Optimizer,
-    device: torch.device,
+    state: dict[str, Any],
     config: dict,
     record: dict,
     train_loss: float,
     validation: dict[str, float] | None,
+    schedule_ends: dict[str, float],
 ) -> None:
+    """``state``: the run's "model" (state_dict), "optimizer" (state_dict) and "rng"."""
     metrics = {
         # Mean training loss (bits/dim) over the steps since the previous checkpoint.
         "train_loss": train_loss,
         # ELBO (bits/dim) of the fixed validation subset, fixed noise; None without one.
         "validation_bpd": None if validation is None else validation.get("loss"),
         "validation_terms": validation,
-        **_schedule_ends(vdm),
+        **schedule_ends,
     }
     path = checkpoint_path(run_dir, step)
     # Sidecar first: a .pt that exists always has its sidecar.
@@ -811,10 +1013,10 @@ def _save_checkpoint(
         {"step": step, "metrics": metrics, "config": config, "provenance": record},
     )
     payload = {
-        "model": vdm.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "model": state["model"],
+        _RESUME_KEY: state[_RESUME_KEY],
         "step": step,
-        "rng": _rng_state(device),
+        "rng": state["rng"],
         "config": config,
         "metrics": metrics,
         "provenance": record,

@@ -164,22 +164,28 @@ class VDM(nn.Module):
         h: torch.Tensor,
         discrete_steps: int | None = None,
         generator: torch.Generator | None = None,
+        t: torch.Tensor | None = None,
+        eps: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The negative ELBO of images x (B, C, S, S) in [0, 1] given h, in bits/dim.
 
         Returns batch means: 'diffusion', 'prior', 'reconstruction' and their sum 'loss'.
         ``discrete_steps`` = T gives the discrete-time diffusion loss; None the continuous
-        one. t0 and eps come from ``generator`` (else the global RNG), in that order.
+        one. t0 and eps come from ``generator`` (else the global RNG), in that order,
+        unless given: times ``t`` (B,) used as they are, noise ``eps`` in x's layout (the
+        pack trainer draws them from each run's generator, outside its vmapped model).
         """
         x = self.to_model_scale(x.float())
         batch, dims = x.shape[0], x[0].numel()
         bits_per_dim = 1.0 / (dims * math.log(2.0))
 
-        t = antithetic_times(batch, x.device, generator)
-        if discrete_steps is not None:
-            t = snap_to_grid(t, discrete_steps)
-        eps = torch.randn(x.shape, device=x.device, generator=generator)
-        eps = same_layout(eps, x)
+        if t is None:
+            t = antithetic_times(batch, x.device, generator)
+            if discrete_steps is not None:
+                t = snap_to_grid(t, discrete_steps)
+        if eps is None:
+            eps = torch.randn(x.shape, device=x.device, generator=generator)
+            eps = same_layout(eps, x)
 
         diffusion = self.diffusion_loss(x, h, t, eps, discrete_steps)
         terms = {
