@@ -35,6 +35,7 @@ run_workflow_code(Path(workflow.basedir, "src"))
 # is when they go to a cluster; a named preset is laid over config.yaml (whether read here
 # or given with --configfile), under the other config files and --config values given.
 ON_CLUSTER = runs_on_cluster(workflow)
+REQUESTED_PRESET = str(config.get("preset", "paper"))  # before it is resolved (plan block)
 try:
     PRESET, PRESET_FILE = preset_file(
         config, Path(workflow.basedir, "workflow", "presets"), ON_CLUSTER
@@ -75,6 +76,15 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/gather.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/claims.smk"
+
+
+# What this run is about to do, once the config is checked: the preset and why, the
+# studies, the jobs, the compute and the disk (conceptspace.plan; README "Quickstart").
+if workflow.is_main_process:
+    from conceptspace.cluster import launched_executor
+    from conceptspace.plan import plan_block
+
+    print(plan_block(config, REQUESTED_PRESET, launched_executor(), ON_CLUSTER), file=sys.stderr)
 
 
 rule all:

@@ -136,10 +136,17 @@ def sampled_steps(wildcards):
     return STEPS[wildcards.study][-1:]
 
 
-# Before the first submission of a Slurm run: every partition, account, QoS and GPU type
-# the planned jobs ask for is looked up on the cluster (conceptspace.cluster); a wrong one
-# stops the run with one message, instead of one failed sbatch per job and attempt.
+# Before the first job of a run: the datasets, checkpoints, evaluations and samples the
+# planned jobs write must fit where the results go (conceptspace.plan). Before the first
+# submission of a Slurm run: every partition, account, QoS and GPU type the planned jobs
+# ask for is looked up on the cluster (conceptspace.cluster); a wrong one stops the run
+# with one message, instead of one failed sbatch per job and attempt.
 onstart:
+    from conceptspace.plan import planned_writes, space_problem
+
+    problem = space_problem(config, planned_writes(workflow.dag.needrun_jobs()))
+    if problem:
+        raise WorkflowError(problem)
     if workflow.executor_plugin is not None and workflow.executor_plugin.name.endswith("slurm"):
         from conceptspace.cluster import slurm_preflight
 
