@@ -167,3 +167,24 @@ def test_a_config_with_every_eliciting_method_off_is_valid_and_plans_naive_promp
     jobs = planned_jobs(result.stdout)
     assert jobs["evaluate_run"] > 0 and jobs["claims"] == 1 and jobs["fig_trajectories"] == 1
     assert "fig_hidden" not in jobs and "fig_patching" not in jobs
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "$defs.checkpoints",
+        "properties.training.properties.log_every",
+        "properties.model.properties.h_init_fan_in",
+        "properties.evaluation.properties.samples_per_prompt",
+        "properties.evaluation.properties.authors.properties.consecutive",
+        "properties.figures.properties.sample_sheet.properties.samples",
+    ],
+)
+def test_the_schema_states_each_limit_the_config_checks_hold(key):
+    """The schema and the checks agree: a limit conceptspace.config checks between keys is
+    stated in the key's description, and one the schema holds is its own."""
+    node = yaml.safe_load(SCHEMA.read_text())
+    for part in key.split("."):
+        node = node[part]
+    description = " ".join(node["description"].split())
+    assert "checked with the config" in description or "maximum" in node, description
