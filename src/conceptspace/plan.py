@@ -176,10 +176,15 @@ def sampled_runs(study, config: dict) -> list:
     return list({run.id: run for run in runs}.values())
 
 
-def job_counts(config: dict) -> dict[str, int]:
+def job_counts(config: dict, rules: Iterable[str] = ()) -> dict[str, int]:
     """The jobs of the whole workflow from scratch (rule all), by rule: what Snakemake's
-    "Job stats" of a dry run in an empty folder counts."""
+    "Job stats" of a dry run in an empty folder counts. ``rules``: the workflow's rule
+    names; with a rule run_manifest, training runs in packs of compute.pack runs (one
+    train_vdm job a pack, one run_manifest job a run)."""
     from conceptspace.studies import figures_of, on_studies
+
+    packed = "run_manifest" in set(rules)
+    pack = int(config["compute"].get("pack", 1) or 1)
 
     jobs: dict[str, int] = {}
 
@@ -194,7 +199,8 @@ def job_counts(config: dict) -> dict[str, int]:
         else:
             add("prepare_celeba", runs)
             add("prepare_celeba_probe_set", 1)
-        add("train_vdm", runs)
+        add("train_vdm", -(-runs // pack) if packed else runs)
+        add("run_manifest", runs if packed else 0)
         add("train_probe", 1)
         add("evaluate_run", runs)
         add("gather_study", 1)
@@ -414,16 +420,18 @@ def plan_block(
     requested: str,
     executor: str | None,
     on_cluster: bool,
+    rules: Iterable[str] = (),
     benchmarks: Path = BENCHMARKS,
 ) -> str:
-    """The block printed at the start of every run (README "Quickstart")."""
+    """The block printed at the start of every run (README "Quickstart"); ``rules``: the
+    workflow's rule names (:func:`job_counts`)."""
     from conceptspace.studies import STUDIES, on_studies
 
     preset = str(config.get("preset", requested))
     on = on_studies(config)
     studies = ", ".join(f"{study.name} ({len(study.runs(config))} runs)" for study in on)
     off = [name for name in STUDIES if name not in {study.name for study in on}]
-    jobs = job_counts(config)
+    jobs = job_counts(config, rules)
     total = sum(jobs.values())
     shown = ("train_vdm", "evaluate_run", "train_probe", "sample_images")
     by_rule = ", ".join(f"{rule} {jobs[rule]}" for rule in shown if rule in jobs)
