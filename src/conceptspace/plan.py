@@ -35,6 +35,18 @@ SINUSOIDAL_DIM = 64  # unet.SINUSOIDAL_DIM (a test holds them equal)
 IMAGE_CHANNELS = 3
 FLOAT_BYTES = 4
 RESUMABLE_CHECKPOINTS = 2  # train._RESUME_KEY: the optimizer state (two moments) in these
+# What torch.save adds to a checkpoint's tensors (measured with torch 2.14): each record
+# of the model's state (~345 B), each parameter's three of AdamW's state (exp_avg,
+# exp_avg_sq, step: ~810 B), and the rest of the checkpoint (RNG state, config,
+# provenance: ~12 KB).
+BYTES_PER_MODEL_TENSOR = 350
+BYTES_PER_OPTIMIZER_TENSOR = 820
+CHECKPOINT_EXTRA_BYTES = 16_000
+# Smaller files, as the smoke preset's run wrote them: a figure's PDF and PNG (up to
+# 0.36 MB), a sample sheet (0.11 MB), a study's dataset, probe and logs (0.2 MB).
+FIGURE_BYTES = 400_000
+SHEET_BYTES = 200_000
+STUDY_BYTES = 300_000
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 
@@ -75,17 +87,23 @@ REFERENCES = {
 # ----------------------------------------------------------------------------- the model
 
 
-def unet_size(model: Mapping[str, Any], h_dim: int, image_size: int) -> tuple[int, int]:
-    """(parameters, multiply-adds of one forward pass per image) of ``unet.UNet`` built
-    from ``model`` (convolutions, linear layers and attention; norms and activations are
-    counted in the parameters only). The VDM adds its schedule's two parameters."""
+def unet_size(model: Mapping[str, Any], h_dim: int, image_size: int) -> tuple[int, int, int]:
+    """(parameters, multiply-adds of one forward pass per image, parameter tensors) of
+    the VDM on ``unet.UNet`` built from ``model`` (multiply-adds: convolutions, linear
+    layers and attention; norms and activations count in the parameters only). The VDM
+    adds its schedule's two parameters."""
     channels = [int(c) for c in model["channels"]]
     blocks_per_level, time_dim = int(model["blocks_per_level"]), int(model["time_dim"])
     levels = len(channels)
-    counted = {"params": 2, "macs": 0}  # the VDM's gamma_bias and gamma_slope
+    counted = {"params": 2, "macs": 0, "tensors": 2}  # the VDM's gamma_bias and gamma_slope
+
+    def norm(width: int) -> None:
+        counted["params"] += 2 * width
+        counted["tensors"] += 2
 
     def dense(n_in: int, n_out: int, kernel: int = 1, resolution: int = 1) -> None:
         counted["params"] += n_in * n_out * kernel * kernel + n_out
+        counted["tensors"] += 2
         counted["macs"] += n_in * n_out * kernel * kernel * resolution * resolution
 
     def mlp(n_in: int, n_out: int) -> None:
@@ -115,21 +133,22 @@ def unet_size(model: Mapping[str, Any], h_dim: int, image_size: int) -> tuple[in
         dense(channels[level], channels[level], 2, resolution(level + 1))
     for level in reversed(range(1, levels)):  # upsamples: transposed 2x2, stride 2
         dense(channels[level], channels[level - 1], 2, resolution(level))
-    counted["params"] += 2 * lowest  # middle attention: its norm, qkv, projection
+    norm(lowest)  # middle attention: its norm, qkv, projection
     dense(lowest, 3 * lowest, 1, resolution(levels - 1))
     dense(lowest, lowest, 1, resolution(levels - 1))
     counted["macs"] += 2 * resolution(levels - 1) ** 4 * lowest  # q.k and the weighted sum
-    counted["params"] += 2 * channels[0]  # norm_out
+    norm(channels[0])  # norm_out
     dense(channels[0], IMAGE_CHANNELS, 3, image_size)  # conv_out
     for n_in, n_out, at in residual:
-        counted["params"] += 2 * n_in + 2 * n_out  # norm1, norm2
+        norm(n_in)
+        norm(n_out)
         dense(n_in, n_out, 3, at)
         dense(n_out, n_out, 3, at)
         mlp(time_dim, n_out)
         mlp(h_dim, n_out)  # the block's embedding MLP of h
         if n_in != n_out:
             dense(n_in, n_out, 1, at)  # the skip
-    return counted["params"], counted["macs"]
+    return counted["params"], counted["macs"], counted["tensors"]
 
 
 def study_h_dim(study, config: dict) -> int:
@@ -323,7 +342,7 @@ def disk_per_job(config: dict) -> dict[tuple[str, str], float]:
     """Bytes one job of (rule, study) writes: a training set, a run's checkpoints (the
     model in each, its optimizer state in the latest two), its evaluations (uncompressed),
     a samples file. Upper bounds where the files are compressed."""
-    from conceptspace.studies import on_studies
+    from conceptspace.studies import figures_of, on_studies
 
     sizes: dict[tuple[str, str], float] = {}
     evaluation = config["evaluation"]
@@ -334,11 +353,15 @@ def disk_per_job(config: dict) -> dict[tuple[str, str], float]:
         section = study.section(config)
         per_class = section.get("per_class") or config["data"]["images_per_class"]
         dataset = len(layout.training_classes) * per_class * (image + 64)
-        sizes[("render_training_set" if study.renders else "prepare_celeba", study.name)] = dataset
-        params = unet_size(config["model"], layout.h_dim, size)[0]
+        sizes[("render_training_set", study.name) if study.renders else ("prepare_celeba", "")] = (
+            dataset
+        )
+        sizes[("gather_study", study.name)] = STUDY_BYTES
+        params, _, tensors = unet_size(config["model"], layout.h_dim, size)
         steps = checkpoint_steps(study.training(config))
-        model = params * FLOAT_BYTES
-        sizes[("train_vdm", study.name)] = len(steps) * model + RESUMABLE_CHECKPOINTS * 2 * model
+        model = params * FLOAT_BYTES + tensors * BYTES_PER_MODEL_TENSOR + CHECKPOINT_EXTRA_BYTES
+        optimizer = 2 * params * FLOAT_BYTES + tensors * BYTES_PER_OPTIMIZER_TENSOR
+        sizes[("train_vdm", study.name)] = len(steps) * model + RESUMABLE_CHECKPOINTS * optimizer
         methods, _ = conditions(study, config)
         scores = methods * len(layout.classes) * (len(layout.concepts) + 1) * FLOAT_BYTES
         per_checkpoint = scores * evaluation["samples_per_prompt"] + 20_000
@@ -347,6 +370,9 @@ def disk_per_job(config: dict) -> dict[tuple[str, str], float]:
         sheet_steps = len(sample_sheet_steps(shown, steps)) if study.name == "signal" else 1
         sampled = sheet_steps * methods * len(layout.classes) * shown["samples"] * (image + 1)
         sizes[("sample_images", study.name)] = sampled
+    for _, figure in figures_of(config):
+        sizes[(f"fig_{figure.name}", "")] = FIGURE_BYTES
+    sizes[("sample_sheet", "")] = SHEET_BYTES
     return sizes
 
 
@@ -357,22 +383,34 @@ def disk_bytes(config: dict, jobs: Iterable[tuple[str, str]]) -> float:
 
 
 def planned_writes(jobs: Iterable[Any]) -> list[tuple[str, str]]:
-    """(rule, study) of Snakemake's planned jobs (``workflow.dag.needrun_jobs()``);
-    prepare_celeba has no {study} wildcard: it is CelebA's."""
-    return [(job.rule.name, getattr(job.wildcards, "study", "celeba")) for job in jobs]
+    """(rule, study) of Snakemake's planned jobs (``workflow.dag.needrun_jobs()``); the
+    study is "" for a rule without a {study} wildcard (figures, CelebA's preparation). A
+    training job counts once for each run it trains (a pack's inputs are its runs'
+    datasets)."""
+    writes = []
+    for job in jobs:
+        times = max(1, len(job.input)) if job.rule.name == "train_vdm" else 1
+        writes += [(job.rule.name, getattr(job.wildcards, "study", ""))] * times
+    return writes
 
 
 def all_jobs(config: dict) -> list[tuple[str, str]]:
-    """(rule, study) of every job that writes a large file, in the whole workflow."""
-    from conceptspace.studies import on_studies
+    """(rule, study) of every job of the whole workflow that writes a file
+    :func:`disk_per_job` counts."""
+    from conceptspace.studies import figures_of, on_studies
 
     jobs = []
     for study in on_studies(config):
         runs = len(study.runs(config))
-        render = "render_training_set" if study.renders else "prepare_celeba"
-        for rule in (render, "train_vdm", "evaluate_run"):
-            jobs += [(rule, study.name)] * runs
+        render = ("render_training_set", study.name) if study.renders else ("prepare_celeba", "")
+        jobs += [render] * runs
+        jobs += [("train_vdm", study.name), ("evaluate_run", study.name)] * runs
         jobs += [("sample_images", study.name)] * len(sampled_runs(study, config))
+        jobs += [("gather_study", study.name)]
+    jobs += [(f"fig_{figure.name}", "") for _, figure in figures_of(config)]
+    jobs += (
+        [("sample_sheet", "")] if "signal" in {study.name for study in on_studies(config)} else []
+    )
     return jobs
 
 
@@ -387,9 +425,9 @@ def space_problem(config: dict, jobs: Iterable[tuple[str, str]]) -> str | None:
         return None
     return (
         f"no space left on {filesystem_of(results)}: {results} needs about "
-        f"{megabytes(needed)} MB for the {len(jobs)} jobs that write its datasets, "
-        f"checkpoints, evaluations and samples, and {megabytes(free)} MB are free there; free "
-        "space on it, or set config key 'results' to a folder on a larger filesystem"
+        f"{megabytes(needed)} MB for the {len(jobs)} jobs to run (datasets, checkpoints, "
+        f"evaluations, samples, figures), and {megabytes(free)} MB are free there; free space "
+        "on it, or set config key 'results' to a folder on a larger filesystem"
     )
 
 
