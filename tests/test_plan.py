@@ -159,3 +159,11 @@ def test_a_run_whose_outputs_do_not_fit_stops_before_its_first_job(tiny_tmpfs, t
     assert result.returncode != 0
     assert f"no space left on {tiny_tmpfs} (tmpfs): {tiny_tmpfs / 'results'} needs about" in output
     assert "Finished jobid" not in output and not (tiny_tmpfs / "results" / "signal").exists()
+
+
+def test_a_plan_that_cannot_be_made_says_so_and_does_not_stop_the_run():
+    config = load_config(REPO / "config.yaml", SMOKE)
+    del config["model"]["channels"]
+    block = plan.plan_block(config, "smoke", None, False)
+    assert block == "conceptspace plan: not made (KeyError: 'channels')"
+    assert plan.space_problem(config, [("train_vdm", "signal")]) is None

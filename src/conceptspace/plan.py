@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -416,9 +417,17 @@ def all_jobs(config: dict) -> list[tuple[str, str]]:
 
 def space_problem(config: dict, jobs: Iterable[tuple[str, str]]) -> str | None:
     """None when the results folder's filesystem has room for what ``jobs`` write; else
-    the message naming the filesystem, the need, what is free and the fix."""
+    the message naming the filesystem, the need, what is free and the fix. An estimate
+    that fails is said, and does not stop the run."""
     jobs = list(jobs)
-    needed = disk_bytes(config, jobs)
+    try:
+        needed = disk_bytes(config, jobs)
+    except Exception as err:  # noqa: BLE001 - a check, not a reason to stop
+        print(
+            f"conceptspace plan: disk space not checked ({type(err).__name__}: {err})",
+            file=sys.stderr,
+        )
+        return None
     results = Path(config["results"])
     free = free_bytes(results)
     if needed <= free:
@@ -449,11 +458,24 @@ def preset_reason(requested: str, preset: str, executor: str | None, on_cluster:
     )
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def _hours(hours: float) -> str:
     return f"{hours:,.1f}" if hours < 100 else f"{hours:,.0f}"
 
 
-def plan_block(
+def plan_block(*args: Any, **kwargs: Any) -> str:
+    """:func:`make_plan_block`, or a line saying why it could not be made: the block
+    informs, it never stops a run."""
+    try:
+        return make_plan_block(*args, **kwargs)
+    except Exception as err:  # noqa: BLE001
+        return f"conceptspace plan: not made ({type(err).__name__}: {err})"
+
+
+def make_plan_block(
     config: dict,
     requested: str,
     executor: str | None,
@@ -467,7 +489,7 @@ def plan_block(
 
     preset = str(config.get("preset", requested))
     on = on_studies(config)
-    studies = ", ".join(f"{study.name} ({len(study.runs(config))} runs)" for study in on)
+    studies = ", ".join(f"{study.name} ({_count(len(study.runs(config)), 'run')})" for study in on)
     off = [name for name in STUDIES if name not in {study.name for study in on}]
     jobs = job_counts(config, rules)
     total = sum(jobs.values())
