@@ -172,8 +172,17 @@ def test_speed_passes_when_the_speed_of_learning_color_rises_with_the_color_gap(
     assert claim["value"] == pytest.approx(spearman(*speed_keys(RISING)))
     assert claim["value"] == pytest.approx(0.938, abs=1e-3)
     assert claim["outcome"] == PASS and 0 < claim["interval"][0] <= claim["value"]
-    assert claim["interval"][1] == 1.0 and claim["null"] == 0 and claim["p_value"] is None
-    assert "lies above no effect (0)" in claim["detail"]
+    assert claim["interval"][1] == 1.0 and claim["null"] == 0
+    # 1,680 dealings of 9 runs to 3 gaps of 3; two give rho >= 0.938: swapping the tied
+    # runs at step 800 between gaps 0.1 and 0.2, and the observed one
+    assert claim["p_value"] == pytest.approx(2 / 1680)
+    assert claim["test"] == {
+        "name": "permutation test of rho",
+        "alpha": pytest.approx(0.05),
+        "smallest_p": pytest.approx(1 / 1680),
+        "runs_per_level": [3, 3, 3],
+    }
+    assert claim["detail"].startswith("permutation test of rho: p = 0.00119 <= 0.05")
     data = claim["data"]
     assert data["runs"] == [3, 3, 3] and data["runs_reached"] == [2, 3, 3]
     assert data["mean_learning_time_reached"] == pytest.approx([800, 1000 / 3, 400 / 3])
@@ -192,7 +201,7 @@ def test_speed_is_inconclusive_when_the_interval_includes_no_effect():
     lo, hi = claim["interval"]
     assert claim["outcome"] == INCONCLUSIVE and lo < 0 < CLAIMS_CFG["speed"]["min_spearman"] < hi
     assert f"interval [{lo:.3g}, {hi:.3g}] includes no effect (0)" in claim["detail"]
-    assert "is below the threshold 0.8" in claim["detail"]
+    assert "is below the threshold 0.8" in claim["detail"] and claim["p_value"] > 0.05
 
 
 def test_speed_is_inconclusive_when_only_the_estimate_misses_the_threshold():
@@ -288,9 +297,10 @@ def paths_study(weak, strong):
 
 
 def test_memorization_passes_when_weak_and_strong_gaps_pull_to_their_corners():
-    study = paths_study([TO_RED_SMALL] * 3, [TO_BLUE_LARGE] * 3)
+    # five seeds per gap: the smallest p of a sign-flip test on five margins is 1/32
+    study = paths_study([TO_RED_SMALL] * 5, [TO_BLUE_LARGE] * 5)
     claim = judge_memorization(study, CLAIMS_CFG["memorization"])
-    assert claim["outcome"] == PASS
+    assert claim["outcome"] == PASS and claim["p_value"] == pytest.approx(1 / 32)
     assert claim["value"] == pytest.approx(min(RED_SMALL_MARGIN, BLUE_LARGE_MARGIN))
     assert claim["interval"] == pytest.approx([claim["value"]] * 2)  # the same every seed
     weakest, strongest = claim["data"]["weakest"], claim["data"]["strongest"]
@@ -322,6 +332,16 @@ def test_memorization_is_inconclusive_when_one_seed_in_three_goes_the_other_way(
     assert "includes no effect (0)" in claim["detail"]
 
 
+def test_memorization_with_three_seeds_cannot_pass_and_says_so():
+    # every seed pulled to its corner, but three margins give sign-flip p >= 1/8
+    study = paths_study([TO_RED_SMALL] * 3, [TO_BLUE_LARGE] * 3)
+    claim = judge_memorization(study, CLAIMS_CFG["memorization"])
+    assert claim["outcome"] == INCONCLUSIVE and claim["p_value"] == pytest.approx(1 / 8)
+    assert claim["interval"][0] > 0  # the bootstrap alone would have passed it
+    assert "its smallest possible p is 0.125, so no outcome could pass" in claim["detail"]
+    assert "run more seeds (studies.signal.seeds)" in claim["detail"]
+
+
 def test_memorization_without_an_approach_is_no_evidence():
     study = paths_study([STRAIGHT] * 3, [TO_BLUE_LARGE] * 3)
     claim = judge_memorization(study, CLAIMS_CFG["memorization"])
@@ -344,7 +364,7 @@ def test_memorization_only_looks_before_each_seeds_threshold():
 def test_memorization_skips_checkpoints_without_a_valid_sample():
     # no sample held an object at step 100: no point there, the path goes on
     path = [None] + TO_RED_SMALL[1:]
-    study = paths_study([path] * 2, [TO_BLUE_LARGE] * 2)
+    study = paths_study([path] * 5, [TO_BLUE_LARGE] * 5)
     valid = study["valid_fraction"].sel({"prompt": "11", "step": 100, "method": "naive"})
     assert valid.sel(color_gap=0.1).max() == 0 and valid.sel(color_gap=0.4).min() == 1
     claim = judge_memorization(study, CLAIMS_CFG["memorization"])
@@ -454,10 +474,23 @@ def patching_study(runs):
 
 
 def test_patching_passes_when_every_run_is_rescued_before_the_last_checkpoint():
-    runs = {(seed, gap): RESCUED for seed in (0, 1) for gap in (0.1, 0.2)}
+    runs = {(seed, gap): RESCUED for seed in (0, 1, 2) for gap in (0.1, 0.2)}
     claim = judge_patching(patching_study(runs), CLAIMS_CFG["patching"])
     assert claim["outcome"] == PASS and claim["value"] == 1.0 and claim["interval"] == [1, 1]
-    assert claim["data"] == {"runs": 4, "rescued_checkpoints": 8}
+    assert claim["data"] == {"runs": 6, "rescued_checkpoints": 12, "reversed_checkpoints": 0}
+    assert claim["p_value"] == pytest.approx(1 / 64)  # six runs, each more rescues
+
+
+def test_patching_is_inconclusive_when_reversals_match_the_rescues():
+    # patching breaks naive prompting as often as it rescues it: no effect
+    broken = {"naive": reaching(200), "patched_final": reaching(800)}  # reversed at 200, 400
+    runs = {(seed, 0.1): RESCUED for seed in (0, 1, 2)} | {
+        (seed, 0.2): broken for seed in (0, 1, 2)
+    }
+    claim = judge_patching(patching_study(runs), CLAIMS_CFG["patching"])
+    assert claim["value"] == 0.5 and claim["data"]["reversed_checkpoints"] == 6
+    assert claim["p_value"] == pytest.approx(42 / 64)  # 3 of 6 runs: P(at least 3 of 6)
+    assert claim["outcome"] != PASS
 
 
 def test_patching_is_inconclusive_when_half_the_runs_are_rescued():
@@ -466,6 +499,8 @@ def test_patching_is_inconclusive_when_half_the_runs_are_rescued():
     claim = judge_patching(patching_study(runs), CLAIMS_CFG["patching"])
     assert claim["value"] == 0.5 and claim["interval"] == [0, 1]
     assert claim["outcome"] == INCONCLUSIVE and "includes no effect (0)" in claim["detail"]
+    # two runs differ (rescued), two tie (nothing either way): the sign test sees two
+    assert "its smallest possible p is 0.25" in claim["detail"]
 
 
 def test_patching_fails_when_no_run_is_rescued_and_ignores_missing_values():
@@ -509,7 +544,9 @@ def test_underspecification_passes_when_masking_delays_learning():
     claim = judge_underspecification(study, CLAIMS_CFG["underspecification"])
     means = [400 / 3, 800 / 3, (NEVER + 1600) / 3]  # never = one step past the last
     assert claim["outcome"] == PASS and claim["value"] == pytest.approx(means[2] - means[0])
-    assert claim["interval"][0] > 0 and "lies above no effect (0)" in claim["detail"]
+    # of the 20 dealings of six runs to two ratios, only the observed one is as extreme
+    assert claim["p_value"] == pytest.approx(1 / 20) and claim["interval"][0] > 0
+    assert claim["detail"].startswith("permutation test of the delay: p = 0.05 <= 0.05")
     assert claim["data"]["mean_learning_time"] == pytest.approx(means)
     assert claim["data"]["mask_ratio"] == [0.0, 0.5, 1.0]
     assert claim["data"]["runs_reached"] == [3, 3, 2]
@@ -545,11 +582,12 @@ def test_underspecification_is_inconclusive_with_a_wide_interval_or_one_seed():
 def test_underspecification_is_inconclusive_when_the_smallest_ratio_is_censored():
     # Seed 3 at ratio 0 never learns: counted one step past the last checkpoint, its
     # true T is unknown and may be later still, so the delay has no lower bound.
-    times = {0.0: [100, 100, 100, None], 1.0: [None, None, None, None]}
+    times = {0.0: [100, 100, 100, 100, None], 1.0: [None] * 5}
     claim = judge_underspecification(
         underspecification_study(by_seed(times)), CLAIMS_CFG["underspecification"]
     )
-    assert claim["value"] > 0 and claim["interval"][0] > 0  # the interval alone would pass
+    assert claim["value"] > 0 and claim["interval"][0] > 0
+    assert claim["p_value"] == pytest.approx(6 / 252)  # the test alone would pass
     assert claim["outcome"] == INCONCLUSIVE and "not bounded below" in claim["detail"]
 
 
@@ -575,6 +613,7 @@ def full_study():
 
 FIELDS = {"number", "statement", "statistic", "pass_if", "threshold", "null", "value"}
 FIELDS |= {"interval", "confidence", "resamples", "p_value", "outcome", "detail", "data"}
+FIELDS |= {"test", "false_pass_rate"}
 
 
 def test_every_claim_is_judged_with_its_fields():
@@ -600,11 +639,16 @@ def test_the_table_shows_each_value_with_its_interval_and_p_value():
     claims = evaluate_claims(full_study(), CLAIMS_CFG)
     rows = {int(row[0]): row for row in table_rows({"claims": claims})}
     value, (lo, hi) = claims["speed"]["value"], claims["speed"]["interval"]
-    assert rows[1][3] == f"{value:.3g} [{lo:.3g}, {hi:.3g}]" and rows[1][4] == "\u2014"
+    assert rows[1][3] == f"{value:.3g} [{lo:.3g}, {hi:.3g}]" and rows[1][4] == "0.00119"
+    rate = claims["speed"]["false_pass_rate"]
+    assert (
+        0 <= rate <= 0.05
+        and rows[1][5] == f"3 seed(s) x 3 level(s); passes chance {100 * rate:.1f}%"
+    )
     # the median of 9 is the middle level's median, 300 or (drawing 100 twice) 100
     assert rows[3][3] == "300 [100, 300]"
     assert rows[3][4] == f"{claims['hidden']['p_value']:.3g}"
-    assert rows[5][3] == "\u2014" and rows[5][6] == NOT_EVALUATED
+    assert rows[5][3] == "\u2014" and rows[5][5] == "\u2014" and rows[5][7] == NOT_EVALUATED
 
 
 def test_claims_json_is_the_same_for_the_same_input_and_carries_no_clock(tmp_path):
@@ -630,7 +674,8 @@ def test_claims_json_is_the_same_for_the_same_input_and_carries_no_clock(tmp_pat
 
 def test_claims_command_reads_both_studies_and_prints_the_table(tmp_path, capsys):
     save_dataset_nc(full_study(), tmp_path / "signal.nc")
-    times = {(0, 0.0): 100, (1, 0.0): 200, (0, 1.0): 400, (1, 1.0): 800}
+    times = {(0, 0.0): 100, (1, 0.0): 200, (2, 0.0): 150, (0, 1.0): 400, (1, 1.0): 800}
+    times[(2, 1.0)] = 600
     save_dataset_nc(underspecification_study(times), tmp_path / "under.nc")
     settings = json.dumps(load_config(REPO / "config.yaml"))
     out = tmp_path / "claims.json"
@@ -638,15 +683,19 @@ def test_claims_command_reads_both_studies_and_prints_the_table(tmp_path, capsys
     args += ["--underspecification", str(tmp_path / "under.nc")]
     assert cli.main(args + ["--out", str(out), "--table", str(tmp_path / "claims.html")]) == 0
     claim = json.loads(out.read_text())["claims"]["underspecification"]
-    # delay 600 - 150; the resampled means are 100, 150, 200 and 400, 600, 800
-    assert claim["outcome"] == PASS and claim["value"] == 450 and claim["interval"] == [200, 700]
+    # T at the checkpoints (150 -> 200, 600 -> 800): delay 2000 / 3 - 500 / 3; no other
+    # dealing of the six runs to the two ratios is as large
+    assert claim["outcome"] == PASS and claim["value"] == 500 and claim["p_value"] == 1 / 20
     capsys.readouterr()
     assert cli.main(["claims-table", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 + 5
-    assert lines[0].startswith("| # | claim | statistic | value [interval] | p | threshold |")
+    header = "| # | claim | statistic | value [interval] | p | judged on | threshold |"
+    assert lines[0].startswith(header)
     cells = [cell.strip() for cell in lines[-1].strip("|").split(" | ")]
-    assert cells[0] == "5" and cells[3] == "450 [200, 700]" and cells[6] == PASS
+    lo, hi = claim["interval"]
+    assert cells[0] == "5" and cells[3] == f"500 [{lo:.0f}, {hi:.0f}]" and cells[7] == PASS
+    assert cells[5].startswith("3 seed(s) x 2 level(s); passes chance")
 
 
 def test_a_study_that_does_not_name_its_color_sweep_is_refused():

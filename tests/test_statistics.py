@@ -5,7 +5,16 @@ seeded simulation), Spearman with ties, and the one-sided sign test."""
 import numpy as np
 import pytest
 
-from conceptspace.statistics import bootstrap_interval, mean_ranks, sign_test, spearman
+from conceptspace.statistics import (
+    bootstrap_interval,
+    mean_ranks,
+    permutation_test,
+    relabellings,
+    sign_flip_test,
+    sign_test,
+    smallest_p,
+    spearman,
+)
 
 
 def pooled_mean(groups):
@@ -94,3 +103,42 @@ def test_sign_test_exact_values(differences, p_value):
 def test_sign_test_refuses_missing_values():
     with pytest.raises(ValueError, match="NaN"):
         sign_test([1.0, np.nan])
+
+
+def mean_difference(groups):
+    return groups[1].mean(axis=1) - groups[0].mean(axis=1)
+
+
+def test_permutation_test_exact_p_values():
+    # 20 dealings of six runs to two groups of three; only the observed one puts the
+    # three largest in the second group
+    assert permutation_test([[1, 2, 3], [4, 5, 6]], mean_difference) == (3.0, pytest.approx(1 / 20))
+    # two groups of two: six dealings, the observed the most extreme
+    assert permutation_test([[1, 2], [3, 4]], mean_difference)[1] == pytest.approx(1 / 6)
+    # no difference at all: every dealing ties, p = 1
+    assert permutation_test([[1, 1], [1, 1]], mean_difference)[1] == 1.0
+    # the wrong way round: every dealing is at least as large
+    assert permutation_test([[4, 5, 6], [1, 2, 3]], mean_difference)[1] == 1.0
+    assert relabellings([2, 2, 2]) == 90 and smallest_p("permutation", [3, 3]) == 1 / 20
+
+
+def test_permutation_test_draws_at_random_beyond_the_exact_limit_and_is_seeded():
+    groups = [np.arange(10.0), np.arange(10.0, 20.0)]  # 184,756 dealings
+    value, p = permutation_test(groups, mean_difference, seed=1)
+    assert value == 10.0 and p == pytest.approx(1 / 5001)  # (1 + 0 hits) / (1 + draws)
+    mixed = [np.arange(0.0, 20.0, 2), np.arange(1.0, 20.0, 2)]
+    assert permutation_test(mixed, mean_difference, seed=1) == permutation_test(
+        mixed, mean_difference, seed=1
+    )
+    assert 0.3 < permutation_test(mixed, mean_difference, seed=1)[1] < 0.6
+
+
+def test_sign_flip_test_exact_p_values():
+    mean = lambda groups: groups[0].mean(axis=1)  # noqa: E731
+    assert sign_flip_test([[1.0, 2.0, 3.0]], mean) == (2.0, pytest.approx(1 / 8))
+    # a zero flips to itself: the same p as without it
+    assert sign_flip_test([[1.0, 2.0, 3.0, 0.0]], mean)[1] == pytest.approx(1 / 8)
+    # one negative of four: |values| 1, 2, 3, 2 sum to 4 or more with no flip, with 1
+    # flipped, or with either 2 flipped: 4 of 16 patterns
+    assert sign_flip_test([[1.0, 2.0, 3.0, -2.0]], mean)[1] == pytest.approx(4 / 16)
+    assert smallest_p("sign_flip", [5]) == 1 / 32

@@ -1,19 +1,25 @@
 """The paper's claims, judged from the gathered study datasets alone, with their uncertainty.
 
 Each claim is a statistic computed from ``results/signal/study.nc`` (claims 1-4) or
-``results/underspecification/study.nc`` (claim 5), with a bootstrap interval over seeds
-at ``claims.confidence`` and a threshold from the config's ``claims`` section. No outcome
-is written by hand; each claim ends as one of:
+``results/underspecification/study.nc`` (claim 5), decided by an exact one-sided test
+over the runs at level alpha = 1 - ``claims.confidence`` (``conceptspace.judges``, which
+says why: at a few seeds per level a bootstrap bound passes chance far more often than
+its nominal rate), with a bootstrap interval over seeds beside it and a threshold from
+the config's ``claims`` section. No outcome is written by hand; each claim ends as one
+of:
 
-- "pass": the interval lies above no effect on the claimed side (its lower bound >
-  ``null``, or > the threshold for claims 2 and 5, whose threshold bounds the interval)
-  and the estimate meets the threshold;
+- "pass": the test's p <= alpha and the estimate meets the threshold;
 - "fail": the interval lies entirely on the wrong side (upper bound below the
   threshold, or at or below no effect);
-- "inconclusive", with the reason: the interval straddles, a level has one seed (no
-  interval over seeds can be drawn), or no run reached the threshold at all (claims 1,
-  3 and 5: learning times all censored at the last step cannot be ordered);
+- "inconclusive", with the reason: p > alpha (and, when the runs are too few for any
+  outcome to reach alpha, which key adds seeds), a level has one seed (no interval over
+  seeds can be drawn), or no run reached the threshold at all (claims 1, 3 and 5:
+  learning times all censored at the last step cannot be ordered);
 - "not evaluated", with the reason: the study lacks what the claim needs.
+
+Every judged claim records its test (name, alpha, the smallest p its runs allow, the
+runs per level) and its false-pass rate: the share of simulated studies with no effect
+and the same runs per level that its judge passes (``judges.pass_rate``).
 
 Conventions shared by the claims:
 
@@ -103,7 +109,8 @@ from conceptspace.analysis import (
 from conceptspace.concepts import UNSEEN_CLASS
 from conceptspace.config import ConfigError
 from conceptspace.io import ConceptspaceError, atomic_path, json_default, provenance, write_json
-from conceptspace.statistics import bootstrap_interval, sign_test, spearman
+from conceptspace.judges import TESTS, Test, pass_rate
+from conceptspace.statistics import bootstrap_interval, spearman
 from conceptspace.studies import sweep
 from conceptspace.netcdf import open_netcdf, open_study
 from conceptspace.trajectories import smooth_accuracy
@@ -138,6 +145,12 @@ class Resampling:
             resamples=int(claims_cfg.get("bootstrap_resamples", cls.resamples)),
             seed=int(claims_cfg.get("seed", cls.seed)),
         )
+
+    @property
+    def alpha(self) -> float:
+        """The level of each claim's one-sided exact test: at most this share of
+        studies with no effect pass."""
+        return 1.0 - self.confidence
 
     def interval(
         self, groups: Sequence[np.ndarray], statistic: Callable[[list[np.ndarray]], float]
@@ -217,7 +230,7 @@ def _judge(name: str, cfg: Mapping[str, Any], resampling: Resampling) -> Callabl
     value, interval, p-value and data."""
     text = CLAIMS[name]
 
-    def result(outcome, detail, value=None, interval=None, p_value=None, data=None):
+    def result(outcome, detail, value=None, interval=None, p_value=None, data=None, test=None):
         return {
             "number": NUMBERS[name],
             "statement": text.statement.format(**cfg),
@@ -229,13 +242,23 @@ def _judge(name: str, cfg: Mapping[str, Any], resampling: Resampling) -> Callabl
             "interval": None if interval is None else [_number(bound) for bound in interval],
             "confidence": resampling.confidence,
             "resamples": resampling.resamples,
-            "p_value": _number(p_value),
+            "p_value": _number(p_value if test is None else test.p_value),
+            "test": None if test is None else _test_fields(test, resampling),
             "outcome": outcome,
             "detail": detail,
             "data": dict(data or {}),
         }
 
     return result
+
+
+def _test_fields(test: Test, resampling: Resampling) -> dict[str, Any]:
+    return {
+        "name": test.name,
+        "alpha": resampling.alpha,
+        "smallest_p": test.smallest_p,
+        "runs_per_level": list(test.runs_per_level),
+    }
 
 
 def _number(value: float | None) -> float | None:
@@ -266,23 +289,27 @@ class Estimate:
 
 
 def _decide(
+    test: Test,
     interval: tuple[float, float],
     null: float,
     resampling: Resampling,
     lower: float | None = None,
     estimate: Estimate | None = None,
+    seeds_key: str = "studies.signal.seeds",
 ) -> tuple[str, str]:
-    """(outcome, reason) from a claim's interval: pass when its lower bound is above
-    ``lower`` (a threshold that bounds the interval; by default ``null``, no effect) and
-    the ``estimate`` meets its threshold; fail when the interval lies at or below
-    ``lower`` or the estimate's interval below its threshold; else inconclusive."""
+    """(outcome, reason): pass when the claim's exact test passes (p <= alpha and the
+    estimate meets its threshold: ``judges``); fail when the bootstrap interval lies at
+    or below ``lower`` (by default ``null``, no effect) or the estimate's interval below
+    its threshold; else inconclusive, saying why (and when the runs are too few for any
+    outcome to pass, which key adds them)."""
     lower = null if lower is None else lower
     lo, hi = interval
     span = _span(interval, resampling)
     side = f"no effect ({null:g})" if lower == null else f"the threshold {lower:g}"
-    short = estimate is not None and estimate.value < estimate.threshold
-    if lo > lower and not short:
-        return PASS, f"{span} lies above {side}"
+    alpha = resampling.alpha
+    tested = f"{test.name}: p = {test.p_value:.3g}"
+    if test.passes:
+        return PASS, f"{tested} <= {alpha:g}; {span}"
     if hi <= lower:
         return FAIL, f"{span} lies at or below {side}"
     if estimate is not None and estimate.interval[1] < estimate.threshold:
@@ -290,12 +317,30 @@ def _decide(
             f"{estimate.name}, {estimate.value:.3g}, has its "
             f"{_span(estimate.interval, resampling)} below the threshold {estimate.threshold:g}"
         )
-    reasons = [f"{span} includes {side}"] if lo <= lower else []
-    if short:
+    reasons = []
+    if test.p_value > alpha:
+        reasons.append(f"{tested} > {alpha:g}")
+        if test.smallest_p > alpha:
+            reasons.append(
+                f"with these runs ({_runs_text(test.runs_per_level)}) its smallest possible p "
+                f"is {test.smallest_p:.3g}, so no outcome could pass: run more seeds ({seeds_key})"
+            )
+    if estimate is not None and estimate.value < estimate.threshold:
         reasons.append(
             f"{estimate.name}, {estimate.value:.3g}, is below the threshold {estimate.threshold:g}"
         )
+    if not reasons:  # the test's own estimate missed its bound (e.g. a margin of 0)
+        reasons.append(f"{tested}; the estimate {test.value:.3g} does not exceed {lower:g}")
+    reasons.append(f"{span} includes {side}" if lo <= lower else span)
     return INCONCLUSIVE, "; ".join(reasons)
+
+
+def _runs_text(runs_per_level: Sequence[int]) -> str:
+    """'2 seeds x 3 levels', or '2, 3 seeds per level' when they differ."""
+    sizes = sorted(set(runs_per_level))
+    if len(sizes) == 1:
+        return f"{sizes[0]} seed(s) x {len(runs_per_level)} level(s)"
+    return ", ".join(str(n) for n in runs_per_level) + " seeds per level"
 
 
 def _one_seed(groups: Sequence[np.ndarray], seeds_key: str) -> str | None:
@@ -434,10 +479,11 @@ def judge_speed(
         return result(INCONCLUSIVE, f"{few}; {detail}", value, data=data)
     if not any(r.any() for r in reached):
         return result(INCONCLUSIVE, f"{NOTHING_LEARNED}; {detail}", value, data=data)
+    test = TESTS["speed"](groups, cfg, resampling.alpha)
     interval = resampling.interval(groups, rho)
     threshold = Estimate("the estimate", value, interval, float(cfg["min_spearman"]))
-    outcome, reason = _decide(interval, CLAIMS["speed"].null, resampling, estimate=threshold)
-    return result(outcome, f"{reason}; {detail}", value, interval, data=data)
+    outcome, reason = _decide(test, interval, CLAIMS["speed"].null, resampling, estimate=threshold)
+    return result(outcome, f"{reason}; {detail}", value, interval, data=data, test=test)
 
 
 def _seed_margin(run: xr.Dataset, expected: str) -> dict[str, Any]:
@@ -503,10 +549,11 @@ def judge_memorization(
     few = _one_seed(groups, SIGNAL_SEEDS_KEY)
     if few:
         return result(INCONCLUSIVE, f"{few}; {detail}", value, data=data)
+    test = TESTS["memorization"](groups, cfg, resampling.alpha)
     interval = resampling.interval(groups, lambda g: min(float(m.mean()) for m in g))
     null, lower = CLAIMS["memorization"].null, float(cfg["min_margin"])
-    outcome, reason = _decide(interval, null, resampling, lower)
-    return result(outcome, f"{reason}; {detail}", value, interval, data=data)
+    outcome, reason = _decide(test, interval, null, resampling, lower)
+    return result(outcome, f"{reason}; {detail}", value, interval, data=data, test=test)
 
 
 # ----------------------------------------------------------------------------- claims 3 and 4
@@ -557,7 +604,8 @@ def judge_hidden(
     def earlier(resampled: list[np.ndarray]) -> float:
         return float(np.mean(np.concatenate(resampled) > 0))
 
-    value, fraction, p_value = median(groups), earlier(groups), sign_test(d)
+    test = TESTS["hidden"](groups, cfg, resampling.alpha)
+    value, fraction, p_value = median(groups), earlier(groups), test.p_value
     detail = (
         f"{int(np.sum(d > 0))} of {len(d)} runs earlier with {' or '.join(methods)}, "
         f"{int(np.sum(d < 0))} later; median d = {_short(value)} steps; sign test "
@@ -577,8 +625,10 @@ def judge_hidden(
     data["fraction_earlier_interval"] = list(fraction_interval)
     threshold = float(cfg["min_fraction"])
     earlier_runs = Estimate("the fraction of runs earlier", fraction, fraction_interval, threshold)
-    outcome, reason = _decide(interval, CLAIMS["hidden"].null, resampling, estimate=earlier_runs)
-    return result(outcome, f"{reason}; {detail}", value, interval, p_value, data)
+    outcome, reason = _decide(
+        test, interval, CLAIMS["hidden"].null, resampling, estimate=earlier_runs
+    )
+    return result(outcome, f"{reason}; {detail}", value, interval, p_value, data, test)
 
 
 def judge_patching(
@@ -599,27 +649,34 @@ def judge_patching(
     unseen = study["accuracy"].sel({"method": ["naive", PATCHED_METHOD], "prompt": UNSEEN_CLASS})
     accuracy = _per_run(study, smooth_accuracy(unseen, sigma_of(study))).isel(step=slice(None, -1))
     # NaN compares False both ways: a missing value is neither failure nor success.
-    rescued = (accuracy.sel({"method": "naive"}) < threshold) & (
-        accuracy.sel({"method": PATCHED_METHOD}) >= threshold
-    )
-    per_run = rescued.sum("step")
-    if not per_run.sizes["run"]:
+    naive, patched = accuracy.sel({"method": "naive"}), accuracy.sel({"method": PATCHED_METHOD})
+    # A reversal (patching breaks what naive prompting drew) is the rescue's mirror: with
+    # no effect, accuracies jittering around the threshold give as many of each.
+    rescued = ((naive < threshold) & (patched >= threshold)).sum("step")
+    reversed_ = ((naive >= threshold) & (patched < threshold)).sum("step")
+    if not rescued.sizes["run"]:
         return result(NOT_EVALUATED, "the study holds no runs")
-    groups = _level_groups(per_run > 0)
+    counts = _level_groups(xr.concat([rescued, reversed_], "count").transpose("run", "count"))
+    groups = [(level[:, 0] > 0).astype(float) for level in counts]
     value = _mean(groups)
     detail = (
-        f"{int(np.sum(per_run.values > 0))} of {per_run.sizes['run']} runs have such a "
-        f"checkpoint; {int(per_run.sum())} (run, checkpoint) pairs in all, of "
-        f"{per_run.sizes['run'] * (len(steps) - 1)}"
+        f"{int(np.sum(rescued.values > 0))} of {rescued.sizes['run']} runs have such a "
+        f"checkpoint; {int(rescued.sum())} (run, checkpoint) pairs in all, of "
+        f"{rescued.sizes['run'] * (len(steps) - 1)}; {int(reversed_.sum())} the other way "
+        "(naive at or above the threshold, patched below)"
     )
-    data = {"runs": per_run.sizes["run"], "rescued_checkpoints": int(per_run.sum())}
+    data = {"runs": rescued.sizes["run"], "rescued_checkpoints": int(rescued.sum())}
+    data["reversed_checkpoints"] = int(reversed_.sum())
     few = _one_seed(groups, SIGNAL_SEEDS_KEY)
     if few:
         return result(INCONCLUSIVE, f"{few}; {detail}", value, data=data)
+    test = TESTS["patching"](counts, cfg, resampling.alpha)
     interval = resampling.interval(groups, _mean)
     threshold = Estimate("the estimate", value, interval, float(cfg["min_fraction"]))
-    outcome, reason = _decide(interval, CLAIMS["patching"].null, resampling, estimate=threshold)
-    return result(outcome, f"{reason}; {detail}", value, interval, data=data)
+    outcome, reason = _decide(
+        test, interval, CLAIMS["patching"].null, resampling, estimate=threshold
+    )
+    return result(outcome, f"{reason}; {detail}", value, interval, data=data, test=test)
 
 
 # ----------------------------------------------------------------------------- claim 5
@@ -681,9 +738,11 @@ def judge_underspecification(
         return result(INCONCLUSIVE, f"{few}; {detail}", value, data=data)
     if all((group >= never).all() for group in ends):
         return result(INCONCLUSIVE, f"{NOTHING_LEARNED}; {detail}", value, data=data)
+    test = TESTS["underspecification"](ends, cfg, resampling.alpha)
     interval = resampling.interval(ends, lambda g: float(g[1].mean() - g[0].mean()))
     null, lower = CLAIMS["underspecification"].null, float(cfg["min_delay"])
-    outcome, reason = _decide(interval, null, resampling, lower)
+    seeds_key = "studies.underspecification.seeds"
+    outcome, reason = _decide(test, interval, null, resampling, lower, seeds_key=seeds_key)
     if outcome == PASS and (groups[0] >= never).any():
         # A censored run at the smallest ratio counts at last step + 1, below its true T:
         # the delay is then no lower bound, and a pass would rest on that guess.
@@ -693,7 +752,7 @@ def judge_underspecification(
             f"{ratios[0]:g} never reached the threshold, so the delay is not bounded below; "
             "train longer (training.steps)"
         )
-    return result(outcome, f"{reason}; {detail}", value, interval, data=data)
+    return result(outcome, f"{reason}; {detail}", value, interval, data=data, test=test)
 
 
 # ----------------------------------------------------------------------------- all claims
@@ -722,6 +781,7 @@ def evaluate_claims(
         ),
     }
     for name, claim in claims.items():
+        claim["false_pass_rate"] = _false_pass_rate(name, claim, claims_cfg[name], resampling)
         log.info(
             "claim %d (%s): %s; value %s, threshold %g; %s",
             claim["number"],
@@ -732,6 +792,22 @@ def evaluate_claims(
             claim["detail"],
         )
     return claims
+
+
+# Simulated null studies behind each claim's false-pass rate: its standard error is at
+# most 0.005 near a rate of 0.05.
+NULL_STUDIES = 2000
+
+
+def _false_pass_rate(
+    name: str, claim: Mapping[str, Any], cfg: Mapping[str, Any], resampling: Resampling
+) -> float | None:
+    """How often the claim's judge passes simulated studies with no effect and the same
+    runs per level (``judges.pass_rate``); None when no test was run."""
+    if claim.get("test") is None:
+        return None
+    sizes = claim["test"]["runs_per_level"]
+    return pass_rate(name, sizes, cfg, resampling.alpha, "null", NULL_STUDIES, resampling.seed)
 
 
 def open_underspecification(path: str | os.PathLike) -> xr.Dataset:
@@ -781,6 +857,7 @@ TABLE_COLUMNS = (
     "statistic",
     "value [interval]",
     "p",
+    "judged on",
     "threshold",
     "outcome",
     "detail",
@@ -803,6 +880,19 @@ def value_text(claim: Mapping[str, Any]) -> str:
     return text
 
 
+def judged_on_text(claim: Mapping[str, Any]) -> str:
+    """'2 seed(s) x 3 level(s); passes chance 1.1%': the runs the claim's test saw and
+    how often its judge passes studies with no effect at that design."""
+    test = claim.get("test")
+    if test is None:
+        return "\u2014"
+    text = _runs_text(test["runs_per_level"])
+    rate = claim.get("false_pass_rate")
+    if rate is not None:
+        text += f"; passes chance {100 * rate:.1f}%"
+    return text
+
+
 def table_rows(record: Mapping[str, Any]) -> list[list[str]]:
     """The cells of the claims table (plain text, columns TABLE_COLUMNS), by claim number."""
     return [
@@ -812,6 +902,7 @@ def table_rows(record: Mapping[str, Any]) -> list[list[str]]:
             claim["statistic"],
             value_text(claim),
             "\u2014" if claim.get("p_value") is None else f"{claim['p_value']:.3g}",
+            judged_on_text(claim),
             f"{claim['threshold']:g} ({claim['pass_if']})",
             claim["outcome"],
             claim["detail"],
@@ -835,7 +926,10 @@ def claims_table_html(record: Mapping[str, Any]) -> str:
     first = min(record["claims"].values(), key=lambda c: c["number"])
     intervals = (
         f"Intervals: {100 * first['confidence']:g}% percentile bootstrap over seeds within each "
-        f"level, {first['resamples']} resamples; p: one-sided sign test."
+        f"level, {first['resamples']} resamples. p: each claim's exact one-sided test (its "
+        f"statistic); a claim passes only when p <= {1 - first['confidence']:g}. Judged on: "
+        f"the runs the test saw, and the share of {NULL_STUDIES} simulated studies with no "
+        "effect and those runs that the judge passes."
     )
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Claims</title>\n<style>'

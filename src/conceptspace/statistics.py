@@ -6,11 +6,21 @@
   with as many runs as it had.
 - :func:`spearman`: Spearman's rank correlation, ties given their mean rank.
 - :func:`sign_test`: the one-sided sign test (binomial, ties dropped).
+- :func:`permutation_test` and :func:`sign_flip_test`: exact one-sided randomization
+  tests over the runs. With a handful of seeds per level a percentile bootstrap's bound
+  is the most extreme resample, and it passes chance far more often than its nominal
+  rate; these tests hold their level at any n, because under the null hypothesis every
+  relabelling (or sign pattern) of the runs is equally likely, and their p-value counts
+  the relabellings at least as extreme as the observed one. Their smallest p-value is
+  1 / (number of relabellings): the design, not the data, says whether a pass is
+  possible at all (:func:`smallest_p`).
 """
 
 from __future__ import annotations
 
-from math import comb
+import functools
+import itertools
+from math import comb, factorial, prod
 from typing import Callable, Sequence
 
 import numpy as np
@@ -85,3 +95,109 @@ def sign_test(differences: Sequence[float] | np.ndarray) -> float:
     nonzero = differences[differences != 0]
     n, positive = len(nonzero), int(np.sum(nonzero > 0))
     return sum(comb(n, k) for k in range(positive, n + 1)) / 2**n
+
+
+# Beyond this many relabellings a test draws MONTE_CARLO of them at random instead.
+EXACT_LIMIT = 50_000
+MONTE_CARLO = 5_000
+# Statistics equal up to rounding count as ties (at least as extreme as the observed).
+TIE_TOLERANCE = 1e-9
+
+# A vectorized statistic: one (P, n_g) array per group, P relabellings of the runs, ->
+# the P values of the statistic.
+Vectorized = Callable[[list[np.ndarray]], np.ndarray]
+
+
+def _split(pooled: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
+    """(P, N) columns cut into groups of ``sizes`` along axis 1."""
+    return np.split(pooled, np.cumsum(sizes)[:-1], axis=1)
+
+
+def relabellings(sizes: Sequence[int]) -> int:
+    """How many ways the pooled runs can be dealt to groups of ``sizes``."""
+    return factorial(sum(sizes)) // prod(factorial(size) for size in sizes)
+
+
+@functools.lru_cache(maxsize=32)
+def _assignments(sizes: tuple[int, ...]) -> np.ndarray:
+    """Every distinct dealing of runs 0..N-1 to groups of ``sizes``, as (M, N) orders:
+    row r lists the runs of group 0, then of group 1, ... (each group's runs sorted)."""
+    runs = tuple(range(sum(sizes)))
+
+    def deal(left: tuple[int, ...], rest: Sequence[int]):
+        if not rest:
+            yield ()
+            return
+        for chosen in itertools.combinations(left, rest[0]):
+            remaining = tuple(run for run in left if run not in chosen)
+            for tail in deal(remaining, rest[1:]):
+                yield chosen + tail
+
+    return np.array(list(deal(runs, list(sizes))), dtype=int)
+
+
+def _p_value(observed: float, values: np.ndarray, exact: bool) -> float:
+    """Share of relabellings at least as extreme as the observed one; drawn at random,
+    (1 + hits) / (1 + draws), which keeps the test's level (the observed labelling is
+    one of the equally likely ones)."""
+    hits = int(np.sum(values >= observed - TIE_TOLERANCE))
+    return hits / len(values) if exact else (1 + hits) / (1 + len(values))
+
+
+def permutation_test(
+    groups: Sequence[Sequence[float] | np.ndarray],
+    statistic: Vectorized,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """(statistic, one-sided p) of the permutation test that large values of
+    ``statistic`` are not chance: the runs are dealt to the groups anew, keeping the
+    group sizes, every dealing equally likely under the null hypothesis that the group
+    does not matter. Exact over all dealings up to EXACT_LIMIT, else MONTE_CARLO random
+    ones (seeded)."""
+    arrays = [np.asarray(group, dtype=float) for group in groups]
+    sizes = [len(group) for group in arrays]
+    pooled = np.concatenate(arrays)
+    observed = float(statistic(_split(pooled[None, :], sizes))[0])
+    exact = relabellings(sizes) <= EXACT_LIMIT
+    if exact:
+        orders = _assignments(tuple(sizes))
+    else:
+        rng = np.random.default_rng(seed)
+        orders = np.argsort(rng.random((MONTE_CARLO, len(pooled))), axis=1)
+    values = np.asarray(statistic(_split(pooled[orders], sizes)), dtype=float)
+    return observed, _p_value(observed, values, exact)
+
+
+def sign_flip_test(
+    groups: Sequence[Sequence[float] | np.ndarray],
+    statistic: Vectorized,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """(statistic, one-sided p) of the sign-flip (randomization) test that large values
+    of ``statistic`` are not chance, under the null hypothesis that each run's value is
+    as likely negative as positive (symmetric about 0): every pattern of signs over the
+    runs is equally likely. Exact over all 2^N patterns up to EXACT_LIMIT, else
+    MONTE_CARLO random ones (seeded). A value of 0 flips to itself."""
+    arrays = [np.asarray(group, dtype=float) for group in groups]
+    sizes = [len(group) for group in arrays]
+    pooled = np.concatenate(arrays)
+    observed = float(statistic(_split(pooled[None, :], sizes))[0])
+    exact = 2 ** len(pooled) <= EXACT_LIMIT
+    if exact:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(pooled))))
+    else:
+        rng = np.random.default_rng(seed)
+        signs = rng.choice((1.0, -1.0), size=(MONTE_CARLO, len(pooled)))
+    values = np.asarray(statistic(_split(signs * pooled, sizes)), dtype=float)
+    return observed, _p_value(observed, values, exact)
+
+
+def smallest_p(test: str, sizes: Sequence[int]) -> float:
+    """The smallest p-value a test can give on groups of ``sizes``: 1 / the number of
+    relabellings ('permutation'), sign patterns ('sign_flip') or, for the sign test,
+    1 / 2^N ('sign'). Above the test's level no data can pass it: more seeds can."""
+    if test == "permutation":
+        return 1.0 / relabellings(sizes)
+    if test in ("sign_flip", "sign"):
+        return 0.5 ** sum(sizes)
+    raise ValueError(f"unknown test {test!r}; use permutation, sign_flip or sign")
