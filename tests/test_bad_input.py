@@ -177,12 +177,6 @@ def test_checkpoints_first_after_last_is_named_not_an_index_error(paper, section
              "make samples <= 32"],
         ),
         (
-            ("evaluation", "authors", "consecutive"),
-            61,
-            ["'evaluation.authors.consecutive' (61) is more than the 60 checkpoints of the "
-             "signal study's runs ('training.checkpoints')", "make consecutive <= 60"],
-        ),
-        (
             ("figures", "levels"),
             [{"color_gap": 0.4, "size_gap": 0.4}, {"size_gap": 0.4, "color_gap": 0.4}],
             ["'figures.levels': ", "has non-unique elements; list each entry once"],
@@ -202,9 +196,30 @@ def test_the_limits_just_inside_are_accepted(paper):
         (("model", "h_init_fan_in"), 5),
         (("training", "log_every"), 20000),
         (("figures", "sample_sheet", "samples"), 32),
-        (("evaluation", "authors", "consecutive"), 60),
     ]:
         validate_config(changed(paper, path, value), SCHEMA)
+
+
+def test_authors_consecutive_above_the_checkpoints_is_legitimate_and_noted(paper):
+    """A tiny run (2 checkpoints) with the authors' 3 in a row: accepted; the authors'
+    learning time is then the last step ("never", their convention), and the plan block
+    says so instead of passing it silently."""
+    import xarray as xr
+
+    from conceptspace.plan import plan_block
+    from conceptspace.trajectories import learning_time_authors
+
+    config = changed(paper, ("evaluation", "authors", "consecutive"), 61)
+    validate_config(config, SCHEMA)  # 60 checkpoints: legitimate
+    block = plan_block(config, "paper", None, False)
+    assert (
+        "note      evaluation.authors.consecutive (61) is above the 60 checkpoints of the "
+        "signal study's runs: their authors' learning time is the last step"
+    ) in block
+    perfect = xr.DataArray([[1.0, 1.0]], dims=("concept", "step"), coords={"step": [20, 40]})
+    times = learning_time_authors(perfect, threshold=0.9, sigma=0.0, consecutive=3)
+    assert times.values.tolist() == [40.0] and times.attrs["consecutive"] == 3
+    assert "note" not in plan_block(paper, "paper", None, False)  # 3 of 60: nothing to say
 
 
 def test_log_every_is_checked_against_a_study_that_trains_shorter(paper):

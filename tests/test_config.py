@@ -176,7 +176,6 @@ def test_a_config_with_every_eliciting_method_off_is_valid_and_plans_naive_promp
         "properties.training.properties.log_every",
         "properties.model.properties.h_init_fan_in",
         "properties.evaluation.properties.samples_per_prompt",
-        "properties.evaluation.properties.authors.properties.consecutive",
         "properties.figures.properties.sample_sheet.properties.samples",
     ],
 )

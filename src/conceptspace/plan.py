@@ -443,6 +443,25 @@ def space_problem(config: dict, jobs: Iterable[tuple[str, str]]) -> str | None:
 # ----------------------------------------------------------------------------- the block
 
 
+def notes(config: dict) -> list[str]:
+    """Settings that are legitimate but make a measure degenerate, said in the block:
+    evaluation.authors.consecutive above a study's checkpoints (a tiny run's) gives every
+    run of it the authors' learning time "never" (its last step)."""
+    from conceptspace.studies import on_studies
+
+    said = []
+    consecutive = config["evaluation"]["authors"]["consecutive"]
+    for study in on_studies(config):
+        count = len(checkpoint_steps(study.training(config)))
+        if consecutive > count:
+            said.append(
+                f"evaluation.authors.consecutive ({consecutive}) is above the {count} "
+                f"checkpoints of the {study.name} study's runs: their authors' learning time "
+                "is the last step (never learned); lower it or add checkpoints to measure it"
+            )
+    return said
+
+
 def preset_reason(requested: str, preset: str, executor: str | None, on_cluster: bool) -> str:
     """Why ``preset`` runs: config key ``preset`` as given (auto, or a name)."""
     if requested != "auto":
@@ -520,5 +539,6 @@ def make_plan_block(
         f"(checkpoints {megabytes(checkpoints)} MB); {megabytes(free_bytes(results))} MB free "
         f"on {filesystem_of(results)}",
     ]
+    lines += [f"note      {note}" for note in notes(config)]
     rule = "-" * 24
     return "\n".join([f"{rule} conceptspace plan {rule}", *lines, "-" * 66])
