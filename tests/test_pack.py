@@ -3,7 +3,7 @@ trains exactly what the plain training loop trains; a run in a pack of four matc
 same run trained alone; a run that diverges stops alone; a killed pack resumes exactly."""
 
 import json
-import shutil
+import logging
 import textwrap
 
 import pytest
@@ -198,20 +198,63 @@ def test_one_run_of_a_pack_made_to_diverge_stops_alone(datasets, alone, tmp_path
 # ------------------------------------------------------------------- resuming
 
 
-def test_a_pack_killed_between_its_runs_checkpoints_resumes_together(packed, datasets, tmp_path):
-    # Killed while writing step 20's checkpoints: runs 0 and 1 have it, runs 2 and 3 stop at
-    # step 12. Runs 0 and 1 go back to step 12 (which holds their optimizer state), so the
-    # four train on as the same pack and end with the uninterrupted pack's weights.
-    runs = pack_runs(datasets, tmp_path)
-    for index, (run_dir, _) in enumerate(packed):
-        keep = {5, 12, 20} if index < 2 else {5, 12}
-        shutil.copytree(run_dir, runs[index].run_dir)
-        for path in (runs[index].run_dir / "checkpoints").glob("step_*.pt"):
-            if int(path.stem[5:]) not in keep:
-                path.unlink()
-    train_pack(MODEL, PACKED, runs, device="cpu")
+class Killed(Exception):
+    """Stands for a SIGKILL at a chosen point of a pack's checkpointing."""
+
+
+def kill_while_saving(monkeypatch, datasets, root, step, before_run):
+    """Train the pack in ``root`` and stop it as it starts writing the checkpoint of
+    ``step`` of run ``before_run`` (the runs before it have written theirs)."""
+    original = conceptspace.train._save_checkpoint
+
+    def save(run_dir, at, *args, **kwargs):
+        if at == step and run_dir.name == f"run{before_run}":
+            raise Killed
+        return original(run_dir, at, *args, **kwargs)
+
+    runs = pack_runs(datasets, root)
+    with monkeypatch.context() as patch:
+        patch.setattr(conceptspace.train, "_save_checkpoint", save)
+        with pytest.raises(Killed):
+            train_pack(MODEL, PACKED, runs, device="cpu")
+    return runs
+
+
+def stored_steps(run_dir):
+    return sorted(int(p.stem[5:]) for p in (run_dir / "checkpoints").glob("step_*.pt"))
+
+
+def test_a_pack_killed_between_its_runs_checkpoints_resumes_together(
+    packed, datasets, tmp_path, monkeypatch, caplog
+):
+    # Killed while writing step 20's checkpoints: runs 0 and 1 have written theirs, runs 2
+    # and 3 stand at step 11. Runs 0 and 1 go back to step 11 (which holds their optimizer
+    # state), so the four train on as the same pack, to the uninterrupted pack's weights.
+    runs = kill_while_saving(monkeypatch, datasets, tmp_path, step=20, before_run=2)
+    assert [stored_steps(run.run_dir) for run in runs] == [[5, 11, 20]] * 2 + [[5, 11]] * 2
+    with caplog.at_level(logging.INFO, logger="conceptspace.train"):
+        train_pack(MODEL, PACKED, runs, device="cpu")
+    assert caplog.text.count("goes back to step 11, where its pack-mates resume") == 2
+    assert caplog.text.count("resuming from step 11") == 4
     for run, (run_dir, _) in zip(runs, packed):
         assert_same_weights(weights(run.run_dir), weights(run_dir))
+
+
+def test_runs_that_cannot_meet_at_one_step_train_as_packs_of_their_own(
+    packed, datasets, tmp_path, monkeypatch, caplog
+):
+    # As above, but run 0's checkpoint of step 11 is damaged: it cannot go back, so it
+    # trains on from step 20 by itself after the other three (a pack of three from 11).
+    runs = kill_while_saving(monkeypatch, datasets, tmp_path, step=20, before_run=2)
+    damaged = checkpoint_path(runs[0].run_dir, 11)
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with caplog.at_level(logging.INFO, logger="conceptspace.train"):
+        train_pack(MODEL, PACKED, runs, device="cpu")
+    assert "run0: resuming from step 20" in caplog.text
+    assert caplog.text.count("resuming from step 11") == 3
+    assert "training a pack of 3 runs" in caplog.text
+    for run, (run_dir, _) in zip(runs, packed):  # float rounding: other packs, other sums
+        assert_close_weights(weights(run.run_dir), weights(run_dir))
 
 
 def test_a_pack_killed_with_sigkill_resumes_to_the_uninterrupted_packs_weights(datasets, tmp_path):
@@ -251,3 +294,27 @@ def test_a_pack_killed_with_sigkill_resumes_to_the_uninterrupted_packs_weights(d
             weights(tmp_path / "killed" / f"run{index}", 120),
             weights(tmp_path / "clean" / f"run{index}", 120),
         )
+
+
+# ------------------------------------------------------------------- the GPU benchmark
+
+
+def test_the_pack_benchmark_writes_a_complete_report_on_the_cpu(tmp_path):
+    # benchmarks/gpu_pack.py with tiny settings: every case measured, none judged here
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "pack.json"
+    command = [sys.executable, str(REPO / "benchmarks" / "gpu_pack.py"), "--tiny", "--device"]
+    command += ["cpu", "--packs", "1", "2", "--steps", "2", "--warmup", "1", "--threads", "1"]
+    subprocess.run([*command, "--out", str(out)], check=True, timeout=300)
+    report = json.loads(out.read_text())
+    cases = {(c["precision"], c["runs"]): c for c in report["cases"]}
+    assert set(cases) == {("fp32", 1), ("fp32", 2), ("bf16", 1), ("bf16", 2)}  # no TF32 on CPU
+    for case in cases.values():
+        assert case["run_steps_per_s"] > 0 and case["ms_per_image"] > 0
+        assert case["run_steps_per_s"] == pytest.approx(case["runs"] / case["step_ms"] * 1000)
+    assert cases["fp32", 1]["x_one_run"] == 1.0
+    assert report["machine"]["device"] == "cpu" and "graph_capture" in report

@@ -56,10 +56,13 @@ REQUIRED = os.environ.get("CONCEPTSPACE_REQUIRE_SLURM") == "1"
 KEEP = os.environ.get("CONCEPTSPACE_SLURM_KEEP") == "1"
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "slurmdbd", "mariadbd", "sbatch")
 GPU_RULES = ("train_vdm", "train_probe", "evaluate_run", "sample_images")
-LOCAL_RULES = ("render_training_set", "gather_study", "sample_sheet", "claims", "fig_signal",
-               "fig_trajectories", "fig_hidden", "fig_patching", "fig_underspec", "all")  # fmt: skip
-PACKED = {"train": "train_vdm", "evaluate": "evaluate_run"}  # group -> rule (rules/*.smk)
+LOCAL_RULES = ("render_training_set", "run_manifest", "gather_study", "sample_sheet", "claims",
+               "fig_signal", "fig_trajectories", "fig_hidden", "fig_patching", "fig_underspec",
+               "all")  # fmt: skip
+PACKED = {"evaluate": "evaluate_run"}  # group -> rule (rules/*.smk)
 RUNS_PER_JOB = 5  # group-components of profiles/default
+# Trainings are packed by the workflow (config compute.pack, 1 by default): one training
+# job per run, its pack of one named by the run.
 TRAIN_MINUTES = 30  # a training's runtime at the smoke scale (training_minutes, common.smk)
 RULES = ("render_training_set", "train_vdm", "train_probe", "evaluate_run", "gather_study",
          "sample_images", "sample_sheet", "claims", "fig_signal",
@@ -260,7 +263,7 @@ def packed_runs(cluster: Cluster, jobid: str) -> list[str]:
     """The runs a Slurm job of the workflow computes, from its batch script (the plugin
     names them as the --target-jobs of the Snakemake it starts)."""
     script = cluster.run("scontrol", "write", "batch_script", jobid, "-", check=False) or ""
-    return re.findall(rf"run=({RUN})", script)
+    return re.findall(rf"(?:run|pack)=({RUN})", script)  # a pack of one is named by its run
 
 
 # The fake GPUs are files: jobs compute on the CPU.
@@ -420,7 +423,8 @@ def test_heavy_rules_ran_as_slurm_jobs_and_light_ones_in_snakemake(cluster, runs
     jobs = slurm_jobs(cluster, slurm.name)
     packs = -(-len(SMOKE_RUNS) // RUNS_PER_JOB)  # ceil: the runs, RUNS_PER_JOB to a job
     # the probe of each study; the sample sheet's run and the blue-triangle samples
-    expected = {"train_vdm": packs, "evaluate_run": packs, "train_probe": 2, "sample_images": 3}
+    expected = {"train_vdm": len(SMOKE_RUNS), "evaluate_run": packs, "train_probe": 2,
+                "sample_images": 3}  # fmt: skip
     assert {rule: len(rows) for rule, rows in jobs.items()} == expected
     for rule, rows in jobs.items():
         for row in rows:
@@ -434,7 +438,7 @@ def test_gpu_jobs_ran_on_the_gpu_partition_with_one_gpu(cluster, runs):
             assert row["Partition"] == "gpu" and "gres/gpu=1" in row["AllocTRES"], row
 
 
-def test_trainings_and_evaluations_share_one_gpu_several_to_a_job(cluster, runs):
+def test_evaluations_share_one_gpu_several_to_a_job_and_trainings_one_pack_each(cluster, runs):
     slurm = runs["slurm"].succeeded()
     jobs = slurm_jobs(cluster, slurm.name)
     for rule in PACKED.values():
@@ -446,7 +450,12 @@ def test_trainings_and_evaluations_share_one_gpu_several_to_a_job(cluster, runs)
             # one GPU for the pack; CPUs add up (1 thread per smoke training and evaluation)
             cpus = len(packed[row["JobIDRaw"]])
             assert re.search(rf"\bcpu={cpus},.*gres/gpu=1\b", row["AllocTRES"]), row
-    assert minutes(jobs["train_vdm"][0]["Timelimit"]) == TRAIN_MINUTES  # side by side
+    trainings = {
+        row["JobIDRaw"]: packed_runs(cluster, row["JobIDRaw"]) for row in jobs["train_vdm"]
+    }
+    assert sorted(sum(trainings.values(), [])) == sorted(SMOKE_RUNS), trainings
+    assert all(len(runs_of_job) == 1 for runs_of_job in trainings.values())  # compute.pack 1
+    assert minutes(jobs["train_vdm"][0]["Timelimit"]) == TRAIN_MINUTES
     for run in SMOKE_RUNS:  # each evaluation job scored every checkpoint of its runs
         evaluated = slurm.workdir / "results" / STUDY_OF_RUN[run] / "runs" / run / "eval"
         assert len(list(evaluated.glob("step_*.nc"))) == len(STEPS)

@@ -112,6 +112,31 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_train_pack(args: argparse.Namespace) -> None:
+    from conceptspace.io import write_json
+    from conceptspace.train import PackRun, train_pack
+
+    settings = _settings(args.settings)
+    runs = [PackRun(data, int(seed), run_dir) for _, data, seed, run_dir in args.run]
+    manifests = train_pack(
+        settings["model"],
+        settings["training"],
+        runs,
+        device=args.device,
+        threads=args.threads,
+        compile=args.compile,
+    )
+    # written last: the runs' manifests (rule run_manifest hands each its own)
+    ids = [run_id for run_id, *_ in args.run]
+    write_json(args.manifest, {"runs": dict(zip(ids, manifests))})
+
+
+def cmd_run_manifest(args: argparse.Namespace) -> None:
+    from conceptspace.pack_plan import write_run_manifest
+
+    write_run_manifest(args.pack, args.run, args.out)
+
+
 def cmd_evaluate_run(args: argparse.Namespace) -> None:
     from conceptspace.evaluate import evaluate_run
 
@@ -404,6 +429,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True)
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     compute(p)
+
+    p = stage("train-pack", cmd_train_pack, "train runs as one stacked model (a pack)")
+    p.add_argument("--settings", required=True, help="JSON: 'model', 'training'")
+    p.add_argument(
+        "--run",
+        nargs=4,
+        action="append",
+        required=True,
+        metavar=("ID", "DATA", "SEED", "RUN_DIR"),
+        help="one run of the pack (repeat for each)",
+    )
+    p.add_argument("--manifest", required=True, help="JSON: the manifest of every run, by id")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    compute(p)
+
+    p = stage("run-manifest", cmd_run_manifest, "a run's manifest, from its pack's")
+    p.add_argument("--pack", required=True, help="the pack's manifest (train-pack --manifest)")
+    p.add_argument("--run", required=True, help="the run's id")
+    p.add_argument("--out", required=True)
 
     p = stage(
         "evaluate-run",

@@ -307,3 +307,4 @@ def mask_specs(template: _RunLoss, example: RunBatch) -> list[MaskSpec]:
         specs.append(MaskSpec(f"{name}.mask", dropouts[name].p, shape, dtype, layout))
         dropouts[name].seen.clear()
     return specs
+

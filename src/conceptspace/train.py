@@ -409,6 +409,12 @@ def train_pack(
         else:
             member.checkpoint = _with_optimizer_state(member.resume_path, member.checkpoint)
             members.append(member)
+    shapes = {(m.data.h_dim, m.data.image_size) for m in members}
+    if len(shapes) > 1:
+        raise ConceptspaceError(
+            f"the runs of a pack must share one architecture, but their training sets have "
+            f"(h_dim, image size) {sorted(shapes)}; pack runs of one study only"
+        )
     failures: list[ConceptspaceError] = []
     for cohort in _cohorts(members, device):
         failures += _train_cohort(cohort, model_cfg, training_cfg, plan, compile)

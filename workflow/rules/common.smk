@@ -6,6 +6,7 @@ from pathlib import Path
 
 from conceptspace.config import select, validate_config
 from conceptspace.io import ConceptspaceError
+from conceptspace.pack_plan import form_packs
 from conceptspace.studies import STUDIES, on_studies, run_table
 
 try:
@@ -31,6 +32,7 @@ STUDY_DATASETS = [RESULTS / name / "study.nc" for name in ON]
 wildcard_constraints:
     study="|".join(STUDIES),
     run=r"[^/]+",  # an id of RUNS (run_of says so when it is not)
+    pack=r"[^/]+",  # an id of PACKS (pack_runs says so when it is not)
 
 
 def study_on(study):
@@ -102,8 +104,8 @@ def threads_for(stage):
 # What each job asks a cluster for (the Slurm executor reads these; a local run only caps
 # threads at --cores). Runtime (minutes) and memory grow with the attempt, so a job that ran
 # out of either is retried with more (retries: profiles/default). GPU rules ask for one GPU
-# as gres: a string, which Snakemake does not add up when it packs several jobs into one
-# Slurm job (group-components: profiles/default), so a pack shares one GPU. Light rules
+# as gres: a string, which Snakemake does not add up when it groups several jobs into one
+# Slurm job (group-components: profiles/default), so a group shares one GPU. Light rules
 # (renders, gathering, figures, claims) are `localrule: True`: they run in the Snakemake
 # process itself, not as cluster jobs of their own.
 GPU = "gpu:1"
@@ -114,11 +116,48 @@ def per_attempt(amount):
     return lambda wildcards, attempt: amount * attempt
 
 
+# Packs (conceptspace.pack): compute.pack runs of one study train in one job, one process,
+# as one stacked model; formed in the order of the study's run table, so the same config
+# always makes the same packs. PACKS: study -> pack id -> its run ids; PACK_OF: study ->
+# run id -> pack id.
+PACK = config["compute"].get("pack", 1)
+PACKS = {name: form_packs(list(RUNS[name]), PACK) for name in ON}
+PACK_OF = {
+    name: {run: pack for pack, runs in packs.items() for run in runs}
+    for name, packs in PACKS.items()
+}
+
+
+def pack_runs(wildcards):
+    """The run ids of the {pack} of the {study}."""
+    packs = PACKS[study_on(wildcards.study).name]
+    if wildcards.pack not in packs:
+        raise WorkflowError(
+            f"{wildcards.pack} is not a pack of the {wildcards.study} study with compute.pack "
+            f"= {PACK} (its packs: {', '.join(list(packs)[:4])} ...)"
+        )
+    return packs[wildcards.pack]
+
+
+def pack_manifest_of(wildcards):
+    """The manifest of the pack that trains the {run} of the {study}."""
+    run_of(wildcards)  # a named error for a run the study does not have
+    return RESULTS / wildcards.study / "packs" / f"{PACK_OF[wildcards.study][wildcards.run]}.json"
+
+
 def training_minutes(wildcards, attempt):
-    """A training's runtime: 4 h per 20k steps of the study (the paper's U-Net: 11-17 min
-    on an H200, so slower GPUs and GPUs shared by a pack fit), at least 30 min."""
+    """A training job's runtime: 4 h per 20k steps of the study (the paper's U-Net: 11-17
+    min on an H200, so slower GPUs fit), at least 30 min, times the runs of its pack: as
+    if they trained one after another, the bound until a GPU measures what a pack costs
+    (benchmarks/gpu_pack.py)."""
     steps = STUDIES[wildcards.study].training(config)["steps"]
-    return max(30, -(-240 * steps // 20000)) * attempt
+    return max(30, -(-240 * steps // 20000)) * len(pack_runs(wildcards)) * attempt
+
+
+def training_memory(wildcards, attempt):
+    """A training job's host memory (MB): 8 GB for its first run, 1 GB for each other one
+    (a paper-scale run holds 19 MB of images and 128 MB of weights and optimizer state)."""
+    return (8000 + 1000 * (len(pack_runs(wildcards)) - 1)) * attempt
 
 
 def run_checkpoints(wildcards, steps):

@@ -2,39 +2,71 @@
 # Checkpoints live in an undeclared folder of the run: Snakemake deletes the declared
 # outputs of a failed job, and a killed training must resume from its checkpoints.
 # The manifest, written last, is the declared output.
+import shlex
 
 
 rule train_vdm:
+    # One job per pack: its runs (compute.pack of them, their datasets the inputs, so
+    # `snakemake -n` lists which runs share a pack) train in one process as one stacked
+    # model (conceptspace.pack), each with its own checkpoints. A pack of one is its run.
     input:
-        RESULTS / "{study}" / "data" / "{run}.npz",
+        lambda wildcards: [
+            RESULTS / wildcards.study / "data" / f"{run}.npz" for run in pack_runs(wildcards)
+        ],
     output:
-        RESULTS / "{study}" / "runs" / "{run}" / "manifest.json",
+        RESULTS / "{study}" / "packs" / "{pack}.json",
     log:
-        LOGS / "train_vdm" / "{study}" / "{run}.log",
+        LOGS / "train_vdm" / "{study}" / "{pack}.log",
     benchmark:
-        LOGS / "train_vdm" / "{study}" / "{run}.benchmark.tsv"
-    group:
-        "train"  # several runs share one GPU (group-components: profiles/default)
+        LOGS / "train_vdm" / "{study}" / "{pack}.benchmark.tsv"
     conda:
         ENV
     threads: threads_for("train")
     resources:
         gres=GPU,
         runtime=training_minutes,
-        mem_mb=per_attempt(8000),
+        mem_mb=training_memory,
     params:
         settings=lambda wildcards: settings(
             "model", training=STUDIES[wildcards.study].training(config)
         ),
-        # a change to a param's value or to the shell command retrains every run
-        fields=lambda wildcards: run_of(wildcards).fields,
-        run_dir=lambda wildcards: RESULTS / wildcards.study / "runs" / wildcards.run,
+        # --run ID DATA SEED RUN_DIR for each run of the pack; a change to a param's value
+        # or to the shell command retrains the pack
+        runs=lambda wildcards: " ".join(
+            shlex.join(
+                [
+                    "--run",
+                    run,
+                    str(RESULTS / wildcards.study / "data" / f"{run}.npz"),
+                    str(RUNS[wildcards.study][run].fields["seed"]),
+                    str(RESULTS / wildcards.study / "runs" / run),
+                ]
+            )
+            for run in pack_runs(wildcards)
+        ),
         device=config["compute"]["device"],
         compile="--compile" if config["compute"]["compile"] else "",
     shell:
-        "python -m conceptspace train --settings {params.settings:q} --data {input:q}"
-        " --seed {params.fields[seed]} --run-dir {params.run_dir:q} --manifest {output:q}"
-        " --device {params.device} --threads {threads} {params.compile} >> {log:q} 2>&1"
+        "python -m conceptspace train-pack --settings {params.settings:q} {params.runs}"
+        " --manifest {output:q} --device {params.device} --threads {threads}"
+        " {params.compile} >> {log:q} 2>&1"
+
+
+# A run's manifest, from its pack's: what evaluation and sampling read, as if the run had
+# trained alone.
+rule run_manifest:
+    input:
+        pack_manifest_of,
+    output:
+        RESULTS / "{study}" / "runs" / "{run}" / "manifest.json",
+    log:
+        LOGS / "run_manifest" / "{study}" / "{run}.log",
+    localrule: True
+    conda:
+        ENV
+    shell:
+        "python -m conceptspace run-manifest --pack {input:q} --run {wildcards.run:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule train_probe:

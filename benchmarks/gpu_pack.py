@@ -1,0 +1,235 @@
+"""Run-steps per second of the pack trainer (conceptspace.pack) for packs of K runs, in
+ONE call under a time budget: meant for a lent GPU (at most 8 minutes), tried on the CPU
+with tiny settings first.
+
+    python benchmarks/gpu_pack.py --out benchmarks/results/gpu-pack-<machine>.json
+    python benchmarks/gpu_pack.py --tiny --device cpu --packs 1 4 --steps 3 --out /tmp/p.json
+    python benchmarks/gpu_pack.py --device cpu --models cpu --packs 1 4 --precisions fp32 \
+        --threads 1 --steps 6 --warmup 2 --out /tmp/cpu-pack.json       # this CPU's figure
+
+Each case times the training step that ``train.train_pack`` runs (every run's batch,
+times, noise and dropout masks drawn from its own generator, one stacked forward and
+backward, per-run clipping, AdamW), on synthetic images (a step's cost does not depend on
+what the images show), after a warm-up: K = 1 is today's trainer, one run per process, the
+figure the others are compared with, measured in the same call. Cases: the paper's model
+(config.yaml) and the cpu preset's (workflow/presets/cpu.yaml), at the preset's batch;
+precision fp32 (as the pipeline runs), tf32 (fp32 with TF32 matmuls and convolutions
+allowed, CUDA only) and bf16 (training.precision: bf16); K = 1, 4, 16, 64. A case that runs
+out of memory is recorded as such and the larger packs of its model and precision are
+skipped; cases left when the budget is spent are recorded as skipped. CUDA graph capture
+(issue 27, item 3) is not implemented, so every case runs without it.
+
+The report (JSON, rewritten after every case): the machine, each case's step time,
+run-steps/s, images/s, time per image and peak GPU memory, each pack's run-steps/s
+against K = 1 of the same model and precision, and for the paper's model the GPU-hours of
+the paper's signal study (290 runs x 20,000 steps) that speed implies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+# The paper's signal study (config.yaml; tests/test_workflow.py counts its runs).
+PAPER_STUDY_RUNS, PAPER_STEPS = 290, 20_000
+TINY_MODEL = {"channels": [8, 16], "blocks_per_level": 1, "groups": 4, "attention_heads": 2}
+IMAGES_PER_RUN = 512  # synthetic training images per run (held on the device)
+
+
+def setups(args) -> dict[str, dict]:
+    """name -> (model section, batch size, image size) of each model measured."""
+    from conceptspace.config import load_config
+
+    paper = load_config(ROOT / "config.yaml")
+    cpu = load_config(ROOT / "config.yaml", ROOT / "workflow" / "presets" / "cpu.yaml")
+    if args.tiny:
+        return {"tiny": {"model": {**paper["model"], **TINY_MODEL}, "batch": 8, "size": 8}}
+    found = {
+        "paper": {
+            "model": paper["model"],
+            "batch": paper["training"]["batch_size"],
+            "size": paper["data"]["image_size"],
+        },
+        "cpu": {
+            "model": cpu["model"],
+            "batch": cpu["training"]["batch_size"],
+            "size": cpu["data"]["image_size"],
+        },
+    }
+    return {name: found[name] for name in args.models}
+
+
+def measure(setup: dict, runs: int, precision: str, device: torch.device, args) -> dict:
+    """Time ``args.steps`` pack steps of ``runs`` runs after ``args.warmup`` steps."""
+    from conceptspace.pack import StackedModel, draw_batch, loss_template, mask_specs
+    from conceptspace.train import _build_vdm, _use_channels_last
+
+    cuda = device.type == "cuda"
+    if cuda:
+        tf32 = precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    network_precision = "bf16" if precision == "bf16" else "fp32"
+    size, batch, h_dim = setup["size"], setup["batch"], 4
+    vdm = _build_vdm(setup["model"], h_dim, size).to(device)
+    channels_last = _use_channels_last(device, network_precision)
+    if channels_last:
+        vdm = vdm.to(memory_format=torch.channels_last)
+    vdm.net.set_precision(network_precision)
+    template = loss_template(vdm)
+    generators = [torch.Generator(device).manual_seed(seed) for seed in range(runs)]
+    images = [torch.rand(IMAGES_PER_RUN, 3, size, size, device=device) for _ in range(runs)]
+    h = [torch.rand(IMAGES_PER_RUN, h_dim, device=device) for _ in range(runs)]
+    example = draw_batch(images[0], h[0], batch, torch.Generator(device), [], channels_last)
+    masks = mask_specs(template, example)
+    states = []
+    for seed in range(runs):  # each run's own seeded initialisation, as train_pack does
+        torch.manual_seed(seed)
+        model = _build_vdm(setup["model"], h_dim, size)
+        states.append({k: v.to(device) for k, v in model.state_dict().items()})
+    stack = StackedModel(template, states, None, 1e-3, 0.01, 0.01, channels_last)
+    del states
+
+    def step():
+        batches = [
+            draw_batch(images[k], h[k], batch, generators[k], masks, channels_last)
+            for k in range(runs)
+        ]
+        return stack.step(batches)
+
+    for _ in range(args.warmup):
+        step()
+    if cuda:
+        torch.cuda.synchronize(device)
+    began = time.perf_counter()
+    for _ in range(args.steps):
+        losses, _ = step()
+    losses.sum().item()  # waits for the device
+    seconds = time.perf_counter() - began
+    step_s = seconds / args.steps
+    result = {
+        "steps": args.steps,
+        "seconds": seconds,
+        "step_ms": 1000 * step_s,
+        "run_steps_per_s": runs / step_s,
+        "images_per_s": runs * batch / step_s,
+        "ms_per_image": 1000 * step_s / (runs * batch),
+        "parameters_per_run": sum(p[0].numel() for p in stack.params.values()),
+    }
+    if cuda:
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return result
+
+
+def machine(device: torch.device, threads: int) -> dict:
+    facts = {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": threads,
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(device)
+        facts["gpu_memory_gb"] = torch.cuda.get_device_properties(device).total_memory / 2**30
+    return facts
+
+
+def summarize(report: dict) -> None:
+    """Each pack against K = 1 of its model and precision; the paper study's GPU-hours."""
+    alone = {
+        (c["model"], c["precision"]): c["run_steps_per_s"]
+        for c in report["cases"]
+        if c["runs"] == 1 and "run_steps_per_s" in c
+    }
+    for case in report["cases"]:
+        base = alone.get((case["model"], case["precision"]))
+        if "run_steps_per_s" not in case:
+            continue
+        if base:
+            case["x_one_run"] = case["run_steps_per_s"] / base
+        if case["model"] == "paper":
+            hours = PAPER_STUDY_RUNS * PAPER_STEPS / case["run_steps_per_s"] / 3600
+            case["paper_study_gpu_hours"] = hours
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
+    parser.add_argument("--models", nargs="+", default=["paper", "cpu"], choices=["paper", "cpu"])
+    parser.add_argument("--packs", nargs="+", type=int, default=[1, 4, 16, 64])
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["fp32", "tf32", "bf16"],
+        choices=["fp32", "tf32", "bf16"],
+    )
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per case")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
+    parser.add_argument("--threads", type=int, default=4, help="torch CPU threads")
+    parser.add_argument("--budget-s", type=float, default=420, help="no case starts after it")
+    parser.add_argument("--tiny", action="store_true", help="a tiny model: a wiring check")
+    args = parser.parse_args(argv)
+
+    from conceptspace.device import resolve_device
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    precisions = [p for p in args.precisions if p != "tf32" or device.type == "cuda"]
+    report = {
+        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(device, args.threads),
+        "load_average_start": os.getloadavg(),
+        "graph_capture": "not implemented (issue 27 item 3): every case runs without it",
+        "cases": [],
+    }
+    began = time.monotonic()
+    for name, setup in setups(args).items():
+        for precision in precisions:
+            too_big = False
+            for runs in sorted(args.packs):
+                case = {
+                    "model": name,
+                    "precision": precision,
+                    "runs": runs,
+                    "batch": setup["batch"],
+                }
+                if time.monotonic() - began > args.budget_s:
+                    case["skipped"] = "time budget spent"
+                elif too_big:
+                    case["skipped"] = "a smaller pack ran out of memory"
+                else:
+                    try:
+                        case.update(measure(setup, runs, precision, device, args))
+                    except torch.OutOfMemoryError as err:
+                        too_big = True
+                        case["error"] = f"out of memory: {str(err).splitlines()[0]}"
+                    finally:
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
+                report["cases"].append(case)
+                summarize(report)
+                report["load_average_end"] = os.getloadavg()
+                report["seconds"] = time.monotonic() - began
+                Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+                print(json.dumps(case), flush=True)
+
+
+if __name__ == "__main__":
+    main()
