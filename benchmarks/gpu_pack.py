@@ -14,7 +14,9 @@ what the images show), after a warm-up: K = 1 is today's trainer, one run per pr
 figure the others are compared with, measured in the same call. Cases: the paper's model
 (config.yaml) and the cpu preset's (workflow/presets/cpu.yaml), at the preset's batch;
 precision fp32 (as the pipeline runs), tf32 (fp32 with TF32 matmuls and convolutions
-allowed, CUDA only) and bf16 (training.precision: bf16); K = 1, 4, 16, 64. A case that runs
+allowed, CUDA only) and bf16 (training.precision: bf16); K = 1, 4, 16, 64; mode vmap (the
+runs' passes as one vmapped pass, what train_pack runs on a GPU) and, with --modes, loop
+(each run's pass after another on its slice of the stack, what it runs on a CPU). A case that runs
 out of memory is recorded as such and the larger packs of its model and precision are
 skipped; cases left when the budget is spent are recorded as skipped. CUDA graph capture
 (issue 27, item 3) is not implemented, so every case runs without it.
@@ -70,7 +72,7 @@ def setups(args) -> dict[str, dict]:
     return {name: found[name] for name in args.models}
 
 
-def measure(setup: dict, runs: int, precision: str, device: torch.device, args) -> dict:
+def measure(setup: dict, runs: int, precision: str, mode: str, device: torch.device, args):
     """Time ``args.steps`` pack steps of ``runs`` runs after ``args.warmup`` steps."""
     from conceptspace.pack import StackedModel, draw_batch, loss_template, mask_specs
     from conceptspace.train import _build_vdm, _use_channels_last
@@ -100,7 +102,8 @@ def measure(setup: dict, runs: int, precision: str, device: torch.device, args) 
         torch.manual_seed(seed)
         model = _build_vdm(setup["model"], h_dim, size)
         states.append({k: v.to(device) for k, v in model.state_dict().items()})
-    stack = StackedModel(template, states, None, 1e-3, 0.01, 0.01, channels_last)
+    vmapped = mode == "vmap"
+    stack = StackedModel(template, states, None, 1e-3, 0.01, 0.01, channels_last, vmapped)
     del states
 
     def step():
@@ -179,6 +182,14 @@ def main(argv=None) -> None:
         default=["fp32", "tf32", "bf16"],
         choices=["fp32", "tf32", "bf16"],
     )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["vmap"],
+        choices=["vmap", "loop"],
+        help="a pack's forward passes: one vmapped pass (the GPU's default), or each run's "
+        "after another (the CPU's)",
+    )
     parser.add_argument("--steps", type=int, default=20, help="timed steps per case")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
     parser.add_argument("--threads", type=int, default=4, help="torch CPU threads")
@@ -200,35 +211,38 @@ def main(argv=None) -> None:
         "cases": [],
     }
     began = time.monotonic()
-    for name, setup in setups(args).items():
-        for precision in precisions:
-            too_big = False
-            for runs in sorted(args.packs):
-                case = {
-                    "model": name,
-                    "precision": precision,
-                    "runs": runs,
-                    "batch": setup["batch"],
-                }
-                if time.monotonic() - began > args.budget_s:
-                    case["skipped"] = "time budget spent"
-                elif too_big:
-                    case["skipped"] = "a smaller pack ran out of memory"
-                else:
-                    try:
-                        case.update(measure(setup, runs, precision, device, args))
-                    except torch.OutOfMemoryError as err:
-                        too_big = True
-                        case["error"] = f"out of memory: {str(err).splitlines()[0]}"
-                    finally:
-                        if device.type == "cuda":
-                            torch.cuda.empty_cache()
-                report["cases"].append(case)
-                summarize(report)
-                report["load_average_end"] = os.getloadavg()
-                report["seconds"] = time.monotonic() - began
-                Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-                print(json.dumps(case), flush=True)
+    groups = [
+        (name, setup, precision, mode)
+        for name, setup in setups(args).items()
+        for precision in precisions
+        for mode in args.modes
+    ]
+    for name, setup, precision, mode in groups:
+        too_big = False
+        for runs in sorted(args.packs):
+            if runs == 1 and mode != args.modes[0]:
+                continue  # a pack of one runs without vmap in every mode: measured once
+            case = {"model": name, "precision": precision, "mode": mode, "runs": runs}
+            case["batch"] = setup["batch"]
+            if time.monotonic() - began > args.budget_s:
+                case["skipped"] = "time budget spent"
+            elif too_big:
+                case["skipped"] = "a smaller pack ran out of memory"
+            else:
+                try:
+                    case.update(measure(setup, runs, precision, mode, device, args))
+                except torch.OutOfMemoryError as err:
+                    too_big = True
+                    case["error"] = f"out of memory: {str(err).splitlines()[0]}"
+                finally:
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+            report["cases"].append(case)
+            summarize(report)
+            report["load_average_end"] = os.getloadavg()
+            report["seconds"] = time.monotonic() - began
+            Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+            print(json.dumps(case), flush=True)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,15 @@ LOSS_RTOL = 1e-5
 WEIGHT_ATOL = 1e-5
 
 
+@pytest.fixture(scope="module", autouse=True)
+def vmapped_packs():
+    """Packs here run vmapped, as on a GPU (the CPU's default runs a pack's runs one after
+    another: test_on_the_cpu_a_pack_of_four_trains_each_run_exactly_as_alone)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(conceptspace.train, "_vmap_runs", lambda device: True)
+        yield
+
+
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
     """Four runs' own training sets: other color gaps, other images."""
@@ -147,6 +156,16 @@ def test_a_run_in_a_pack_of_four_matches_the_run_alone(packed, alone):
     # and the runs are four different runs, not one run four times
     finals = [weights(run_dir)["net.conv_in.weight"] for run_dir, _ in packed]
     assert all(not torch.allclose(a, b) for i, a in enumerate(finals) for b in finals[i + 1 :])
+
+
+def test_on_the_cpu_a_pack_of_four_trains_each_run_exactly_as_alone(
+    datasets, alone, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(conceptspace.train, "_vmap_runs", lambda device: device.type == "cuda")
+    runs = pack_runs(datasets, tmp_path)
+    train_pack(MODEL, PACKED, runs, device="cpu")
+    for run, (run_dir, _) in zip(runs, alone):
+        assert_same_weights(weights(run.run_dir), weights(run_dir))
 
 
 def test_a_packed_runs_checkpoint_samples_as_the_run_alone(packed, alone):
@@ -263,7 +282,9 @@ def test_a_pack_killed_with_sigkill_resumes_to_the_uninterrupted_packs_weights(d
         import json, logging, sys
         import torch
         torch.set_num_threads(1)
+        import conceptspace.train
         from conceptspace.train import PackRun, train_pack
+        conceptspace.train._vmap_runs = lambda device: True  # as on a GPU
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
         a = json.loads(sys.argv[1])
         runs = [PackRun(*run) for run in a["runs"]]

@@ -7,7 +7,9 @@ once per run along a leading dim of size K (``torch.func.stack_module_state``'s 
 and one run's loss, a ``functional_call`` of the ordinary VDM, is mapped over that dim
 with ``torch.func.vmap`` (convolutions become grouped ones, linear layers batched
 matmuls). A pack of one runs the same function without vmap, so K = 1 computes exactly
-what a lone run computes.
+what a lone run computes. So does every run of a pack on a CPU, where a step is
+arithmetic and vmap only costs (``train._vmap_runs``): there the runs' passes go one
+after another, each on its slice of the stacked weights.
 
 What keeps a run itself inside a pack:
 
@@ -147,10 +149,14 @@ def _stack(tensors: Sequence[torch.Tensor], channels_last: bool) -> torch.Tensor
 class StackedModel:
     """K runs' weights and AdamW states stacked, and one training step for all of them.
 
-    ``template``: a VDM of the runs' architecture on the device (its weights unused),
-    already in its precision and memory format. ``states``: each run's state_dict;
-    ``optimizer_states``: each run's AdamW state_dict (today's format), or None for runs
-    at step 0. ``masks`` come from ``mask_specs`` (the same for every K).
+    ``template``: ``loss_template`` of a VDM of the runs' architecture on the device (its
+    weights unused), already in its precision and memory format. ``states``: each run's
+    state_dict; ``optimizer_states``: each run's AdamW state_dict (today's format), or None
+    for runs at step 0. ``vmapped``: the runs' forward passes as one vmapped pass (what a
+    GPU wants: each kernel launched once for all runs), else one after another, each on
+    its slice of the stacked weights (what a CPU wants: there a step is arithmetic, and
+    vmap's grouped convolutions and strided element-wise kernels cost about twice the
+    runs' own, benchmarks/README.md); the weights, optimizer and clipping stay stacked.
     """
 
     def __init__(
@@ -162,8 +168,10 @@ class StackedModel:
         weight_decay: float,
         grad_clip: float,
         channels_last: bool,
+        vmapped: bool = True,
     ):
         self.loss_module = template
+        self.vmapped = vmapped
         self.lr, self.weight_decay, self.grad_clip = lr, weight_decay, grad_clip
         self.channels_last = channels_last
         self.keys = list(template.vdm.state_dict())
@@ -224,6 +232,7 @@ class StackedModel:
             self.weight_decay,
             self.grad_clip,
             self.channels_last,
+            self.vmapped,
         )
 
     # --- the step
@@ -232,11 +241,14 @@ class StackedModel:
         return functional_call(self.loss_module, {**params, **masks}, (x, h, t, eps))
 
     def losses(self, batches: Sequence[RunBatch]) -> torch.Tensor:
-        """Each run's loss (K,), one stacked forward pass (a pack of one: no vmap)."""
-        if self.size == 1:
-            (b,) = batches
-            params = {name: p[0] for name, p in self.params.items()}
-            return self._one_run(params, b.masks, b.x, b.h, b.t, b.eps).unsqueeze(0)
+        """Each run's loss (K,): one vmapped forward pass, or (``vmapped`` off, and in a
+        pack of one) each run's own pass on its slice of the stack, one after another."""
+        if self.size == 1 or not self.vmapped:
+            losses = []
+            for index, b in enumerate(batches):
+                params = {name: p[index] for name, p in self.params.items()}
+                losses.append(self._one_run(params, b.masks, b.x, b.h, b.t, b.eps))
+            return torch.stack(losses)
         stack = {
             field: torch.stack([getattr(b, field) for b in batches])
             for field in ("x", "h", "t", "eps")
@@ -252,16 +264,25 @@ class StackedModel:
         losses = self.losses(batches)
         self.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
-        grad_norms = clip_per_run([p.grad for p in self.params.values()], self.grad_clip)
+        grads = [p.grad for p in self.params.values()]
+        grad_norms = clip_per_run(grads, self.grad_clip, batched=self.vmapped and self.size > 1)
         self.optimizer.step()
         return losses.detach().float(), grad_norms.detach().float()
 
 
-def clip_per_run(grads: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
+def clip_per_run(grads: Sequence[torch.Tensor], max_norm: float, batched: bool) -> torch.Tensor:
     """``torch.nn.utils.clip_grad_norm_`` for each run of a stack (dim 0) separately:
-    returns the (K,) total norms before clipping."""
-    per_tensor = [torch.linalg.vector_norm(g.reshape(len(g), -1), dim=1) for g in grads]
-    total = torch.linalg.vector_norm(torch.stack(per_tensor), dim=0)
+    returns the (K,) total norms before clipping. ``batched``: each tensor's K norms in one
+    reduction (a GPU's few launches); else each run's norm as clip_grad_norm_ takes it
+    (``get_total_norm`` of its slices), so a run sums in the same order as alone."""
+    if batched:
+        per_tensor = [torch.linalg.vector_norm(g.reshape(len(g), -1), dim=1) for g in grads]
+        total = torch.linalg.vector_norm(torch.stack(per_tensor), dim=0)
+    else:
+        runs = len(grads[0])
+        total = torch.stack(
+            [torch.nn.utils.get_total_norm([g[k] for g in grads]) for k in range(runs)]
+        )
     coefficient = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for grad in grads:
         grad.mul_(coefficient.view(-1, *[1] * (grad.ndim - 1)).to(grad.dtype))
@@ -307,4 +328,3 @@ def mask_specs(template: _RunLoss, example: RunBatch) -> list[MaskSpec]:
         specs.append(MaskSpec(f"{name}.mask", dropouts[name].p, shape, dtype, layout))
         dropouts[name].seen.clear()
     return specs
-

@@ -729,6 +729,7 @@ def _train_cohort(
         weight_decay=float(training_cfg["weight_decay"]),
         grad_clip=float(training_cfg["grad_clip"]),
         channels_last=channels_last,
+        vmapped=_vmap_runs(plan.device),
     )
     del initial, resumed
     for member in members:
@@ -737,6 +738,13 @@ def _train_cohort(
         log.info("training a pack of %d runs as one stacked model", len(members))
     stepper = _Stepper(plan, members, stack, vdm, masks, channels_last)
     return stepper.run(start)
+
+
+def _vmap_runs(device: torch.device) -> bool:
+    """Whether a pack runs its runs' forward passes as one vmapped pass: on a GPU, where a
+    step is kernel launches; not on a CPU, where it is arithmetic and vmap costs about
+    twice the runs' own passes (a pack of 4 of the cpu preset's model, benchmarks/README.md)."""
+    return device.type == "cuda"
 
 
 def _log_start(plan: _Plan, member: _Member, parameters: int, channels_last: bool) -> None:
