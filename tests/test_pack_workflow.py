@@ -10,7 +10,7 @@ import pytest
 import xarray as xr
 
 from conceptspace.config import load_config
-from conceptspace.pack_plan import form_packs
+from conceptspace.pack_plan import form_packs, write_run_manifest
 from conceptspace.studies import run_table
 from conftest import REPO, SMOKE, planned_jobs, snakemake
 
@@ -40,6 +40,18 @@ def test_packs_cut_the_run_table_in_order():
     assert form_packs(runs, 64) == {"pack000": runs}
     with pytest.raises(ValueError):
         form_packs(runs, 0)
+
+
+def test_a_runs_manifest_comes_out_of_its_packs(tmp_path):
+    from conceptspace.io import ConceptspaceError
+
+    pack = tmp_path / "pack000.json"
+    pack.write_text(json.dumps({"runs": {"a": {"final_step": 60}, "b": {"final_step": 60}}}))
+    write_run_manifest(pack, "b", tmp_path / "b.json")
+    assert json.loads((tmp_path / "b.json").read_text()) == {"final_step": 60}
+    with pytest.raises(ConceptspaceError, match="holds no run c .*compute.pack"):
+        write_run_manifest(pack, "c", tmp_path / "c.json")
+    assert not (tmp_path / "c.json").exists()
 
 
 # ------------------------------------------------------------------- planning
