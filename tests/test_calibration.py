@@ -31,6 +31,7 @@ BASE_PRESET = {"masking-32px-long": "cpu"}
 STACKED_ON = {
     "triangle-authors": "masking-three-ratios",
     "masking-ratios-0.5-1": "masking-32px-long",
+    "mask-value-0": "masking-ratios-0.5-1",
 }
 
 

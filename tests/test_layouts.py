@@ -1,6 +1,8 @@
 """Concept layouts beyond 2x2: shape with prompt masking (underspecification) and the
 background concept (2x2x2). The 2x2 layout is the signal study's constants."""
 
+import json
+
 import numpy as np
 import pytest
 from conftest import REPO, every_sample_valid
@@ -174,6 +176,34 @@ def test_masking_hides_the_color_of_a_fraction_of_red_triangles_only():
         assert rendered.metadata["layout"] == "color_shape"
     # nested: what is masked at 0.5 is masked at 1.0
     assert (sets[1.0]["masked"] | ~sets[0.5]["masked"]).all()
+
+
+def test_the_mask_value_is_what_the_masked_slots_hold_and_nothing_else_changes():
+    # 0 (the authors' guidance null) instead of -1: the same images and the same masked
+    # images, only the masked color slots differ
+    minus_one = render_training_set(DATA, SIGNAL, 3, COLOR_SHAPE, 0.5)
+    zero = render_training_set(DATA, SIGNAL, 3, COLOR_SHAPE, 0.5, mask_value=0.0)
+    masked = zero["masked"]
+    np.testing.assert_array_equal(masked, minus_one["masked"])
+    np.testing.assert_array_equal(zero["h"][masked, :3], 0.0)
+    np.testing.assert_array_equal(zero["h"][~masked], minus_one["h"][~masked])
+    np.testing.assert_array_equal(zero["images"], minus_one["images"])
+    assert zero.metadata["mask_value"] == 0.0 and minus_one.metadata["mask_value"] == MASK_VALUE
+
+
+def test_the_mask_value_reaches_the_render_rule(tmp_path):
+    # the study's key, through the workflow's settings, into the rendered set
+    from conceptspace import cli
+    from conceptspace.render import load_dataset
+
+    settings = json.dumps({"data": DATA, "mask_value": 0.0})
+    out = tmp_path / "set.npz"
+    args = ["render", "--settings", settings, "--color-gap", "0.4", "--size-gap", "0.4"]
+    args += ["--seed", "3", "--mask-ratio", "1.0", "--layout", "color_shape", "--out", str(out)]
+    assert cli.main(args) == 0
+    arrays, metadata = load_dataset(out)
+    np.testing.assert_array_equal(arrays["h"][arrays["masked"], :3], 0.0)
+    assert metadata["mask_value"] == 0.0 and "is 0 in h" in metadata["masking"]
 
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.5])

@@ -37,13 +37,15 @@ def _signal(args: argparse.Namespace):
 
 
 def cmd_render(args: argparse.Namespace) -> None:
-    from conceptspace.concepts import layout_named
+    from conceptspace.concepts import MASK_VALUE, layout_named
     from conceptspace.render import render_training_set, save_dataset
 
     settings = _settings(args.settings)
     signal = _signal(args)
+    layout, mask_ratio = layout_named(args.layout), args.mask_ratio or 0.0
+    mask_value = settings.get("mask_value", MASK_VALUE)  # studies.underspecification
     dataset = render_training_set(
-        settings["data"], signal, args.seed, layout_named(args.layout), args.mask_ratio or 0.0
+        settings["data"], signal, args.seed, layout, mask_ratio, mask_value
     )
     save_dataset(args.out, dataset)  # the rendered set carries its metadata and provenance
     log.info("wrote %s (%d images)", args.out, len(dataset["images"]))

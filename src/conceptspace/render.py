@@ -365,9 +365,10 @@ def mask_prompts(
     layout: Layout,
     mask_ratio: float,
     rng: np.random.Generator,
+    mask_value: float = MASK_VALUE,
 ) -> np.ndarray:
     """Mask round(mask_ratio * n) of the layout's masked class (in place): their masked
-    concept's slots of h become MASK_VALUE. Returns the bool mask (N,). The masked
+    concept's slots of h become ``mask_value`` (studies.underspecification.mask_value). Returns the bool mask (N,). The masked
     images are the first of one random order of the class, so they nest across ratios."""
     _check_mask_ratio(layout, mask_ratio)
     masked = np.zeros(len(arrays["label"]), dtype=bool)
@@ -377,7 +378,7 @@ def mask_prompts(
     members = np.flatnonzero(arrays["label"] == layout.class_index(masked_class))
     chosen = rng.permutation(members)[: int(round(float(mask_ratio) * len(members)))]
     masked[chosen] = True
-    arrays["h"][chosen, layout.slots(concept)] = MASK_VALUE
+    arrays["h"][chosen, layout.slots(concept)] = mask_value
     return masked
 
 
@@ -387,6 +388,7 @@ def render_training_set(
     seed: int,
     layout: Layout = COLOR_SIZE,
     mask_ratio: float = 0.0,
+    mask_value: float = MASK_VALUE,
 ) -> RenderedSet:
     """``images_per_class`` images of each training class of ``layout``; the unseen
     classes are held out.
@@ -415,15 +417,17 @@ def render_training_set(
         **_layout_record(layout),
     }
     if layout.masked is not None:
-        arrays["masked"] = mask_prompts(arrays, layout, mask_ratio, streams["mask"])
+        arrays["masked"] = mask_prompts(arrays, layout, mask_ratio, streams["mask"], mask_value)
         masked_class, concept = layout.masked
         settings.update(layout=layout.name, mask_ratio=float(mask_ratio))
+        settings.update(mask_value=float(mask_value))
         metadata.update(
             mask_ratio=float(mask_ratio),
+            mask_value=float(mask_value),
             masking=(
                 f"{concept} of {int(arrays['masked'].sum())} of the "
                 f"{int(np.sum(arrays['label'] == layout.class_index(masked_class)))} images "
-                f"of class {masked_class} ({layout.label(masked_class)}) is {MASK_VALUE} in h"
+                f"of class {masked_class} ({layout.label(masked_class)}) is {mask_value:g} in h"
             ),
         )
     elif layout is not COLOR_SIZE:

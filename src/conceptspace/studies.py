@@ -345,6 +345,13 @@ def celeba_options(config: dict, per_class: int) -> str:
     return options + ("" if study["verify_md5"] else " --no-verify-md5")
 
 
+def mask_encoding(config: dict, study: str) -> dict:
+    """{"mask_value": v} for a study whose section names how a masked concept is encoded
+    in h (studies.underspecification.mask_value), else {}: extra render settings."""
+    section = config["studies"].get(study) or {}
+    return {"mask_value": section["mask_value"]} if "mask_value" in section else {}
+
+
 # ----------------------------------------------------------------------------- the registry
 
 STUDIES: dict[str, Study] = {}

@@ -1,6 +1,6 @@
 # Synthetic training images: one dataset per run of a study (its seed fixes the images;
 # the study its concept layout). CelebA's sets are prepared from the user's folder.
-from conceptspace.studies import celeba_options
+from conceptspace.studies import celeba_options, mask_encoding
 
 
 rule render_training_set:
@@ -15,7 +15,7 @@ rule render_training_set:
         ENV
     threads: threads_for("render")
     params:
-        settings=settings("data"),
+        settings=lambda wildcards: settings("data", **mask_encoding(config, wildcards.study)),
         run=run_args,
         layout=study_layout,
     shell:
