@@ -17,7 +17,7 @@ from conceptspace.config import ConfigError, load_config, validate_config
 from conceptspace.evaluate import write_evaluation
 from conceptspace.figures.hidden import plot_hidden
 from conceptspace.figures.patching import plot_patching
-from conceptspace.figures.sheets import plot_sample_sheet, sheet_canvas, sheet_rows
+from conceptspace.figures.sheets import plot_sample_sheet, row_labels, sheet_canvas, sheet_rows
 from conceptspace.figures.signal import plot_signal
 from conceptspace.figures.trajectories import plot_trajectories
 from conceptspace.io import ConceptspaceError, provenance
@@ -368,6 +368,19 @@ def test_sample_sheet_rows_are_the_sampled_pairs_unseen_first():
         ("patched_final", "00"),
         ("patched_final", "01"),
         ("patched_final", "10"),
+    ]
+
+
+def test_sample_sheet_rows_are_named_by_the_runs_own_layout():
+    samples = fake_samples(methods=("naive",))
+    rows = sheet_rows(samples)
+    assert row_labels(samples, rows)[0] == "naive: 11 blue small"  # no layout: the 2x2
+    samples.attrs["layout"] = "color_shape"  # an underspecification run's samples
+    assert row_labels(samples, rows) == [
+        "naive: 11 blue triangle",
+        "naive: 00 red disc",
+        "naive: 01 red triangle",
+        "naive: 10 blue disc",
     ]
 
 

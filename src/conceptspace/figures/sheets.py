@@ -19,11 +19,10 @@ from typing import Any, Mapping
 import numpy as np
 import xarray as xr
 
-from conceptspace.concepts import UNSEEN_CLASS
+from conceptspace.concepts import UNSEEN_CLASS, layout_from_attrs
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from conceptspace.analysis import class_label
 from conceptspace.figures import file_metadata
 from conceptspace.io import ConceptspaceError, atomic_path
 from conceptspace.netcdf import open_netcdf
@@ -124,7 +123,7 @@ def plot_sample_sheet(
     cell_w = per_cell * size_x + (per_cell - 1) * SAMPLE_GAP
     ax.set_yticks(
         [r * (size_y + CELL_GAP) + size_y / 2 for r in range(len(rows))],
-        [f"{_method_text(samples, method)}: {class_label(prompt)}" for method, prompt in rows],
+        row_labels(samples, rows),
         fontsize=8,
     )
     steps = samples["step"].values
@@ -149,6 +148,16 @@ def plot_sample_sheet(
         # "tight" grows the page to the row labels, whatever their length.
         figure.savefig(tmp, format="png", dpi=dpi, metadata=metadata, bbox_inches="tight")
     return out_png
+
+
+def row_labels(samples: xr.Dataset, rows: list[tuple[str, str]]) -> list[str]:
+    """'naive: 11 blue triangle': each row's method and class, named by the run's own
+    layout (the samples file's ``layout`` attribute; none: the 2x2)."""
+    layout = layout_from_attrs(samples.attrs)
+    return [
+        f"{_method_text(samples, method)}: {prompt} {layout.label(prompt)}"
+        for method, prompt in rows
+    ]
 
 
 def _method_text(samples: xr.Dataset, method: str) -> str:
