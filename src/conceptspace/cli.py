@@ -115,7 +115,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_train_pack(args: argparse.Namespace) -> None:
-    from conceptspace.io import write_json
+    from conceptspace.io import provenance, write_json
     from conceptspace.train import PackRun, train_pack
 
     settings = _settings(args.settings)
@@ -128,9 +128,11 @@ def cmd_train_pack(args: argparse.Namespace) -> None:
         threads=args.threads,
         compile=args.compile,
     )
-    # written last: the runs' manifests (rule run_manifest hands each its own)
+    # written last: the runs' manifests (rule run_manifest hands each its own); each run's
+    # seed is in its own manifest's provenance, so the pack's names none
     ids = [run_id for run_id, *_ in args.run]
-    write_json(args.manifest, {"runs": dict(zip(ids, manifests))})
+    record = provenance({**settings, "runs": args.run}, seed=None)
+    write_json(args.manifest, {"runs": dict(zip(ids, manifests)), "provenance": record})
 
 
 def cmd_run_manifest(args: argparse.Namespace) -> None:
