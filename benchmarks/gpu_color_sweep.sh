@@ -1,51 +1,40 @@
 #!/usr/bin/env bash
-# The paper's model on a slice of the color sweep, on one CUDA GPU, through the pipeline:
-#   benchmarks/gpu_color_sweep.sh OUTDIR
-# runs config.yaml with workflow/presets/gpu/paper-color-sweep.yaml over it (color gaps
-# 0.4 / 0.6 / 0.8 at size gap 0.4, one seed, 4,500 steps, naive prompting; the three
-# trainings share the GPU) and leaves in OUTDIR: pipeline.log (the job log, with times),
-# results.tar.gz (study dataset, trajectories, figures, sample sheet, claims, job logs;
-# no checkpoints), learning_times.txt (T of color and size per run, then the paper's
-# values beside them). The Snakemake run is stopped after PIPELINE_LIMIT seconds (default
-# 460) so that what it finished still comes back. EXTRA_CONFIG: more config files laid
-# over (a tiny model and `compute.device: cpu` try the script on a CPU). Needs the
-# project's packages importable.
+# Does config.yaml learn color at the paper's speed? ONE command on one GPU machine
+# (issue 24; benchmarks/gpu_color_sweep.py says what it runs and writes):
+#   benchmarks/gpu_color_sweep.sh OUTDIR             # CUDA GPU, at most BUDGET_S seconds
+#   TINY=1 benchmarks/gpu_color_sweep.sh OUTDIR      # tiny, on this CPU, in seconds
+# config.yaml's model, VDM and training; color gaps 0.4 / 0.6 / 0.8 at size gap 0.4, seeds
+# 0 and 100, trained as one pack for as many steps as the time allows; the probe and the
+# naive evaluations (32 samples, 50 sampler steps) on the GPU in the same call; a time
+# guard that stops training so that whatever finished is gathered: study.nc, claims.json,
+# README.md (T beside the paper's), checkpoints.csv (gamma_0 and the ELBO terms),
+# record.tar.gz (sample sheets, logs), run.log. BUDGET_S (default 520) is the whole
+# command's wall time, the wheels' install included. Wheels in .whl/ (netCDF4, cftime,
+# jsonschema and its needs) are installed first where those packages are missing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+started=$(date +%s)
 out="${1:?usage: benchmarks/gpu_color_sweep.sh OUTDIR}"
 mkdir -p "$out"
-python3 -c 'import torch; print("torch", torch.__version__, "| GPU:", torch.cuda.is_available() and torch.cuda.get_device_name(0))'
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null || true
-# the jobs call `python`; some images name the interpreter python3 only
-if ! command -v python >/dev/null; then
-    mkdir -p /tmp/pybin && ln -sf "$(command -v python3)" /tmp/pybin/python
-    export PATH=/tmp/pybin:$PATH
+python=${PYTHON:-python3}
+if ! "$python" -c 'import netCDF4, jsonschema' 2>/dev/null; then
+    if ls .whl/*.whl >/dev/null 2>&1; then
+        "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/site .whl/*.whl || exit 1
+        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    else
+        echo "gpu_color_sweep.sh: netCDF4 or jsonschema is missing and .whl/ holds no wheels" >&2
+        exit 1
+    fi
 fi
-results=results/gpu-paper-color-sweep
-rm -rf "$results"
-started=$(date +%s)
-# SIGINT: Snakemake stops its running jobs and exits (on SIGTERM it waits for them)
-timeout -s INT -k 30 "${PIPELINE_LIMIT:-460}" python3 -m snakemake --cores "${CORES:-16}" --workflow-profile none --printshellcmds \
-    --configfile workflow/presets/gpu/paper-color-sweep.yaml ${EXTRA_CONFIG:-} \
-    --config preset=paper "results=$results" >"$out/pipeline.log" 2>&1
-echo "pipeline: exit $? after $(($(date +%s) - started)) s"
-grep -E "steps \([0-9]+%\) done" "$out/pipeline.log" | tail -1
-# per-run training speed, from the training logs' last progress line
-for log in "$results"/logs/train_vdm/signal/*.log; do
-    [ -f "$log" ] && echo "$(basename "$log" .log): $(grep -E "steps/s" "$log" | tail -1)"
-done
-python3 - "$results" "$out/learning_times.txt" <<'PY' || true
-import sys
-import xarray as xr
-results, out = sys.argv[1:]
-study = xr.open_dataset(f"{results}/signal/study.nc").sel({"method": "naive", "size_gap": 0.4})
-lines = []
-for name in ("learning_time", "learning_time_concept", "learning_time_authors"):
-    lines += [f"{name} (naive; NaN: not learned by the last step): {study[name].attrs.get('long_name', '')}",
-              str(study[name].to_dataframe()[name].unstack("seed")), ""]
-lines.append("paper (Fig. 3, color, naive): dc 0.4 ~8.0k, dc 0.6 ~4.4k, dc 0.8 ~3.3k steps")
-open(out, "w").write("\n".join(lines) + "\n")
-print("\n".join(lines))
-PY
-tar czf "$out/results.tar.gz" --exclude='*.pt' --exclude='*.npz' "$results" 2>/dev/null
-ls -la "$out"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null || true
+budget=$((${BUDGET_S:-520} - ($(date +%s) - started)))
+if [ -n "${TINY:-}" ]; then
+    # every process on one thread, one evaluation worker: the 2-core build machine
+    exec "$python" benchmarks/gpu_color_sweep.py run --tiny --device cpu --out "$out" \
+        --budget-s "$budget" --finish-s 30 --threads 1 --eval-workers 1 --eval-threads 1 --train-threads 1 \
+        --probe-threads 1 --poll-s 0.3 ${WORK:+--work "$WORK"}
+fi
+exec "$python" benchmarks/gpu_color_sweep.py run --device cuda --out "$out" --budget-s "$budget" \
+    ${WORK:+--work "$WORK"}
