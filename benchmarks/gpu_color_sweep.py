@@ -368,7 +368,8 @@ class Sweep:
             training = any(p.poll() is None for p in self.training)
             if not training and "training ended" not in self.events:
                 codes = [p.returncode for p in self.training]
-                if self.mode == "pack" and codes[0] != 0 and self.checkpoints_written() == 0:
+                failed = codes[0] != 0 and not self.stopped_by_guard
+                if self.mode == "pack" and failed and self.checkpoints_written() == 0:
                     log.error("the pack failed before its first checkpoint (exit %s)", codes[0])
                     self.mark("pack failed")
                     self.start_separate()
