@@ -324,7 +324,7 @@ def test_a_damaged_checkpoint_is_named_with_the_fix(finished_run, tmp_path, dama
         load_checkpoint(path)
     message = str(caught.value)
     assert str(path) in message and "truncated or corrupt" in message
-    assert "delete it and rerun training" in message
+    assert f"`rm -f {path}`, then rerun `snakemake`" in message  # outside a run: nothing else
 
 
 def test_a_corrupt_evaluation_stops_gathering_without_output(tmp_path):

@@ -234,3 +234,39 @@ def test_a_diverging_loss_stops_before_the_next_checkpoint(
     vdm, metadata = load_checkpoint(checkpoint_path(run_dir, kept))  # still loads
     assert metadata["step"] == kept
     assert all(torch.isfinite(p).all() for p in vdm.parameters())
+
+
+def test_a_resumed_run_is_judged_at_once_by_the_reference_its_checkpoint_kept(
+    dataset, tmp_path, monkeypatch, caplog
+):
+    # A healthy run, its last checkpoint lost (a killed job): it resumes at step 44. Its
+    # loss then jumps to 50 at once. A monitor that started afresh would arm only after 5
+    # intervals of 50 (46 to 54), take 50 as its best, and never stop the run.
+    inject(monkeypatch, healthy)
+    run_dir = tmp_path / "run"
+    train_run(MODEL, RUN, dataset, SEED, run_dir, tmp_path / "m.json")
+    reference = torch.load(checkpoint_path(run_dir, 44), weights_only=True)["divergence"]
+    assert reference["intervals"] == 22 and reference["log_every"] == 2
+    assert len(reference["means"]) == DIVERGENCE["window"] + 1
+    checkpoint_path(run_dir, 60).unlink()
+    monkeypatch.undo()
+    inject(monkeypatch, lambda call: 50.0)  # calls count from the resume
+    with caplog.at_level(logging.INFO, logger="conceptspace"):
+        with pytest.raises(ConceptspaceError, match="training diverged") as caught:
+            train_run(MODEL, RUN, dataset, SEED, run_dir, tmp_path / "m.json")
+    assert "reference restored from step 44 (22 log intervals" in caplog.text
+    assert "between steps 45 and 46" in str(caught.value)
+    assert f"{reference['best']:.4g}" in str(caught.value)  # the best from before the resume
+
+
+def test_the_reference_round_trips_and_a_changed_log_every_arms_again():
+    monitor = DivergenceMonitor(LOG_EVERY, 10, 1.0, 20)
+    for mean in CPU_PRESET_TRACE[:8]:
+        monitor.observe(mean, LOG_EVERY, complete=True)
+    restored = DivergenceMonitor(LOG_EVERY, 10, 1.0, 20)
+    assert restored.load_state_dict(monitor.state_dict())
+    assert restored.state_dict() == monitor.state_dict() and restored.armed
+    assert restored.allowed_rise(LOG_EVERY) == monitor.allowed_rise(LOG_EVERY)
+    other = DivergenceMonitor(LOG_EVERY // 2, 10, 1.0, 20)
+    assert not other.load_state_dict(monitor.state_dict())
+    assert not other.armed and other.best == math.inf

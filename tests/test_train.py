@@ -5,12 +5,15 @@ import json
 import logging
 import math
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -378,3 +381,119 @@ def test_a_checkpoint_without_optimizer_state_trains_the_run_again(
         train_run(MODEL, TRAINING, dataset, SEED, copy, tmp_path / "manifest.json")
     assert "holds no optimizer state" in caplog.text and "resuming" not in caplog.text
     assert_same_weights(final_state(copy, 12), final_state(run_dir, 12))
+
+
+# ------------------------------------------------------------------- recovery, done literally
+
+
+def workflow_run(reference, tmp_path, run="r"):
+    """The reference run in the workflow's layout (``<study>/runs/<run>``), with the run's
+    manifest and its pack's (rule train_vdm's output), and a pack-mate's pack beside it."""
+    run_dir, manifest = reference
+    study = tmp_path / "results" / "study"
+    copy = study / "runs" / run
+    shutil.copytree(run_dir, copy)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    (study / "packs").mkdir()
+    (study / "packs" / "pack000.json").write_text(json.dumps({"runs": {run: manifest}}))
+    (study / "packs" / "pack001.json").write_text(json.dumps({"runs": {"other": manifest}}))
+    return study, copy
+
+
+def do_what_it_says(message: str) -> None:
+    """Run the command the message gives, as a user would paste it."""
+    commands = re.findall(r"`(rm [^`]+)`", message)
+    assert len(commands) == 1, message
+    subprocess.run(shlex.split(commands[0]), check=True)
+    assert "then rerun `snakemake`" in message
+
+
+def rerun_snakemake(study: Path, dataset) -> None:
+    """What `snakemake` does to the study's training: rule train_vdm for each pack whose
+    manifest (its output) is gone, rule run_manifest for each run manifest that is gone."""
+    from conceptspace.pack_plan import write_run_manifest
+    from conceptspace.train import PackRun, train_pack
+
+    packs = {"pack000": ["r"], "pack001": ["other"]}
+    for pack, runs in packs.items():
+        out = study / "packs" / f"{pack}.json"
+        if not out.exists() and runs == ["r"]:
+            run = PackRun(dataset, SEED, study / "runs" / "r")
+            manifests = train_pack(MODEL, TRAINING, [run])
+            out.write_text(json.dumps({"runs": {"r": manifests[0]}}))
+    if not (study / "runs" / "r" / "manifest.json").exists():
+        write_run_manifest(
+            study / "packs" / "pack000.json", "r", study / "runs" / "r" / "manifest.json"
+        )
+
+
+@pytest.mark.parametrize("step, resumed_from", [(12, 7), (7, None), (4, None)])
+def test_a_corrupt_checkpoints_fix_done_literally_writes_it_again(
+    reference, dataset, tmp_path, caplog, step, resumed_from
+):
+    # `truncate -s 100` on one checkpoint; evaluation (load_checkpoint) names it and the fix
+    run_dir, _ = reference
+    study, copy = workflow_run(reference, tmp_path)
+    damaged = checkpoint_path(copy, step)
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with pytest.raises(ConceptspaceError, match="truncated or corrupt") as caught:
+        load_checkpoint(damaged)
+    message = str(caught.value)
+    do_what_it_says(message)
+    assert not damaged.exists() and not (study / "packs" / "pack000.json").exists()
+    assert (study / "packs" / "pack001.json").exists()  # a pack-mate's is left alone
+    with caplog.at_level(logging.INFO, logger="conceptspace.train"):
+        rerun_snakemake(study, dataset)
+    if resumed_from is None:  # no earlier checkpoint holds optimizer state: from step 0
+        assert "resuming" not in caplog.text and "steps 0 -> 12" in caplog.text
+    else:
+        assert f"resuming from step {resumed_from}" in caplog.text
+    for written in (4, 7, 12):  # every checkpoint the run's, bit for bit
+        assert_same_weights(final_state(copy, written), final_state(run_dir, written))
+    load_checkpoint(damaged)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest["final_step"] == 12 and manifest["checkpoints"][0]["step"] == 4
+
+
+def test_a_deleted_checkpoints_message_names_the_manifests_whose_deletion_retrains(
+    reference, dataset, tmp_path
+):
+    # the user deleted the checkpoint alone (as the old message said): evaluation now
+    # finds it missing, and its fix must not be "rerun training", which plans nothing
+    run_dir, _ = reference
+    study, copy = workflow_run(reference, tmp_path)
+    checkpoint_path(copy, 12).unlink()
+    with pytest.raises(ConceptspaceError, match="does not exist") as caught:
+        load_checkpoint(checkpoint_path(copy, 12))
+    do_what_it_says(str(caught.value))
+    assert not (copy / "manifest.json").exists()
+    rerun_snakemake(study, dataset)
+    assert_same_weights(final_state(copy, 12), final_state(run_dir, 12))
+
+
+def test_resume_goes_back_past_checkpoints_without_optimizer_state(
+    dataset, tmp_path, caplog, monkeypatch
+):
+    # A run whose every checkpoint keeps its optimizer state; then 12 is gone and 7 lost
+    # its optimizer state: 4 is the newest readable checkpoint an exact resume starts from.
+    import conceptspace.train as train
+
+    drop = train._drop_optimizer_before
+    monkeypatch.setattr(train, "_drop_optimizer_before", lambda run_dir, step, keep: None)
+    train_run(MODEL, TRAINING, dataset, SEED, tmp_path / "run", tmp_path / "manifest.json")
+    monkeypatch.setattr(train, "_drop_optimizer_before", drop)
+    kept = train_run(MODEL, TRAINING, dataset, SEED, tmp_path / "all", tmp_path / "all.json")
+    assert "optimizer" in torch.load(checkpoint_path(tmp_path / "run", 4), weights_only=True)
+    checkpoint_path(tmp_path / "run", 12).unlink()
+    stripped = torch.load(checkpoint_path(tmp_path / "run", 7), weights_only=True)
+    del stripped["optimizer"]
+    torch.save(stripped, checkpoint_path(tmp_path / "run", 7))
+    with caplog.at_level(logging.INFO, logger="conceptspace.train"):
+        train_run(MODEL, TRAINING, dataset, SEED, tmp_path / "run", tmp_path / "manifest.json")
+    assert "holds no optimizer state; looking further back" in caplog.text
+    assert "resuming from step 4" in caplog.text
+    assert kept["final_step"] == 12
+    for step in (7, 12):
+        assert_same_weights(
+            final_state(tmp_path / "run", step), final_state(tmp_path / "all", step)
+        )

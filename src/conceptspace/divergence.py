@@ -21,7 +21,8 @@ offset:
   (noise near 0) from stopping a healthy run.
 
 The monitor arms once it has ``ARMING_INTERVALS`` complete intervals (fewer differences
-give no usable MAD) and says so once in the log. It only reads numbers: the training loop
+give no usable MAD) and says so once in the log. A checkpoint stores its reference
+(``state_dict``) and a resume restores it, so a resumed run is judged at once. It only reads numbers: the training loop
 (``train.train_run``) feeds it and acts on its verdict; NaN/inf are the loop's own check.
 """
 
@@ -75,6 +76,27 @@ class DivergenceMonitor:
             float(settings["min_rise"]),
             int(settings["window"]),
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The reference (plain numbers, as a checkpoint stores it): a resumed run's
+        monitor goes on judging from it, armed if it was, instead of arming again."""
+        return {
+            "log_every": self.log_every,
+            "best": self.best,
+            "intervals": self.intervals,
+            "means": list(self._means),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> bool:
+        """Take up the reference ``state`` (``state_dict``); False, leaving the monitor
+        fresh, where it was taken over intervals of another log_every (a cosmetic key a
+        resume may change), whose means are not this one's."""
+        if int(state["log_every"]) != self.log_every:
+            return False
+        self.best = float(state["best"])
+        self.intervals = int(state["intervals"])
+        self._means = deque((float(m) for m in state["means"]), maxlen=self._means.maxlen)
+        return True
 
     @property
     def armed(self) -> bool:

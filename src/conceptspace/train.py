@@ -3,7 +3,8 @@
 Layout of a run (``run_dir``)::
 
     checkpoints/step_000500.pt     torch.save dict, loadable with weights_only=True:
-                                   model, step, rng, config, metrics, provenance; and
+                                   model, step, rng, divergence (the monitor's
+                                   reference), config, metrics, provenance; and
                                    optimizer, in the run's two latest checkpoints only
     checkpoints/step_000500.json   sidecar: step, metrics, config, provenance
     <manifest_path>                written last: the checkpoints, the config, final loss
@@ -12,9 +13,13 @@ Checkpoints are saved at ``checkpoint_steps(training_cfg)`` (the schedule the Sn
 DAG plans evaluations for) and at the last step. Each is written sidecar first, then the
 .pt through ``io.atomic_path``, so a .pt that exists is complete. Only a resume reads the
 optimizer state (two thirds of a checkpoint: 85 of 128 MB at the paper's scale), and a
-resume starts from the latest checkpoint (the one before it if the latest is damaged):
-once a checkpoint is written, the one two before it is rewritten without it, again
-through ``io.atomic_path``.
+resume starts from the newest readable checkpoint that holds it (the one before the
+latest if that is damaged or deleted; step 0 where none does, exact too): once a
+checkpoint is written, the one two before it is rewritten without it, again through
+``io.atomic_path``. Keeping it in every checkpoint would let a lost early checkpoint
+resume from the one before it, at three times the disk (measured with torch.save: the
+paper's model 42.6 MB a checkpoint without it, 127.7 MB with it; its 60 checkpoints 2.7
+GB a run as kept, 7.7 GB with it in all); a lost early checkpoint retrains its run.
 
 Determinism: every random number of training (batch indices, t0, eps, dropout) comes
 from the global torch RNG, seeded once with ``torch.manual_seed(seed)``; a checkpoint
@@ -35,6 +40,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -74,6 +80,7 @@ COSMETIC_TRAINING_KEYS = ("log_every", "divergence", "explode_factor")
 _CHECKPOINT_NAME = re.compile(r"step_(\d{6,})\.pt")
 _CHECKPOINT_KEYS = ("model", "step", "rng", "config")
 _RESUME_KEY = "optimizer"  # in the run's two latest checkpoints only
+_MONITOR_KEY = "divergence"  # the divergence monitor's reference (None: monitor off)
 # Model keys added after runs were trained without them, with the value those runs used:
 # a stored config that lacks one means this value (for loading and for resuming).
 LEGACY_MODEL_KEYS = {"data_range": [-1.0, 1.0], "h_init_fan_in": None}
@@ -168,11 +175,9 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
 
 def _read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     """torch.load(weights_only=True) with every way a file can be broken turned into a
-    ConceptspaceError that names the file and the fix."""
+    ConceptspaceError that names the file and the fix (``recovery``)."""
     if not path.exists():
-        raise ConceptspaceError(
-            f"checkpoint {path} does not exist; rerun training (`snakemake`) to write it"
-        )
+        raise ConceptspaceError(f"checkpoint {path} does not exist; {recovery(path)}")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
         missing = [key for key in _CHECKPOINT_KEYS if key not in checkpoint]
@@ -181,10 +186,56 @@ def _read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str
     except DAMAGED_TORCH_FILE_ERRORS as err:
         raise ConceptspaceError(
             f"checkpoint {path} could not be read ({type(err).__name__}: {err}); it is "
-            "truncated or corrupt: delete it and rerun training (`snakemake`), which resumes "
-            "from the previous checkpoint and writes it again"
+            f"truncated or corrupt; {recovery(path)}"
         ) from err
     return checkpoint
+
+
+def _training_outputs(path: Path) -> list[Path]:
+    """What says a checkpoint's run is trained, in the workflow's layout
+    (``<results>/<study>/runs/<run>/checkpoints/step_*.pt``): the run's manifest and the
+    manifest of the pack that trained it (rule train_vdm's output, ``<study>/packs``)."""
+    run_dir = path.parent.parent
+    if path.parent.name != "checkpoints":
+        return []  # not in a run folder
+    outputs = [run_dir / "manifest.json"] if (run_dir / "manifest.json").exists() else []
+    if run_dir.parent.name != "runs":
+        return outputs
+    for pack in sorted((run_dir.parent.parent / "packs").glob("*.json")):
+        try:
+            runs = read_json(pack).get("runs", {})
+        except (ConceptspaceError, AttributeError):
+            runs = {}  # unreadable: it names no run
+        if run_dir.name in runs:
+            outputs.append(pack)
+    return outputs
+
+
+def recovery(path: Path) -> str:
+    """The fix for a missing or damaged checkpoint ``path``, as one command to run.
+
+    Snakemake trains a run again only when its pack's manifest is gone (the checkpoints
+    are undeclared), so the command deletes that too: the pack's job then rewrites its
+    finished runs' manifests and resumes this run from its newest readable checkpoint
+    before ``path`` that holds optimizer state (``_find_resume_checkpoint``), which
+    writes ``path`` again, bit for bit what it was.
+    """
+    path = Path(path)
+    outputs = _training_outputs(path)
+    doomed = ([path] if path.exists() else []) + outputs
+    how = (
+        "training resumes from the run's newest readable checkpoint before it that holds "
+        "optimizer state (the run's two latest checkpoints hold it; without one, from step "
+        "0) and writes it again, identical"
+    )
+    if not doomed:
+        return f"rerun training (`snakemake`) to write it: {how}"
+    return (
+        f"to write it again run `{shlex.join(['rm', '-f', *map(str, doomed)])}`, then rerun "
+        f"`snakemake` as before"
+        + (" (without its manifests it trains the run again)" if outputs else "")
+        + f": {how}"
+    )
 
 
 def _build_vdm(model_cfg: Mapping[str, Any], h_dim: int, image_size: int):
@@ -300,15 +351,18 @@ def _stored_steps(checkpoints_dir: Path) -> list[int]:
 def _find_resume_checkpoint(
     run_dir: Path, save_steps: list[int], device: torch.device
 ) -> tuple[Path | None, dict | None]:
-    """The latest checkpoint that loads, no later than the first scheduled one missing
-    (so a deleted intermediate checkpoint is written again). Corrupt ones are skipped."""
+    """The latest checkpoint that loads and holds optimizer state (an exact resume), no
+    later than the first scheduled one missing (so a deleted checkpoint is written again).
+    Corrupt ones are skipped. Where none holds optimizer state, the latest that loads (its
+    config is checked; ``_with_optimizer_state`` then starts from step 0)."""
     stored = _stored_steps(run_dir / "checkpoints")
     missing = [step for step in save_steps if step not in stored]
     limit = missing[0] if missing else save_steps[-1]
+    readable: tuple[Path | None, dict | None] = (None, None)
     for step in reversed([s for s in stored if s <= limit]):
         path = checkpoint_path(run_dir, step)
         try:
-            return path, _read_checkpoint(path, device)
+            checkpoint = _read_checkpoint(path, device)
         except ConceptspaceError as err:
             reason = err.__cause__ or err
             log.warning(
@@ -318,7 +372,13 @@ def _find_resume_checkpoint(
                 type(reason).__name__,
                 reason,
             )
-    return None, None
+            continue
+        if _RESUME_KEY in checkpoint:
+            return path, checkpoint
+        if readable[1] is None:
+            readable = (path, checkpoint)
+        log.info("checkpoint %s holds no optimizer state; looking further back", path)
+    return readable
 
 
 # ----------------------------------------------------------------------------- training
@@ -630,6 +690,23 @@ class _Member:
             return state, None
         log.info("%sresuming from step %d (%s)", self.label, self.start, self.resume_path)
         self.generator = _generator_from(self.checkpoint["rng"], device)
+        reference = self.checkpoint.get(_MONITOR_KEY)
+        if self.monitor is not None and reference is not None:
+            if self.monitor.load_state_dict(reference):
+                log.info(
+                    "%sdivergence monitor: reference restored from step %d (%d log intervals, "
+                    "best %.4f bits/dim)",
+                    self.label,
+                    self.start,
+                    self.monitor.intervals,
+                    self.monitor.best,
+                )
+            else:
+                log.info(
+                    "%sdivergence monitor: log_every changed since step %d; it arms again",
+                    self.label,
+                    self.start,
+                )
         state, optimizer = self.checkpoint["model"], self.checkpoint[_RESUME_KEY]
         self.checkpoint = None  # the pack holds them from here on
         return state, optimizer
@@ -859,6 +936,7 @@ class _Stepper:
                     "model": state,
                     _RESUME_KEY: self.stack.run_optimizer_state(k),
                     "rng": _run_rng_state(member.generator, self.plan.device),
+                    _MONITOR_KEY: None if member.monitor is None else member.monitor.state_dict(),
                 },
                 member.config,
                 member.record,
@@ -917,7 +995,7 @@ class _LossTally:
 class _DivergenceWatch:
     """Says why a run must stop (``_diverged``) when its loss or gradient norm turns
     NaN/inf, or when the divergence monitor (``training.divergence``; None: off) sees its
-    loss climb far above its best. Its reference restarts at a resume. Remembers the last
+    loss climb far above its best. Its reference is the checkpoint's at a resume. Remembers the last
     step that passed, so the message says between which steps training diverged."""
 
     def __init__(self, run_dir: Path, monitor: DivergenceMonitor | None, start: int):
@@ -1011,7 +1089,8 @@ def _save_checkpoint(
     validation: dict[str, float] | None,
     schedule_ends: dict[str, float],
 ) -> None:
-    """``state``: the run's "model" (state_dict), "optimizer" (state_dict) and "rng"."""
+    """``state``: the run's "model" (state_dict), "optimizer" (state_dict), "rng" and
+    "divergence" (the monitor's reference, or None)."""
     metrics = {
         # Mean training loss (bits/dim) over the steps since the previous checkpoint.
         "train_loss": train_loss,
@@ -1031,6 +1110,7 @@ def _save_checkpoint(
         _RESUME_KEY: state[_RESUME_KEY],
         "step": step,
         "rng": state["rng"],
+        _MONITOR_KEY: state.get(_MONITOR_KEY),
         "config": config,
         "metrics": metrics,
         "provenance": record,
