@@ -179,7 +179,7 @@ CLAIMS = {
         "naive speed of learning color, 1/T(color) (a run that never reaches the threshold "
         "ranks slowest, tied with the others that never do); interval: bootstrap over seeds "
         "within each color gap",
-        "at least {min_levels} color gaps with runs, interval lower bound > 0 and value >= "
+        "at least {min_levels} color gaps with runs, permutation test p <= alpha and value >= "
         "threshold",
         "min_spearman",
     ),
@@ -191,7 +191,7 @@ CLAIMS = {
         "that seed reaches the threshold (no approach: 0); the smaller over the weakest and "
         "the strongest color gap of the mean margin over seeds; interval: bootstrap over "
         "seeds within each gap",
-        "interval lower bound > threshold",
+        "sign-flip test p <= alpha at both gaps and value > threshold",
         "min_margin",
     ),
     "hidden": ClaimText(
@@ -200,7 +200,7 @@ CLAIMS = {
         "median over runs of d = T(naive) - min(T(intervention), T(overprompt)) in steps "
         "(never reached: one step past the last checkpoint); interval: bootstrap over runs "
         "within each signal level; p: one-sided sign test of d > 0",
-        "interval lower bound > 0 and fraction of runs with d > 0 >= threshold",
+        "sign test p <= alpha and fraction of runs with d > 0 >= threshold",
         "min_fraction",
     ),
     "patching": ClaimText(
@@ -210,7 +210,7 @@ CLAIMS = {
         "evaluation threshold <= accuracy with the final embedding module patched in "
         "(accuracies smoothed as for T); interval: bootstrap over runs within each signal "
         "level",
-        "interval lower bound > 0 and value >= threshold",
+        "sign test of rescues over reversals p <= alpha and value >= threshold",
         "min_fraction",
     ),
     "underspecification": ClaimText(
@@ -218,7 +218,7 @@ CLAIMS = {
         "delay T(largest masking ratio) - T(smallest), each the mean naive T over seeds, in "
         "steps (never reached: one step past the last checkpoint); interval: bootstrap over "
         "seeds within each masking ratio",
-        "interval lower bound > threshold",
+        "permutation test p <= alpha and value > threshold",
         "min_delay",
     ),
 }
