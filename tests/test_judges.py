@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conceptspace.config import load_config
-from conceptspace.judges import LEVELS, TESTS, _smallest_p, pass_rate
+from conceptspace.judges import LEVELS, TESTS, design_smallest_p, pass_rate
 from conftest import REPO
 
 CLAIMS_CFG = load_config(REPO / "config.yaml")["claims"]
@@ -29,7 +29,7 @@ def test_a_judge_passes_studies_with_no_effect_at_most_five_percent_of_the_time(
 @pytest.mark.parametrize("claim", list(TESTS))
 def test_a_judge_passes_a_measured_effect_more_often_than_chance_where_it_can_pass(claim):
     sizes = [5] * LEVELS[claim]
-    assert _smallest_p(claim, sizes) <= ALPHA  # five seeds per level allow a pass
+    assert design_smallest_p(claim, sizes) <= ALPHA  # five seeds per level allow a pass
     null, effect = (
         pass_rate(claim, sizes, CLAIMS_CFG[claim], ALPHA, model, 500)
         for model in ("null", "effect")
@@ -63,8 +63,8 @@ def test_the_percentile_bootstrap_the_judges_replaced_passes_chance_too_often():
         ("underspecification", [3, 3], 1 / 20),
     ],
 )
-def test_the_smallest_p_is_one_over_the_relabellings(claim, sizes, smallest):
-    assert _smallest_p(claim, sizes) == pytest.approx(smallest)
+def test_thedesign_smallest_p_is_one_over_the_relabellings(claim, sizes, smallest):
+    assert design_smallest_p(claim, sizes) == pytest.approx(smallest)
 
 
 def test_rates_are_seeded():

@@ -295,7 +295,7 @@ def _decide(
     resampling: Resampling,
     lower: float | None = None,
     estimate: Estimate | None = None,
-    seeds_key: str = "studies.signal.seeds",
+    seeds_key: str = SIGNAL_SEEDS_KEY,
 ) -> tuple[str, str]:
     """(outcome, reason): pass when the claim's exact test passes (p <= alpha and the
     estimate meets its threshold: ``judges``); fail when the bootstrap interval lies at

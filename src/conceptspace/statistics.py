@@ -144,6 +144,33 @@ def _p_value(observed: float, values: np.ndarray, exact: bool) -> float:
     return hits / len(values) if exact else (1 + hits) / (1 + len(values))
 
 
+@functools.lru_cache(maxsize=16)
+def _sign_patterns(n: int) -> np.ndarray:
+    """Every pattern of signs over n runs, as (2^n, n) of +-1."""
+    return np.array(list(itertools.product((1.0, -1.0), repeat=n)))
+
+
+def _randomization_test(
+    groups: Sequence[Sequence[float] | np.ndarray],
+    statistic: Vectorized,
+    count: Callable[[list[int]], int],
+    every: Callable[[np.ndarray, list[int]], np.ndarray],
+    draw: Callable[[np.ndarray, np.random.Generator], np.ndarray],
+    seed: int,
+) -> tuple[float, float]:
+    """(statistic, one-sided p) over the relabellings of the pooled runs that the null
+    hypothesis makes equally likely: ``every`` (P, N) of them when ``count`` of them is
+    at most EXACT_LIMIT, else MONTE_CARLO ``draw``n at random (seeded)."""
+    arrays = [np.asarray(group, dtype=float) for group in groups]
+    sizes = [len(group) for group in arrays]
+    pooled = np.concatenate(arrays)
+    observed = float(statistic(_split(pooled[None, :], sizes))[0])
+    exact = count(sizes) <= EXACT_LIMIT
+    relabelled = every(pooled, sizes) if exact else draw(pooled, np.random.default_rng(seed))
+    values = np.asarray(statistic(_split(relabelled, sizes)), dtype=float)
+    return observed, _p_value(observed, values, exact)
+
+
 def permutation_test(
     groups: Sequence[Sequence[float] | np.ndarray],
     statistic: Vectorized,
@@ -154,18 +181,14 @@ def permutation_test(
     group sizes, every dealing equally likely under the null hypothesis that the group
     does not matter. Exact over all dealings up to EXACT_LIMIT, else MONTE_CARLO random
     ones (seeded)."""
-    arrays = [np.asarray(group, dtype=float) for group in groups]
-    sizes = [len(group) for group in arrays]
-    pooled = np.concatenate(arrays)
-    observed = float(statistic(_split(pooled[None, :], sizes))[0])
-    exact = relabellings(sizes) <= EXACT_LIMIT
-    if exact:
-        orders = _assignments(tuple(sizes))
-    else:
-        rng = np.random.default_rng(seed)
-        orders = np.argsort(rng.random((MONTE_CARLO, len(pooled))), axis=1)
-    values = np.asarray(statistic(_split(pooled[orders], sizes)), dtype=float)
-    return observed, _p_value(observed, values, exact)
+    return _randomization_test(
+        groups,
+        statistic,
+        relabellings,
+        lambda pooled, sizes: pooled[_assignments(tuple(sizes))],
+        lambda pooled, rng: pooled[np.argsort(rng.random((MONTE_CARLO, len(pooled))), axis=1)],
+        seed,
+    )
 
 
 def sign_flip_test(
@@ -178,18 +201,14 @@ def sign_flip_test(
     as likely negative as positive (symmetric about 0): every pattern of signs over the
     runs is equally likely. Exact over all 2^N patterns up to EXACT_LIMIT, else
     MONTE_CARLO random ones (seeded). A value of 0 flips to itself."""
-    arrays = [np.asarray(group, dtype=float) for group in groups]
-    sizes = [len(group) for group in arrays]
-    pooled = np.concatenate(arrays)
-    observed = float(statistic(_split(pooled[None, :], sizes))[0])
-    exact = 2 ** len(pooled) <= EXACT_LIMIT
-    if exact:
-        signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(pooled))))
-    else:
-        rng = np.random.default_rng(seed)
-        signs = rng.choice((1.0, -1.0), size=(MONTE_CARLO, len(pooled)))
-    values = np.asarray(statistic(_split(signs * pooled, sizes)), dtype=float)
-    return observed, _p_value(observed, values, exact)
+    return _randomization_test(
+        groups,
+        statistic,
+        lambda sizes: 2 ** sum(sizes),
+        lambda pooled, sizes: _sign_patterns(len(pooled)) * pooled,
+        lambda pooled, rng: rng.choice((1.0, -1.0), size=(MONTE_CARLO, len(pooled))) * pooled,
+        seed,
+    )
 
 
 def smallest_p(test: str, sizes: Sequence[int]) -> float:
