@@ -36,12 +36,13 @@ from conceptspace.info import PROVENANCE_KEYS
 from conceptspace.io import ConceptspaceError
 from conceptspace.statistics import sign_test, spearman
 from conceptspace.netcdf import save_dataset_nc
-from conceptspace.trajectories import learning_time
+from conceptspace.trajectories import concept_accuracy_among_valid, learning_time
 from conftest import REPO, SMOKE, snakemake
 
 STEPS = [100, 200, 400, 800]
 NEVER = 801  # one step past the last checkpoint
 THRESHOLD = 0.8
+MIN_VALID_FRACTION = 0.25
 SIZE_GAP = 0.4
 COLOR_GAPS = [0.1, 0.2, 0.4]
 STUDY_CONFIG = {
@@ -101,6 +102,15 @@ def grid_study(runs, grid, methods, config):
         {"concept_prob": (run_dims + ("concept",), prob), "valid_fraction": (run_dims, valid)},
         coords=coords | {"concept": list(CONCEPTS)},
     )
+    study.attrs["config"] = json.dumps(config)
+    study.attrs["evaluation_cfg"] = json.dumps({"threshold": THRESHOLD, "sigma": 0.0})
+    return scored(study)
+
+
+def scored(study):
+    """``study`` (concept_prob, valid_fraction) with the accuracies and learning times
+    derived from them as gather_study derives them."""
+    dims = tuple(d for d in study["valid_fraction"].dims if d not in ("step", "method", "prompt"))
     study["concept_accuracy"] = (study["valid_fraction"] * study["concept_prob"].fillna(0.0)).where(
         study["valid_fraction"].notnull()
     )
@@ -108,11 +118,10 @@ def grid_study(runs, grid, methods, config):
     unseen_class = study.sel(prompt="11")
     times = learning_time(unseen_class["accuracy"], THRESHOLD)
     study["learning_time"] = times.transpose(*dims, "method")
-    times = learning_time(unseen_class["concept_accuracy"], THRESHOLD)
+    among_valid = concept_accuracy_among_valid(unseen_class, MIN_VALID_FRACTION)
+    times = learning_time(among_valid, THRESHOLD)
     study["learning_time_concept"] = times.transpose(*dims, "method", "concept")
     study["learning_speed"] = 1.0 / study["learning_time"]
-    study.attrs["config"] = json.dumps(config)
-    study.attrs["evaluation_cfg"] = json.dumps({"threshold": THRESHOLD, "sigma": 0.0})
     return study
 
 
@@ -187,6 +196,36 @@ def test_speed_passes_when_the_speed_of_learning_color_rises_with_the_color_gap(
     assert data["runs"] == [3, 3, 3] and data["runs_reached"] == [2, 3, 3]
     assert data["mean_learning_time_reached"] == pytest.approx([800, 1000 / 3, 400 / 3])
     assert data["learning_time"][0] == [None, 800, 800] and data["concept"] == "color"
+
+
+def fewer_valid(study, gaps, fraction):
+    """``study`` with the unseen class's valid fraction at ``gaps`` scaled to
+    ``fraction`` of its value (its valid samples as they were), scores derived again."""
+    valid = study["valid_fraction"].copy()
+    at = {"prompt": "11", "color_gap": gaps}
+    valid.loc[at] = valid.loc[at] * fraction
+    return scored(study.assign(valid_fraction=valid))
+
+
+def test_speed_times_color_among_the_valid_samples():
+    # Half the samples at the two stronger gaps hold no object: among the valid ones the
+    # color is learned as before (claim 1 as RISING), while timed on all samples
+    # (invalid = 0) those gaps never reach the threshold and the order reverses.
+    study = fewer_valid(signal_study(naive_times(RISING)), [0.2, 0.4], 0.5)
+    claim = judge_speed(study, CLAIMS_CFG["speed"])
+    assert claim["outcome"] == PASS and claim["value"] == pytest.approx(0.938, abs=1e-3)
+    assert claim["data"]["spearman_all_samples"] < 0
+    assert claim["data"]["learning_time_all_samples"][2] == [None, None, None]
+    assert "timed on all samples (invalid ones 0), Spearman -" in claim["detail"]
+
+
+def test_speed_does_not_time_color_on_a_few_lucky_objects():
+    # Negative control: at the stronger gaps only 20% of the samples are valid (below
+    # evaluation.min_valid_fraction), all of them the right color: not learned there.
+    study = fewer_valid(signal_study(naive_times(RISING)), [0.2, 0.4], 0.2)
+    claim = judge_speed(study, CLAIMS_CFG["speed"])
+    assert claim["data"]["runs_reached"] == [2, 0, 0]
+    assert claim["outcome"] != PASS and claim["value"] < 0
 
 
 def test_speed_fails_when_the_interval_lies_below_no_effect():

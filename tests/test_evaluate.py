@@ -106,6 +106,7 @@ EVALUATION = {
     "batch_size": 5,  # batches cut across prompts and methods
     "threshold": 0.8,
     "sigma": 0.0,
+    "min_valid_fraction": 0.25,
     "authors": {"threshold": 0.9, "sigma": 2.0, "consecutive": 3},
     "methods": METHODS,
 }

@@ -35,6 +35,7 @@ EVALUATION = {
     "batch_size": 8,
     "threshold": 0.8,
     "sigma": 0.0,
+    "min_valid_fraction": 0.25,
     "authors": {"threshold": 0.9, "sigma": 2.0, "consecutive": 3},
 }
 

@@ -259,6 +259,7 @@ STEPS = [100, 400, 900, 1600]
 EVALUATION = {
     "threshold": 0.8,
     "sigma": 0.0,
+    "min_valid_fraction": 0.25,
     "authors": {"threshold": 0.9, "sigma": 1.0, "consecutive": 2},
 }
 METHODS_CFG = {

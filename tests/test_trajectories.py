@@ -17,6 +17,7 @@ from conceptspace.claims import evaluate_claims
 from conceptspace.config import load_config
 from conceptspace.netcdf import open_study, save_dataset_nc
 from conceptspace.trajectories import (
+    concept_accuracy_among_valid,
     gather_run,
     gather_study,
     learning_time,
@@ -36,6 +37,7 @@ EVALUATION = {
     "batch_size": 8,
     "threshold": 0.8,
     "sigma": 0.0,
+    "min_valid_fraction": 0.25,
     "authors": {"threshold": 0.9, "sigma": 2.0, "consecutive": 3},
 }
 CONFIG = {
@@ -319,6 +321,28 @@ def test_invalid_samples_score_zero_and_are_left_out_of_the_concept_point():
     assert none["concept_prob"].isnull().all() and float(none["accuracy"]) == 0.0
 
 
+def test_a_concept_is_scored_among_the_valid_samples_above_a_floor():
+    # Eight samples, all the target color and size where they hold an object; the valid
+    # ones are the first k. Among the valid the concept is shown (1) from a quarter valid
+    # on; below it scores 0; all samples (invalid = 0) would read k/8.
+    target = xr.DataArray(np.ones((2, 8)), dims=("concept", "sample"))
+    scores = []
+    for k in (0, 1, 2, 4, 8):
+        valid = xr.DataArray([1.0] * k + [0.0] * (8 - k), dims="sample")
+        summaries = summarise_samples(target, valid)
+        scores.append(concept_accuracy_among_valid(summaries, 0.25).values)
+        np.testing.assert_allclose(summaries["concept_accuracy"].values, [k / 8] * 2)
+    np.testing.assert_allclose(scores, [[0, 0], [0, 0], [1, 1], [1, 1], [1, 1]])
+    # a valid sample of the wrong color counts against it: 2 of 4 valid ones are red
+    wrong = target.copy()
+    wrong[0, :2] = 0.0
+    half = summarise_samples(wrong, xr.DataArray([1.0] * 4 + [0.0] * 4, dims="sample"))
+    np.testing.assert_allclose(concept_accuracy_among_valid(half, 0.25).values, [0.5, 1.0])
+    # not sampled (a method that does not prompt the class): NaN, not 0
+    unsampled = summarise_samples(target * np.nan, xr.DataArray([np.nan] * 8, dims="sample"))
+    assert concept_accuracy_among_valid(unsampled, 0.25).isnull().all()
+
+
 def test_gather_run_best_of_is_the_best_variant_at_each_step(tmp_path):
     run = gather_run(write_run(tmp_path, 0, 0.3, 0.4, crossing_index=3))
     assert list(run["method_kind"].values) == [
@@ -509,6 +533,14 @@ def test_a_truncated_study_is_the_study_of_the_shorter_runs(study_runs, tmp_path
     # a cut between checkpoints keeps those before it
     between = truncated_study(study, STEPS[cut - 1] + 1)
     assert list(between["step"].values) == STEPS[:cut]
+
+
+def test_a_study_gathered_before_the_valid_floor_says_to_gather_it_again(study_runs, tmp_path):
+    study = gather_study(list(study_runs.values()), CONFIG, EVALUATION)
+    older = {k: v for k, v in EVALUATION.items() if k != "min_valid_fraction"}
+    study.attrs["evaluation_cfg"] = json.dumps(older)
+    with pytest.raises(ConceptspaceError, match="older version.*rule gather_study"):
+        truncated_study(study, STEPS[-1])
 
 
 def test_a_study_cannot_be_truncated_before_its_first_checkpoint(study_runs):

@@ -27,9 +27,9 @@ Conventions shared by the claims:
   accuracy under naive prompting has a value at some checkpoint (the study's grid holds
   NaN where a sweep did not run a level).
 - A learning time T is the study's ``learning_time`` (joint: the unseen class 11's
-  accuracy) or ``learning_time_concept`` (one concept's accuracy): the first checkpoint at
-  which it, Gaussian-smoothed over checkpoints with ``evaluation.sigma``, reaches
-  ``evaluation.threshold``; NaN if never. Claims that compare accuracies at checkpoints
+  accuracy) or ``learning_time_concept`` (one concept's accuracy among the valid
+  samples): the first checkpoint at which it, Gaussian-smoothed over checkpoints with
+  ``evaluation.sigma``, reaches ``evaluation.threshold``; NaN if never. Claims that compare accuracies at checkpoints
   (4) smooth them alike.
 - Intervals: a seeded (``claims.seed``), stratified percentile bootstrap
   (``conceptspace.statistics.bootstrap_interval``, ``claims.bootstrap_resamples``
@@ -63,6 +63,8 @@ The claims (Park et al., section 4 and Figs. 3-6):
    ``learning_time_concept`` of concept "color" under naive prompting (censored runs
    tied slowest); bootstrap over seeds within each color gap. The mean T per level and
    how many runs reached it are in the detail: monotonicity is shown, not required.
+   Beside it, not judged: rho with color timed on all samples (an invalid one scoring
+   0, ``concept_accuracy``), so a reader sees what the validity of the samples does.
 2. Memorization first: per seed, at the weakest and the strongest color gap of that
    sweep, that seed's naive path of the unseen class (``concept_prob``) before its
    accuracy reaches the threshold, and the path's nearest approach to a training class
@@ -113,7 +115,7 @@ from conceptspace.judges import TESTS, Test, pass_rate
 from conceptspace.statistics import bootstrap_interval, spearman
 from conceptspace.studies import sweep
 from conceptspace.netcdf import open_netcdf, open_study
-from conceptspace.trajectories import smooth_accuracy
+from conceptspace.trajectories import learning_time, smooth_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -455,8 +457,7 @@ def judge_speed(
             f"at least {cfg['min_levels']} (claims.speed.min_levels): add color gaps to it",
             data=data,
         )
-    # Rank keys: the speed 1/T, and 0 for a censored run, slower than any that learned.
-    groups = [np.where(r, 1.0 / np.where(r, t, 1.0), 0.0) for t, r in zip(times, reached)]
+    groups = _speed_ranks(times)
     gap_of_run = np.repeat(gaps, [len(g) for g in groups])
 
     def rho(resampled: list[np.ndarray]) -> float:
@@ -464,6 +465,18 @@ def judge_speed(
         return 0.0 if np.isnan(value) else value  # every run equally fast: no order
 
     value = rho(groups)
+    # Not judged, shown: color timed on all samples, an invalid one scoring 0.
+    all_samples = [
+        learning_time(
+            levels[gap]["concept_accuracy"].sel(prompt=UNSEEN_CLASS, concept=SPEED_CONCEPT),
+            threshold_of(study),
+            sigma_of(study),
+        ).values
+        for gap in gaps
+    ]
+    rho_all_samples = rho(_speed_ranks(all_samples))
+    data["learning_time_all_samples"] = [_numbers(t) for t in all_samples]
+    data["spearman_all_samples"] = rho_all_samples
     per_level = ", ".join(
         f"\u0394c {gap:g}: "
         + (f"{_short(mean)}" if np.isfinite(mean) else "never")
@@ -472,7 +485,8 @@ def judge_speed(
     )
     detail = (
         f"Spearman {value:.3g} over {len(gap_of_run)} runs at \u0394s {size_gap:g}; mean "
-        f"T({SPEED_CONCEPT}) of the runs that reached it: {per_level}"
+        f"T({SPEED_CONCEPT}) of the runs that reached it: {per_level}; timed on all samples "
+        f"(invalid ones 0), Spearman {rho_all_samples:.3g}"
     )
     few = _one_seed(groups, SIGNAL_SEEDS_KEY)
     if few:
@@ -484,6 +498,13 @@ def judge_speed(
     threshold = Estimate("the estimate", value, interval, float(cfg["min_spearman"]))
     outcome, reason = _decide(test, interval, CLAIMS["speed"].null, resampling, estimate=threshold)
     return result(outcome, f"{reason}; {detail}", value, interval, data=data, test=test)
+
+
+def _speed_ranks(times: list[np.ndarray]) -> list[np.ndarray]:
+    """Rank keys of learning times, per level: the speed 1/T, and 0 for a censored run
+    (NaN), slower than any that learned."""
+    reached = [np.isfinite(t) for t in times]
+    return [np.where(r, 1.0 / np.where(r, t, 1.0), 0.0) for t, r in zip(times, reached)]
 
 
 def _seed_margin(run: xr.Dataset, expected: str) -> dict[str, Any]:

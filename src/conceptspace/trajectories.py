@@ -43,9 +43,16 @@ Learning time (Sec. 3, Fig. 3):
   it never does. The paper reads T off its plotted accuracies, which are smoothed;
   smoothing also keeps one checkpoint's sampling noise (32 samples: a standard error up
   to 0.09) from faking a crossing. ``learning_time`` is the joint time (accuracy);
-  ``learning_time_concept`` the time of each concept (``concept_accuracy``), the one the
-  paper's learning-speed figure reads (color against the color gap, size against the
-  size gap): at a large color gap the joint time is bounded by the size's.
+  ``learning_time_concept`` the time of each concept, the one the paper's learning-speed
+  figure reads (color against the color gap, size against the size gap): at a large
+  color gap the joint time is bounded by the size's. A concept's time is read on its
+  accuracy *among the valid samples* (:func:`concept_accuracy_among_valid`): whether the
+  model draws the target color when it draws an object at all. The paper's probe reads
+  the color of every generation and has no verdict; scoring an invalid sample 0 (as
+  ``concept_accuracy`` does) would time when the model draws single whole objects, a
+  separate competence, as well as the concept. A checkpoint where fewer than
+  ``evaluation.min_valid_fraction`` of the samples are valid scores 0 there, so that two
+  lucky objects out of 32 do not time a concept.
 - :func:`learning_time_authors` [the authors' analysis code, a variant]: per concept, the
   hard accuracy over all samples, smoothed in reflect mode (``evaluation.authors.sigma``
   1.5), strictly above 0.9 at three checkpoints in a row, T the middle one; a run that
@@ -655,11 +662,20 @@ def _learning_times(
         f"learning time: first step at which the unseen class {named}'s accuracy{smoothing}"
         f" >= {threshold} (NaN: never reached, or not run)"
     )
-    concept_times = learning_time(unseen["concept_accuracy"], threshold, sigma)
+    if "min_valid_fraction" not in evaluation_cfg:
+        raise ConceptspaceError(
+            "the study was gathered by an older version (its evaluation settings lack "
+            "min_valid_fraction, which a concept's learning time needs): delete its study.nc "
+            "and rerun `snakemake` (rule gather_study)"
+        )
+    min_valid = float(evaluation_cfg["min_valid_fraction"])
+    concept_times = learning_time(concept_accuracy_among_valid(unseen, min_valid), threshold, sigma)
     concept_times.attrs["long_name"] = (
         f"learning time of each concept: first step at which the unseen class {named}'s "
-        f"accuracy on that concept{smoothing} >= {threshold} (NaN: never reached, or not run)"
+        f"accuracy on that concept among its valid samples (0 where fewer than {min_valid:g} "
+        f"of them are valid){smoothing} >= {threshold} (NaN: never reached, or not run)"
     )
+    concept_times.attrs["min_valid_fraction"] = min_valid
     authors_cfg = evaluation_cfg["authors"]
     authors_times = learning_time_authors(
         unseen["hard_concept_accuracy"],
@@ -682,6 +698,19 @@ def _learning_times(
         "learning_time_authors": authors_times.transpose(*grid, "method", *extra, "concept"),
         "learning_speed": speed.transpose(*grid, "method", *extra),
     }
+
+
+def concept_accuracy_among_valid(
+    summaries: xr.Dataset | Mapping[str, xr.DataArray], min_valid_fraction: float
+) -> xr.DataArray:
+    """Each concept's accuracy over the valid samples (``concept_prob``) where at least
+    ``min_valid_fraction`` of the samples are valid, 0 where fewer are (no object drawn is
+    no concept shown), NaN where nothing was sampled (not run, or a method that does not
+    prompt the class)."""
+    valid_fraction = summaries["valid_fraction"]
+    enough = valid_fraction >= min_valid_fraction
+    among_valid = xr.where(enough, summaries["concept_prob"], 0.0)
+    return among_valid.where(valid_fraction.notnull())
 
 
 def _study_attrs(

@@ -3,7 +3,8 @@
 (a) Speed of learning the color of the unseen class, 1/T(color), against the color gap,
     at the color sweep's size gap; (b) speed of learning its size, 1/T(size), against
     the size gap, at the size sweep's color gap: each concept's own learning time
-    (``learning_time_concept``), as the paper's Fig. 3 reads it (the joint time is
+    (``learning_time_concept``, on its accuracy among the valid samples), as the paper's
+    Fig. 3 reads it (the joint time is
     bounded by the slower concept, so it cannot show one concept's signal). Each seed
     is a point; a run that never reached the threshold is censored at the last
     checkpoint: a hollow marker at 1/last step (its speed is at most that). The line is
