@@ -101,6 +101,23 @@ def test_runs_are_seeds_times_the_union_of_sweeps():
     assert runs[0].id == "dc0.300_ds0.400_seed0"
 
 
+def test_a_sweep_may_name_its_own_seeds(paper):
+    # more seeds at the ends of the color sweep (a claim's test needs them there)
+    config = load_config(REPO / "config.yaml", SMOKE)
+    sweeps = config["studies"]["signal"]["sweeps"]
+    sweeps.append({"name": "ends", "color_gap": [0.3, 0.6], "size_gap": [0.4], "seeds": [2, 3]})
+    validate_config(config, SCHEMA)
+    runs = {(r.color_gap, r.size_gap, r.seed) for r in STUDIES["signal"].runs(config)}
+    study = {(dc, ds, s) for dc, ds in [(0.3, 0.4), (0.6, 0.4), (0.6, 0.3)] for s in (0, 1)}
+    assert runs == study | {(dc, 0.4, s) for dc in (0.3, 0.6) for s in (2, 3)}
+    # the sample sheet must name a run: seed 2 exists at (0.3, 0.4) only through 'ends'
+    config["figures"]["sample_sheet"] |= {"color_gap": 0.3, "size_gap": 0.4, "seed": 2}
+    validate_config(config, SCHEMA)
+    config["figures"]["sample_sheet"] |= {"color_gap": 0.6, "size_gap": 0.3}
+    with pytest.raises(ConfigError, match="seed': 2 is not a seed of the study at that level"):
+        validate_config(config, SCHEMA)
+
+
 def test_signal_study_switched_off_has_no_runs_and_no_figure_checks(paper):
     """studies.signal: null is a valid config (another study runs alone): no runs, no
     levels, and figures.levels naming signal levels no longer have to match any."""

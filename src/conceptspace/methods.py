@@ -147,21 +147,25 @@ def method_problems(methods_cfg: Mapping[str, Any], steps: Sequence[int]) -> Ite
 
 def sample_sheet_problems(
     sheet_cfg: Mapping[str, Any],
-    levels: Sequence[tuple[float, float]],
-    seeds: Sequence[int],
+    runs: Sequence[tuple[float, float, int]],
     steps: Sequence[int],
 ) -> Iterable[str]:
-    """``figures.sample_sheet`` must name a run of the study and checkpoint steps."""
+    """``figures.sample_sheet`` must name a run of the study, (color gap, size gap, seed)
+    one of ``runs``, and checkpoint steps."""
     level = (float(sheet_cfg["color_gap"]), float(sheet_cfg["size_gap"]))
-    if not any(abs(level[0] - a) < 1e-9 and abs(level[1] - b) < 1e-9 for a, b in levels):
+    at_level = [
+        seed for a, b, seed in runs if abs(level[0] - a) < 1e-9 and abs(level[1] - b) < 1e-9
+    ]
+    if not at_level:
+        levels = sorted({(a, b) for a, b, _ in runs})
         yield (
             f"config key 'figures.sample_sheet': (color_gap, size_gap) = {level} is not a "
             f"signal level of the study; choose one of {', '.join(map(str, levels))}"
         )
-    if int(sheet_cfg["seed"]) not in seeds:
+    elif int(sheet_cfg["seed"]) not in at_level:
         yield (
             f"config key 'figures.sample_sheet.seed': {sheet_cfg['seed']} is not a seed of "
-            f"the study; choose one of {', '.join(map(str, seeds))}"
+            f"the study at that level; choose one of {', '.join(map(str, at_level))}"
         )
     chosen = sheet_cfg["steps"]
     if chosen != "all":

@@ -214,10 +214,23 @@ def _signal_levels(section: dict) -> list[tuple[float, float]]:
     )
 
 
+def _signal_points(section: dict) -> list[tuple[float, float, int]]:
+    """The (color gap, size gap, seed) of every run: the union over the sweeps of each
+    sweep's grid x its seeds (the study's seeds unless the sweep names its own, so that
+    the levels a claim's test needs more runs at can have them)."""
+    return sorted(
+        {
+            (float(dc), float(ds), int(seed))
+            for sweep in section["sweeps"]
+            for dc in sweep["color_gap"]
+            for ds in sweep["size_gap"]
+            for seed in sweep.get("seeds", section["seeds"])
+        }
+    )
+
+
 def _signal_runs(section: dict) -> Iterable[Run]:
-    """Seeds x the union of the sweeps' grids."""
-    levels = _signal_levels(section)
-    for dc, ds, seed in sorted({(dc, ds, int(s)) for dc, ds in levels for s in section["seeds"]}):
+    for dc, ds, seed in _signal_points(section):
         yield Run("signal", run_id(dc, ds, seed), seed, color_gap=dc, size_gap=ds)
 
 
@@ -243,7 +256,7 @@ def _signal_problems(config: dict, section: dict) -> Iterable[str]:
     levels = _signal_levels(section)
     steps = checkpoint_steps(config["training"])
     yield from sample_sheet_problems(
-        config["figures"]["sample_sheet"], levels, section["seeds"], steps
+        config["figures"]["sample_sheet"], _signal_points(section), steps
     )
     yield from figure_level_problems(config["figures"]["levels"], levels)
     for figure_key in ("color_sweep", "size_sweep"):
