@@ -536,7 +536,8 @@ def test_a_truncated_study_is_the_study_of_the_shorter_runs(study_runs, tmp_path
 
 
 def test_a_study_gathered_before_the_valid_floor_says_to_gather_it_again(study_runs, tmp_path):
-    study = gather_study(list(study_runs.values()), CONFIG, EVALUATION)
+    paths, _ = study_runs
+    study = gather_study(paths, CONFIG, EVALUATION)
     older = {k: v for k, v in EVALUATION.items() if k != "min_valid_fraction"}
     study.attrs["evaluation_cfg"] = json.dumps(older)
     with pytest.raises(ConceptspaceError, match="older version.*rule gather_study"):
