@@ -329,6 +329,30 @@ def test_diagnostics_measure_the_object():
     np.testing.assert_allclose(diagnostics(noisy, COLOR_SIZE, data)["noise"], 0.02, rtol=0.2)
 
 
+def test_the_frame_rule_refuses_an_object_centred_past_the_position_range():
+    """The frame rule's switch: a disc centred past the position range and cut by the
+    frame is valid only with the rule off. The negative control: real images (some cut by
+    the frame, all centred within the range) and blanks get the same verdict either way."""
+    data = data_cfg(32)
+    n = 20
+    rng = np.random.default_rng(0)
+    reach = data["position_range"]
+    # Radius 0.3 from x in [0.8, 0.9]: past the range (0.5) and across the border (1).
+    positions = np.stack([rng.uniform(0.8, 0.9, n), rng.uniform(-reach, reach, n)], 1)
+    colors = np.tile([0.7, 0.3, 0.3], (n, 1))
+    beyond = render_images(colors, np.full(n, 0.3), positions, np.ones((n, 3)), data, rng)
+    assert diagnostics(beyond, COLOR_SIZE, data)["touches_border"].all()
+    assert not sample_validity(beyond, COLOR_SIZE, data).any()
+    assert sample_validity(beyond, COLOR_SIZE, data, frame_rule=False).all()
+
+    real = real_set(COLOR_SIZE, 32)["images"]
+    blank = blank_images(COLOR_SIZE, 32, rng)
+    assert diagnostics(real, COLOR_SIZE, data)["touches_border"].any()
+    for images in (real, blank):
+        measured = validity.measure(images, COLOR_SIZE, data)
+        np.testing.assert_array_equal(measured.valid(), measured.valid(frame_rule=False))
+
+
 def flood_fill_components(mask):
     """Reference labels of one 2-d mask: 8-connected, each component named by the raster
     index of its first pixel."""

@@ -55,6 +55,8 @@ Synthetic layouts (``render.py``: one blurred disc or triangle on a flat backgro
                 position towards the apex; cut, at the sizes it is drawn at (the large
                 size, at least 0.45), its visible centroid stays within 0.505 of a position
                 at 0.5 (0.534 at worst, for sizes near 0.3 that color_shape never draws).
+                Evaluation records the verdict without this rule too (``valid_frame_off``,
+                ``Measured.valid``), and the claims are judged both ways.
 
 Weakest contrast. Colors are 0.5 +- dc/2 per channel (spread +- dc/8), so every color
 has a channel <= 0.5; the nuisance backgrounds have every channel >= 0.8
@@ -309,17 +311,44 @@ def diagnostics(
     }
 
 
-def sample_validity(
+@dataclass(frozen=True)
+class Measured:
+    """What the verdict reads of a batch, measured once so that it can be given with and
+    without the frame rule (the evaluation records both, to show whether the rule
+    matters): the synthetic layouts' ``diagnostics`` and the ``Bounds`` they are held to,
+    or CelebA's per-image spread."""
+
+    found: Mapping[str, np.ndarray] | None = None
+    bounds: Bounds | None = None
+    spread: np.ndarray | None = None
+
+    def valid(self, frame_rule: bool = True) -> np.ndarray:
+        """The verdict, bool (B,); ``frame_rule`` False drops the frame rule (module
+        notes: an object touching the border must be centred within the position range).
+        CelebA has no frame rule."""
+        if self.spread is not None:
+            return self.spread >= CELEBA_MIN_STD
+        found, bounds = self.found, self.bounds
+        centred = np.abs(found["centroid"]).max(1) <= bounds.max_centroid
+        framed = ~found["touches_border"] | centred if frame_rule else True
+        return (
+            (found["noise"] <= MAX_PIXEL_NOISE)
+            & (found["objects"] == 1)
+            & (found["area"] >= bounds.min_area)
+            & (found["peak"] >= bounds.min_peak)
+            & framed
+        )
+
+
+def measure(
     images: Any, layout: Layout, data_cfg: Mapping[str, Any], signal: Signal | None = None
-) -> np.ndarray:
-    """Whether each image (B, 3, S, S) in [0, 1] (numpy or torch) is a valid sample of
-    ``layout``: bool (B,). Synthetic layouts: exactly one object of plausible size inside
-    the frame (module notes); CelebA (one-hot layouts): not near-constant. ``signal`` is
-    the run's; only color_size_background needs it."""
+) -> Measured:
+    """What ``sample_validity`` judges ``images`` (B, 3, S, S) in [0, 1] (numpy or torch)
+    by; ``Measured.valid`` gives the verdict."""
     images = _as_images(images)
     if layout.one_hot:
         # Spatial spread per channel: a flat colour is as empty as a flat grey.
-        return images.std((2, 3)).max(1) >= CELEBA_MIN_STD
+        return Measured(spread=images.std((2, 3)).max(1))
     if images.shape[2] != int(data_cfg["image_size"]):
         raise ValueError(
             f"images are {images.shape[2]} px but data.image_size is {data_cfg['image_size']}; "
@@ -331,11 +360,19 @@ def sample_validity(
     # the threshold refused 29 of 122 samples that hold one whole object (the labelled
     # generations, tests/data/generated_samples.npz; docs/scoring.md).
     found = diagnostics(images, layout, data_cfg, min_pixels=bounds.min_area)
-    centred = np.abs(found["centroid"]).max(1) <= bounds.max_centroid
-    return (
-        (found["noise"] <= MAX_PIXEL_NOISE)
-        & (found["objects"] == 1)
-        & (found["area"] >= bounds.min_area)
-        & (found["peak"] >= bounds.min_peak)
-        & (~found["touches_border"] | centred)
-    )
+    return Measured(found=found, bounds=bounds)
+
+
+def sample_validity(
+    images: Any,
+    layout: Layout,
+    data_cfg: Mapping[str, Any],
+    signal: Signal | None = None,
+    frame_rule: bool = True,
+) -> np.ndarray:
+    """Whether each image (B, 3, S, S) in [0, 1] (numpy or torch) is a valid sample of
+    ``layout``: bool (B,). Synthetic layouts: exactly one object of plausible size inside
+    the frame (module notes; ``frame_rule`` False: without the frame rule); CelebA
+    (one-hot layouts): not near-constant. ``signal`` is the run's; only
+    color_size_background needs it."""
+    return measure(images, layout, data_cfg, signal).valid(frame_rule)
