@@ -283,11 +283,15 @@ def test_evaluation_writes_p_target(trained, tmp_path):
             ]
             assert list(applied.sel({"method": method}).values) == expected, method
         assert not (p_target.isnull() & applied).any()  # all or nothing per (method, prompt)
-        valid = ds["valid"].transpose("method", "prompt", "sample")
-        assert valid.attrs["units"] == "1" and valid.attrs["long_name"]
-        verdicts = valid.values[np.broadcast_to(applied.values[:, :, None], valid.shape)]
-        assert set(np.unique(verdicts)) <= {0.0, 1.0}  # a verdict for every applied sample
-        assert valid.where(~applied).isnull().all()  # NaN where the method is not applied
+        for name in ("valid", "valid_frame_off"):  # the verdict, and with the frame rule off
+            valid = ds[name].transpose("method", "prompt", "sample")
+            assert valid.attrs["units"] == "1" and valid.attrs["long_name"]
+            verdicts = valid.values[np.broadcast_to(applied.values[:, :, None], valid.shape)]
+            assert set(np.unique(verdicts)) <= {0.0, 1.0}  # a verdict for every applied sample
+            assert valid.where(~applied).isnull().all()  # NaN where the method is not applied
+        assert "frame rule" in ds["valid_frame_off"].attrs["long_name"]
+        # dropping a rule can only admit more samples
+        assert (ds["valid_frame_off"] >= ds["valid"]).where(applied).fillna(True).all()
         values = p_target.values[np.broadcast_to(applied.values[:, :, None, None], p_target.shape)]
         assert np.isfinite(values).all() and (values >= 0).all() and (values <= 1).all()
         assert values.std() > 0  # not a constant placeholder
@@ -544,7 +548,7 @@ def test_blank_samples_halve_the_accuracy_instead_of_raising_it():
         original = conceptspace.probe.predict_proba
         conceptspace.probe.predict_proba = probe_answer
         try:
-            scores, valid = score_samples(
+            scores, valid, _ = score_samples(
                 BlankReadsAsBlueSmall(), torch.from_numpy(images), ["11"] * n, COLOR_SIZE, data
             )
         finally:

@@ -58,6 +58,8 @@ from conceptspace.netcdf import (
     COORD_ATTRS,
     P_TARGET_ATTRS,
     VALID_ATTRS,
+    VALID_FRAME_OFF,
+    VALID_FRAME_OFF_ATTRS,
     method_coords,
     missing_run_attrs,
     netcdf_attrs,
@@ -69,7 +71,7 @@ log = logging.getLogger(__name__)
 # Part of every kept evaluation's inputs (RunEvaluation.inputs_hash): raise it with any
 # change that changes what an evaluation computes, so that evaluations kept from an
 # earlier job are made again (`snakemake --forcerun evaluate_run` alone keeps them).
-EVALUATION_VERSION = 2  # 2: every sample gets a validity verdict
+EVALUATION_VERSION = 3  # 2: every sample gets a validity verdict; 3: also with the frame rule off
 # Keeps the evaluation noise apart from any other stream seeded from the run seed.
 EVALUATION_STREAM = 0x5EED_E7A1
 # Gaps recorded in a checkpoint and given on the command line must agree this closely.
@@ -249,19 +251,20 @@ def score_samples(
     layout: Layout,
     data_cfg: Mapping[str, Any],
     signal: Signal | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What the evaluation records of a batch of generated ``images`` (B, 3, S, S) in
     [0, 1], row i prompted with ``prompts[i]``: the probe's probability of each concept's
     target value (B, n_concepts), and the validity verdict (B,) of
-    ``validity.sample_validity`` (one object of plausible size inside the image). The
-    probe answers for any image, a blank one included; the verdict is what keeps a
-    blank from scoring as a success (``trajectories.summarise_samples``)."""
+    ``validity.sample_validity`` (one object of plausible size inside the image), with
+    its frame rule on and off (from the same measurements). The probe answers for any
+    image, a blank one included; the verdict is what keeps a blank from scoring as a
+    success (``trajectories.summarise_samples``)."""
     from conceptspace.probe import predict_proba
-    from conceptspace.validity import sample_validity
+    from conceptspace.validity import measure
 
     scores = target_probabilities(predict_proba(probe, images), prompts)
-    verdicts = np.asarray(sample_validity(images, layout, data_cfg, signal), dtype=bool)
-    return scores, verdicts
+    measured = measure(images, layout, data_cfg, signal)
+    return scores, measured.valid(), measured.valid(frame_rule=False)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -418,25 +421,33 @@ def write_evaluation(
     concepts: Sequence[str],
     attrs: Mapping[str, Any],
     valid: np.ndarray,
+    valid_frame_off: np.ndarray | None = None,
 ) -> None:
     """Write one checkpoint's evaluation as netCDF: ``p_target`` (method, prompt, concept,
-    sample) and ``valid`` (method, prompt, sample; 1 or 0), NaN where a method is not
-    applied to a prompt, with their coordinates (method with method_kind and
-    method_setting); ``attrs`` (which must hold step, seed, and color_gap and size_gap but
-    for CelebA) become global attributes, non-scalars as JSON strings."""
+    sample) and ``valid`` (method, prompt, sample; 1 or 0), and ``valid_frame_off`` like
+    it (the verdict with the frame rule off; None: not recorded, as before it was), NaN
+    where a method is not applied to a prompt, with their coordinates (method with
+    method_kind and method_setting); ``attrs`` (which must hold step, seed, and color_gap
+    and size_gap but for CelebA) become global attributes, non-scalars as JSON strings."""
     p_target = np.asarray(p_target, dtype=np.float32)
-    valid = np.asarray(valid, dtype=np.float32)
     expected = (len(methods), len(prompts), len(concepts))
     if p_target.ndim != 4 or p_target.shape[:3] != expected:
         raise ValueError(
             f"p_target must be (method, prompt, concept, sample) = ({', '.join(map(str, expected))}"
             f", n); got {p_target.shape}"
         )
-    if valid.shape != p_target.shape[:2] + p_target.shape[3:]:
-        raise ValueError(
-            f"valid must be (method, prompt, sample) = {p_target.shape[:2] + p_target.shape[3:]}"
-            f"; got {valid.shape}"
-        )
+    verdicts = {"valid": (valid, VALID_ATTRS)}
+    if valid_frame_off is not None:
+        verdicts[VALID_FRAME_OFF] = (valid_frame_off, VALID_FRAME_OFF_ATTRS)
+    dims = ("method", "prompt", "sample")
+    for name, (verdict, verdict_attrs) in verdicts.items():
+        verdict = np.asarray(verdict, dtype=np.float32)
+        if verdict.shape != p_target.shape[:2] + p_target.shape[3:]:
+            raise ValueError(
+                f"{name} must be (method, prompt, sample) = "
+                f"{p_target.shape[:2] + p_target.shape[3:]}; got {verdict.shape}"
+            )
+        verdicts[name] = (dims, verdict, dict(verdict_attrs))
     missing = missing_run_attrs(attrs)
     if missing:
         raise ValueError(f"evaluation attrs lack {', '.join(missing)}")
@@ -447,7 +458,7 @@ def write_evaluation(
                 p_target,
                 dict(P_TARGET_ATTRS),
             ),
-            "valid": (("method", "prompt", "sample"), valid, dict(VALID_ATTRS)),
+            **verdicts,
         },
         coords={
             **method_index(methods),
@@ -463,7 +474,8 @@ def write_evaluation(
             "One checkpoint prompted with every method: for each method, prompted class, "
             "concept and sample, the probe's probability that the sample shows the prompt's "
             "target value of the concept, and whether the sample holds exactly one object "
-            "of plausible size (valid; NaN: method not applied to the prompt)."
+            "of plausible size (valid; valid_frame_off: with the verdict's frame rule off; "
+            "NaN: method not applied to the prompt)."
         ),
         **netcdf_attrs(attrs),
     }
@@ -647,11 +659,12 @@ def _evaluate_with(
     prompts, concepts = layout.classes, layout.concepts
     p_target = np.full((len(methods), len(prompts), len(concepts), samples_per_prompt), np.nan)
     valid = np.full((len(methods), len(prompts), samples_per_prompt), np.nan)
+    valid_frame_off = valid.copy()
     where = [(methods.index(c.method), prompts.index(c.prompt)) for c in conditions]
     for chunk, images in prepared.generate(
         samples_per_prompt, signal, seed, evaluation_cfg, device
     ):
-        scores, verdicts = score_samples(
+        scores, verdicts, verdicts_frame_off = score_samples(
             probe,
             images,
             [conditions[c].prompt for c, _ in chunk],
@@ -659,9 +672,12 @@ def _evaluate_with(
             prepared.data_cfg,
             signal,
         )
-        for (c, i), row, verdict in zip(chunk, scores, verdicts):
+        for (c, i), row, verdict, verdict_frame_off in zip(
+            chunk, scores, verdicts, verdicts_frame_off
+        ):
             p_target[where[c] + (slice(None), i)] = row
             valid[where[c] + (i,)] = verdict
+            valid_frame_off[where[c] + (i,)] = verdict_frame_off
 
     attrs = _run_attrs(prepared, evaluation_cfg, signal, seed, device, layout, mask_ratio)
     probe_accuracy = dict(getattr(probe, "accuracy", {}) or {})
@@ -671,7 +687,7 @@ def _evaluate_with(
         **{f"probe_accuracy_{name}": float(value) for name, value in probe_accuracy.items()},
         **(extra_attrs or {}),
     )
-    write_evaluation(out_path, p_target, methods, prompts, concepts, attrs, valid)
+    write_evaluation(out_path, p_target, methods, prompts, concepts, attrs, valid, valid_frame_off)
     for unseen_class in layout.unseen_classes:
         k = prompts.index(unseen_class)
         accuracy = np.mean(valid[:, k] * p_target[:, k].prod(axis=1), axis=-1)  # (method,)

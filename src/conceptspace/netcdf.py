@@ -10,7 +10,8 @@ names the file and the fix. The three levels of the scores:
   :func:`open_evaluation`): ``p_target`` (method, prompt, concept, sample), the probe's
   probability that each sample shows the prompt's target value of each concept, and
   ``valid`` (method, prompt, sample), the verdict of ``conceptspace.validity`` on whether
-  the sample holds one object at all; NaN where a method does not prompt the class;
+  the sample holds one object at all, and ``valid_frame_off``, the verdict with its frame
+  rule off (:data:`FRAME_OFF`); NaN where a method does not prompt the class;
 - one trajectory per run (``trajectories.gather_run``, read by
   :func:`open_trajectory`): the evaluations stacked over ``step``, with the sample
   summaries of :data:`SUMMARIES`;
@@ -68,6 +69,21 @@ VALID_ATTRS = {
     "long_name": "validity verdict: 1 if the sample holds exactly one object of plausible size "
     "inside the image (conceptspace.validity), 0 if not",
 }
+# The verdict with the frame rule off (``validity.Measured.valid``) and what it gives, kept
+# beside the verdict's own so that a reader sees whether the rule matters: a per-sample
+# ``valid_frame_off`` in evaluations and trajectories, and each summary's twin
+# ``<summary>_frame_off`` in trajectories and studies (absent: gathered before it was
+# recorded).
+FRAME_OFF = "_frame_off"
+VALID_FRAME_OFF = "valid" + FRAME_OFF
+
+
+def frame_off_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """``attrs`` of a verdict or summary, said of its twin with the frame rule off."""
+    return {**attrs, "long_name": f"{attrs['long_name']}; frame rule of the verdict off"}
+
+
+VALID_FRAME_OFF_ATTRS = frame_off_attrs(VALID_ATTRS)
 CONCEPT_PROB_ATTRS = {
     "units": "1",
     "long_name": "concept-space coordinate: mean over the valid samples of the probability of "
