@@ -21,6 +21,7 @@ from conceptspace.trajectories import (
     gather_run,
     gather_study,
     learning_time,
+    frame_off_study,
     learning_time_authors,
     smooth_accuracy,
     smooth_over_steps,
@@ -203,11 +204,21 @@ def unseen_probability(step_index, crossing_index):
 
 
 def write_run(
-    folder, seed, color_gap, size_gap, crossing_index, steps=STEPS, samples=4, methods=METHODS
+    folder,
+    seed,
+    color_gap,
+    size_gap,
+    crossing_index,
+    steps=STEPS,
+    samples=4,
+    methods=METHODS,
+    frame_refused=None,
 ):
     """Evaluation files of one fabricated run, written in a shuffled step order. The naive
     unseen class crosses at ``crossing_index``; other methods get random values on the
-    prompts they apply to (NaN elsewhere)."""
+    prompts they apply to (NaN elsewhere). Every sample is valid but the first
+    ``frame_refused`` of each prompt, which the frame rule refuses (valid_frame_off
+    recorded); None: the verdict with the frame rule off is not recorded (older files)."""
     rng = np.random.default_rng(seed * 1000 + int(color_gap * 100) + int(size_gap * 10))
     paths = []
     for step_index in rng.permutation(len(steps)):
@@ -228,15 +239,23 @@ def write_run(
             "probe_accuracy_color": 0.99,
             "provenance_like": {"nested": [1, 2]},
         }
-        write_evaluation(
-            path, p_target, methods, CLASSES, CONCEPTS, attrs, every_sample_valid(p_target)
-        )
+        valid = valid_frame_off = every_sample_valid(p_target)
+        if frame_refused is not None:
+            valid = valid.copy()
+            valid[..., :frame_refused] *= 0  # NaN (not applied) stays NaN
+        else:
+            valid_frame_off = None
+        write_evaluation(path, p_target, methods, CLASSES, CONCEPTS, attrs, valid, valid_frame_off)
         paths.append(path)
     return paths
 
 
-def write_trajectory(folder, seed, color_gap, size_gap, crossing_index, steps=STEPS):
-    paths = write_run(folder, seed, color_gap, size_gap, crossing_index, steps)
+def write_trajectory(
+    folder, seed, color_gap, size_gap, crossing_index, steps=STEPS, frame_refused=None
+):
+    paths = write_run(
+        folder, seed, color_gap, size_gap, crossing_index, steps, 4, METHODS, frame_refused
+    )
     out = folder / f"trajectory_s{seed}_dc{color_gap}_ds{size_gap}.nc"
     save_dataset_nc(gather_run(paths), out)
     return out
@@ -286,6 +305,24 @@ def test_gather_run_sorts_steps_and_averages(tmp_path):
     # a method not applied to a prompt is NaN, never a product of NaNs taken as 1
     assert run["accuracy"].sel({"method": "overprompt_0", "prompt": "00"}).isnull().all()
     assert json.loads(run.attrs["evaluation_cfg"]) == EVALUATION
+
+
+def test_gather_run_carries_the_verdict_with_the_frame_rule_off(tmp_path):
+    """Evaluations recording the verdict with the frame rule off give the run it per
+    sample, and each summary's twin from it; older evaluations give neither."""
+    run = gather_run(write_run(tmp_path, 0, 0.3, 0.4, crossing_index=3, frame_refused=2))
+    assert run["valid_frame_off"].dims == run["valid"].dims
+    assert_described(run)
+    naive = {"method": "naive", "prompt": "11"}
+    # two of four samples refused by the rule: half the accuracy, all of it without it
+    np.testing.assert_allclose(run["valid_fraction"].sel(naive).values, 0.5)
+    np.testing.assert_allclose(run["valid_fraction_frame_off"].sel(naive).values, 1.0)
+    np.testing.assert_allclose(run["accuracy"].sel(naive).values[3:], 0.5)
+    np.testing.assert_allclose(run["accuracy_frame_off"].sel(naive).values[3:], 1.0)
+    assert "frame rule" in run["accuracy_frame_off"].attrs["long_name"]
+
+    older = gather_run(write_run(tmp_path / "older", 0, 0.3, 0.4, crossing_index=3))
+    assert not [name for name in older.data_vars if name.endswith("_frame_off")]
 
 
 def test_invalid_samples_score_zero_and_are_left_out_of_the_concept_point():
@@ -473,6 +510,33 @@ def test_gather_study_builds_the_outer_grid(study_runs, tmp_path):
     assert study["learning_time_authors"].dims == grid + ("method", "concept")
     assert study["learning_time_concept"].dims == grid + ("method", "concept")
     assert study["learning_speed"].attrs["units"] == "1/optimizer steps"
+
+
+def test_the_frame_off_study_has_the_summaries_and_learning_times_without_the_rule(
+    study_runs, tmp_path
+):
+    """gather_study keeps each summary's frame-off twin; frame_off_study swaps them in and
+    computes the learning times again. Half of every sample refused by the frame rule
+    keeps the naive accuracy at 0.5, below the threshold; without the rule each run learns
+    at its crossing. A study of older evaluations (study_runs) has no frame-off study."""
+    crossings = {(0, 0.3, 0.4): 2, (1, 0.3, 0.4): 3}
+    paths = [
+        write_trajectory(tmp_path, *run, crossing, frame_refused=2)
+        for run, crossing in crossings.items()
+    ]
+    study = gather_study(paths, CONFIG, EVALUATION)
+    assert_described(study)
+    off = frame_off_study(study)
+    assert off.attrs["frame_rule"] == "off" and "accuracy_frame_off" not in off
+    xr.testing.assert_equal(off["accuracy"], study["accuracy_frame_off"])
+    naive = {"method": "naive", "size_gap": 0.4, "color_gap": 0.3}
+    assert study["learning_time"].sel(naive).isnull().all()
+    expected = [STEPS[crossing] for crossing in crossings.values()]
+    np.testing.assert_array_equal(off["learning_time"].sel(naive).values, expected)
+    assert off["learning_time_authors"].sel(naive).notnull().all()
+
+    older = gather_study(study_runs[0], CONFIG, EVALUATION)
+    assert frame_off_study(older) is None
 
 
 def test_study_round_trips_through_netcdf(study_runs, tmp_path):

@@ -77,12 +77,16 @@ from conceptspace.concepts import Layout, layout_attrs, layout_from_attrs
 from conceptspace.io import ConceptspaceError, json_default, provenance
 from conceptspace.methods import BEST_OF_KINDS
 from conceptspace.netcdf import (
+    FRAME_OFF,
     METHOD_COORDS,
     P_TARGET_ATTRS,
     STEP_UNITS,
     SPEED_UNITS,
     SUMMARIES,
     VALID_ATTRS,
+    VALID_FRAME_OFF,
+    VALID_FRAME_OFF_ATTRS,
+    frame_off_attrs,
     method_coords,
     netcdf_attrs,
     open_evaluation,
@@ -296,7 +300,8 @@ def gather_run(eval_paths: Sequence[str | os.PathLike]) -> xr.Dataset:
     method, prompt, sample) and the ``netcdf.SUMMARIES`` over samples
     (:func:`summarise_samples`): ``accuracy`` (step, method, prompt) and the others, with
     ``concept_prob`` (step, method, prompt, concept) the concept-space point of each
-    method and prompt. NaN where a method does not prompt a class. The method
+    method and prompt. Where every evaluation records the verdict with the frame rule off,
+    ``valid_frame_off`` and each summary's twin from it, ``<summary>_frame_off``. NaN where a method does not prompt a class. The method
     dim ends with the best-of methods (see the module docstring). Scalar coords seed,
     color_gap, size_gap. All files must come from one run (same seed and gaps), hold
     distinct steps, and share methods, prompts, concepts and samples; otherwise
@@ -342,12 +347,17 @@ def gather_run(eval_paths: Sequence[str | os.PathLike]) -> xr.Dataset:
 
     p_target, valid = stacked("p_target"), stacked("valid")
     summaries = with_best_of(summarise_samples(p_target, valid))
-    # best-of rows of p_target and valid: NaN (no single set of samples)
+    samples = [("p_target", p_target, P_TARGET_ATTRS), ("valid", valid, VALID_ATTRS)]
+    # Evaluations made before the verdict with the frame rule off was recorded lack it;
+    # then so does the run (and its study's claims say "not recorded").
+    if all(VALID_FRAME_OFF in ds for _, ds in evaluations):
+        valid_frame_off = stacked(VALID_FRAME_OFF)
+        samples.append((VALID_FRAME_OFF, valid_frame_off, VALID_FRAME_OFF_ATTRS))
+        for name, array in with_best_of(summarise_samples(p_target, valid_frame_off)).items():
+            summaries[name + FRAME_OFF] = array.assign_attrs(frame_off_attrs(array.attrs))
+    # best-of rows of p_target and the verdicts: NaN (no single set of samples)
     per_sample = {}
-    for name, array, attrs in (
-        ("p_target", p_target, P_TARGET_ATTRS),
-        ("valid", valid, VALID_ATTRS),
-    ):
+    for name, array, attrs in samples:
         array = (
             array.drop_vars(METHOD_COORDS[1:])
             .reindex({"method": summaries["accuracy"]["method"].values})
@@ -485,8 +495,9 @@ def gather_study(
     study; e.g. seed, mask_ratio for underspecification), then step, method, prompt,
     concept.
 
-    Keeps the run's ``netcdf.SUMMARIES`` (no sample dim); NaN where a grid point was not run
-    or a method does not prompt a class. Adds the unseen class's learning times for every
+    Keeps the run's ``netcdf.SUMMARIES`` (no sample dim), and their frame-off twins where
+    every run has them (:func:`frame_off_study` swaps them in); NaN where a grid point was
+    not run or a method does not prompt a class. Adds the unseen class's learning times for every
     method: ``learning_time`` (grid..., method), the first step with accuracy (smoothed
     over checkpoints with ``evaluation_cfg['sigma']``) >= ``evaluation_cfg['threshold']``;
     ``learning_time_concept`` (..., method, concept), the same on each concept's accuracy;
@@ -530,13 +541,34 @@ def truncated_study(study: xr.Dataset, last_step: int) -> xr.Dataset:
             f"no checkpoint at or before step {last_step} (the first is {int(steps[0])}); "
             "choose a budget of at least the first checkpoint's step"
         )
+    kept.attrs = {**study.attrs, "truncated_at_step": int(last_step)}
+    return _with_learning_times(kept)
+
+
+def frame_off_study(study: xr.Dataset) -> xr.Dataset | None:
+    """``study`` as if the validity verdict had no frame rule: each summary replaced by
+    its twin ``<summary>_frame_off``, and every learning time computed again from them (the
+    gathered settings); None when it has no twins (gathered before evaluation recorded the
+    verdict with the rule off)."""
+    twins = {name: name + FRAME_OFF for name in SUMMARIES}
+    if not all(twin in study for twin in twins.values()):
+        return None
+    off = study.drop_vars(list(twins.values()))
+    for name, twin in twins.items():
+        off[name] = study[twin].assign_attrs(study[name].attrs)
+    off.attrs = {**study.attrs, "frame_rule": "off"}
+    return _with_learning_times(off)
+
+
+def _with_learning_times(study: xr.Dataset) -> xr.Dataset:
+    """``study`` (changed in place) with every learning time computed again from its
+    summaries, with the settings it was gathered with (attribute ``evaluation_cfg``)."""
     grid = tuple(dim for dim in study["learning_time"].dims if dim not in ("method", "unseen"))
     layout = layout_from_attrs(study.attrs)
     evaluation_cfg = json.loads(study.attrs["evaluation_cfg"])
-    for name, times in _learning_times(kept, layout, evaluation_cfg, grid).items():
-        kept[name] = times
-    kept.attrs = {**study.attrs, "truncated_at_step": int(last_step)}
-    return kept
+    for name, times in _learning_times(study, layout, evaluation_cfg, grid).items():
+        study[name] = times
+    return study
 
 
 def _check_same_axes(runs: Sequence[tuple[Path, xr.Dataset]]) -> None:
@@ -598,11 +630,16 @@ class _GridPlacement:
         return cls(grid, placed, axes, fixed)
 
     def stack(self, runs: Sequence[tuple[Path, xr.Dataset]]) -> xr.Dataset:
-        """The runs' summaries on the grid (NaN where a grid point was not run)."""
+        """The runs' summaries on the grid (NaN where a grid point was not run), with
+        their frame-off twins where every run has them (``gather_run``)."""
         first, by_path = runs[0][1], dict(runs)
         shape = tuple(len(axis) for axis in self.axes)
+        summaries = dict(SUMMARIES)
+        if all("accuracy" + FRAME_OFF in ds for _, ds in runs):
+            for name, (per_concept, attrs) in SUMMARIES.items():
+                summaries[name + FRAME_OFF] = (per_concept, frame_off_attrs(attrs))
         variables = {}
-        for name, (per_concept, attrs) in SUMMARIES.items():
+        for name, (per_concept, attrs) in summaries.items():
             dims = ("step", "method", "prompt") + (("concept",) if per_concept else ())
             values = np.full(shape + first[name].transpose(*dims).shape, np.nan)
             for key, path in self.placed.items():
