@@ -17,7 +17,9 @@ from conceptspace import cli
 from conceptspace.claims import (
     FAIL,
     INCONCLUSIVE,
+    FRAME_OFF_KEPT,
     NOT_EVALUATED,
+    NOT_RECORDED,
     OUTCOME_COLORS,
     PASS,
     Resampling,
@@ -27,7 +29,9 @@ from conceptspace.claims import (
     judge_patching,
     judge_speed,
     judge_underspecification,
+    outcome_text,
     table_rows,
+    TABLE_COLUMNS,
     write_claims,
 )
 from conceptspace.concepts import CLASSES, CONCEPTS
@@ -35,7 +39,7 @@ from conceptspace.config import load_config
 from conceptspace.info import PROVENANCE_KEYS
 from conceptspace.io import ConceptspaceError
 from conceptspace.statistics import sign_test, spearman
-from conceptspace.netcdf import save_dataset_nc
+from conceptspace.netcdf import SUMMARIES, save_dataset_nc
 from conceptspace.trajectories import concept_accuracy_among_valid, learning_time
 from conftest import REPO, SMOKE, snakemake
 
@@ -81,8 +85,9 @@ def grid_study(runs, grid, methods, config):
     (first dim 'seed'). ``runs``: {(grid values..., method): per-step values of the
     unseen class 11 (unseen_points)}; everything else is NaN (not run, or a method that
     does not prompt a class); the training classes of a run are at 0.9. Every sample
-    is taken to score alike, so concept_accuracy = valid_fraction x concept_prob and
-    accuracy = the product of the concept accuracies."""
+    is taken to score alike, so concept_accuracy = valid_fraction x concept_prob,
+    accuracy = the product of the concept accuracies, and the hard accuracies and the
+    product of means are the accuracies."""
     dims = tuple(grid)
     shape = tuple(len(v) for v in grid.values()) + (len(STEPS), len(methods), len(CLASSES))
     prob = np.full(shape + (len(CONCEPTS),), np.nan)
@@ -103,7 +108,10 @@ def grid_study(runs, grid, methods, config):
         coords=coords | {"concept": list(CONCEPTS)},
     )
     study.attrs["config"] = json.dumps(config)
-    study.attrs["evaluation_cfg"] = json.dumps({"threshold": THRESHOLD, "sigma": 0.0})
+    authors = {"threshold": THRESHOLD, "sigma": 0.0, "consecutive": 1}
+    evaluation_cfg = {"threshold": THRESHOLD, "sigma": 0.0, "authors": authors}
+    evaluation_cfg |= {"min_valid_fraction": MIN_VALID_FRACTION}  # as the learning times read
+    study.attrs["evaluation_cfg"] = json.dumps(evaluation_cfg)
     return scored(study)
 
 
@@ -115,6 +123,8 @@ def scored(study):
         study["valid_fraction"].notnull()
     )
     study["accuracy"] = study["concept_accuracy"].prod("concept", skipna=False)
+    study["hard_accuracy"] = study["product_of_means"] = study["accuracy"]
+    study["hard_concept_accuracy"] = study["concept_accuracy"]
     unseen_class = study.sel(prompt="11")
     times = learning_time(unseen_class["accuracy"], THRESHOLD)
     study["learning_time"] = times.transpose(*dims, "method")
@@ -123,6 +133,12 @@ def scored(study):
     study["learning_time_concept"] = times.transpose(*dims, "method", "concept")
     study["learning_speed"] = 1.0 / study["learning_time"]
     return study
+
+
+def with_frame_off(study, frame_off):
+    """``study`` with the summaries of ``frame_off`` (a study on the same grid) as their
+    twins with the verdict's frame rule off, as gather_study keeps them."""
+    return study.assign({name + "_frame_off": frame_off[name] for name in SUMMARIES})
 
 
 def signal_study(runs, methods=ALL_METHODS, config=STUDY_CONFIG):
@@ -652,7 +668,7 @@ def full_study():
 
 FIELDS = {"number", "statement", "statistic", "pass_if", "threshold", "null", "value"}
 FIELDS |= {"interval", "confidence", "resamples", "p_value", "outcome", "detail", "data"}
-FIELDS |= {"test", "false_pass_rate"}
+FIELDS |= {"test", "false_pass_rate", "frame_off"}
 
 
 def test_every_claim_is_judged_with_its_fields():
@@ -661,6 +677,9 @@ def test_every_claim_is_judged_with_its_fields():
     for claim in claims.values():
         assert set(claim) == FIELDS and claim["detail"]
         assert (claim["confidence"], claim["resamples"], claim["null"]) == (0.95, 2000, 0)
+        # a study gathered before the verdict with the frame rule off was recorded
+        assert set(claim["frame_off"]) == set(FRAME_OFF_KEPT)
+        assert claim["frame_off"]["outcome"] == NOT_RECORDED and claim["frame_off"]["detail"]
     outcomes = {name: claim["outcome"] for name, claim in claims.items()}
     # memorization: the straight paths never come near 01 or 10 (margin 0 every seed)
     assert outcomes == {
@@ -688,6 +707,26 @@ def test_the_table_shows_each_value_with_its_interval_and_p_value():
     assert rows[3][3] == "300 [100, 300]"
     assert rows[3][4] == f"{claims['hidden']['p_value']:.3g}"
     assert rows[5][3] == "\u2014" and rows[5][5] == "\u2014" and rows[5][7] == NOT_EVALUATED
+    frame_off = TABLE_COLUMNS.index("frame rule off")
+    assert rows[1][frame_off] == NOT_RECORDED  # the study records no frame-off verdict
+    del claims["speed"]["frame_off"]  # claims.json written before it was recorded
+    assert table_rows({"claims": claims})[0][frame_off] == NOT_RECORDED
+
+
+def test_each_claim_is_judged_with_the_frame_rule_off_too():
+    """The same judges on the study's frame-off twins: the speed of learning rises with the
+    color gap with the frame rule on and falls with it off."""
+    rising, falling = signal_study(naive_times(RISING)), signal_study(naive_times(FALLING))
+    claims = evaluate_claims(with_frame_off(rising, falling), CLAIMS_CFG)
+    judged_off = judge_speed(falling, CLAIMS_CFG["speed"])
+    assert claims["speed"]["outcome"] == PASS and judged_off["outcome"] == FAIL
+    assert claims["speed"]["frame_off"] == {key: judged_off[key] for key in FRAME_OFF_KEPT}
+    row = table_rows({"claims": claims})[0]
+    assert row[TABLE_COLUMNS.index("frame rule off")] == outcome_text(judged_off)
+    # twins equal to the summaries: every claim as with the rule on
+    same = evaluate_claims(with_frame_off(full_study(), full_study()), CLAIMS_CFG)
+    for claim in same.values():
+        assert claim["frame_off"] == {key: claim[key] for key in FRAME_OFF_KEPT}
 
 
 def test_claims_json_is_the_same_for_the_same_input_and_carries_no_clock(tmp_path):

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import xarray as xr
 
-from conceptspace.claims import CLAIMS, evaluate_claims, value_text
+from conceptspace.claims import CLAIMS, evaluate_claims, outcome_text
 from conceptspace.trajectories import truncated_study
 
 ABSENT = "the study was not run"
@@ -51,8 +51,6 @@ def budget_table_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     for row in rows:
         cells = [f"{row['step']:,}"]
         for name in names:
-            claim = row["claims"][name]
-            value = value_text(claim)
-            cells.append(claim["outcome"] + ("" if value == "\u2014" else f" ({value})"))
+            cells.append(outcome_text(row["claims"][name]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -19,7 +19,11 @@ of:
 
 Every judged claim records its test (name, alpha, the smallest p its runs allow, the
 runs per level) and its false-pass rate: the share of simulated studies with no effect
-and the same runs per level that its judge passes (``judges.pass_rate``).
+and the same runs per level that its judge passes (``judges.pass_rate``). And it is
+judged a second time, by the same judge, on the study as if the validity verdict had no
+frame rule (``trajectories.frame_off_study``; its outcome, value, interval, p and detail
+in ``frame_off``), so that a reader sees whether the rule matters; "not recorded" for a
+study gathered before evaluation recorded that verdict.
 
 Conventions shared by the claims:
 
@@ -115,11 +119,15 @@ from conceptspace.judges import TESTS, Test, pass_rate
 from conceptspace.statistics import bootstrap_interval, spearman
 from conceptspace.studies import sweep
 from conceptspace.netcdf import open_netcdf, open_study
-from conceptspace.trajectories import learning_time, smooth_accuracy
+from conceptspace.trajectories import frame_off_study, learning_time, smooth_accuracy
 
 log = logging.getLogger(__name__)
 
 PASS, FAIL, INCONCLUSIVE, NOT_EVALUATED = "pass", "fail", "inconclusive", "not evaluated"
+# A claim's outcome with the frame rule off, for a study gathered before it was recorded.
+NOT_RECORDED = "not recorded"
+# What claims.json keeps of each claim judged with the frame rule off (its 'frame_off').
+FRAME_OFF_KEPT = ("outcome", "value", "interval", "p_value", "detail")
 # The best-of methods that elicit a hidden capability (trajectories.gather_run).
 ELICITING_METHODS = ("intervention", "overprompt")
 PATCHED_METHOD = "patched_final"
@@ -786,33 +794,67 @@ def evaluate_claims(
     underspecification_absent: str = "the underspecification study was not run",
 ) -> dict[str, dict[str, Any]]:
     """Every claim, by name: {statement, statistic, pass_if, threshold, null, value,
-    interval, confidence, resamples, p_value, outcome, detail, data}.
+    interval, confidence, resamples, p_value, outcome, detail, data, test,
+    false_pass_rate, frame_off}; ``frame_off`` holds the FRAME_OFF_KEPT fields of the
+    claim judged with the validity verdict's frame rule off (:func:`judge_frame_off`).
     ``underspecification_absent`` is claim 5's reason when that study is None."""
     resampling = Resampling.from_config(claims_cfg)
-    claims = {
-        "speed": judge_speed(signal_study, claims_cfg["speed"], resampling),
-        "memorization": judge_memorization(signal_study, claims_cfg["memorization"], resampling),
-        "hidden": judge_hidden(signal_study, claims_cfg["hidden"], resampling),
-        "patching": judge_patching(signal_study, claims_cfg["patching"], resampling),
-        "underspecification": judge_underspecification(
-            underspecification_study,
-            claims_cfg["underspecification"],
-            underspecification_absent,
-            resampling,
-        ),
-    }
+
+    def judge_all(signal: xr.Dataset, underspecification: xr.Dataset | None) -> dict:
+        return {
+            "speed": judge_speed(signal, claims_cfg["speed"], resampling),
+            "memorization": judge_memorization(signal, claims_cfg["memorization"], resampling),
+            "hidden": judge_hidden(signal, claims_cfg["hidden"], resampling),
+            "patching": judge_patching(signal, claims_cfg["patching"], resampling),
+            "underspecification": judge_underspecification(
+                underspecification,
+                claims_cfg["underspecification"],
+                underspecification_absent,
+                resampling,
+            ),
+        }
+
+    claims = judge_all(signal_study, underspecification_study)
+    frame_off = judge_frame_off(signal_study, underspecification_study, judge_all)
     for name, claim in claims.items():
         claim["false_pass_rate"] = _false_pass_rate(name, claim, claims_cfg[name], resampling)
+        claim["frame_off"] = frame_off[name]
         log.info(
-            "claim %d (%s): %s; value %s, threshold %g; %s",
+            "claim %d (%s): %s; value %s, threshold %g; %s; frame rule off: %s",
             claim["number"],
             name,
             claim["outcome"],
             value_text(claim),
             claim["threshold"],
             claim["detail"],
+            outcome_text(frame_off[name]),
         )
     return claims
+
+
+def judge_frame_off(
+    signal_study: xr.Dataset,
+    underspecification_study: xr.Dataset | None,
+    judge_all: Callable[[xr.Dataset, xr.Dataset | None], dict[str, dict[str, Any]]],
+) -> dict[str, dict[str, Any]]:
+    """Every claim judged again by the same judges (``judge_all``: the claims by name, of
+    the signal and underspecification studies) on the studies as if the validity verdict
+    had no frame rule (``trajectories.frame_off_study``), so that a reader sees whether
+    the rule matters: by name, its FRAME_OFF_KEPT fields. Outcome NOT_RECORDED for every
+    claim when a study was gathered before evaluation recorded that verdict."""
+    signal_off = frame_off_study(signal_study)
+    under_off = (
+        None if underspecification_study is None else frame_off_study(underspecification_study)
+    )
+    if signal_off is None or (underspecification_study is not None and under_off is None):
+        detail = (
+            "the study was gathered before evaluation recorded the verdict with the frame "
+            "rule off (valid_frame_off); evaluate and gather it again to judge it that way"
+        )
+        unjudged = dict.fromkeys(FRAME_OFF_KEPT, None) | {"outcome": NOT_RECORDED}
+        return {name: unjudged | {"detail": detail} for name in CLAIMS}
+    judged = judge_all(signal_off, under_off)
+    return {name: {key: claim[key] for key in FRAME_OFF_KEPT} for name, claim in judged.items()}
 
 
 # Simulated null studies behind each claim's false-pass rate: its standard error is at
@@ -881,6 +923,7 @@ TABLE_COLUMNS = (
     "judged on",
     "threshold",
     "outcome",
+    "frame rule off",
     "detail",
 )
 OUTCOME_COLORS = {
@@ -899,6 +942,12 @@ def value_text(claim: Mapping[str, Any]) -> str:
     if claim.get("interval") is not None:
         text += " [" + ", ".join(_short(bound) for bound in claim["interval"]) + "]"
     return text
+
+
+def outcome_text(claim: Mapping[str, Any]) -> str:
+    """'pass (0.833 [0.41, 1])': the outcome, and its value where there is one."""
+    value = value_text(claim)
+    return claim["outcome"] + ("" if value == "\u2014" else f" ({value})")
 
 
 def judged_on_text(claim: Mapping[str, Any]) -> str:
@@ -926,6 +975,8 @@ def table_rows(record: Mapping[str, Any]) -> list[list[str]]:
             judged_on_text(claim),
             f"{claim['threshold']:g} ({claim['pass_if']})",
             claim["outcome"],
+            # claims.json written before the frame-off outcome was recorded has none
+            outcome_text(claim.get("frame_off") or {"outcome": NOT_RECORDED, "value": None}),
             claim["detail"],
         ]
         for claim in sorted(record["claims"].values(), key=lambda c: c["number"])
@@ -950,7 +1001,9 @@ def claims_table_html(record: Mapping[str, Any]) -> str:
         f"level, {first['resamples']} resamples. p: each claim's exact one-sided test (its "
         f"statistic); a claim passes only when p <= {1 - first['confidence']:g}. Judged on: "
         f"the runs the test saw, and the share of {NULL_STUDIES} simulated studies with no "
-        "effect and those runs that the judge passes."
+        "effect and those runs that the judge passes. Frame rule off: the outcome (value) "
+        "of the same judge on the study whose validity verdict has no frame rule "
+        "(docs/scoring.md); not recorded: the study was gathered before that verdict was."
     )
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Claims</title>\n<style>'
