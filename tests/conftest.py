@@ -1,4 +1,7 @@
+import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -67,3 +70,44 @@ def smoke_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("smoke")
     snakemake(workdir, "--cores", "2", configs=(REPO / "config.yaml", SMOKE))
     return workdir, load_config(REPO / "config.yaml", SMOKE)
+
+
+# ------------------------------------------------------------------- recovery, done literally
+
+
+def workflow_run(run_dir, manifest, tmp_path, run="r"):
+    """A finished run copied into the workflow's layout (``<study>/runs/<run>``), with the
+    run's manifest and its pack's (rule train_vdm's output), and a pack-mate's pack beside
+    it: (study, run folder)."""
+    study = tmp_path / "results" / "study"
+    copy = study / "runs" / run
+    shutil.copytree(run_dir, copy)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    (study / "packs").mkdir()
+    (study / "packs" / "pack000.json").write_text(json.dumps({"runs": {run: manifest}}))
+    (study / "packs" / "pack001.json").write_text(json.dumps({"runs": {"other": manifest}}))
+    return study, copy
+
+
+def do_what_it_says(message: str) -> None:
+    """Run the command the message gives, as a user would paste it."""
+    commands = re.findall(r"`(rm [^`]+)`", message)
+    assert len(commands) == 1, message
+    subprocess.run(shlex.split(commands[0]), check=True)
+    assert "then rerun `snakemake`" in message
+
+
+def rerun_snakemake(study, model, training, dataset, seed, run="r", device="auto") -> None:
+    """What `snakemake` does to the training of ``workflow_run``'s run: rule train_vdm for
+    its pack if the pack's manifest (the rule's output) is gone, rule run_manifest if the
+    run's manifest is gone. The pack-mate's pack is never deleted, so never trained."""
+    from conceptspace.pack_plan import write_run_manifest
+    from conceptspace.train import PackRun, train_pack
+
+    pack = study / "packs" / "pack000.json"
+    if not pack.exists():
+        runs = [PackRun(dataset, seed, study / "runs" / run)]
+        manifests = train_pack(model, training, runs, device=device)
+        pack.write_text(json.dumps({"runs": {run: manifests[0]}}))
+    if not (study / "runs" / run / "manifest.json").exists():
+        write_run_manifest(pack, run, study / "runs" / run / "manifest.json")

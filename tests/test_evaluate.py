@@ -2,7 +2,7 @@
 method and read by a tiny trained probe; the file it writes, its determinism (same
 noise whatever the batching and the method: identity settings of every method give
 the naive samples), the sample command, and its refusals (a weak probe, a checkpoint of
-another run, a missing donor)."""
+another run, a missing donor) and the fix a lost donor's message gives, done literally."""
 
 import json
 import os
@@ -13,6 +13,7 @@ import pytest
 import torch
 import xarray as xr
 
+from conftest import do_what_it_says, rerun_snakemake, workflow_run
 from conceptspace.cli import main as cli_main
 from conceptspace.concepts import CLASSES, CONCEPTS, Signal
 from conceptspace.evaluate import (
@@ -435,6 +436,50 @@ def test_evaluation_refuses_a_missing_donor(trained, tmp_path):
     methods = {**OFF, "patching": {"donors": [3]}}  # not a checkpoint step of the run
     with pytest.raises(ConceptspaceError, match="not a checkpoint step"):
         evaluate(trained, tmp_path / "x.nc", {**EVALUATION, "methods": methods})
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_a_lost_donors_fix_done_literally_completes_the_run_with_the_same_results(
+    trained, tmp_path, damage
+):
+    # The final checkpoint, step 2's patching donor, deleted or `truncate -s 100`: the
+    # message's one command, then `snakemake` (its training, then evaluate_run again).
+    checkpoint, probe = trained
+    manifest = json.loads((checkpoint.parent.parent.parent / "manifest.json").read_text())
+    study, run_dir = workflow_run(checkpoint.parent.parent, manifest, tmp_path)
+    checkpoints = [checkpoint_path(run_dir, step) for step in (2, 4)]
+
+    def evaluate_the_run():
+        out = run_dir / "trajectory.nc"
+        out.unlink(missing_ok=True)  # snakemake deletes a job's output before running it
+        evaluate_run(
+            checkpoints,
+            probe,
+            evaluation_cfg=EVALUATION,
+            min_accuracy=0.0,
+            signal=SIGNAL,
+            seed=SEED,
+            eval_dir=run_dir / "eval",
+            out_path=out,
+            device="cpu",
+        )
+        with open_trajectory(out) as trajectory:
+            return trajectory["p_target"].values
+
+    expected = evaluate_the_run()
+    donor = checkpoints[-1]
+    if damage == "deleted":
+        donor.unlink()
+    else:
+        donor.write_bytes(donor.read_bytes()[:100])
+    with pytest.raises(ConceptspaceError, match="patched_final needs") as caught:
+        evaluate_the_run()
+    message = str(caught.value)
+    assert f"step-4 checkpoint as its donor: checkpoint {donor} " in message, message
+    do_what_it_says(message)
+    assert not (study / "packs" / "pack000.json").exists()
+    rerun_snakemake(study, MODEL, TRAINING, checkpoint.parent.parent.parent / "train.npz", SEED)
+    np.testing.assert_array_equal(evaluate_the_run(), expected)
 
 
 def test_evaluate_run_equals_evaluating_each_checkpoint_and_gathering(trained, tmp_path):

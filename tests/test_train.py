@@ -5,19 +5,17 @@ import json
 import logging
 import math
 import os
-import re
-import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import do_what_it_says, rerun_snakemake, workflow_run
 from conceptspace.concepts import Signal
 from conceptspace.io import ConceptspaceError
 from conceptspace.render import render_training_set, save_dataset
@@ -386,54 +384,13 @@ def test_a_checkpoint_without_optimizer_state_trains_the_run_again(
 # ------------------------------------------------------------------- recovery, done literally
 
 
-def workflow_run(reference, tmp_path, run="r"):
-    """The reference run in the workflow's layout (``<study>/runs/<run>``), with the run's
-    manifest and its pack's (rule train_vdm's output), and a pack-mate's pack beside it."""
-    run_dir, manifest = reference
-    study = tmp_path / "results" / "study"
-    copy = study / "runs" / run
-    shutil.copytree(run_dir, copy)
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    (study / "packs").mkdir()
-    (study / "packs" / "pack000.json").write_text(json.dumps({"runs": {run: manifest}}))
-    (study / "packs" / "pack001.json").write_text(json.dumps({"runs": {"other": manifest}}))
-    return study, copy
-
-
-def do_what_it_says(message: str) -> None:
-    """Run the command the message gives, as a user would paste it."""
-    commands = re.findall(r"`(rm [^`]+)`", message)
-    assert len(commands) == 1, message
-    subprocess.run(shlex.split(commands[0]), check=True)
-    assert "then rerun `snakemake`" in message
-
-
-def rerun_snakemake(study: Path, dataset) -> None:
-    """What `snakemake` does to the study's training: rule train_vdm for each pack whose
-    manifest (its output) is gone, rule run_manifest for each run manifest that is gone."""
-    from conceptspace.pack_plan import write_run_manifest
-    from conceptspace.train import PackRun, train_pack
-
-    packs = {"pack000": ["r"], "pack001": ["other"]}
-    for pack, runs in packs.items():
-        out = study / "packs" / f"{pack}.json"
-        if not out.exists() and runs == ["r"]:
-            run = PackRun(dataset, SEED, study / "runs" / "r")
-            manifests = train_pack(MODEL, TRAINING, [run])
-            out.write_text(json.dumps({"runs": {"r": manifests[0]}}))
-    if not (study / "runs" / "r" / "manifest.json").exists():
-        write_run_manifest(
-            study / "packs" / "pack000.json", "r", study / "runs" / "r" / "manifest.json"
-        )
-
-
 @pytest.mark.parametrize("step, resumed_from", [(12, 7), (7, None), (4, None)])
 def test_a_corrupt_checkpoints_fix_done_literally_writes_it_again(
     reference, dataset, tmp_path, caplog, step, resumed_from
 ):
     # `truncate -s 100` on one checkpoint; evaluation (load_checkpoint) names it and the fix
     run_dir, _ = reference
-    study, copy = workflow_run(reference, tmp_path)
+    study, copy = workflow_run(*reference, tmp_path)
     damaged = checkpoint_path(copy, step)
     damaged.write_bytes(damaged.read_bytes()[:100])
     with pytest.raises(ConceptspaceError, match="truncated or corrupt") as caught:
@@ -443,7 +400,7 @@ def test_a_corrupt_checkpoints_fix_done_literally_writes_it_again(
     assert not damaged.exists() and not (study / "packs" / "pack000.json").exists()
     assert (study / "packs" / "pack001.json").exists()  # a pack-mate's is left alone
     with caplog.at_level(logging.INFO, logger="conceptspace.train"):
-        rerun_snakemake(study, dataset)
+        rerun_snakemake(study, MODEL, TRAINING, dataset, SEED)
     if resumed_from is None:  # no earlier checkpoint holds optimizer state: from step 0
         assert "resuming" not in caplog.text and "steps 0 -> 12" in caplog.text
     else:
@@ -461,13 +418,13 @@ def test_a_deleted_checkpoints_message_names_the_manifests_whose_deletion_retrai
     # the user deleted the checkpoint alone (as the old message said): evaluation now
     # finds it missing, and its fix must not be "rerun training", which plans nothing
     run_dir, _ = reference
-    study, copy = workflow_run(reference, tmp_path)
+    study, copy = workflow_run(*reference, tmp_path)
     checkpoint_path(copy, 12).unlink()
     with pytest.raises(ConceptspaceError, match="does not exist") as caught:
         load_checkpoint(checkpoint_path(copy, 12))
     do_what_it_says(str(caught.value))
     assert not (copy / "manifest.json").exists()
-    rerun_snakemake(study, dataset)
+    rerun_snakemake(study, MODEL, TRAINING, dataset, SEED)
     assert_same_weights(final_state(copy, 12), final_state(run_dir, 12))
 
 

@@ -383,13 +383,14 @@ def prepare_checkpoint(
         if donor_step is None or donor_step in donors:
             continue
         donor_path = step_path(run_dir, donor_step)
-        if not donor_path.exists():
+        try:
+            # missing or damaged: its message's fix (train.recovery) deletes the manifests
+            # too, without which snakemake plans no training to write it again
+            donor, donor_metadata = load_checkpoint(donor_path, device)
+        except ConceptspaceError as err:
             raise ConceptspaceError(
-                f"{method.name} needs the donor checkpoint {donor_path}, which does not exist; "
-                "finish training the run (rule train_vdm) or remove the donor from "
-                "evaluation.methods.patching.donors"
-            )
-        donor, donor_metadata = load_checkpoint(donor_path, device)
+                f"{method.name} needs the run's step-{donor_step} checkpoint as its donor: {err}"
+            ) from err
         _check_run(donor_metadata, signal, seed, donor_path)
         donors[donor_step] = donor.net
     return Prepared(
