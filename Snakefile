@@ -84,9 +84,7 @@ if workflow.is_main_process:
     from conceptspace.cluster import launched_executor
     from conceptspace.plan import plan_block
 
-    _rules = [rule.name for rule in workflow.rules]
-    _block = plan_block(config, REQUESTED_PRESET, launched_executor(), ON_CLUSTER, _rules)
-    print(_block, file=sys.stderr)
+    print(plan_block(config, REQUESTED_PRESET, launched_executor(), ON_CLUSTER), file=sys.stderr)
 
 
 rule all:

@@ -146,6 +146,35 @@ def test_a_dry_run_prints_the_plan_with_as_many_jobs_as_snakemake_plans(tmp_path
     assert "preset    cpu-16px: named by config key 'preset' (cpu-16px)" in block
 
 
+def jobs_line(block: str) -> str:
+    return next(line for line in block.splitlines() if line.startswith("jobs"))
+
+
+@pytest.mark.parametrize("pack, train_vdm, total", [(1, 8, 47), (4, 3, 42)])
+def test_the_plan_counts_one_training_job_a_pack(pack, train_vdm, total):
+    # smoke: 6 signal runs (packs of 4: 4 + 2) and 2 underspecification runs (one pack);
+    # every run has its run_manifest job whatever the packs
+    config = load_config(REPO / "config.yaml", SMOKE)
+    config["compute"]["pack"] = pack
+    assert plan.job_counts(config)["train_vdm"] == train_vdm
+    assert plan.job_counts(config)["run_manifest"] == 8
+    line = jobs_line(plan.plan_block(config, "smoke", None, False))
+    assert line.startswith(f"jobs      {total} for everything from scratch (train_vdm {train_vdm},")
+
+
+@pytest.mark.workflow
+def test_a_dry_run_with_packs_plans_as_many_jobs_as_the_plan_says(tmp_path):
+    overlay = tmp_path / "pack.yaml"
+    overlay.write_text("compute:\n  pack: 4\n")
+    configs = (REPO / "config.yaml", SMOKE, overlay)
+    result = snakemake(tmp_path, "-n", "--quiet", "rules", configs=configs)
+    planned = planned_jobs(result.stdout)
+    assert planned["train_vdm"] == 3 and planned["run_manifest"] == 8
+    assert jobs_line(block_of(result.stderr)).startswith(
+        f"jobs      {planned['total']} for everything from scratch (train_vdm 3,"
+    )
+
+
 @pytest.mark.workflow
 def test_a_run_whose_outputs_do_not_fit_stops_before_its_first_job(tiny_tmpfs, tmp_path):
     """The results folder on a 1 MiB tmpfs (where mounting is allowed): the smoke preset

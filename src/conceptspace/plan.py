@@ -196,14 +196,14 @@ def sampled_runs(study, config: dict) -> list:
     return list({run.id: run for run in runs}.values())
 
 
-def job_counts(config: dict, rules: Iterable[str] = ()) -> dict[str, int]:
+def job_counts(config: dict) -> dict[str, int]:
     """The jobs of the whole workflow from scratch (rule all), by rule: what Snakemake's
-    "Job stats" of a dry run in an empty folder counts. ``rules``: the workflow's rule
-    names; with a rule run_manifest, training runs in packs of compute.pack runs (one
-    train_vdm job a pack, one run_manifest job a run)."""
+    "Job stats" of a dry run in an empty folder counts. Training runs in packs of
+    compute.pack runs, cut from each study's runs as the workflow cuts them
+    (``pack_plan.form_packs``): one train_vdm job a pack, one run_manifest job a run."""
+    from conceptspace.pack_plan import form_packs
     from conceptspace.studies import figures_of, on_studies
 
-    packed = "run_manifest" in set(rules)
     pack = int(config["compute"].get("pack", 1) or 1)
 
     jobs: dict[str, int] = {}
@@ -213,14 +213,15 @@ def job_counts(config: dict, rules: Iterable[str] = ()) -> dict[str, int]:
             jobs[rule] = jobs.get(rule, 0) + count
 
     for study in on_studies(config):
-        runs = len(study.runs(config))
+        run_ids = [run.id for run in study.runs(config)]
+        runs = len(run_ids)
         if study.renders:
             add("render_training_set", runs)
         else:
             add("prepare_celeba", runs)
             add("prepare_celeba_probe_set", 1)
-        add("train_vdm", -(-runs // pack) if packed else runs)
-        add("run_manifest", runs if packed else 0)
+        add("train_vdm", len(form_packs(run_ids, pack)))
+        add("run_manifest", runs)
         add("train_probe", 1)
         add("evaluate_run", runs)
         add("gather_study", 1)
@@ -397,7 +398,8 @@ def planned_writes(jobs: Iterable[Any]) -> list[tuple[str, str]]:
 
 def all_jobs(config: dict) -> list[tuple[str, str]]:
     """(rule, study) of every job of the whole workflow that writes a file
-    :func:`disk_per_job` counts."""
+    :func:`disk_per_job` counts; train_vdm once a run, not a pack (its size there is one
+    run's checkpoints, as in :func:`planned_writes`)."""
     from conceptspace.studies import figures_of, on_studies
 
     jobs = []
@@ -499,18 +501,16 @@ def make_plan_block(
     requested: str,
     executor: str | None,
     on_cluster: bool,
-    rules: Iterable[str] = (),
     benchmarks: Path = BENCHMARKS,
 ) -> str:
-    """The block printed at the start of every run (README "Quickstart"); ``rules``: the
-    workflow's rule names (:func:`job_counts`)."""
+    """The block printed at the start of every run (README "Quickstart")."""
     from conceptspace.studies import STUDIES, on_studies
 
     preset = str(config.get("preset", requested))
     on = on_studies(config)
     studies = ", ".join(f"{study.name} ({_count(len(study.runs(config)), 'run')})" for study in on)
     off = [name for name in STUDIES if name not in {study.name for study in on}]
-    jobs = job_counts(config, rules)
+    jobs = job_counts(config)
     total = sum(jobs.values())
     shown = ("train_vdm", "evaluate_run", "train_probe", "sample_images")
     by_rule = ", ".join(f"{rule} {jobs[rule]}" for rule in shown if rule in jobs)
