@@ -403,8 +403,9 @@ def test_a_corrupt_checkpoints_fix_done_literally_writes_it_again(
         rerun_snakemake(study, MODEL, TRAINING, dataset, SEED)
     if resumed_from is None:  # no earlier checkpoint holds optimizer state: from step 0
         assert "resuming" not in caplog.text and "steps 0 -> 12" in caplog.text
-    else:
+    else:  # and the start line says so (it said "steps 0 -> 12")
         assert f"resuming from step {resumed_from}" in caplog.text
+        assert f"steps {resumed_from} -> 12" in caplog.text
     for written in (4, 7, 12):  # every checkpoint the run's, bit for bit
         assert_same_weights(final_state(copy, written), final_state(run_dir, written))
     load_checkpoint(damaged)

@@ -809,8 +809,10 @@ def _train_cohort(
         vmapped=_vmap_runs(plan.device),
     )
     del initial, resumed
-    for member in members:
-        _log_start(plan, member, sum(p[0].numel() for p in stack.params.values()), channels_last)
+    for member in members:  # from ``start``: initial_state handed the checkpoints over
+        _log_start(
+            plan, member, start, sum(p[0].numel() for p in stack.params.values()), channels_last
+        )
     if len(members) > 1:
         log.info("training a pack of %d runs as one stacked model", len(members))
     stepper = _Stepper(plan, members, stack, vdm, masks, channels_last)
@@ -824,7 +826,9 @@ def _vmap_runs(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def _log_start(plan: _Plan, member: _Member, parameters: int, channels_last: bool) -> None:
+def _log_start(
+    plan: _Plan, member: _Member, start: int, parameters: int, channels_last: bool
+) -> None:
     data = member.data
     log.info(
         "%straining %s: %d parameters, %d train / %d validation images (%dx%d), h_dim %d; "
@@ -837,7 +841,7 @@ def _log_start(plan: _Plan, member: _Member, parameters: int, channels_last: boo
         data.image_size,
         data.image_size,
         data.h_dim,
-        member.start,
+        start,
         plan.steps,
         plan.batch_size,
         plan.precision,
