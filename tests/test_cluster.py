@@ -10,7 +10,14 @@ import torch
 import yaml
 
 from conceptspace import device as device_module
-from conceptspace.cluster import SlurmCluster, SlurmRequest, _executor_in_argv, preflight_problems
+from conceptspace.cluster import (
+    SlurmCluster,
+    SlurmRequest,
+    _executor_in_argv,
+    min_job_age,
+    preflight_problems,
+    status_command_problem,
+)
 from conceptspace.config import ConfigError, load_config, preset_file, validate_config
 from conceptspace.io import ConceptspaceError
 from conftest import REPO, SCHEMA, SMOKE
@@ -48,6 +55,33 @@ def test_sinfo_is_read_with_its_default_partition_gpus_and_time_limits():
     assert found.accounts == {"myproj"} and found.qos == {"normal", "long"}
     assert SlurmCluster.from_sinfo("a*|(null)|30:00\n").partitions["a"]["max_minutes"] == 30
     assert SlurmCluster.from_sinfo("a*|(null)|2:30:00\n").partitions["a"]["max_minutes"] == 150
+
+
+def test_min_job_age_is_read_from_scontrol_show_config():
+    config = "MaxTasksPerNode         = 512\nMinJobAge               = 300 sec\nMpiDefault = none\n"
+    assert min_job_age(config) == 300
+    assert min_job_age("MinJobAge = 1h\n") == 3600
+    assert min_job_age("MpiDefault = none\n") is None and min_job_age(None) is None
+
+
+@pytest.mark.parametrize(
+    "command, init_seconds, job_age, problem",
+    [
+        ("squeue", 20, 300, False),  # Slurm's default: squeue remembers longer than 180 s
+        ("squeue", 20, 120, True),  # ended jobs could vanish between two looks
+        ("squeue", 20, 45, False),  # below 3 x 20 s the plugin uses sacct by itself
+        ("sacct", 20, 120, False),
+        ("squeue", 20, None, False),  # scontrol did not say: not checked
+    ],
+)
+def test_squeue_as_status_command_needs_slurm_to_remember_ended_jobs(
+    command, init_seconds, job_age, problem
+):
+    found = status_command_problem(command, init_seconds, job_age)
+    assert (found is not None) == problem, found
+    if problem:
+        assert f"MinJobAge is {job_age} s" in found
+        assert "run with --slurm-status-command sacct" in found and ">= 180" in found
 
 
 def test_a_run_the_cluster_can_take_has_no_problems():

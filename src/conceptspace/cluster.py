@@ -8,7 +8,8 @@ unless a preset is named): ``config`` key ``preset``, README "Quickstart".
 (the Snakefile's ``onstart``): every partition, account, QoS and GPU type that the
 planned jobs ask for is looked up on the cluster (``sinfo``, ``sacctmgr`` where present),
 and anything missing stops the run with one message that names it and the fix, instead
-of one failed ``sbatch`` per job and attempt.
+of one failed ``sbatch`` per job and attempt. So does a Slurm MinJobAge too short for the
+job status command of profiles/default (squeue: ``status_command_problem``).
 """
 
 from __future__ import annotations
@@ -292,14 +293,59 @@ def query_cluster() -> SlurmCluster:
     return SlurmCluster.from_sinfo(sinfo, accounts, qos)
 
 
-def slurm_preflight(jobs: Iterable[Any], qos: str | None = None) -> None:
-    """Check the planned ``jobs`` (Snakemake jobs) against the cluster; raise one
+# Plugin 2.8.0 looks at its jobs' states as rarely as every 180 s (its check_active_jobs'
+# max_sleep_time, not a setting), so squeue must remember an ended job at least that long.
+PLUGIN_LONGEST_STATUS_INTERVAL_S = 180
+
+
+def min_job_age(scontrol_config: str | None) -> int | None:
+    """Slurm's MinJobAge in seconds, from ``scontrol show config`` ("MinJobAge = 300 sec");
+    None where it is not there."""
+    match = re.search(r"^MinJobAge\s*=\s*(\d+)\s*(\w*)", scontrol_config or "", re.M)
+    if match is None:
+        return None
+    return int(match[1]) * (3600 if match[2].lower() in ("h", "hour", "hours") else 1)
+
+
+def status_command_problem(
+    status_command: str | None, init_seconds: int, job_age: int | None
+) -> str | None:
+    """Why the plugin's job status command would miss an ended job, with the fix; None
+    where it would not. Under squeue (profiles/default) a job squeue has forgotten reads
+    as still queued, forever; the plugin itself falls back to sacct where MinJobAge is
+    below 3 x ``init_seconds``, so only the range above that up to the plugin's longest
+    interval is a problem."""
+    if status_command != "squeue" or job_age is None:
+        return None
+    if job_age < 3 * init_seconds or job_age >= PLUGIN_LONGEST_STATUS_INTERVAL_S:
+        return None
+    return (
+        f"the job status command is squeue (profiles/default), but this cluster's MinJobAge "
+        f"is {job_age} s: squeue forgets a job that long after it ends, and the Slurm plugin "
+        f"looks at its jobs as rarely as every {PLUGIN_LONGEST_STATUS_INTERVAL_S} s, so a "
+        "finished job could go unseen and the run wait for it forever; run with "
+        "--slurm-status-command sacct (a scancelled job then goes unseen: requeue jobs "
+        "instead, docs/slurm.md), or ask the cluster's admins for MinJobAge >= "
+        f"{PLUGIN_LONGEST_STATUS_INTERVAL_S}"
+    )
+
+
+def slurm_preflight(
+    jobs: Iterable[Any],
+    qos: str | None = None,
+    status_command: str | None = None,
+    init_seconds: int = 40,
+) -> None:
+    """Check the planned ``jobs`` (Snakemake jobs) against the cluster, and the plugin's
+    job status command (with its ``init_seconds``) against Slurm's MinJobAge; raise one
     ConceptspaceError listing every problem."""
     request = SlurmRequest()
     for job in jobs:
         if not job.is_local:
             request.add(job.rule.name, dict(job.resources.items()), qos)
     problems = preflight_problems(request, query_cluster())
+    job_age = min_job_age(_ask(["scontrol", "show", "config"])) if status_command else None
+    problems += filter(None, [status_command_problem(status_command, init_seconds, job_age)])
     if problems:
         raise ConceptspaceError(
             "Slurm preflight: the run asks for what this cluster does not offer; nothing "

@@ -179,7 +179,8 @@ def sampled_steps(wildcards):
 # planned jobs write must fit where the results go (conceptspace.plan). Before the first
 # submission of a Slurm run: every partition, account, QoS and GPU type the planned jobs
 # ask for is looked up on the cluster (conceptspace.cluster); a wrong one stops the run
-# with one message, instead of one failed sbatch per job and attempt.
+# with one message, instead of one failed sbatch per job and attempt. So does a MinJobAge
+# too short for the squeue status command, under which a finished job could go unseen.
 onstart:
     from conceptspace.plan import planned_writes, space_problem
 
@@ -189,9 +190,13 @@ onstart:
     if workflow.executor_plugin is not None and workflow.executor_plugin.name.endswith("slurm"):
         from conceptspace.cluster import slurm_preflight
 
+        settings = workflow.executor_settings
         try:
             slurm_preflight(
-                workflow.dag.needrun_jobs(), getattr(workflow.executor_settings, "qos", None)
+                workflow.dag.needrun_jobs(),
+                getattr(settings, "qos", None),
+                getattr(settings, "status_command", None),
+                getattr(settings, "init_seconds_before_status_checks", None) or 40,  # plugin's
             )
         except ConceptspaceError as err:
             raise WorkflowError(str(err))
