@@ -15,10 +15,10 @@ given a GPU that torch cannot see stops under compute.device auto.
 The fake GPUs are files: torch sees none, so the runs that compute set compute.device:
 cpu (the local run too, so that the configs match).
 
-The smoke run uses the plugin's default job status command (sacct), as users on clusters
-with accounting do. The cancel test runs with `--slurm-status-command squeue`: plugin 2.8.0
-reads sacct's state of a cancelled job, "CANCELLED by <uid>", as still running and would
-wait for it forever (docs/slurm.md).
+Every run uses the default profile's job status command, squeue: plugin 2.8.0 reads
+sacct's state of a cancelled job, "CANCELLED by <uid>", as still running and would wait for
+it forever (docs/slurm.md). A training cancelled with no retries left ends the run within
+a bound, and the same command again resumes it.
 
 Needs root and Debian's Slurm packages (tests/slurm/install.sh, which this module runs
 when they are missing); skipped otherwise, unless CONCEPTSPACE_REQUIRE_SLURM=1 (CI), which
@@ -205,6 +205,7 @@ class Interrupter(threading.Thread):
         self.first_step = checkpoint_steps(training)[0]
         self.last_step = int(training["steps"])
         self.done: tuple[str, str] | None = None  # (run, Slurm job id)
+        self.at: float | None = None  # time.monotonic() of the interruption
         self.error: str | None = None
         self.stop = threading.Event()
 
@@ -253,6 +254,7 @@ class Interrupter(threading.Thread):
                         continue
                     tried.add(run_dir.name)
                     if self.interrupt(jobid):
+                        self.at = time.monotonic()
                         self.done = (run_dir.name, jobid)
                         break
         except Exception as err:  # reported by the test that needs the interruption
@@ -331,11 +333,9 @@ def runs(cluster, tmp_path_factory) -> dict[str, Run]:
             *(*slurm_args(), "--retries", "0", target),
             configs=(REPO / "config.yaml", SMOKE),
         ),
+        # the status command is the default profile's (squeue)
         "cancel": snakemake_command(
-            base / "cancel",
-            *slurm_args(),
-            *("--slurm-status-command", "squeue", target),
-            configs=(*smoke, overlay),
+            base / "cancel", *slurm_args(), target, configs=(*smoke, overlay)
         ),
         # retries as profiles/default sets them (it is not found beside retry.smk)
         "flaky": snakemake_command(
@@ -561,3 +561,61 @@ def test_a_job_that_fails_once_succeeds_on_retry_with_a_larger_runtime(cluster, 
         "attempt=2",
         f"runtime={runtimes[1]}",
     ]
+
+
+# Plugin 2.8.0 looks at its jobs' states 20 s after a job ends (the profile's first
+# check), then 10 s later each time none has ended, up to every 180 s (not a setting): a
+# cancel is seen at its next look, and a run that then stops waits out its last interval
+# before it exits. Without a status command that sees the cancel the run never ends
+# (SNAKEMAKE_LIMIT_S kills it): each bound is the plugin's longest wait and half a minute.
+PLUGIN_LONGEST_WAIT_S = 180
+NOTICE_BOUND_S = PLUGIN_LONGEST_WAIT_S + 30
+CANCELLED = "SLURM status is: 'CANCELLED'"
+
+
+def test_a_cancelled_job_ends_the_run_and_the_same_command_resumes_it(cluster, tmp_path):
+    # With the default profile as a user has it (its status command and its first check),
+    # but no retries: the run must end, failed, soon after the scancel.
+    on_cpu, overlay = tmp_path / "cpu.yaml", tmp_path / "cancel.yaml"
+    on_cpu.write_text(CPU_OVERLAY)
+    overlay.write_text(CANCEL_OVERLAY)
+    configs = (REPO / "config.yaml", SMOKE, on_cpu, overlay)
+    target = f"results/signal/runs/{CANCEL_RUN}/manifest.json"
+    workdir = tmp_path / "run"
+    command = snakemake_command(
+        workdir, "--executor", "slurm", "-j", "64", "--profile", str(SITE), "--retries", "0",
+        target, configs=configs,
+    )  # fmt: skip
+    training = load_config(*configs)["training"]
+    process = start(command, workdir, cluster.env)
+    interrupter = Interrupter(cluster, workdir, training, "cancel")
+    interrupter.start()
+    noticed = None  # when Snakemake said the job failed
+    try:
+        while process.poll() is None:
+            if noticed is None and CANCELLED in (workdir / "snakemake.out").read_text():
+                noticed = time.monotonic()
+            time.sleep(0.5)
+        ended = time.monotonic()
+    finally:
+        interrupter.stop.set()
+        interrupter.join(timeout=10)
+    returncode, output = finish(process, workdir)
+    caught = Run(workdir, returncode, output, None, interrupter.done, interrupter.error)
+    run, jobid = interrupted(caught, "cancel")
+    assert returncode != 0, output[-3000:]
+    assert f"SLURM-job '{jobid}' failed, {CANCELLED}" in output, output[-3000:]
+    noticed = ended if noticed is None else noticed  # written as it exited
+    timings = {
+        "noticed_s": round(noticed - interrupter.at, 1),
+        "exited_s": round(ended - interrupter.at, 1),
+    }
+    print(f"\nscancel {jobid}: {json.dumps(timings)}", file=sys.stderr)
+    assert timings["noticed_s"] < NOTICE_BOUND_S, output[-3000:]
+    assert ended - noticed < NOTICE_BOUND_S, output[-3000:]
+
+    (workdir / "cancelled.out").write_text(output)  # start() writes snakemake.out anew
+    Run(workdir, *finish(start(command, workdir, cluster.env), workdir), None).succeeded()
+    resumed = resumed_steps(workdir, run)
+    assert resumed and min(resumed) >= checkpoint_steps(training)[0]
+    assert json.loads((workdir / target).read_text())["final_step"] == training["steps"]
