@@ -15,6 +15,7 @@ from conceptspace.analysis import blue_small, convergence_step, memorization_tur
 from conceptspace.concepts import CLASSES, CONCEPTS, run_id
 from conceptspace.config import ConfigError, load_config, validate_config
 from conceptspace.evaluate import write_evaluation
+from conceptspace.figures import seeds_count, seeds_run
 from conceptspace.figures.hidden import plot_hidden
 from conceptspace.figures.patching import plot_patching
 from conceptspace.figures.sheets import plot_sample_sheet, row_labels, sheet_canvas, sheet_rows
@@ -554,6 +555,19 @@ def test_corner_labels_sit_outside_the_square_clear_of_the_markers():
         (_, low), (_, high) = to_data.transform([(box.x0, box.y0), (box.x1, box.y1)])
         assert high < 0 or low > 1, f"{label.get_text()!r} lies inside the square"
         assert ax.bbox.y0 <= box.y0 and box.y1 <= ax.bbox.y1, f"{label.get_text()!r} is cut"
+
+
+def test_titles_count_the_seeds_each_level_was_run_with(tmp_path):
+    # a sweep with its own seeds: five at gap 0.3, two at 0.6 (the grid has five)
+    runs = {(seed, 0.3, 0.4): 2 for seed in range(5)} | {(seed, 0.6, 0.4): 1 for seed in (0, 1)}
+    study = fabricate_study(tmp_path, runs)
+    assert study.sizes["seed"] == 5 and sorted(seeds_run(study)) == [2, 5]
+    assert seeds_count(seeds_run(study)) == "2 to 5 seeds"
+    assert (seeds_count(1), seeds_count([3, 3]), seeds_count([])) == (
+        "1 seed",
+        "3 seeds",
+        "0 seeds",
+    )
 
 
 def test_a_sweep_with_one_level_is_drawn_as_one_level(tmp_path):

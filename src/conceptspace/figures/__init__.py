@@ -120,9 +120,26 @@ def method_label(method: str) -> str:
     return METHOD_NAMES.get(method, method.replace("_", " "))
 
 
-def seeds_count(n: int) -> str:
-    """'1 seed', '2 seeds'."""
-    return f"{n} seed{'' if n == 1 else 's'}"
+def seeds_count(counts: int | Sequence[int]) -> str:
+    """'1 seed', '2 seeds', or '2 to 5 seeds' for levels run with different numbers of
+    seeds (a sweep may name its own seeds)."""
+    counts = [counts] if isinstance(counts, (int, np.integer)) else list(counts)
+    if not counts:
+        return "0 seeds"
+    low, high = min(counts), max(counts)
+    return f"{high} seed{'' if high == 1 else 's'}" if low == high else f"{low} to {high} seeds"
+
+
+def seeds_run(study: xr.Dataset) -> list[int]:
+    """The number of seeds run at each signal level of a study on the seed x color gap x
+    size gap grid (levels with none left out)."""
+    ran = (
+        study["accuracy"]
+        .notnull()
+        .any([d for d in study["accuracy"].dims if d not in ("seed", "color_gap", "size_gap")])
+    )
+    counts = ran.sum("seed").values.ravel()
+    return [int(n) for n in counts if n > 0]
 
 
 def level_title(color_gap: float, size_gap: float) -> str:
@@ -319,7 +336,7 @@ def plot_accuracy_levels(
                 label = f"{method_label(method)}, training classes (mean of {', '.join(training)})"
                 draw_accuracy(ax, on_training, color, label, linestyle=":", sigma=sigma)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13))
-    seeds_text = seeds_count(max(n_seeds)) if n_seeds else "seeds"
+    seeds_text = seeds_count(n_seeds) if n_seeds else "seeds"
     figure_title(
         figure,
         f"{title}\nline: mean over {seeds_text}; band: range (min to max) over seeds; dashed "

@@ -43,6 +43,7 @@ from conceptspace.figures import (
     note,
     save_figure,
     seeds_count,
+    seeds_run,
 )
 from conceptspace.io import ConceptspaceError
 
@@ -79,7 +80,7 @@ def plot_signal(
         study = study.sel({"method": "naive"})
     threshold = study["learning_time"].attrs.get("threshold")
     threshold_text = "the threshold" if threshold is None else f"{float(threshold):g}"
-    n_seeds = study.sizes.get("seed", 1)
+    n_seeds = seeds_run(study)
 
     figure = new_figure(17.0, 5.4)
     speed_color, speed_size, trajectories = figure.subplots(1, 3)
@@ -253,10 +254,10 @@ def _trajectory_panel(ax: Axes, figure, study: xr.Dataset, size_gap: float) -> N
         fontsize=8,
         loc="lower center",  # between the bottom corners' labels, clear of the top ones
     )
-    n_seeds = study.sizes.get("seed", 1)
+    n_seeds = seeds_run(study)
     figure.colorbar(
         ScalarMappable(norm=norm, cmap=cmap),
         ax=ax,
-        label=f"{_gap_label('color_gap')}; lines: mean of {n_seeds} seed(s)",
+        label=f"{_gap_label('color_gap')}; lines: mean of {seeds_count(n_seeds)}",
         shrink=0.85,
     )

@@ -97,7 +97,7 @@ def plot_trajectories(
     figure.colorbar(
         ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), label="training step", shrink=0.8
     )
-    seeds_text = f"mean over {seeds_count(max(n_seeds))}" if n_seeds else "no runs"
+    seeds_text = f"mean over {seeds_count(n_seeds)}" if n_seeds else "no runs"
     figure_title(
         figure,
         f"Concept memorization, then a turn: class {class_label(UNSEEN_CLASS)} (unseen) and "
