@@ -16,6 +16,30 @@ REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SMOKE = REPO / "workflow" / "presets" / "smoke.yaml"
 
+# The tiny images and model of the tests that train in process (training, packing,
+# evaluation): 8 px, two levels, a few seconds a run on one CPU thread.
+TINY_DATA = {
+    "image_size": 8,
+    "images_per_class": 8,
+    "validation_fraction": 0.25,
+    "blur_sigma_px": 1.0,
+    "noise_std": 0.001,
+    "position_range": 0.5,
+    "background_train": [0.8, 1.0],
+    "background_test": 0.9,
+}
+TINY_MODEL = {
+    "channels": [8, 16],
+    "blocks_per_level": 1,
+    "groups": 4,
+    "attention_heads": 2,
+    "dropout": 0.1,  # dropout on: its random numbers must be restored on resume too
+    "time_dim": 16,
+    "gamma_min": -5.0,
+    "gamma_max": 10.0,
+    "reconstruction_sigma": 0.001,
+}
+
 
 def every_sample_valid(p_target: np.ndarray) -> np.ndarray:
     """The ``valid`` (method, prompt, sample) of an evaluation whose samples all hold one

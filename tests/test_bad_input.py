@@ -25,10 +25,10 @@ from conceptspace.probe import ProbeNet, load_probe
 from conceptspace.render import render_training_set
 from conceptspace.train import checkpoint_path, load_checkpoint, train_run
 from conceptspace.trajectories import gather_run
-from conftest import REPO, SCHEMA, snakemake
+from conftest import REPO, SCHEMA, TINY_DATA, TINY_MODEL, snakemake
 
 # The training tests' tiny run, its dataset fixture and one-thread set-up (autouse) serve here too.
-from test_train import DATA, MODEL, SEED, TRAINING, dataset, one_thread  # noqa: F401
+from test_train import SEED, TRAINING, dataset, one_thread  # noqa: F401
 
 # The reference run has the divergence monitor on, as the pipeline does, and reports often
 # enough for it to arm (five intervals) and judge: a healthy run must not trip it.
@@ -47,7 +47,7 @@ def paper():
 @pytest.fixture(scope="module")
 def finished_run(dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
-    train_run(MODEL, GUARDED, dataset, SEED, root / "run", root / "manifest.json")
+    train_run(TINY_MODEL, GUARDED, dataset, SEED, root / "run", root / "manifest.json")
     return root / "run"
 
 
@@ -83,7 +83,7 @@ def run_cli(caplog, *argv) -> tuple[int, str]:
 
 
 def train_cli(caplog, dataset, run_dir, training=TRAINING):
-    settings = {"model": MODEL, "training": training}
+    settings = {"model": TINY_MODEL, "training": training}
     return run_cli(
         caplog, "train", "--settings", json.dumps(settings),
         "--data", dataset, "--seed", SEED, "--run-dir", run_dir,
@@ -420,7 +420,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.setattr(VDM, "loss", poisoned)
     with pytest.raises(ConceptspaceError, match="training diverged") as caught:
-        train_run(MODEL, GUARDED, dataset, SEED, tmp_path / "run", tmp_path / "m.json")
+        train_run(TINY_MODEL, GUARDED, dataset, SEED, tmp_path / "run", tmp_path / "m.json")
     message = str(caught.value)
     kept = checkpoint_path(tmp_path / "run", 4)
     assert "became NaN/inf between steps 5 and 6" in message
@@ -445,7 +445,7 @@ def test_masking_ratio_outside_0_1_is_named_with_the_fix(paper, ratio):
     assert "outside [0, 1]" in message and "use values from 0" in message
     # and the renderer, called directly, refuses it too
     with pytest.raises(ConceptspaceError, match=r"outside \[0, 1\]"):
-        render_training_set(DATA, Signal(0.4, 0.4), 0, COLOR_SHAPE, ratio)
+        render_training_set(TINY_DATA, Signal(0.4, 0.4), 0, COLOR_SHAPE, ratio)
 
 
 def test_celeba_study_without_its_folder_stops_before_planning(paper, tmp_path):

@@ -13,10 +13,10 @@ from conceptspace.config import load_config
 from conceptspace.divergence import ARMING_INTERVALS, DivergenceMonitor
 from conceptspace.io import ConceptspaceError
 from conceptspace.train import checkpoint_path, load_checkpoint, train_run
-from conftest import REPO
+from conftest import REPO, TINY_MODEL
 
 # The training tests' tiny run, its dataset fixture and one-thread set-up (autouse) serve here too.
-from test_train import MODEL, SEED, TRAINING, dataset, one_thread  # noqa: F401
+from test_train import SEED, TRAINING, dataset, one_thread  # noqa: F401
 
 # The shipped settings: what every run of the pipeline uses.
 DIVERGENCE = load_config(REPO / "config.yaml")["training"]["divergence"]
@@ -204,7 +204,7 @@ def inject(monkeypatch, trace) -> None:
 def test_a_healthy_run_across_zero_trains_to_the_end(dataset, tmp_path, monkeypatch, caplog):
     inject(monkeypatch, healthy)
     with caplog.at_level(logging.INFO, logger="conceptspace"):
-        manifest = train_run(MODEL, RUN, dataset, SEED, tmp_path / "run", tmp_path / "m.json")
+        manifest = train_run(TINY_MODEL, RUN, dataset, SEED, tmp_path / "run", tmp_path / "m.json")
     losses = [entry["train_loss"] for entry in manifest["checkpoints"]]
     assert [entry["step"] for entry in manifest["checkpoints"]] == [10, 19, 30, 44, 60]
     assert losses[0] > 0 > losses[-1]  # the loss crossed zero
@@ -225,7 +225,7 @@ def test_a_diverging_loss_stops_before_the_next_checkpoint(
     inject(monkeypatch, trace)
     run_dir = tmp_path / "run"
     with pytest.raises(ConceptspaceError, match="training diverged") as caught:
-        train_run(MODEL, RUN, dataset, SEED, run_dir, tmp_path / "m.json")
+        train_run(TINY_MODEL, RUN, dataset, SEED, run_dir, tmp_path / "m.json")
     message = str(caught.value)
     assert "above its best log-interval mean" in message and "training.divergence" in message
     assert when in message
@@ -244,7 +244,7 @@ def test_a_resumed_run_is_judged_at_once_by_the_reference_its_checkpoint_kept(
     # intervals of 50 (46 to 54), take 50 as its best, and never stop the run.
     inject(monkeypatch, healthy)
     run_dir = tmp_path / "run"
-    train_run(MODEL, RUN, dataset, SEED, run_dir, tmp_path / "m.json")
+    train_run(TINY_MODEL, RUN, dataset, SEED, run_dir, tmp_path / "m.json")
     reference = torch.load(checkpoint_path(run_dir, 44), weights_only=True)["divergence"]
     assert reference["intervals"] == 22 and reference["log_every"] == 2
     assert len(reference["means"]) == DIVERGENCE["window"] + 1
@@ -253,7 +253,7 @@ def test_a_resumed_run_is_judged_at_once_by_the_reference_its_checkpoint_kept(
     inject(monkeypatch, lambda call: 50.0)  # calls count from the resume
     with caplog.at_level(logging.INFO, logger="conceptspace"):
         with pytest.raises(ConceptspaceError, match="training diverged") as caught:
-            train_run(MODEL, RUN, dataset, SEED, run_dir, tmp_path / "m.json")
+            train_run(TINY_MODEL, RUN, dataset, SEED, run_dir, tmp_path / "m.json")
     assert "reference restored from step 44 (22 log intervals" in caplog.text
     assert "between steps 45 and 46" in str(caught.value)
     assert f"{reference['best']:.4g}" in str(caught.value)  # the best from before the resume

@@ -34,29 +34,10 @@ from conceptspace.train import checkpoint_path, train_run
 from conceptspace.netcdf import open_trajectory
 from conceptspace.trajectories import gather_run
 
+from conftest import TINY_DATA, TINY_MODEL
+
 SIGNAL = Signal(0.4, 0.4)
 SEED = 5
-DATA = {
-    "image_size": 8,
-    "images_per_class": 8,
-    "validation_fraction": 0.25,
-    "blur_sigma_px": 1.0,
-    "noise_std": 0.001,
-    "position_range": 0.5,
-    "background_train": [0.8, 1.0],
-    "background_test": 0.9,
-}
-MODEL = {
-    "channels": [8, 16],
-    "blocks_per_level": 1,
-    "groups": 4,
-    "attention_heads": 2,
-    "dropout": 0.1,
-    "time_dim": 16,
-    "gamma_min": -5.0,
-    "gamma_max": 10.0,
-    "reconstruction_sigma": 0.001,
-}
 TRAINING = {
     "steps": 4,
     "batch_size": 4,
@@ -128,9 +109,11 @@ def trained(tmp_path_factory):
     """A tiny VDM run (checkpoints at steps 2 and 4) and a tiny probe: (checkpoint, probe)."""
     root = tmp_path_factory.mktemp("evaluate")
     dataset = root / "train.npz"
-    save_dataset(dataset, render_training_set(DATA, SIGNAL, seed=SEED), {})
-    train_run(MODEL, TRAINING, dataset, SEED, root / "run", root / "manifest.json", device="cpu")
-    train_probe(DATA, PROBE, [SIGNAL], 0, root / "probe.pt", root / "probe.json", device="cpu")
+    save_dataset(dataset, render_training_set(TINY_DATA, SIGNAL, seed=SEED), {})
+    train_run(
+        TINY_MODEL, TRAINING, dataset, SEED, root / "run", root / "manifest.json", device="cpu"
+    )
+    train_probe(TINY_DATA, PROBE, [SIGNAL], 0, root / "probe.pt", root / "probe.json", device="cpu")
     return checkpoint_path(root / "run", 4), root / "probe.pt"
 
 
@@ -214,7 +197,7 @@ def test_evaluation_scores_each_sample_against_its_own_prompt(monkeypatch, tmp_p
         "config": {
             "image_size": 8,
             "seed": SEED,
-            "dataset": {"signal": {"color_gap": 0.4, "size_gap": 0.4}, "data": DATA},
+            "dataset": {"signal": {"color_gap": 0.4, "size_gap": 0.4}, "data": TINY_DATA},
             "training": TRAINING,
         },
     }
@@ -478,7 +461,9 @@ def test_a_lost_donors_fix_done_literally_completes_the_run_with_the_same_result
     assert f"step-4 checkpoint as its donor: checkpoint {donor} " in message, message
     do_what_it_says(message)
     assert not (study / "packs" / "pack000.json").exists()
-    rerun_snakemake(study, MODEL, TRAINING, checkpoint.parent.parent.parent / "train.npz", SEED)
+    rerun_snakemake(
+        study, TINY_MODEL, TRAINING, checkpoint.parent.parent.parent / "train.npz", SEED
+    )
     np.testing.assert_array_equal(evaluate_the_run(), expected)
 
 
@@ -567,7 +552,7 @@ def test_blank_samples_halve_the_accuracy_instead_of_raising_it():
     from conceptspace.render import render_images, sample_objects
     from conceptspace.trajectories import summarise_samples
 
-    data = {**DATA, "image_size": 16}
+    data = {**TINY_DATA, "image_size": 16}
     rng = np.random.default_rng(0)
     n = 64
     objects = sample_objects(["11"] * n, SIGNAL, rng)

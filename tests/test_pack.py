@@ -15,11 +15,10 @@ from conceptspace.io import ConceptspaceError
 from conceptspace.render import render_training_set, save_dataset
 from conceptspace.train import PackRun, checkpoint_path, load_checkpoint, train_pack, train_run
 
-# The training tests' tiny model (dropout on: its masks come from each run's generator)
-# and their one-thread set-up (autouse), so that in-process runs match each other.
+# The tests' tiny model (dropout on: its masks come from each run's generator) and the
+# training tests' one-thread set-up (autouse), so that in-process runs match each other.
+from conftest import TINY_DATA, TINY_MODEL
 from test_train import (  # noqa: F401
-    DATA,
-    MODEL,
     TRAINING,
     assert_same_weights,
     kill_once_written,
@@ -59,7 +58,7 @@ def datasets(tmp_path_factory):
     for index, seed in enumerate(SEEDS):
         path = root / f"run{index}.npz"
         # the third run's set is larger: the divergence test knows its batches by it
-        data = {**DATA, "images_per_class": 12} if index == 2 else DATA
+        data = {**TINY_DATA, "images_per_class": 12} if index == 2 else TINY_DATA
         save_dataset(path, render_training_set(data, Signal(0.2 + 0.2 * index, 0.4), seed), {})
         paths.append(path)
     return paths
@@ -77,7 +76,7 @@ def alone(datasets, tmp_path_factory):
     """Each run trained by itself: its run folder and manifest."""
     root = tmp_path_factory.mktemp("alone")
     return [
-        (run.run_dir, train_run(MODEL, PACKED, run.dataset_path, run.seed, run.run_dir,
+        (run.run_dir, train_run(TINY_MODEL, PACKED, run.dataset_path, run.seed, run.run_dir,
                                 run.manifest_path))
         for run in pack_runs(datasets, root)
     ]  # fmt: skip
@@ -88,7 +87,7 @@ def packed(datasets, tmp_path_factory):
     """The four runs trained as one pack: their run folders and manifests."""
     root = tmp_path_factory.mktemp("packed")
     runs = pack_runs(datasets, root)
-    manifests = train_pack(MODEL, PACKED, runs, device="cpu")
+    manifests = train_pack(TINY_MODEL, PACKED, runs, device="cpu")
     return [(run.run_dir, manifest) for run, manifest in zip(runs, manifests)]
 
 
@@ -113,7 +112,7 @@ def plain_loop(dataset, seed, steps):
     images = torch.from_numpy(arrays["images"]).float()[train]
     h = torch.from_numpy(arrays["h"])[train]
     torch.manual_seed(seed)
-    vdm = _build_vdm(MODEL, h.shape[1], images.shape[-1]).to(memory_format=torch.channels_last)
+    vdm = _build_vdm(TINY_MODEL, h.shape[1], images.shape[-1]).to(memory_format=torch.channels_last)
     vdm.train()
     params = list(vdm.parameters())
     optimizer = torch.optim.AdamW(params, lr=PACKED["lr"], weight_decay=PACKED["weight_decay"])
@@ -163,7 +162,7 @@ def test_on_the_cpu_a_pack_of_four_trains_each_run_exactly_as_alone(
 ):
     monkeypatch.setattr(conceptspace.train, "_vmap_runs", lambda device: device.type == "cuda")
     runs = pack_runs(datasets, tmp_path)
-    train_pack(MODEL, PACKED, runs, device="cpu")
+    train_pack(TINY_MODEL, PACKED, runs, device="cpu")
     for run, (run_dir, _) in zip(runs, alone):
         assert_same_weights(weights(run.run_dir), weights(run_dir))
 
@@ -201,7 +200,7 @@ def test_one_run_of_a_pack_made_to_diverge_stops_alone(datasets, alone, tmp_path
     monkeypatch.setattr(conceptspace.train, "draw_batch", poison_third_run)
     runs = pack_runs(datasets, tmp_path)
     with pytest.raises(ConceptspaceError) as caught:
-        train_pack(MODEL, PACKED, runs, device="cpu")
+        train_pack(TINY_MODEL, PACKED, runs, device="cpu")
     message = str(caught.value)
     assert "1 of the pack's 4 runs diverged" in message
     assert f"became NaN/inf between steps 21 and 30 of {runs[2].run_dir}" in message
@@ -235,7 +234,7 @@ def kill_while_saving(monkeypatch, datasets, root, step, before_run):
     with monkeypatch.context() as patch:
         patch.setattr(conceptspace.train, "_save_checkpoint", save)
         with pytest.raises(Killed):
-            train_pack(MODEL, PACKED, runs, device="cpu")
+            train_pack(TINY_MODEL, PACKED, runs, device="cpu")
     return runs
 
 
@@ -252,7 +251,7 @@ def test_a_pack_killed_between_its_runs_checkpoints_resumes_together(
     runs = kill_while_saving(monkeypatch, datasets, tmp_path, step=20, before_run=2)
     assert [stored_steps(run.run_dir) for run in runs] == [[5, 11, 20]] * 2 + [[5, 11]] * 2
     with caplog.at_level(logging.INFO, logger="conceptspace.train"):
-        train_pack(MODEL, PACKED, runs, device="cpu")
+        train_pack(TINY_MODEL, PACKED, runs, device="cpu")
     assert caplog.text.count("goes back to step 11, where its pack-mates resume") == 2
     assert caplog.text.count("resuming from step 11") == 4
     for run, (run_dir, _) in zip(runs, packed):
@@ -268,7 +267,7 @@ def test_runs_that_cannot_meet_at_one_step_train_as_packs_of_their_own(
     damaged = checkpoint_path(runs[0].run_dir, 11)
     damaged.write_bytes(damaged.read_bytes()[:100])
     with caplog.at_level(logging.INFO, logger="conceptspace.train"):
-        train_pack(MODEL, PACKED, runs, device="cpu")
+        train_pack(TINY_MODEL, PACKED, runs, device="cpu")
     assert "run0: resuming from step 20" in caplog.text
     assert caplog.text.count("resuming from step 11") == 3
     assert "training a pack of 3 runs" in caplog.text
@@ -296,7 +295,7 @@ def test_a_pack_killed_with_sigkill_resumes_to_the_uninterrupted_packs_weights(d
             [str(path), seed, str(tmp_path / name / f"run{i}"), str(tmp_path / name / f"{i}.json")]
             for i, (path, seed) in enumerate(zip(datasets, SEEDS))
         ]
-        args = {"model": MODEL, "training": training, "runs": runs}
+        args = {"model": TINY_MODEL, "training": training, "runs": runs}
         return start_process(script, args)
 
     clean, killed = start("clean"), start("killed")

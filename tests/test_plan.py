@@ -15,9 +15,9 @@ from conceptspace.config import load_config
 from conceptspace.render import render_training_set, save_dataset
 from conceptspace.studies import STUDIES
 from conceptspace.train import train_run
-from conftest import REPO, SMOKE, planned_jobs, snakemake
+from conftest import REPO, SMOKE, TINY_DATA, TINY_MODEL, planned_jobs, snakemake
 from test_disk_space import tiny_tmpfs  # noqa: F401
-from test_train import DATA, MODEL, TRAINING, one_thread  # noqa: F401
+from test_train import TRAINING, one_thread  # noqa: F401
 
 PRESETS = REPO / "workflow" / "presets"
 
@@ -27,7 +27,7 @@ PRESETS = REPO / "workflow" / "presets"
     [([64, 128, 256], 2, 4, 32), ([32, 64, 64], 1, 5, 32), ([16, 32], 1, 4, 16), ([8], 3, 4, 8)],
 )
 def test_the_counted_parameters_are_the_unets(channels, blocks, h_dim, size):
-    model = {**MODEL, "channels": channels, "blocks_per_level": blocks, "groups": 4}
+    model = {**TINY_MODEL, "channels": channels, "blocks_per_level": blocks, "groups": 4}
     with torch.device("meta"):
         net = unet.UNet.from_config(model, h_dim, size)
     params, _, tensors = plan.unet_size(model, h_dim, size)
@@ -38,10 +38,10 @@ def test_the_counted_parameters_are_the_unets(channels, blocks, h_dim, size):
 
 def test_the_checkpoints_take_the_disk_the_estimate_says(tmp_path):
     """A run's checkpoints: the model in each, its optimizer state in the latest two."""
-    data = {**DATA, "image_size": 16}
+    data = {**TINY_DATA, "image_size": 16}
     dataset = tmp_path / "train.npz"
     save_dataset(dataset, render_training_set(data, Signal(0.4, 0.4), seed=0), {})
-    model = {**MODEL, "channels": [32, 64]}
+    model = {**TINY_MODEL, "channels": [32, 64]}
     training = {**TRAINING, "checkpoints": {"count": 4, "first": 3, "last": 12}}
     train_run(model, training, dataset, 0, tmp_path / "run", tmp_path / "manifest.json")
     written = sum(p.stat().st_size for p in (tmp_path / "run" / "checkpoints").glob("*.pt"))

@@ -21,27 +21,8 @@ from conceptspace.io import ConceptspaceError
 from conceptspace.render import render_training_set, save_dataset
 from conceptspace.train import checkpoint_path, checkpoint_steps, load_checkpoint, train_run
 
-DATA = {
-    "image_size": 8,
-    "images_per_class": 8,
-    "validation_fraction": 0.25,
-    "blur_sigma_px": 1.0,
-    "noise_std": 0.001,
-    "position_range": 0.5,
-    "background_train": [0.8, 1.0],
-    "background_test": 0.9,
-}
-MODEL = {
-    "channels": [8, 16],
-    "blocks_per_level": 1,
-    "groups": 4,
-    "attention_heads": 2,
-    "dropout": 0.1,  # dropout on: its random numbers must be restored on resume too
-    "time_dim": 16,
-    "gamma_min": -5.0,
-    "gamma_max": 10.0,
-    "reconstruction_sigma": 0.001,
-}
+from conftest import TINY_DATA, TINY_MODEL
+
 TRAINING = {
     "steps": 12,
     "batch_size": 4,
@@ -81,7 +62,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "train.npz"
-    save_dataset(path, render_training_set(DATA, Signal(0.4, 0.4), seed=0), {})
+    save_dataset(path, render_training_set(TINY_DATA, Signal(0.4, 0.4), seed=0), {})
     return path
 
 
@@ -89,7 +70,7 @@ def dataset(tmp_path_factory):
 def reference(dataset, tmp_path_factory):
     """An uninterrupted run, in this process: (run_dir, manifest)."""
     root = tmp_path_factory.mktemp("reference")
-    manifest = train_run(MODEL, TRAINING, dataset, SEED, root / "run", root / "manifest.json")
+    manifest = train_run(TINY_MODEL, TRAINING, dataset, SEED, root / "run", root / "manifest.json")
     return root / "run", manifest
 
 
@@ -172,7 +153,7 @@ def test_run_writes_checkpoints_sidecars_and_manifest(reference, dataset):
         assert math.isfinite(entry["train_loss"]) and entry["train_loss"] > 0
         assert math.isfinite(entry["validation_bpd"]) and entry["validation_bpd"] > 0
     assert manifest["final_train_loss"] == manifest["checkpoints"][-1]["train_loss"]
-    assert manifest["config"]["model"] == MODEL
+    assert manifest["config"]["model"] == TINY_MODEL
     assert manifest["provenance"]["seed"] == SEED
     # Training moved the weights away from their initialisation.
     first, last = (torch.load(checkpoint_path(run_dir, s))["model"] for s in (4, 12))
@@ -206,7 +187,7 @@ def test_resume_in_process_matches_an_uninterrupted_run(reference, dataset, tmp_
     # killed after step 7 (step 4 no longer holds the optimizer state a resume needs)
     copy = copy_run(run_dir, tmp_path, keep_steps={4, 7})
     with caplog.at_level(logging.INFO, logger="conceptspace.train"):
-        train_run(MODEL, TRAINING, dataset, SEED, copy, tmp_path / "manifest.json")
+        train_run(TINY_MODEL, TRAINING, dataset, SEED, copy, tmp_path / "manifest.json")
     assert f"resuming from step 7 ({checkpoint_path(copy, 7)})" in caplog.text
     assert_same_weights(final_state(copy, 12), final_state(run_dir, 12))
 
@@ -217,7 +198,7 @@ def test_corrupt_latest_checkpoint_is_skipped_with_a_warning(reference, dataset,
     latest = checkpoint_path(copy, 12)
     latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # truncated
     with caplog.at_level(logging.INFO, logger="conceptspace.train"):
-        train_run(MODEL, TRAINING, dataset, SEED, copy, tmp_path / "manifest.json")
+        train_run(TINY_MODEL, TRAINING, dataset, SEED, copy, tmp_path / "manifest.json")
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert any(str(latest) in r.getMessage() for r in warnings)
     assert "resuming from step 7" in caplog.text
@@ -234,7 +215,7 @@ def test_finished_run_only_rewrites_its_manifest(reference, dataset, tmp_path, c
     divergence = {"mad_factor": 5, "min_rise": 0.5, "window": 10}
     cosmetic = with_training(log_every=5, divergence=divergence, explode_factor=10)
     with caplog.at_level(logging.INFO, logger="conceptspace.train"):
-        rewritten = train_run(MODEL, cosmetic, dataset, SEED, copy, tmp_path / "m.json")
+        rewritten = train_run(TINY_MODEL, cosmetic, dataset, SEED, copy, tmp_path / "m.json")
     assert "resuming" not in caplog.text
     after = {p.name: p.stat().st_mtime_ns for p in (copy / "checkpoints").iterdir()}
     assert after == before
@@ -248,16 +229,16 @@ def test_finished_run_only_rewrites_its_manifest(reference, dataset, tmp_path, c
     "change, key",
     [
         ({"training": with_training(lr=0.002)}, "training.lr"),
-        ({"model": {**MODEL, "dropout": 0.0}}, "model.dropout"),
-        ({"model": {**MODEL, "data_range": [0, 1]}}, "model.data_range"),
-        ({"model": {**MODEL, "h_init_fan_in": 11}}, "model.h_init_fan_in"),
+        ({"model": {**TINY_MODEL, "dropout": 0.0}}, "model.dropout"),
+        ({"model": {**TINY_MODEL, "data_range": [0, 1]}}, "model.data_range"),
+        ({"model": {**TINY_MODEL, "h_init_fan_in": 11}}, "model.h_init_fan_in"),
         ({"seed": SEED + 1}, "seed"),
     ],
 )
 def test_resume_with_a_changed_config_is_refused(reference, dataset, tmp_path, change, key):
     run_dir, _ = reference
     copy = copy_run(run_dir, tmp_path, keep_steps={4})
-    args = {"model": MODEL, "training": TRAINING, "seed": SEED, **change}
+    args = {"model": TINY_MODEL, "training": TRAINING, "seed": SEED, **change}
     with pytest.raises(ConceptspaceError) as caught:
         train_run(args["model"], args["training"], dataset, args["seed"], copy, tmp_path / "m.json")
     message = str(caught.value)
@@ -269,11 +250,11 @@ def test_resume_with_a_changed_config_is_refused(reference, dataset, tmp_path, c
 def test_a_run_older_than_the_model_keys_resumes_under_their_legacy_values(
     reference, dataset, tmp_path, caplog
 ):
-    # MODEL has neither model.data_range nor model.h_init_fan_in: it stands for runs
+    # TINY_MODEL has neither model.data_range nor model.h_init_fan_in: it stands for runs
     # trained before they existed, on [-1, 1] with PyTorch's default init
     run_dir, _ = reference
     copy = copy_run(run_dir, tmp_path, keep_steps={4, 7})
-    legacy = {**MODEL, "data_range": [-1, 1], "h_init_fan_in": None}
+    legacy = {**TINY_MODEL, "data_range": [-1, 1], "h_init_fan_in": None}
     with caplog.at_level(logging.INFO, logger="conceptspace.train"):
         train_run(legacy, TRAINING, dataset, SEED, copy, tmp_path / "manifest.json")
     assert "resuming from step 7" in caplog.text
@@ -283,7 +264,7 @@ def test_a_run_older_than_the_model_keys_resumes_under_their_legacy_values(
 
 
 def test_a_run_on_the_authors_scale_loads_on_it(dataset, tmp_path):
-    model = {**MODEL, "data_range": [0, 1], "h_init_fan_in": 11}
+    model = {**TINY_MODEL, "data_range": [0, 1], "h_init_fan_in": 11}
     train_run(model, TRAINING, dataset, SEED, tmp_path / "run", tmp_path / "manifest.json")
     vdm, metadata = load_checkpoint(checkpoint_path(tmp_path / "run", 12))
     assert (vdm.data_low, vdm.data_high) == (0.0, 1.0)
@@ -294,9 +275,9 @@ def test_resume_on_another_dataset_is_refused(reference, tmp_path):
     run_dir, _ = reference
     copy = copy_run(run_dir, tmp_path, keep_steps={4})
     other = tmp_path / "other.npz"
-    save_dataset(other, render_training_set(DATA, Signal(0.4, 0.4), seed=1), {})
+    save_dataset(other, render_training_set(TINY_DATA, Signal(0.4, 0.4), seed=1), {})
     with pytest.raises(ConceptspaceError, match="dataset.fingerprint"):
-        train_run(MODEL, TRAINING, other, SEED, copy, tmp_path / "m.json")
+        train_run(TINY_MODEL, TRAINING, other, SEED, copy, tmp_path / "m.json")
 
 
 def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(dataset, tmp_path):
@@ -317,7 +298,7 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(dataset, tmp_
 
     def start(name):
         args = {
-            "model": MODEL,
+            "model": TINY_MODEL,
             "training": training,
             "data": str(dataset),
             "seed": SEED,
@@ -348,7 +329,7 @@ def test_load_checkpoint_round_trips(reference):
     path = checkpoint_path(run_dir, 12)
     vdm, metadata = load_checkpoint(path)
     assert not vdm.training
-    assert metadata["step"] == 12 and metadata["config"]["model"] == MODEL
+    assert metadata["step"] == 12 and metadata["config"]["model"] == TINY_MODEL
     assert_same_weights(vdm.state_dict(), torch.load(path, weights_only=True)["model"])
     torch.manual_seed(0)
     terms = vdm.loss(torch.rand(2, 3, 8, 8), torch.rand(2, 4))
@@ -357,7 +338,12 @@ def test_load_checkpoint_round_trips(reference):
 
 def test_bf16_runs_the_network_in_bfloat16_and_keeps_float32_weights(reference, dataset, tmp_path):
     manifest = train_run(
-        MODEL, with_training(precision="bf16"), dataset, SEED, tmp_path / "run", tmp_path / "m.json"
+        TINY_MODEL,
+        with_training(precision="bf16"),
+        dataset,
+        SEED,
+        tmp_path / "run",
+        tmp_path / "m.json",
     )
     assert math.isfinite(manifest["final_train_loss"])
     weights = final_state(tmp_path / "run")
@@ -376,7 +362,7 @@ def test_a_checkpoint_without_optimizer_state_trains_the_run_again(
     copy = copy_run(run_dir, tmp_path, keep_steps={4})
     assert "optimizer" not in torch.load(checkpoint_path(copy, 4), weights_only=True)
     with caplog.at_level(logging.INFO, logger="conceptspace.train"):
-        train_run(MODEL, TRAINING, dataset, SEED, copy, tmp_path / "manifest.json")
+        train_run(TINY_MODEL, TRAINING, dataset, SEED, copy, tmp_path / "manifest.json")
     assert "holds no optimizer state" in caplog.text and "resuming" not in caplog.text
     assert_same_weights(final_state(copy, 12), final_state(run_dir, 12))
 
@@ -400,7 +386,7 @@ def test_a_corrupt_checkpoints_fix_done_literally_writes_it_again(
     assert not damaged.exists() and not (study / "packs" / "pack000.json").exists()
     assert (study / "packs" / "pack001.json").exists()  # a pack-mate's is left alone
     with caplog.at_level(logging.INFO, logger="conceptspace.train"):
-        rerun_snakemake(study, MODEL, TRAINING, dataset, SEED)
+        rerun_snakemake(study, TINY_MODEL, TRAINING, dataset, SEED)
     if resumed_from is None:  # no earlier checkpoint holds optimizer state: from step 0
         assert "resuming" not in caplog.text and "steps 0 -> 12" in caplog.text
     else:  # and the start line says so (it said "steps 0 -> 12")
@@ -425,7 +411,7 @@ def test_a_deleted_checkpoints_message_names_the_manifests_whose_deletion_retrai
         load_checkpoint(checkpoint_path(copy, 12))
     do_what_it_says(str(caught.value))
     assert not (copy / "manifest.json").exists()
-    rerun_snakemake(study, MODEL, TRAINING, dataset, SEED)
+    rerun_snakemake(study, TINY_MODEL, TRAINING, dataset, SEED)
     assert_same_weights(final_state(copy, 12), final_state(run_dir, 12))
 
 
@@ -438,16 +424,16 @@ def test_resume_goes_back_past_checkpoints_without_optimizer_state(
 
     drop = train._drop_optimizer_before
     monkeypatch.setattr(train, "_drop_optimizer_before", lambda run_dir, step, keep: None)
-    train_run(MODEL, TRAINING, dataset, SEED, tmp_path / "run", tmp_path / "manifest.json")
+    train_run(TINY_MODEL, TRAINING, dataset, SEED, tmp_path / "run", tmp_path / "manifest.json")
     monkeypatch.setattr(train, "_drop_optimizer_before", drop)
-    kept = train_run(MODEL, TRAINING, dataset, SEED, tmp_path / "all", tmp_path / "all.json")
+    kept = train_run(TINY_MODEL, TRAINING, dataset, SEED, tmp_path / "all", tmp_path / "all.json")
     assert "optimizer" in torch.load(checkpoint_path(tmp_path / "run", 4), weights_only=True)
     checkpoint_path(tmp_path / "run", 12).unlink()
     stripped = torch.load(checkpoint_path(tmp_path / "run", 7), weights_only=True)
     del stripped["optimizer"]
     torch.save(stripped, checkpoint_path(tmp_path / "run", 7))
     with caplog.at_level(logging.INFO, logger="conceptspace.train"):
-        train_run(MODEL, TRAINING, dataset, SEED, tmp_path / "run", tmp_path / "manifest.json")
+        train_run(TINY_MODEL, TRAINING, dataset, SEED, tmp_path / "run", tmp_path / "manifest.json")
     assert "holds no optimizer state; looking further back" in caplog.text
     assert "resuming from step 4" in caplog.text
     assert kept["final_step"] == 12
