@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from conceptspace.render import load_dataset
-from conceptspace.train import _build_vdm
+from conceptspace.checkpoints import build_vdm
 
 
 class ImageDataset(Dataset):
@@ -53,7 +53,7 @@ def train_baseline(
     torch.manual_seed(seed)
     data = ImageDataset(dataset_path)
     image_size = int(data.images.shape[-1])
-    vdm = _build_vdm(model_cfg, int(data.h.shape[1]), image_size).to(device)
+    vdm = build_vdm(model_cfg, int(data.h.shape[1]), image_size).to(device)
     optimizer = torch.optim.AdamW(
         vdm.parameters(),
         lr=float(training_cfg["lr"]),

@@ -75,7 +75,8 @@ def setups(args) -> dict[str, dict]:
 def measure(setup: dict, runs: int, precision: str, mode: str, device: torch.device, args):
     """Time ``args.steps`` pack steps of ``runs`` runs after ``args.warmup`` steps."""
     from conceptspace.pack import StackedModel, draw_batch, loss_template, mask_specs
-    from conceptspace.train import _build_vdm, _use_channels_last
+    from conceptspace.checkpoints import build_vdm
+    from conceptspace.train import _use_channels_last
 
     cuda = device.type == "cuda"
     if cuda:
@@ -86,7 +87,7 @@ def measure(setup: dict, runs: int, precision: str, mode: str, device: torch.dev
         torch.cuda.reset_peak_memory_stats(device)
     network_precision = "bf16" if precision == "bf16" else "fp32"
     size, batch, h_dim = setup["size"], setup["batch"], 4
-    vdm = _build_vdm(setup["model"], h_dim, size).to(device)
+    vdm = build_vdm(setup["model"], h_dim, size).to(device)
     channels_last = _use_channels_last(device, network_precision)
     if channels_last:
         vdm = vdm.to(memory_format=torch.channels_last)
@@ -100,7 +101,7 @@ def measure(setup: dict, runs: int, precision: str, mode: str, device: torch.dev
     states = []
     for seed in range(runs):  # each run's own seeded initialisation, as train_pack does
         torch.manual_seed(seed)
-        model = _build_vdm(setup["model"], h_dim, size)
+        model = build_vdm(setup["model"], h_dim, size)
         states.append({k: v.to(device) for k, v in model.state_dict().items()})
     vmapped = mode == "vmap"
     stack = StackedModel(template, states, None, 1e-3, 0.01, 0.01, channels_last, vmapped)

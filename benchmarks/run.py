@@ -291,7 +291,8 @@ def measure_evaluation(case: dict) -> dict:
     from conceptspace.concepts import Signal
     from conceptspace.evaluate import evaluate_checkpoint
     from conceptspace.probe import train_probe
-    from conceptspace.train import checkpoint_path, train_run
+    from conceptspace.checkpoints import checkpoint_path
+    from conceptspace.train import train_run
 
     workdir = Path(tempfile.mkdtemp(prefix="bench_eval_"))
     signal, device = Signal(0.4, 0.4), case["device"]

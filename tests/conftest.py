@@ -1,3 +1,4 @@
+import ast
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from conceptspace.config import load_config
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SMOKE = REPO / "workflow" / "presets" / "smoke.yaml"
+PACKAGE = REPO / "src" / "conceptspace"
 
 # The tiny images and model of the tests that train in process (training, packing,
 # evaluation): 8 px, two levels, a few seconds a run on one CPU thread.
@@ -39,6 +41,23 @@ TINY_MODEL = {
     "gamma_max": 10.0,
     "reconstruction_sigma": 0.001,
 }
+
+
+def imported_modules(path):
+    """Every module ``path`` imports, absolute names (relative imports resolved)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            names += [base] + [f"{base}.{alias.name}" for alias in node.names]
+    return names
 
 
 def every_sample_valid(p_target: np.ndarray) -> np.ndarray:

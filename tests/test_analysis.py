@@ -2,34 +2,15 @@
 line excepted, which dispatches the figure commands), and what the claims read imports
 no plotting library."""
 
-import ast
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import PACKAGE, REPO, imported_modules
 
-PACKAGE = REPO / "src" / "conceptspace"
 # The command line draws figures on request; it is the one caller of figures/ outside it.
 DISPATCHES_FIGURES = {PACKAGE / "cli.py"}
-
-
-def imported_modules(path):
-    """Every module ``path`` imports, absolute names (relative imports resolved)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
-    names = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                base = f"{parent}.{base}" if base else parent
-            names += [base] + [f"{base}.{alias.name}" for alias in node.names]
-    return names
 
 
 def test_imported_modules_sees_what_a_module_imports():

@@ -17,13 +17,14 @@ import pytest
 import torch
 
 from conceptspace import cli
+from conceptspace.checkpoints import checkpoint_path, load_checkpoint
 from conceptspace.concepts import COLOR_SHAPE, CONCEPTS, Signal
 from conceptspace.config import ConfigError, load_config, validate_config
 from conceptspace.io import ConceptspaceError
 from conceptspace.netcdf import save_dataset_nc
 from conceptspace.probe import ProbeNet, load_probe
 from conceptspace.render import render_training_set
-from conceptspace.train import checkpoint_path, load_checkpoint, train_run
+from conceptspace.train import train_run
 from conceptspace.trajectories import gather_run
 from conftest import REPO, SCHEMA, TINY_DATA, TINY_MODEL, snakemake
 

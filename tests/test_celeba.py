@@ -11,12 +11,13 @@ import torch
 from PIL import Image
 
 from conceptspace.celeba import ROOT_KEY, class_h, prepare_celeba
+from conceptspace.checkpoints import load_checkpoint
 from conceptspace.cli import main
 from conceptspace.concepts import CLASSES
 from conceptspace.config import load_config
 from conceptspace.io import ConceptspaceError
 from conceptspace.render import concept_labels, load_dataset, save_dataset
-from conceptspace.train import load_checkpoint, train_run
+from conceptspace.train import train_run
 from conftest import REPO, SMOKE
 
 # The official header of list_attr_celeba.txt.

@@ -128,7 +128,7 @@ def test_each_writer_on_a_full_tmpfs_names_the_filesystem(tiny_tmpfs):
 
 
 def _torch_save(payload, path):
-    """What train._save_checkpoint does with a checkpoint."""
+    """What checkpoints.save_checkpoint does with a checkpoint."""
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 

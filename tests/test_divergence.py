@@ -9,10 +9,11 @@ import random
 import pytest
 import torch
 
+from conceptspace.checkpoints import checkpoint_path, load_checkpoint
 from conceptspace.config import load_config
 from conceptspace.divergence import ARMING_INTERVALS, DivergenceMonitor
 from conceptspace.io import ConceptspaceError
-from conceptspace.train import checkpoint_path, load_checkpoint, train_run
+from conceptspace.train import train_run
 from conftest import REPO, TINY_MODEL
 
 # The training tests' tiny run, its dataset fixture and one-thread set-up (autouse) serve here too.

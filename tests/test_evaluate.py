@@ -13,7 +13,7 @@ import pytest
 import torch
 import xarray as xr
 
-from conftest import do_what_it_says, rerun_snakemake, workflow_run
+from conceptspace.checkpoints import checkpoint_path
 from conceptspace.cli import main as cli_main
 from conceptspace.concepts import CLASSES, CONCEPTS, Signal
 from conceptspace.evaluate import (
@@ -30,11 +30,11 @@ from conceptspace.evaluate import (
 from conceptspace.io import ConceptspaceError
 from conceptspace.probe import train_probe
 from conceptspace.render import render_training_set, save_dataset
-from conceptspace.train import checkpoint_path, train_run
+from conceptspace.train import train_run
 from conceptspace.netcdf import open_trajectory
 from conceptspace.trajectories import gather_run
 
-from conftest import TINY_DATA, TINY_MODEL
+from conftest import TINY_DATA, TINY_MODEL, do_what_it_says, rerun_snakemake, workflow_run
 
 SIGNAL = Signal(0.4, 0.4)
 SEED = 5
@@ -187,8 +187,8 @@ def test_evaluation_scores_each_sample_against_its_own_prompt(monkeypatch, tmp_p
     """With a fake model and probe: every score lands at its (method, prompt, concept,
     sample), is the probability of that prompt's own value, uses the condition's h and
     the sample's own noise (the same for every method), and methods share batches."""
+    import conceptspace.checkpoints
     import conceptspace.probe
-    import conceptspace.train
 
     vdm = FakeVDM()
     metadata = {
@@ -202,7 +202,9 @@ def test_evaluation_scores_each_sample_against_its_own_prompt(monkeypatch, tmp_p
         },
     }
     probe = type("FakeProbe", (), {"image_size": 8, "accuracy": {"color": 1.0, "size": 1.0}})()
-    monkeypatch.setattr(conceptspace.train, "load_checkpoint", lambda path, device: (vdm, metadata))
+    monkeypatch.setattr(
+        conceptspace.checkpoints, "load_checkpoint", lambda path, device: (vdm, metadata)
+    )
     monkeypatch.setattr(conceptspace.probe, "load_probe", lambda path, floor, device: probe)
     monkeypatch.setattr(conceptspace.probe, "predict_proba", fake_predict_proba)
 

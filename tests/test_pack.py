@@ -10,10 +10,11 @@ import pytest
 import torch
 
 import conceptspace.train
+from conceptspace.checkpoints import checkpoint_path, load_checkpoint
 from conceptspace.concepts import Signal
 from conceptspace.io import ConceptspaceError
 from conceptspace.render import render_training_set, save_dataset
-from conceptspace.train import PackRun, checkpoint_path, load_checkpoint, train_pack, train_run
+from conceptspace.train import PackRun, train_pack, train_run
 
 # The tests' tiny model (dropout on: its masks come from each run's generator) and the
 # training tests' one-thread set-up (autouse), so that in-process runs match each other.
@@ -105,14 +106,14 @@ def plain_loop(dataset, seed, steps):
     """Today's training step written out: the global RNG seeded once, the VDM's own loss
     (its draws and nn.Dropout's from the global RNG), clip_grad_norm_, AdamW."""
     from conceptspace.render import load_dataset
-    from conceptspace.train import _build_vdm
+    from conceptspace.checkpoints import build_vdm
 
     arrays, _ = load_dataset(dataset)
     train = ~torch.from_numpy(arrays["is_validation"])
     images = torch.from_numpy(arrays["images"]).float()[train]
     h = torch.from_numpy(arrays["h"])[train]
     torch.manual_seed(seed)
-    vdm = _build_vdm(TINY_MODEL, h.shape[1], images.shape[-1]).to(memory_format=torch.channels_last)
+    vdm = build_vdm(TINY_MODEL, h.shape[1], images.shape[-1]).to(memory_format=torch.channels_last)
     vdm.train()
     params = list(vdm.parameters())
     optimizer = torch.optim.AdamW(params, lr=PACKED["lr"], weight_decay=PACKED["weight_decay"])
@@ -223,7 +224,7 @@ class Killed(Exception):
 def kill_while_saving(monkeypatch, datasets, root, step, before_run):
     """Train the pack in ``root`` and stop it as it starts writing the checkpoint of
     ``step`` of run ``before_run`` (the runs before it have written theirs)."""
-    original = conceptspace.train._save_checkpoint
+    original = conceptspace.train.save_checkpoint
 
     def save(run_dir, at, *args, **kwargs):
         if at == step and run_dir.name == f"run{before_run}":
@@ -232,7 +233,7 @@ def kill_while_saving(monkeypatch, datasets, root, step, before_run):
 
     runs = pack_runs(datasets, root)
     with monkeypatch.context() as patch:
-        patch.setattr(conceptspace.train, "_save_checkpoint", save)
+        patch.setattr(conceptspace.train, "save_checkpoint", save)
         with pytest.raises(Killed):
             train_pack(TINY_MODEL, PACKED, runs, device="cpu")
     return runs

@@ -19,7 +19,8 @@ from conftest import do_what_it_says, rerun_snakemake, workflow_run
 from conceptspace.concepts import Signal
 from conceptspace.io import ConceptspaceError
 from conceptspace.render import render_training_set, save_dataset
-from conceptspace.train import checkpoint_path, checkpoint_steps, load_checkpoint, train_run
+from conceptspace.checkpoints import checkpoint_path, load_checkpoint
+from conceptspace.train import checkpoint_steps, train_run
 
 from conftest import TINY_DATA, TINY_MODEL
 
@@ -420,19 +421,19 @@ def test_resume_goes_back_past_checkpoints_without_optimizer_state(
 ):
     # A run whose every checkpoint keeps its optimizer state; then 12 is gone and 7 lost
     # its optimizer state: 4 is the newest readable checkpoint an exact resume starts from.
-    import conceptspace.train as train
+    import conceptspace.checkpoints as checkpoints
 
-    drop = train._drop_optimizer_before
-    monkeypatch.setattr(train, "_drop_optimizer_before", lambda run_dir, step, keep: None)
+    drop = checkpoints._drop_optimizer_before
+    monkeypatch.setattr(checkpoints, "_drop_optimizer_before", lambda run_dir, step, keep: None)
     train_run(TINY_MODEL, TRAINING, dataset, SEED, tmp_path / "run", tmp_path / "manifest.json")
-    monkeypatch.setattr(train, "_drop_optimizer_before", drop)
+    monkeypatch.setattr(checkpoints, "_drop_optimizer_before", drop)
     kept = train_run(TINY_MODEL, TRAINING, dataset, SEED, tmp_path / "all", tmp_path / "all.json")
     assert "optimizer" in torch.load(checkpoint_path(tmp_path / "run", 4), weights_only=True)
     checkpoint_path(tmp_path / "run", 12).unlink()
     stripped = torch.load(checkpoint_path(tmp_path / "run", 7), weights_only=True)
     del stripped["optimizer"]
     torch.save(stripped, checkpoint_path(tmp_path / "run", 7))
-    with caplog.at_level(logging.INFO, logger="conceptspace.train"):
+    with caplog.at_level(logging.INFO, logger="conceptspace"):  # training and checkpoints
         train_run(TINY_MODEL, TRAINING, dataset, SEED, tmp_path / "run", tmp_path / "manifest.json")
     assert "holds no optimizer state; looking further back" in caplog.text
     assert "resuming from step 4" in caplog.text

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from conceptspace import checkpoints
 from conceptspace.concepts import COLOR_SIZE, Layout, Signal, layout_attrs
 from conceptspace.device import compute_device
 from conceptspace.io import (
@@ -357,11 +358,9 @@ def prepare_checkpoint(
     same run folder; "final" is the run's last scheduled checkpoint). Its h must be the
     ``layout``'s."""
     from conceptspace.config import checkpoint_steps
-    from conceptspace.train import checkpoint_path as step_path
-    from conceptspace.train import load_checkpoint
 
     checkpoint_path = Path(checkpoint_path)
-    vdm, metadata = load_checkpoint(checkpoint_path, device)
+    vdm, metadata = checkpoints.load_checkpoint(checkpoint_path, device)
     _check_run(metadata, signal, seed, checkpoint_path)
     h_dim = int(metadata["config"].get("h_dim", layout.h_dim))
     if h_dim != layout.h_dim:
@@ -382,11 +381,11 @@ def prepare_checkpoint(
         donor_step = method.donor_step
         if donor_step is None or donor_step in donors:
             continue
-        donor_path = step_path(run_dir, donor_step)
+        donor_path = checkpoints.checkpoint_path(run_dir, donor_step)
         try:
-            # missing or damaged: its message's fix (train.recovery) deletes the manifests
+            # missing or damaged: its message's fix (checkpoints.recovery) deletes the manifests
             # too, without which snakemake plans no training to write it again
-            donor, donor_metadata = load_checkpoint(donor_path, device)
+            donor, donor_metadata = checkpoints.load_checkpoint(donor_path, device)
         except ConceptspaceError as err:
             raise ConceptspaceError(
                 f"{method.name} needs the run's step-{donor_step} checkpoint as its donor: {err}"

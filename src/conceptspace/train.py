@@ -1,25 +1,9 @@
 """Training one VDM run, with checkpoints that a killed job resumes from exactly.
 
-Layout of a run (``run_dir``)::
-
-    checkpoints/step_000500.pt     torch.save dict, loadable with weights_only=True:
-                                   model, step, rng, divergence (the monitor's
-                                   reference), config, metrics, provenance; and
-                                   optimizer, in the run's two latest checkpoints only
-    checkpoints/step_000500.json   sidecar: step, metrics, config, provenance
-    <manifest_path>                written last: the checkpoints, the config, final loss
-
-Checkpoints are saved at ``checkpoint_steps(training_cfg)`` (the schedule the Snakemake
-DAG plans evaluations for) and at the last step. Each is written sidecar first, then the
-.pt through ``io.atomic_path``, so a .pt that exists is complete. Only a resume reads the
-optimizer state (two thirds of a checkpoint: 85 of 128 MB at the paper's scale), and a
-resume starts from the newest readable checkpoint that holds it (the one before the
-latest if that is damaged or deleted; step 0 where none does, exact too): once a
-checkpoint is written, the one two before it is rewritten without it, again through
-``io.atomic_path``. Keeping it in every checkpoint would let a lost early checkpoint
-resume from the one before it, at three times the disk (measured with torch.save: the
-paper's model 42.6 MB a checkpoint without it, 127.7 MB with it; its 60 checkpoints 2.7
-GB a run as kept, 7.7 GB with it in all); a lost early checkpoint retrains its run.
+A run's checkpoints and manifest, how they are stored and why only the two latest hold
+optimizer state: ``conceptspace.checkpoints``. Checkpoints are saved at
+``checkpoint_steps(training_cfg)`` (the schedule the Snakemake DAG plans evaluations for)
+and at the last step; a killed job resumes from them exactly.
 
 Determinism: every random number of training (batch indices, t0, eps, dropout) comes
 from the global torch RNG, seeded once with ``torch.manual_seed(seed)``; a checkpoint
@@ -39,8 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import re
-import shlex
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,26 +32,30 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from conceptspace.checkpoints import (
+    LEGACY_MODEL_KEYS,
+    MONITOR_KEY,
+    RESUME_KEY,
+    build_vdm,
+    checkpoint_path,
+    find_resume_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    stored_steps,
+    write_manifest,
+)
+
 # One schedule for training and for the DAG: `count` steps evenly spaced in sqrt(step)
 # from `first` to `last`, rounded to ints, duplicates removed, sorted.
 from conceptspace.config import checkpoint_steps
-from conceptspace.device import compute_device, resolve_device
+from conceptspace.device import compute_device
 from conceptspace.divergence import DivergenceMonitor
 from conceptspace.pack import RunBatch, StackedModel, draw_batch, loss_template, mask_specs
-from conceptspace.io import (
-    DAMAGED_TORCH_FILE_ERRORS,
-    ConceptspaceError,
-    atomic_path,
-    eta,
-    provenance,
-    read_json,
-    remove_stale_temporaries,
-    write_json,
-)
+from conceptspace.io import ConceptspaceError, eta, provenance, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
-__all__ = ["checkpoint_steps", "train_run", "train_pack", "PackRun", "load_checkpoint"]
+__all__ = ["checkpoint_steps", "train_run", "train_pack", "PackRun"]
 
 # Validation ELBO: a fixed subset of held-out images and fixed noise at every checkpoint.
 VALIDATION_IMAGES = 256
@@ -77,20 +63,9 @@ VALIDATION_SEED_OFFSET = 7919  # validation noise differs from the training stre
 # Training keys that do not change the weights; a resume may change them freely.
 # explode_factor: the divergence check's key before training.divergence, in older runs.
 COSMETIC_TRAINING_KEYS = ("log_every", "divergence", "explode_factor")
-_CHECKPOINT_NAME = re.compile(r"step_(\d{6,})\.pt")
-_CHECKPOINT_KEYS = ("model", "step", "rng", "config")
-_RESUME_KEY = "optimizer"  # in the run's two latest checkpoints only
-_MONITOR_KEY = "divergence"  # the divergence monitor's reference (None: monitor off)
-# Model keys added after runs were trained without them, with the value those runs used:
-# a stored config that lacks one means this value (for loading and for resuming).
-LEGACY_MODEL_KEYS = {"data_range": [-1.0, 1.0], "h_init_fan_in": None}
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step_{step:06d}.pt"
 
 
 def _plain(obj: Any) -> Any:
@@ -173,86 +148,6 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
     return state
 
 
-def _read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """torch.load(weights_only=True) with every way a file can be broken turned into a
-    ConceptspaceError that names the file and the fix (``recovery``)."""
-    if not path.exists():
-        raise ConceptspaceError(f"checkpoint {path} does not exist; {recovery(path)}")
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-        missing = [key for key in _CHECKPOINT_KEYS if key not in checkpoint]
-        if missing:
-            raise KeyError(f"keys {missing} are missing")
-    except DAMAGED_TORCH_FILE_ERRORS as err:
-        raise ConceptspaceError(
-            f"checkpoint {path} could not be read ({type(err).__name__}: {err}); it is "
-            f"truncated or corrupt; {recovery(path)}"
-        ) from err
-    return checkpoint
-
-
-def _training_outputs(path: Path) -> list[Path]:
-    """What says a checkpoint's run is trained, in the workflow's layout
-    (``<results>/<study>/runs/<run>/checkpoints/step_*.pt``): the run's manifest and the
-    manifest of the pack that trained it (rule train_vdm's output, ``<study>/packs``)."""
-    run_dir = path.parent.parent
-    if path.parent.name != "checkpoints":
-        return []  # not in a run folder
-    outputs = [run_dir / "manifest.json"] if (run_dir / "manifest.json").exists() else []
-    if run_dir.parent.name != "runs":
-        return outputs
-    for pack in sorted((run_dir.parent.parent / "packs").glob("*.json")):
-        try:
-            runs = read_json(pack).get("runs", {})
-        except (ConceptspaceError, AttributeError):
-            runs = {}  # unreadable: it names no run
-        if run_dir.name in runs:
-            outputs.append(pack)
-    return outputs
-
-
-def recovery(path: Path) -> str:
-    """The fix for a missing or damaged checkpoint ``path``, as one command to run.
-
-    Snakemake trains a run again only when its pack's manifest is gone (the checkpoints
-    are undeclared), so the command deletes that too: the pack's job then rewrites its
-    finished runs' manifests and resumes this run from its newest readable checkpoint
-    before ``path`` that holds optimizer state (``_find_resume_checkpoint``), which
-    writes ``path`` again, bit for bit what it was.
-    """
-    path = Path(path)
-    outputs = _training_outputs(path)
-    doomed = ([path] if path.exists() else []) + outputs
-    how = (
-        "training resumes from the run's newest readable checkpoint before it that holds "
-        "optimizer state (the run's two latest checkpoints hold it; without one, from step "
-        "0) and writes it again, identical"
-    )
-    if not doomed:
-        return f"rerun training (`snakemake`) to write it: {how}"
-    return (
-        f"to write it again run `{shlex.join(['rm', '-f', *map(str, doomed)])}`, then rerun "
-        f"`snakemake` as before"
-        + (" (without its manifests it trains the run again)" if outputs else "")
-        + f": {how}"
-    )
-
-
-def _build_vdm(model_cfg: Mapping[str, Any], h_dim: int, image_size: int):
-    from conceptspace.unet import UNet
-    from conceptspace.vdm import VDM
-
-    model_cfg = {**LEGACY_MODEL_KEYS, **model_cfg}
-    net = UNet.from_config(model_cfg, h_dim, image_size)
-    return VDM(
-        net,
-        float(model_cfg["gamma_min"]),
-        float(model_cfg["gamma_max"]),
-        float(model_cfg["reconstruction_sigma"]),
-        data_range=model_cfg["data_range"],
-    )
-
-
 def _use_channels_last(device: torch.device, precision: str) -> bool:
     # CPU (oneDNN): ~1.2x in fp32 and in bf16 (measured on the build machine). CUDA: pays off with bf16
     # tensor cores; fp32 convolutions there gain little and GroupNorm may lose.
@@ -295,90 +190,6 @@ def _schedule_ends(vdm) -> dict[str, float]:
     except Exception as err:  # informative only; never stop training for it
         log.debug("could not read the schedule's end points: %s", err)
         return {}
-
-
-def _sidecar_path(path: Path) -> Path:
-    return path.with_suffix(".json")
-
-
-def _manifest_entry(path: Path) -> dict[str, Any]:
-    """A checkpoint's line in the manifest, from its sidecar (or the .pt if that is gone)."""
-    try:
-        record = read_json(_sidecar_path(path))
-        metrics = record["metrics"]
-    except (ConceptspaceError, KeyError, TypeError):
-        metrics = _read_checkpoint(path).get("metrics", {})
-    return {
-        "step": int(_CHECKPOINT_NAME.fullmatch(path.name)[1]),
-        "path": str(path),
-        "sidecar": str(_sidecar_path(path)),
-        "train_loss": metrics.get("train_loss"),
-        "validation_bpd": metrics.get("validation_bpd"),
-    }
-
-
-def _write_manifest(
-    manifest_path, run_dir, save_steps, config, scheduled, record
-) -> dict[str, Any]:
-    entries = [_manifest_entry(checkpoint_path(run_dir, step)) for step in save_steps]
-    final = entries[-1]
-    manifest = {
-        "run_dir": str(run_dir),
-        "checkpoints": [e for e in entries if e["step"] in scheduled],
-        "final_checkpoint": final,
-        "final_step": final["step"],
-        # Mean training loss over the steps since the previous checkpoint (bits/dim).
-        "final_train_loss": final["train_loss"],
-        "final_validation_bpd": final["validation_bpd"],
-        "config": config,
-        "provenance": record,
-    }
-    if manifest_path is not None:  # None: a pack's runs, whose manifests go in the pack's
-        write_json(manifest_path, manifest)
-        log.info("wrote manifest %s (%d checkpoints)", manifest_path, len(manifest["checkpoints"]))
-    return manifest
-
-
-def _stored_steps(checkpoints_dir: Path) -> list[int]:
-    steps = []
-    for path in checkpoints_dir.glob("step_*.pt"):
-        match = _CHECKPOINT_NAME.fullmatch(path.name)
-        if match:
-            steps.append(int(match[1]))
-    return sorted(steps)
-
-
-def _find_resume_checkpoint(
-    run_dir: Path, save_steps: list[int], device: torch.device
-) -> tuple[Path | None, dict | None]:
-    """The latest checkpoint that loads and holds optimizer state (an exact resume), no
-    later than the first scheduled one missing (so a deleted checkpoint is written again).
-    Corrupt ones are skipped. Where none holds optimizer state, the latest that loads (its
-    config is checked; ``_with_optimizer_state`` then starts from step 0)."""
-    stored = _stored_steps(run_dir / "checkpoints")
-    missing = [step for step in save_steps if step not in stored]
-    limit = missing[0] if missing else save_steps[-1]
-    readable: tuple[Path | None, dict | None] = (None, None)
-    for step in reversed([s for s in stored if s <= limit]):
-        path = checkpoint_path(run_dir, step)
-        try:
-            checkpoint = _read_checkpoint(path, device)
-        except ConceptspaceError as err:
-            reason = err.__cause__ or err
-            log.warning(
-                "checkpoint %s does not load (%s: %s); skipping it: training resumes from an "
-                "earlier checkpoint and writes it again",
-                path,
-                type(reason).__name__,
-                reason,
-            )
-            continue
-        if _RESUME_KEY in checkpoint:
-            return path, checkpoint
-        if readable[1] is None:
-            readable = (path, checkpoint)
-        log.info("checkpoint %s holds no optimizer state; looking further back", path)
-    return readable
 
 
 # ----------------------------------------------------------------------------- training
@@ -578,12 +389,12 @@ def _run_config(
 def _matching_checkpoint(
     run_dir: Path, save_steps: list[int], config: dict, device: torch.device
 ) -> tuple[Path | None, dict | None]:
-    """The checkpoint to resume from (``_find_resume_checkpoint``), or (None, None) for a
+    """The checkpoint to resume from (``find_resume_checkpoint``), or (None, None) for a
     fresh run; refuses a ``run_dir`` whose checkpoints were trained under another config."""
     checkpoints_dir = run_dir / "checkpoints"
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(checkpoints_dir)  # a job killed inside torch.save
-    resume_path, checkpoint = _find_resume_checkpoint(run_dir, save_steps, device)
+    resume_path, checkpoint = find_resume_checkpoint(run_dir, save_steps, device)
     if checkpoint is not None:
         differences = _config_differences(checkpoint["config"], config)
         if differences:
@@ -598,8 +409,8 @@ def _matching_checkpoint(
 
 def _with_optimizer_state(resume_path: Path | None, checkpoint: dict | None) -> dict | None:
     """``checkpoint`` if a resume can continue from it, else None (start from step 0)."""
-    if checkpoint is not None and _RESUME_KEY not in checkpoint:
-        # only the two latest keep it (_save_checkpoint)
+    if checkpoint is not None and RESUME_KEY not in checkpoint:
+        # only the two latest keep it (save_checkpoint)
         log.warning(
             "checkpoint %s holds no optimizer state; training starts from step 0 and "
             "writes the checkpoints again",
@@ -669,7 +480,7 @@ class _Member:
         return 0 if self.checkpoint is None else int(self.checkpoint["step"])
 
     def write_manifest(self, plan: _Plan) -> dict[str, Any]:
-        return _write_manifest(
+        return write_manifest(
             self.run.manifest_path,
             self.run_dir,
             plan.save_steps,
@@ -684,13 +495,13 @@ class _Member:
         run draws from (all randomness of a run comes from its seed)."""
         if self.checkpoint is None:
             torch.manual_seed(self.run.seed)
-            vdm = _build_vdm(model_cfg, self.data.h_dim, self.data.image_size)
+            vdm = build_vdm(model_cfg, self.data.h_dim, self.data.image_size)
             self.generator = _device_generator(device)
             state = {key: value.to(device) for key, value in vdm.state_dict().items()}
             return state, None
         log.info("%sresuming from step %d (%s)", self.label, self.start, self.resume_path)
         self.generator = _generator_from(self.checkpoint["rng"], device)
-        reference = self.checkpoint.get(_MONITOR_KEY)
+        reference = self.checkpoint.get(MONITOR_KEY)
         if self.monitor is not None and reference is not None:
             if self.monitor.load_state_dict(reference):
                 log.info(
@@ -707,7 +518,7 @@ class _Member:
                     self.label,
                     self.start,
                 )
-        state, optimizer = self.checkpoint["model"], self.checkpoint[_RESUME_KEY]
+        state, optimizer = self.checkpoint["model"], self.checkpoint[RESUME_KEY]
         self.checkpoint = None  # the pack holds them from here on
         return state, optimizer
 
@@ -765,10 +576,10 @@ def _step_back(member: _Member, step: int, device: torch.device) -> None:
     run's latest does), so that it trains with its pack again."""
     path = checkpoint_path(member.run_dir, step)
     try:
-        checkpoint = _read_checkpoint(path, device) if path.exists() else None
+        checkpoint = read_checkpoint(path, device) if path.exists() else None
     except ConceptspaceError:
         checkpoint = None
-    if checkpoint is not None and _RESUME_KEY in checkpoint:
+    if checkpoint is not None and RESUME_KEY in checkpoint:
         log.info("%sgoes back to step %d, where its pack-mates resume", member.label, step)
         member.resume_path, member.checkpoint = path, checkpoint
 
@@ -779,7 +590,7 @@ def _train_cohort(
     """Train runs standing at one step as one stacked model; returns the errors of those
     that diverged."""
     first = members[0].data
-    vdm = _build_vdm(model_cfg, first.h_dim, first.image_size).to(plan.device)
+    vdm = build_vdm(model_cfg, first.h_dim, first.image_size).to(plan.device)
     channels_last = _use_channels_last(plan.device, plan.precision)
     if channels_last:
         vdm = vdm.to(memory_format=torch.channels_last)
@@ -933,14 +744,14 @@ class _Stepper:
                 self.plan.batch_size,
                 member.run.seed,
             )
-            _save_checkpoint(
+            save_checkpoint(
                 member.run_dir,
                 step,
                 {
                     "model": state,
-                    _RESUME_KEY: self.stack.run_optimizer_state(k),
+                    RESUME_KEY: self.stack.run_optimizer_state(k),
                     "rng": _run_rng_state(member.generator, self.plan.device),
-                    _MONITOR_KEY: None if member.monitor is None else member.monitor.state_dict(),
+                    MONITOR_KEY: None if member.monitor is None else member.monitor.state_dict(),
                 },
                 member.config,
                 member.record,
@@ -1065,7 +876,7 @@ class _Progress:
 
 
 def _diverged(run_dir: Path, last_good: int, step: int, what: str) -> ConceptspaceError:
-    stored = _stored_steps(run_dir / "checkpoints")
+    stored = stored_steps(run_dir / "checkpoints")
     kept = (
         f"the last good checkpoint, {checkpoint_path(run_dir, stored[-1])}, is kept"
         if stored
@@ -1081,114 +892,3 @@ def _diverged(run_dir: Path, last_good: int, step: int, what: str) -> Conceptspa
         "under a changed config). Rerunning unchanged resumes from the last checkpoint and, "
         "training being deterministic, most likely diverges again."
     )
-
-
-def _save_checkpoint(
-    run_dir: Path,
-    step: int,
-    state: dict[str, Any],
-    config: dict,
-    record: dict,
-    train_loss: float,
-    validation: dict[str, float] | None,
-    schedule_ends: dict[str, float],
-) -> None:
-    """``state``: the run's "model" (state_dict), "optimizer" (state_dict), "rng" and
-    "divergence" (the monitor's reference, or None)."""
-    metrics = {
-        # Mean training loss (bits/dim) over the steps since the previous checkpoint.
-        "train_loss": train_loss,
-        # ELBO (bits/dim) of the fixed validation subset, fixed noise; None without one.
-        "validation_bpd": None if validation is None else validation.get("loss"),
-        "validation_terms": validation,
-        **schedule_ends,
-    }
-    path = checkpoint_path(run_dir, step)
-    # Sidecar first: a .pt that exists always has its sidecar.
-    write_json(
-        _sidecar_path(path),
-        {"step": step, "metrics": metrics, "config": config, "provenance": record},
-    )
-    payload = {
-        "model": state["model"],
-        _RESUME_KEY: state[_RESUME_KEY],
-        "step": step,
-        "rng": state["rng"],
-        _MONITOR_KEY: state.get(_MONITOR_KEY),
-        "config": config,
-        "metrics": metrics,
-        "provenance": record,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    _drop_optimizer_before(run_dir, step, keep=2)
-    log.info(
-        "checkpoint step %d: train loss %.4f, validation %s bits/dim%s -> %s",
-        step,
-        train_loss,
-        "n/a" if metrics["validation_bpd"] is None else f"{metrics['validation_bpd']:.4f}",
-        _terms_text(metrics),
-        path,
-    )
-
-
-def _terms_text(metrics: Mapping[str, Any]) -> str:
-    """The schedule's gamma_0 and the validation ELBO's reconstruction and diffusion terms,
-    for the log line of a checkpoint (the checkpoint and its sidecar hold them): whether
-    the network has started to learn shows in the diffusion term, and the reconstruction
-    term follows gamma_0 alone."""
-    terms = metrics.get("validation_terms") or {}
-    parts = [f"gamma_0 {metrics['gamma_0']:.4f}"] if "gamma_0" in metrics else []
-    parts += [
-        f"{name} {terms[name]:.4f}" for name in ("reconstruction", "diffusion") if name in terms
-    ]
-    return f" ({', '.join(parts)})" if parts else ""
-
-
-def _drop_optimizer_before(run_dir: Path, step: int, keep: int) -> None:
-    """Rewrite the checkpoint ``keep`` checkpoints before ``step`` without its optimizer
-    state: a resume reads the latest, or the one before a damaged latest. Atomic: a job
-    killed meanwhile leaves it whole, with or without. (Earlier ones went the same way.)"""
-    earlier = [s for s in _stored_steps(run_dir / "checkpoints") if s < step]
-    if len(earlier) < keep:
-        return
-    path = checkpoint_path(run_dir, earlier[-keep])
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except DAMAGED_TORCH_FILE_ERRORS:
-        return  # a resume skips it (_find_resume_checkpoint)
-    if payload.pop(_RESUME_KEY, None) is not None:
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Rebuild the VDM of a checkpoint, in eval mode on ``device``: (vdm, metadata).
-
-    metadata: step, config, metrics, provenance. A missing or corrupt file raises
-    ConceptspaceError naming the file and the fix.
-    """
-    path = Path(path)
-    device = resolve_device(device)
-    checkpoint = _read_checkpoint(path, device)
-    config = checkpoint["config"]
-    try:
-        vdm = _build_vdm(config["model"], int(config["h_dim"]), int(config["image_size"]))
-        vdm.load_state_dict(checkpoint["model"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise ConceptspaceError(
-            f"checkpoint {path} does not match the model code ({type(err).__name__}: {err}); "
-            "it was written by another version of conceptspace: delete the run folder and "
-            "rerun training"
-        ) from err
-    metadata = {
-        "path": str(path),
-        "step": int(checkpoint["step"]),
-        "config": config,
-        "metrics": checkpoint.get("metrics", {}),
-        "provenance": checkpoint.get("provenance", {}),
-    }
-    return vdm.to(device).eval(), metadata

@@ -1,0 +1,46 @@
+"""The one-way flow between stages, read from the imports (docs/architecture.md):
+evaluation reads checkpoints through ``conceptspace.checkpoints`` and never reaches the
+training code, so that the two can change apart."""
+
+from conftest import PACKAGE, imported_modules
+
+# The training stage's modules: the loop, the stacked model of a pack, its divergence
+# monitor. Checkpoint storage is not among them: training and evaluation both read it.
+TRAINING = {"conceptspace.train", "conceptspace.pack", "conceptspace.divergence"}
+EVALUATION = "conceptspace.evaluate"
+
+
+def module_name(path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each module of the package: the modules of the package it imports (at any depth of
+    its code, lazy imports inside functions included)."""
+    modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    return {
+        name: {imported for imported in imported_modules(path) if imported in modules} - {name}
+        for name, path in modules.items()
+    }
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for imported in graph[todo.pop()] - seen:
+            seen.add(imported)
+            todo.append(imported)
+    return seen
+
+
+def test_import_graph_sees_lazy_imports():
+    graph = import_graph()
+    assert "conceptspace.checkpoints" in graph[EVALUATION]  # at the top
+    assert "conceptspace.probe" in graph[EVALUATION]  # inside a function
+
+
+def test_evaluation_imports_no_training_module():
+    reached = reachable(import_graph(), EVALUATION)
+    assert "conceptspace.checkpoints" in reached
+    assert not reached & TRAINING, f"evaluation reaches training: {sorted(reached & TRAINING)}"
