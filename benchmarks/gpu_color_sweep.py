@@ -659,8 +659,9 @@ def _num(value: Any) -> str:
 def sample_sheets(config, where: Layout, steps, device, deadline, columns: int = 16) -> str:
     """The sample sheet of each gap's first-seed run, at up to ``columns`` checkpoints."""
     from conceptspace.evaluate import sample_checkpoints
-    from conceptspace.figures.sheets import open_samples, plot_sample_sheet
+    from conceptspace.figures.sheets import plot_sample_sheet
     from conceptspace.io import provenance
+    from conceptspace.netcdf import open_samples
 
     sheet = config["figures"]["sample_sheet"]
     picked = sorted(

@@ -12,7 +12,7 @@ import yaml
 from conceptspace import cli
 from conceptspace.config import ConfigError, load_config, merge, select, validate_config
 from conceptspace.studies import (
-    FIGURE_INPUT_KEYS,
+    FIGURE_INPUTS,
     MAX_COLOR_GAP,
     STUDIES,
     Figure,
@@ -134,7 +134,18 @@ def test_a_figure_rule_gets_only_the_keys_its_figure_reads(smoke):
     assert sorted(settings) == ["evaluation", "figures", "studies"]
     assert list(settings["figures"]) == ["levels"] and list(settings["studies"]) == ["signal"]
     assert list(settings["evaluation"]) == ["methods"]
-    assert set(cli.FIGURE_INPUTS) == set(FIGURE_INPUT_KEYS)  # every input is built
+
+
+def test_every_figure_is_declared_once_with_its_caption_and_inputs():
+    figures = [figure for study in STUDIES.values() for figure in study.figures]
+    captions = REPO / "workflow" / "report"
+    assert sorted(figure.caption for figure in figures) == sorted(
+        path.name for path in captions.glob("fig_*.rst")
+    )  # every caption is a declared figure's, every declared figure has one
+    assert {name for figure in figures for name in figure.inputs} <= set(FIGURE_INPUTS)
+    figure_help = cli.build_parser()._subparsers._group_actions[0].choices["figure"].format_help()
+    for declared in FIGURE_INPUTS.values():
+        assert declared.option is None or declared.option in figure_help
 
 
 def test_a_toy_study_is_checked_by_its_entry_and_its_schema_section(toy, tmp_path):

@@ -194,7 +194,8 @@ def cmd_figure(args: argparse.Namespace) -> None:
     settings = _settings(args.settings)
     record = provenance(settings)
     if args.name == "sheet":
-        from conceptspace.figures.sheets import open_samples, plot_sample_sheet
+        from conceptspace.figures.sheets import plot_sample_sheet
+        from conceptspace.netcdf import open_samples
 
         sheet = settings["figures"]["sample_sheet"]
         title = (
@@ -206,15 +207,18 @@ def cmd_figure(args: argparse.Namespace) -> None:
         log.info("wrote %s", args.out)
         return
 
-    from conceptspace.studies import figure_named
+    from conceptspace.studies import FIGURE_INPUTS, figure_named
     from conceptspace.trajectories import open_study
 
     figure = figure_named(args.name)
     study = open_study(_required(args.study, "--study", args.name))
-    inputs: dict = {}
+    given = {
+        declared.option: _option_values(args, declared.option)
+        for declared in FIGURE_INPUTS.values()
+        if declared.option
+    }
     try:
-        for name in figure.inputs:
-            inputs.update(FIGURE_INPUTS[name](args, settings))
+        inputs = figure.inputs_of(settings, given)
     except KeyError as err:
         raise ConceptspaceError(
             f"`figure {args.name}` reads config key {err} from --settings, which lacks it; "
@@ -226,65 +230,14 @@ def cmd_figure(args: argparse.Namespace) -> None:
     log.info("wrote %s", args.out)
 
 
-def _levels_input(args: argparse.Namespace, settings: dict) -> dict:
-    """figures.levels, each of which must be a signal level of the study (the config
-    check says so before planning; --settings may come from elsewhere)."""
-    from conceptspace.studies import STUDIES, figure_level_problems
-
-    levels = STUDIES["signal"].levels(settings)
-    problems = list(figure_level_problems(settings["figures"]["levels"], levels))
-    if problems:
-        raise ConceptspaceError("; ".join(problems))
-    chosen = settings["figures"]["levels"]
-    return {"levels": [(float(level["color_gap"]), float(level["size_gap"])) for level in chosen]}
-
-
-def _sweeps_input(args: argparse.Namespace, settings: dict) -> dict:
-    """The fixed gap of each sweep that fig_signal plots along (figures.signal)."""
-    from conceptspace.studies import sweep
-
-    names = settings["figures"]["signal"]
-    return {
-        "color_sweep_size_gap": _single(sweep(settings, names["color_sweep"]), "size_gap"),
-        "size_sweep_color_gap": _single(sweep(settings, names["size_sweep"]), "color_gap"),
-    }
-
-
-def _methods_input(args: argparse.Namespace, settings: dict) -> dict:
-    from conceptspace.studies import hidden_methods
-
-    return {"methods": args.methods or hidden_methods(settings)}
-
-
-def _samples_input(args: argparse.Namespace, settings: dict) -> dict:
-    from conceptspace.figures.sheets import open_samples
-
-    return {"samples": [open_samples(path) for path in args.samples_of or []]}
-
-
-# What `figure` gives a plot besides the study (conceptspace.studies.FIGURE_INPUT_KEYS).
-FIGURE_INPUTS = {
-    "levels": _levels_input,
-    "sweeps": _sweeps_input,
-    "methods": _methods_input,
-    "samples": _samples_input,
-}
+def _option_values(args: argparse.Namespace, option: str) -> list[str] | None:
+    return getattr(args, option.lstrip("-").replace("-", "_"))
 
 
 def _required(value: str | None, option: str, figure: str) -> str:
     if value is None:
         raise ConceptspaceError(f"`figure {figure}` needs {option} PATH")
     return value
-
-
-def _single(sweep_cfg: dict, key: str) -> float:
-    values = sweep_cfg[key]
-    if len(values) != 1:
-        raise ConceptspaceError(
-            f"sweep '{sweep_cfg['name']}' must hold {key} fixed (one value) to be plotted "
-            f"against the other gap; it has {values}. Name another sweep in figures.signal."
-        )
-    return float(values[0])
 
 
 def cmd_claims(args: argparse.Namespace) -> None:
@@ -342,7 +295,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from conceptspace.studies import figure_names
+    from conceptspace.studies import FIGURE_INPUTS, figure_names
 
     parser = argparse.ArgumentParser(prog="conceptspace", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -491,12 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", required=True, help="JSON: the config keys the figure reads")
     p.add_argument("--study", help="study dataset (every figure but sheet)")
     p.add_argument("--samples", help="samples file of one run (sheet)")
-    p.add_argument(
-        "--samples-of", nargs="+", help="underspec: samples files of one seed's runs, one per ratio"
-    )
-    p.add_argument(
-        "--methods", nargs="+", help="hidden: methods to draw, naive first (default: those on)"
-    )
+    for declared in FIGURE_INPUTS.values():  # the options of the figures' inputs
+        if declared.option:
+            p.add_argument(declared.option, nargs="+", help=declared.help)
     p.add_argument("--out", required=True, help="PDF (a PNG is written beside it); sheet: PNG")
 
     p = stage("claims", cmd_claims, "judge the paper's claims from the study datasets")

@@ -244,6 +244,11 @@ def open_trajectory(path: str | os.PathLike) -> xr.Dataset:
     return open_netcdf(path, "run trajectory", (*SUMMARIES, "seed"))
 
 
+def open_samples(path: str | os.PathLike) -> xr.Dataset:
+    """A samples file written by ``conceptspace sample``, loaded into memory."""
+    return open_netcdf(path, "samples file", ("images", "applied"))
+
+
 def open_study(path: str | os.PathLike) -> xr.Dataset:
     """The study dataset written by ``trajectories.gather_study``, loaded into memory."""
     return open_netcdf(

@@ -27,6 +27,7 @@ from conceptspace.config import (
     merge,
 )
 from conceptspace.io import ConceptspaceError
+from conceptspace.netcdf import open_samples
 
 
 @dataclass(frozen=True)
@@ -67,13 +68,75 @@ class Run:
         return args
 
 
-# The config keys each input of a figure reads (`conceptspace figure` builds the input
-# from them; the workflow passes a figure rule those keys only).
-FIGURE_INPUT_KEYS = {
-    "levels": ("figures.levels", "studies.signal"),  # figures.levels, checked against the study
-    "sweeps": ("figures.signal", "studies.signal"),  # the two sweeps fig_signal plots along
-    "methods": ("evaluation.methods",),  # fig_hidden's methods, of those switched on
-    "samples": (),  # samples files of the first seed's runs, one per run
+# ----------------------------------------------------------------------------- figures
+
+
+@dataclass(frozen=True)
+class FigureInput:
+    """What `conceptspace figure` gives a plot besides the study: ``build(settings,
+    given)`` makes the plot's keyword arguments from the config keys ``keys`` (the
+    workflow passes a figure rule those keys only, so it is redrawn when they change) and
+    from what the command line ``option`` was given (None: not given, or no option)."""
+
+    keys: tuple[str, ...]
+    build: Callable[[dict, list[str] | None], dict[str, Any]]
+    option: str | None = None  # a command-line option taking one or more values
+    help: str = ""
+
+
+def _levels_input(settings: dict, given: None) -> dict[str, Any]:
+    """figures.levels, each of which must be a signal level of the study (the config
+    check says so before planning; --settings may come from elsewhere)."""
+    levels = STUDIES["signal"].levels(settings)
+    problems = list(figure_level_problems(settings["figures"]["levels"], levels))
+    if problems:
+        raise ConceptspaceError("; ".join(problems))
+    chosen = settings["figures"]["levels"]
+    return {"levels": [(float(level["color_gap"]), float(level["size_gap"])) for level in chosen]}
+
+
+def _sweeps_input(settings: dict, given: None) -> dict[str, Any]:
+    """The fixed gap of each sweep that fig_signal plots along (figures.signal)."""
+    names = settings["figures"]["signal"]
+    return {
+        "color_sweep_size_gap": _single(sweep(settings, names["color_sweep"]), "size_gap"),
+        "size_sweep_color_gap": _single(sweep(settings, names["size_sweep"]), "color_gap"),
+    }
+
+
+def _single(sweep_cfg: dict, key: str) -> float:
+    values = sweep_cfg[key]
+    if len(values) != 1:
+        raise ConceptspaceError(
+            f"sweep '{sweep_cfg['name']}' must hold {key} fixed (one value) to be plotted "
+            f"against the other gap; it has {values}. Name another sweep in figures.signal."
+        )
+    return float(values[0])
+
+
+def _methods_input(settings: dict, given: list[str] | None) -> dict[str, Any]:
+    return {"methods": given or hidden_methods(settings)}
+
+
+def _samples_input(settings: dict, given: list[str] | None) -> dict[str, Any]:
+    return {"samples": [open_samples(path) for path in given or []]}
+
+
+FIGURE_INPUTS = {
+    "levels": FigureInput(("figures.levels", "studies.signal"), _levels_input),
+    "sweeps": FigureInput(("figures.signal", "studies.signal"), _sweeps_input),
+    "methods": FigureInput(
+        ("evaluation.methods",),
+        _methods_input,
+        option="--methods",
+        help="hidden: methods to draw, naive first (default: those on)",
+    ),
+    "samples": FigureInput(
+        (),  # the samples files of the first seed's runs, one per run, given by the rule
+        _samples_input,
+        option="--samples-of",
+        help="underspec: samples files of one seed's runs, one per ratio",
+    ),
 }
 
 
@@ -83,11 +146,12 @@ def _always(config: dict) -> bool:
 
 @dataclass(frozen=True)
 class Figure:
-    """One figure of a study: `conceptspace figure <name>` draws
+    """One figure of a study, declared here only: `conceptspace figure <name>` draws
     results/figures/fig_<name>.pdf (and .png) from the study's dataset with ``plot``
     (``module:function``, called as ``function(study, out_pdf, **inputs, record=...)``),
-    captioned by workflow/report/fig_<name>.rst. ``inputs`` names what else the plot is
-    given (FIGURE_INPUT_KEYS); ``wanted`` says whether the config builds it."""
+    captioned in the report by workflow/report/<caption>. ``inputs`` names what else the
+    plot is given (FIGURE_INPUTS); ``wanted`` says whether the config builds it. The rules
+    (workflow/rules/figures.smk) and the command line read these declarations."""
 
     name: str
     plot: str
@@ -95,8 +159,22 @@ class Figure:
     wanted: Callable[[dict], bool] = _always
 
     @property
+    def caption(self) -> str:
+        """Its caption's file in workflow/report/."""
+        return f"fig_{self.name}.rst"
+
+    @property
     def settings_keys(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(k for i in self.inputs for k in FIGURE_INPUT_KEYS[i]))
+        return tuple(dict.fromkeys(k for i in self.inputs for k in FIGURE_INPUTS[i].keys))
+
+    def inputs_of(self, settings: dict, given: dict[str, list[str] | None]) -> dict[str, Any]:
+        """The plot's keyword arguments besides the study; ``given``: each command-line
+        option's values (by FigureInput.option)."""
+        kwargs: dict[str, Any] = {}
+        for name in self.inputs:
+            declared = FIGURE_INPUTS[name]
+            kwargs.update(declared.build(settings, given.get(declared.option)))
+        return kwargs
 
 
 @dataclass(frozen=True)

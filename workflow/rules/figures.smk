@@ -2,7 +2,7 @@
 # in the report (snakemake --report) with its caption from workflow/report/.
 import shlex
 
-from conceptspace.studies import figures_of
+from conceptspace.studies import FIGURE_INPUTS, figures_of
 
 # One rule per figure of the studies that are on (conceptspace.studies: a study's figures,
 # and those its config builds: fig_hidden needs overprompting or latent intervention on,
@@ -27,7 +27,7 @@ for study, figure in figures_of(config):
             pdf=RESULTS / "figures" / f"fig_{figure.name}.pdf",
             png=report(
                 RESULTS / "figures" / f"fig_{figure.name}.png",
-                caption=f"../report/fig_{figure.name}.rst",
+                caption=f"../report/{figure.caption}",
                 category="Figures",
             ),
         log:
@@ -39,7 +39,8 @@ for study, figure in figures_of(config):
             name=figure.name,
             settings=settings(*figure.settings_keys),
             samples=lambda wildcards, input: (
-                " --samples-of " + " ".join(shlex.quote(p) for p in input.samples)
+                f" {FIGURE_INPUTS['samples'].option} "
+                + " ".join(shlex.quote(p) for p in input.samples)
                 if input.samples
                 else ""
             ),

@@ -25,7 +25,6 @@ from matplotlib.figure import Figure
 
 from conceptspace.figures import file_metadata
 from conceptspace.io import ConceptspaceError, atomic_path
-from conceptspace.netcdf import open_netcdf
 
 # Pixels between samples in a cell, and between cells; the gaps show the background.
 SAMPLE_GAP, CELL_GAP = 1, 6
@@ -34,11 +33,6 @@ INVALID_FRAME = (220, 30, 30)  # the outline drawn over a sample that holds no v
 # Each image pixel is drawn up to this many PNG pixels wide, fewer if the sheet would
 # be wider than MAX_WIDTH pixels (paper scale: 60 steps).
 UPSCALE, MAX_WIDTH = 3, 6000
-
-
-def open_samples(path: str | os.PathLike) -> xr.Dataset:
-    """A samples file written by ``conceptspace sample``, loaded into memory."""
-    return open_netcdf(path, "samples file", ("images", "applied"))
 
 
 def sheet_rows(samples: xr.Dataset) -> list[tuple[str, str]]:
