@@ -254,7 +254,9 @@ def test_snakemake_names_h_init_fan_in_and_an_overlays_checkpoints_before_planni
 
 def test_gap_that_leaves_the_color_range_is_named(paper):
     config = changed(paper, ("studies", "signal", "sweeps", 0, "color_gap"), [0.9])
-    assert "studies.signal.sweeps.0.color_gap': 0.9 is above 0.8" in rejected(config)
+    assert "studies.signal.sweeps.0.color_gap.0': 0.9 is greater than the maximum of 0.8" in (
+        rejected(config)
+    )
 
 
 def test_figure_must_name_an_existing_sweep(paper):

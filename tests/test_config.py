@@ -10,6 +10,7 @@ from conceptspace.config import (
     merge,
     validate_config,
 )
+from conceptspace.runs import MAX_BACKGROUND_GAP, MAX_COLOR_GAP, MAX_SIZE_GAP
 from conceptspace.studies import STUDIES
 from conftest import REPO, SCHEMA, SMOKE, planned_jobs, snakemake
 
@@ -204,3 +205,10 @@ def test_the_schema_states_each_limit_the_config_checks_hold(key):
         node = node[part]
     description = " ".join(node["description"].split())
     assert "checked with the config" in description or "maximum" in node, description
+
+
+def test_the_schema_caps_each_gap_where_the_run_identity_does():
+    defs = yaml.safe_load(SCHEMA.read_text())["$defs"]
+    limits = {"color_gap": MAX_COLOR_GAP, "size_gap": MAX_SIZE_GAP}
+    limits["background_gap"] = MAX_BACKGROUND_GAP
+    assert {name: defs[name]["maximum"] for name in limits} == limits

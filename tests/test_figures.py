@@ -12,8 +12,9 @@ from PIL import Image
 
 from conceptspace import cli
 from conceptspace.analysis import blue_small, convergence_step, memorization_turn
-from conceptspace.concepts import CLASSES, CONCEPTS, run_id
+from conceptspace.concepts import CLASSES, CONCEPTS
 from conceptspace.config import ConfigError, load_config, validate_config
+from conceptspace.runs import run_id
 from conceptspace.evaluate import write_evaluation
 from conceptspace.figures import seeds_count, seeds_run
 from conceptspace.figures.hidden import plot_hidden

@@ -1,6 +1,7 @@
-"""The one-way flow between stages, read from the imports (docs/architecture.md):
-evaluation reads checkpoints through ``conceptspace.checkpoints`` and never reaches the
-training code, so that the two can change apart."""
+"""The one-way flow between stages, read from the imports (docs/architecture.md): no
+module imports one that imports it back; a run's identity (``conceptspace.runs``) is a
+leaf; evaluation reads checkpoints through ``conceptspace.checkpoints`` and never reaches
+the training code, so that the two can change apart."""
 
 from conftest import PACKAGE, imported_modules
 
@@ -44,3 +45,18 @@ def test_evaluation_imports_no_training_module():
     reached = reachable(import_graph(), EVALUATION)
     assert "conceptspace.checkpoints" in reached
     assert not reached & TRAINING, f"evaluation reaches training: {sorted(reached & TRAINING)}"
+
+
+def test_no_import_loop():
+    graph = import_graph()
+    loops = sorted(
+        (name, imported)
+        for name in graph
+        for imported in graph[name]
+        if name in reachable(graph, imported)
+    )
+    assert not loops, f"modules that reach themselves through these imports: {loops}"
+
+
+def test_the_run_identity_is_a_leaf():
+    assert import_graph()["conceptspace.runs"] == set()

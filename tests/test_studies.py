@@ -11,9 +11,9 @@ import yaml
 
 from conceptspace import cli
 from conceptspace.config import ConfigError, load_config, merge, select, validate_config
+from conceptspace.runs import MAX_COLOR_GAP
 from conceptspace.studies import (
     FIGURE_INPUTS,
-    MAX_COLOR_GAP,
     STUDIES,
     Figure,
     Run,
@@ -49,12 +49,16 @@ TOY = Study(
     ),
     figures=(Figure("toy", "conceptspace.figures.background:plot_background"),),
 )
-# ... and the section it adds to the schema's `studies`.
+# ... and the section it adds to the schema's `studies` (its gaps plain numbers, so that
+# the test sees its entry's own check of their limit).
 TOY_SCHEMA = {
     "type": ["object", "null"],
     "additionalProperties": False,
     "required": ["seeds", "color_gaps"],
-    "properties": {"seeds": {"$ref": "#/$defs/seeds"}, "color_gaps": {"$ref": "#/$defs/gap_list"}},
+    "properties": {
+        "seeds": {"$ref": "#/$defs/seeds"},
+        "color_gaps": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}},
+    },
 }
 TOY_CONFIG = {
     "studies": {

@@ -18,7 +18,8 @@ from conceptspace.concepts import (
     Signal,
     celeba_layout,
 )
-from conceptspace.config import MAX_COLOR_GAP, MAX_SIZE_GAP, load_config
+from conceptspace.config import load_config
+from conceptspace.runs import MAX_COLOR_GAP, MAX_SIZE_GAP
 from conceptspace.studies import STUDIES
 from conceptspace.render import TRIANGLE_INRADIUS, TRIANGLES, render_images, render_probe_set
 from conceptspace import validity

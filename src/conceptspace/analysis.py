@@ -18,10 +18,9 @@ import xarray as xr
 
 from conceptspace.concepts import COLOR_NAMES, CONCEPTS, SIZE_NAMES, TRAINING_CLASSES, class_digits
 from conceptspace.io import ConceptspaceError
+from conceptspace.runs import same_gap
 from conceptspace.trajectories import learning_time
 
-# Gaps in the config and in the dataset are compared to this tolerance.
-GAP_TOLERANCE = 1e-6
 # Each class's corner in the concept-space frame x = P(color = blue), y = P(size = small).
 CORNERS = {"00": (0.0, 0.0), "01": (0.0, 1.0), "10": (1.0, 0.0), "11": (1.0, 1.0)}
 # Memorization pulls the unseen class toward 01 or 10, the training classes one concept
@@ -39,9 +38,9 @@ def class_label(name: str) -> str:
 
 
 def gap_index(study: xr.Dataset, dim: str, value: float) -> int | None:
-    """Index of ``value`` on the gap coordinate ``dim`` (to GAP_TOLERANCE); None if it is
+    """Index of ``value`` on the gap coordinate ``dim`` (``runs.same_gap``); None if it is
     not there."""
-    matches = np.flatnonzero(np.abs(study[dim].values - float(value)) < GAP_TOLERANCE)
+    matches = np.flatnonzero(same_gap(study[dim].values, float(value)))
     return int(matches[0]) if len(matches) else None
 
 

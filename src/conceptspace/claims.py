@@ -119,6 +119,7 @@ from conceptspace.judges import TESTS, Test, pass_rate
 from conceptspace.statistics import bootstrap_interval, spearman
 from conceptspace.studies import sweep
 from conceptspace.netcdf import open_netcdf, open_study
+from conceptspace.runs import SIGNAL_GRID
 from conceptspace.trajectories import frame_off_study, learning_time, smooth_accuracy
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,6 @@ FRAME_OFF_KEPT = ("outcome", "value", "interval", "p_value", "detail")
 # The best-of methods that elicit a hidden capability (trajectories.gather_run).
 ELICITING_METHODS = ("intervention", "overprompt")
 PATCHED_METHOD = "patched_final"
-RUN_DIMS = ("seed", "color_gap", "size_gap")
 # Claim 1 reads the learning time of the concept the sweep varies (Fig. 3).
 SPEED_CONCEPT = "color"
 # Claim 2: the corner a weak and a strong color gap pull the unseen class toward.
@@ -592,8 +592,8 @@ def _per_run(study: xr.Dataset, array: xr.DataArray) -> xr.DataArray:
     """``array`` with its (seed, color gap, size gap) stacked into one 'run' dim, keeping
     the runs that were run."""
     accuracy = study["accuracy"].sel({"method": "naive"}).sel(prompt=UNSEEN_CLASS)
-    ran = _ran(accuracy).stack(run=RUN_DIMS).values
-    return array.stack(run=RUN_DIMS).isel(run=np.flatnonzero(ran))
+    ran = _ran(accuracy).stack(run=SIGNAL_GRID).values
+    return array.stack(run=SIGNAL_GRID).isel(run=np.flatnonzero(ran))
 
 
 def _level_groups(per_run: xr.DataArray) -> list[np.ndarray]:

@@ -31,9 +31,7 @@ def _signal(args: argparse.Namespace):
     """The run's signal level from --color-gap, --size-gap and --background-gap."""
     from conceptspace.concepts import Signal
 
-    # CelebA runs have no signal level: their gaps stay 0 (evaluation checks the layout)
-    gaps = (args.color_gap, args.size_gap, args.background_gap)
-    return Signal(*(gap or 0.0 for gap in gaps))
+    return Signal.of_run(args.color_gap, args.size_gap, args.background_gap)
 
 
 def cmd_render(args: argparse.Namespace) -> None:
@@ -295,6 +293,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from conceptspace.runs import SIGNAL_GRID
     from conceptspace.studies import FIGURE_INPUTS, figure_names
 
     parser = argparse.ArgumentParser(prog="conceptspace", description=__doc__)
@@ -433,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--grid",
         nargs="+",
-        default=["seed", "color_gap", "size_gap"],
+        default=list(SIGNAL_GRID),
         help="run coordinates that span the study (underspecification: seed mask_ratio)",
     )
     p.add_argument("--out", required=True)

@@ -84,6 +84,14 @@ class Signal:
     size_gap: float
     background_gap: float = 0.0  # only the color_size_background layout uses it
 
+    @classmethod
+    def of_run(
+        cls, color_gap: float | None, size_gap: float | None, background_gap: float | None
+    ) -> "Signal":
+        """The signal of a run's gaps; a gap it lacks is 0 (CelebA runs have none:
+        evaluation checks their layout instead)."""
+        return cls(*(gap or 0.0 for gap in (color_gap, size_gap, background_gap)))
+
     def color_mean(self, color: int) -> np.ndarray:
         """Mean RGB of color 0 (red) or 1 (blue)."""
         half = self.color_gap / 2
@@ -141,15 +149,6 @@ def class_digits(name: str) -> tuple[int, int]:
 
 def class_index(name: str) -> int:
     return CLASSES.index(name)
-
-
-def run_id(
-    color_gap: float, size_gap: float, seed: int, background_gap: float | None = None
-) -> str:
-    """The name of one training run, also its folder: dc0.400_ds0.400_seed0; a run with
-    a background concept (2x2x2) adds its gap: dc0.400_ds0.400_db0.400_seed0."""
-    background = "" if background_gap is None else f"_db{background_gap:.3f}"
-    return f"dc{color_gap:.3f}_ds{size_gap:.3f}{background}_seed{seed}"
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ each naming the key and the fix, before Snakemake plans a single job.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from pathlib import Path
@@ -16,28 +15,8 @@ from typing import Any, Iterable
 import jsonschema
 import yaml
 
-from conceptspace.io import ConceptspaceError
-
-# Colors stay inside [0, 1] when 0.5 + dc/2 + dc/8 <= 1; discs stay inside the image
-# when the largest radius 0.45 + ds/2 + 3ds/8 stays below 1.
-MAX_COLOR_GAP = 0.8
-MAX_SIZE_GAP = 0.6
-GAP_DECIMALS = 3  # run ids print gaps with 3 decimals; finer values would collide
-
-
-class ConfigError(ConceptspaceError):
-    """The configuration is invalid; the message lists every problem found."""
-
-
-def merge(base: dict, overlay: dict) -> dict:
-    """Overlay one config on another the way Snakemake does: dicts merge, lists replace."""
-    merged = copy.deepcopy(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
+from conceptspace.io import ConfigError
+from conceptspace.runs import checkpoint_steps, merge
 
 
 def select(config: dict, keys: Iterable[str]) -> dict:
@@ -397,17 +376,3 @@ def _evaluation_problems(config: dict) -> Iterable[str]:
             f"'evaluation.samples_per_prompt' ({scored}): a sample sheet shows the images "
             f"the evaluation scored, {scored} per prompt; make samples <= {scored}"
         )
-
-
-def checkpoint_steps(training: dict) -> list[int]:
-    """Steps at which training saves a checkpoint: `count` steps from `first` to `last`,
-    evenly spaced in sqrt(step), so early training, where concepts emerge, is sampled
-    densely (the authors' quadratic schedule). A pure function of the config, so the DAG
-    knows every evaluation job before training starts."""
-    spec = training["checkpoints"]
-    first, last, count = spec["first"], spec["last"], spec["count"]
-    if count == 1:
-        return [last]
-    roots = [first**0.5 + (last**0.5 - first**0.5) * i / (count - 1) for i in range(count)]
-    steps = sorted({round(r * r) for r in roots} | {first, last})
-    return [s for s in steps if first <= s <= last]

@@ -66,6 +66,7 @@ from conceptspace.netcdf import (
     netcdf_attrs,
     save_dataset_nc,
 )
+from conceptspace.runs import checkpoint_steps, same_gap
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,6 @@ log = logging.getLogger(__name__)
 EVALUATION_VERSION = 3  # 2: every sample gets a validity verdict; 3: also with the frame rule off
 # Keeps the evaluation noise apart from any other stream seeded from the run seed.
 EVALUATION_STREAM = 0x5EED_E7A1
-# Gaps recorded in a checkpoint and given on the command line must agree this closely.
-GAP_TOLERANCE = 5e-4
 COLOR_SLICE = COLOR_SIZE.slots("color")  # the 2x2 h = (r, g, b, size): concepts.H_LAYOUT
 SIZE_INDEX = COLOR_SIZE.slots("size").start
 
@@ -284,7 +283,7 @@ def _check_run(metadata: Mapping[str, Any], signal: Signal, seed: int, path: Pat
     gaps = [("color_gap", signal.color_gap), ("size_gap", signal.size_gap)]
     gaps.append(("background_gap", signal.background_gap))
     for key, given in gaps:
-        if key in recorded and abs(float(recorded[key]) - float(given)) > GAP_TOLERANCE:
+        if key in recorded and not same_gap(float(recorded[key]), float(given)):
             raise ConceptspaceError(
                 f"checkpoint {path} was trained with {key} {recorded[key]}, but the evaluation "
                 f"was asked for {given}; prompts would use the wrong class means. Pass the "
@@ -357,7 +356,6 @@ def prepare_checkpoint(
     """Load a checkpoint and the donor checkpoints its patching methods need (from the
     same run folder; "final" is the run's last scheduled checkpoint). Its h must be the
     ``layout``'s."""
-    from conceptspace.config import checkpoint_steps
 
     checkpoint_path = Path(checkpoint_path)
     vdm, metadata = checkpoints.load_checkpoint(checkpoint_path, device)

@@ -44,6 +44,10 @@ class ConceptspaceError(RuntimeError):
     """An error a user can fix: its message names the problem and the fix."""
 
 
+class ConfigError(ConceptspaceError):
+    """The configuration is invalid; the message lists every problem found."""
+
+
 # errno of a write refused for lack of space (a full filesystem, a user's quota).
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # A write that fails while less than this is free failed for lack of space, whatever the

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from conceptspace.concepts import CLASSES, COLOR_SIZE, Layout
+from conceptspace.runs import same_gap
 
 METHOD_KINDS = ("naive", "overprompt", "intervention", "patched")
 # Kinds whose variants are summarised by the best variant at each step (gather_run).
@@ -153,9 +154,7 @@ def sample_sheet_problems(
     """``figures.sample_sheet`` must name a run of the study, (color gap, size gap, seed)
     one of ``runs``, and checkpoint steps."""
     level = (float(sheet_cfg["color_gap"]), float(sheet_cfg["size_gap"]))
-    at_level = [
-        seed for a, b, seed in runs if abs(level[0] - a) < 1e-9 and abs(level[1] - b) < 1e-9
-    ]
+    at_level = [seed for a, b, seed in runs if same_gap(level[0], a) and same_gap(level[1], b)]
     if not at_level:
         levels = sorted({(a, b) for a, b, _ in runs})
         yield (

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from conceptspace.concepts import LAYOUTS, celeba_layout
-from conceptspace.config import checkpoint_steps
+from conceptspace.runs import checkpoint_steps
 from conceptspace.io import filesystem_of, free_bytes, megabytes
 from conceptspace.methods import build_methods, sample_sheet_steps
 

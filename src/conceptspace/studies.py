@@ -17,17 +17,22 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from conceptspace.concepts import Signal, run_id
-from conceptspace.config import (
+from conceptspace.concepts import Signal
+from conceptspace.io import ConceptspaceError, ConfigError
+from conceptspace.netcdf import open_samples
+from conceptspace.runs import (
     GAP_DECIMALS,
+    MAX_BACKGROUND_GAP,
     MAX_COLOR_GAP,
     MAX_SIZE_GAP,
-    ConfigError,
+    RUN_FIELDS,
+    SIGNAL_GRID,
     checkpoint_steps,
+    masked_run_id,
     merge,
+    run_id,
+    same_gap,
 )
-from conceptspace.io import ConceptspaceError
-from conceptspace.netcdf import open_samples
 
 
 @dataclass(frozen=True)
@@ -45,14 +50,12 @@ class Run:
 
     @property
     def signal(self) -> Signal:
-        gaps = (self.color_gap, self.size_gap, self.background_gap)
-        return Signal(*(gap or 0.0 for gap in gaps))
+        return Signal.of_run(self.color_gap, self.size_gap, self.background_gap)
 
     @property
     def fields(self) -> dict[str, float | int]:
-        """The fields it has: gaps, seed, and its masking ratio or background gap."""
-        names = ("color_gap", "size_gap", "seed", "mask_ratio", "background_gap")
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        """The fields it has: seed, gaps, and its masking ratio or background gap."""
+        return {name: getattr(self, name) for name in RUN_FIELDS if getattr(self, name) is not None}
 
     @property
     def args(self) -> str:
@@ -269,7 +272,7 @@ def figure_level_problems(settings: list[dict], study_levels: list) -> Iterable[
     claim figures with no runs behind it would be empty."""
     for i, level in enumerate(settings):
         color_gap, size_gap = float(level["color_gap"]), float(level["size_gap"])
-        if (color_gap, size_gap) not in study_levels:  # both are floats of the config
+        if not any(same_gap(color_gap, dc) and same_gap(size_gap, ds) for dc, ds in study_levels):
             yield (
                 f"config key 'figures.levels.{i}': (color_gap {color_gap:g}, size_gap "
                 f"{size_gap:g}) is not a signal level of the study; choose from "
@@ -362,7 +365,7 @@ def _masked_runs(section: dict) -> Iterable[Run]:
     dc, ds = float(section["color_gap"]), float(section["size_gap"])
     grid = {(float(r), int(s)) for r in section["mask_ratios"] for s in section["seeds"]}
     for ratio, seed in sorted(grid):
-        yield Run("underspecification", f"p{ratio:.3f}_seed{seed}", seed, dc, ds, mask_ratio=ratio)
+        yield Run("underspecification", masked_run_id(ratio, seed), seed, dc, ds, mask_ratio=ratio)
 
 
 def _underspecification_problems(config: dict, section: dict) -> Iterable[str]:
@@ -393,7 +396,7 @@ def _background_problems(config: dict, section: dict) -> Iterable[str]:
     from conceptspace.methods import method_problems
 
     # grey 0.5 +- db/2, spread +- db/8: in [0, 1] up to the color gap's limit
-    limits = COLOR_SIZE_LIMITS + (("background_gap", MAX_COLOR_GAP),)
+    limits = COLOR_SIZE_LIMITS + (("background_gap", MAX_BACKGROUND_GAP),)
     yield from gap_problems(section, "studies.background", limits)
     steps = checkpoint_steps(STUDIES["background"].training(config))
     for problem in method_problems(config["evaluation"]["methods"], steps):
@@ -461,7 +464,7 @@ register(
         # the 2x2 color x size study (claims 1-4), runs dc<gap>_ds<gap>_seed<seed>
         "signal",
         layout="color_size",
-        grid=("seed", "color_gap", "size_gap"),
+        grid=SIGNAL_GRID,
         classes=(3, 4),
         runs_of=_signal_runs,
         levels_of=_signal_levels,

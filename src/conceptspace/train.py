@@ -45,13 +45,14 @@ from conceptspace.checkpoints import (
     write_manifest,
 )
 
-# One schedule for training and for the DAG: `count` steps evenly spaced in sqrt(step)
-# from `first` to `last`, rounded to ints, duplicates removed, sorted.
-from conceptspace.config import checkpoint_steps
 from conceptspace.device import compute_device
 from conceptspace.divergence import DivergenceMonitor
-from conceptspace.pack import RunBatch, StackedModel, draw_batch, loss_template, mask_specs
 from conceptspace.io import ConceptspaceError, eta, provenance, remove_stale_temporaries
+from conceptspace.pack import RunBatch, StackedModel, draw_batch, loss_template, mask_specs
+
+# One schedule for training and for the DAG: `count` steps evenly spaced in sqrt(step)
+# from `first` to `last`, rounded to ints, duplicates removed, sorted.
+from conceptspace.runs import checkpoint_steps
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ of blanks at 1; it is kept for comparison, with ``hard_accuracy`` (argmax per co
 coordinate ``concept_prob`` is the mean over the *valid* samples (NaN when none is).
 
 Layouts (``concepts.Layout``): prompts are the run's layout's classes (its name is the
-``layout`` attribute, absent = the 2x2). A run is identified by its ``RUN_COORDS``
+``layout`` attribute, absent = the 2x2). A run is identified by its ``RUN_FIELDS``
 (seed, color and size gap, and mask_ratio / background_gap where its study has them).
 With one unseen class (2x2, color_shape) the learning times have dims (grid..., method);
 with several (color_size_background) an extra dim ``unseen`` names the class.
@@ -96,17 +96,12 @@ from conceptspace.netcdf import (
 
 # The command line reads the writer and the study reader from here too.
 from conceptspace.netcdf import open_study, save_dataset_nc  # noqa: F401
+from conceptspace.runs import GAP_DECIMALS, RUN_FIELDS, SIGNAL_GRID
 
 log = logging.getLogger(__name__)
 
-# Gaps are compared after rounding: run ids and configs print them with 3 decimals.
-GAP_DECIMALS = 6
 # The Gaussian kernel is cut at this many sigmas on each side.
 KERNEL_TRUNCATE = 4.0
-
-# What identifies a run: always seed and the two gaps; the rest where a study has them.
-RUN_COORDS = ("seed", "color_gap", "size_gap", "mask_ratio", "background_gap")
-SIGNAL_GRID = ("seed", "color_gap", "size_gap")
 
 
 # ----------------------------------------------------------------------------- learning times
@@ -281,10 +276,10 @@ def learning_time_authors(
 
 
 def _run_key(attrs: Mapping[str, Any]) -> dict[str, float]:
-    """The run an evaluation belongs to: its RUN_COORDS present in ``attrs``, rounded."""
+    """The run an evaluation belongs to: its RUN_FIELDS present in ``attrs``, rounded."""
     return {
         name: int(attrs[name]) if name == "seed" else round(float(attrs[name]), GAP_DECIMALS)
-        for name in RUN_COORDS
+        for name in RUN_FIELDS
         if name in attrs
     }
 
@@ -668,7 +663,7 @@ class _GridPlacement:
 
 def _grid_run(path: Path, ds: xr.Dataset, grid: tuple[str, ...]) -> dict[str, float]:
     """The run a trajectory belongs to (``_run_key``), which must have every grid dim."""
-    present = {name: ds[name].item() for name in RUN_COORDS if name in ds.coords}
+    present = {name: ds[name].item() for name in RUN_FIELDS if name in ds.coords}
     lacking = [name for name in grid if name not in present]
     if lacking:
         raise ConceptspaceError(

@@ -5,7 +5,7 @@
 # Snakemake's per-job work. The per-checkpoint evaluations (eval/step_*.nc) are working
 # files, like the checkpoints: a killed job resumes at the checkpoint it stopped at, and
 # one whose inputs did not change is kept (evaluate.evaluate_run).
-from conceptspace.concepts import run_id
+from conceptspace.runs import run_id
 from conceptspace.methods import sample_sheet_steps
 
 

@@ -34,7 +34,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.lines import Line2D
 
-from conceptspace.analysis import CORNERS, GAP_TOLERANCE, gap_index
+from conceptspace.analysis import CORNERS, gap_index
 from conceptspace.concepts import UNSEEN_CLASS
 from conceptspace.figures import (
     concept_square,
@@ -46,6 +46,7 @@ from conceptspace.figures import (
     seeds_run,
 )
 from conceptspace.io import ConceptspaceError
+from conceptspace.runs import same_gap
 
 # Speeds are plotted per 1000 steps: 1/8000 steps reads as 0.125.
 SPEED_SCALE = 1000.0
@@ -229,7 +230,7 @@ def _trajectory_panel(ax: Axes, figure, study: xr.Dataset, size_gap: float) -> N
         return
 
     low, high = min(color_gaps), max(color_gaps)
-    if high - low < GAP_TOLERANCE:  # one level: any color; keep the colorbar sensible
+    if same_gap(high, low):  # one level: any color; keep the colorbar sensible
         low, high = low - 0.05, high + 0.05
     norm, cmap = Normalize(low, high), colormaps["viridis"]
     for gap in color_gaps:
