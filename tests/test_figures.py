@@ -137,7 +137,7 @@ def test_plot_signal_refuses_a_dataset_that_is_not_a_study(tmp_path):
 
 # ----------------------------------------------------------------------------- claims 2-4
 # Study datasets built directly to the contract of gather_study with a method dimension
-# (docs/architecture.md): dims seed, color_gap, size_gap, step, method, prompt, concept.
+# (docs/contracts.md): dims seed, color_gap, size_gap, step, method, prompt, concept.
 
 CONTRACT_STEPS = [100, 400, 900, 1600, 2500, 3600]
 # (P(blue), P(small)) of the unseen class 11 at each step: naive prompting memorizes

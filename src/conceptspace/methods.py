@@ -22,7 +22,7 @@ its own (``concepts.Layout.intervention_h``), to one-hot layouts (CelebA); it is
 from other layouts' evaluations.
 
 Method names, and the order overprompts and alphas appear in the config, are the
-contract with the gathered datasets (docs/architecture.md). An empty list switches a
+contract with the gathered datasets (docs/contracts.md). An empty list switches a
 method off; its variants are then absent. This module has no torch dependency: the
 config checks run while Snakemake parses the workflow.
 """

@@ -22,7 +22,7 @@ Every coordinate carries the units and long name of :data:`COORD_ATTRS` and
 :data:`METHOD_ATTRS`; the ``method`` dimension has the non-dimension coordinates
 ``method_kind`` and ``method_setting`` (:func:`method_coords`). Records (config
 sections, provenance) become attributes through :func:`netcdf_attrs`, as JSON where
-netCDF cannot hold them. docs/architecture.md lists every file's variables.
+netCDF cannot hold them. docs/contracts.md lists every file's variables.
 """
 
 from __future__ import annotations
