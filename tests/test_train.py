@@ -416,6 +416,29 @@ def test_a_deleted_checkpoints_message_names_the_manifests_whose_deletion_retrai
     assert_same_weights(final_state(copy, 12), final_state(run_dir, 12))
 
 
+def test_another_versions_checkpoint_fix_done_literally_trains_the_run_again(
+    reference, dataset, tmp_path, caplog
+):
+    # a checkpoint whose model no longer matches the code (a renamed layer): the message's
+    # command deletes the run and its pack's manifest; snakemake then trains it from step 0
+    run_dir, _ = reference
+    study, copy = workflow_run(*reference, tmp_path)
+    older = checkpoint_path(copy, 12)
+    payload = torch.load(older, weights_only=True)
+    payload["model"] = {f"old.{name}": value for name, value in payload["model"].items()}
+    torch.save(payload, older)
+    with pytest.raises(ConceptspaceError, match="another version of conceptspace") as caught:
+        load_checkpoint(older)
+    do_what_it_says(str(caught.value))
+    assert not copy.exists() and not (study / "packs" / "pack000.json").exists()
+    assert (study / "packs" / "pack001.json").exists()  # a pack-mate's is left alone
+    with caplog.at_level(logging.INFO, logger="conceptspace.train"):
+        rerun_snakemake(study, TINY_MODEL, TRAINING, dataset, SEED)
+    assert "resuming" not in caplog.text and "steps 0 -> 12" in caplog.text
+    assert_same_weights(final_state(copy, 12), final_state(run_dir, 12))
+    load_checkpoint(older)
+
+
 def test_resume_goes_back_past_checkpoints_without_optimizer_state(
     dataset, tmp_path, caplog, monkeypatch
 ):

@@ -125,6 +125,23 @@ def recovery(path: Path) -> str:
     )
 
 
+def retraining(path: Path) -> str:
+    """The fix for a checkpoint another version of the code wrote: its run trained again
+    from step 0. Its other checkpoints are that version's too, so none can be resumed
+    from; the command deletes the run's folder and its pack's manifest, without which
+    Snakemake plans no training (``recovery``)."""
+    path = Path(path)
+    if path.parent.name != "checkpoints":
+        return "train the run again with this version"
+    run_dir = path.parent.parent
+    packs = [output for output in _training_outputs(path) if output.parent != run_dir]
+    return (
+        f"to train its run again from step 0 with this version run "
+        f"`{shlex.join(['rm', '-rf', str(run_dir), *map(str, packs)])}`, then rerun "
+        "`snakemake` as before"
+    )
+
+
 # ----------------------------------------------------------------------------- reading
 
 
@@ -175,8 +192,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise ConceptspaceError(
             f"checkpoint {path} does not match the model code ({type(err).__name__}: {err}); "
-            "it was written by another version of conceptspace: delete the run folder and "
-            "rerun training"
+            f"it was written by another version of conceptspace; {retraining(path)}"
         ) from err
     metadata = {
         "path": str(path),
