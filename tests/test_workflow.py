@@ -205,10 +205,11 @@ def test_smoke_run_is_complete_and_one_figure_rebuilds_alone(smoke_run):
 
 @pytest.mark.parametrize(
     "preset, runs, probes",
-    [("cpu", 6, 1), ("cpu-long", 12, 2)],  # 3 color gaps x 2 seeds; + 2 masking ratios x 3 seeds
+    # 5 seeds at color gaps 0.2 and 0.8, 2 at 0.4; + 2 masking ratios x 3 seeds
+    [("cpu", 12, 1), ("cpu-long", 18, 2)],
 )
 def test_cpu_presets_plan_their_runs(preset, runs, probes, tmp_path):
-    # The laptop-scale presets, two or three seeds per level (the claims' tests are over
+    # The laptop-scale presets, two to five seeds per level (the claims' tests are over
     # runs), each run evaluated at every checkpoint by one job; cpu-long extends cpu.
     result = snakemake(tmp_path, "-n", "--quiet", "rules", "--config", f"preset={preset}")
     jobs = planned_jobs(result.stdout)
