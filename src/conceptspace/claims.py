@@ -33,8 +33,8 @@ Conventions shared by the claims:
 - A learning time T is the study's ``learning_time`` (joint: the unseen class 11's
   accuracy) or ``learning_time_concept`` (one concept's accuracy among the valid
   samples): the first checkpoint at which it, Gaussian-smoothed over checkpoints with
-  ``evaluation.sigma``, reaches ``evaluation.threshold``; NaN if never. Claims that compare accuracies at checkpoints
-  (4) smooth them alike.
+  ``evaluation.sigma``, reaches ``evaluation.threshold``; NaN if never. Claims that
+  compare accuracies at checkpoints (4) smooth them alike.
 - Intervals: a seeded (``claims.seed``), stratified percentile bootstrap
   (``conceptspace.statistics.bootstrap_interval``, ``claims.bootstrap_resamples``
   resamples): the runs of each level (color gap, signal level or masking ratio) are

@@ -22,8 +22,9 @@ offset:
 
 The monitor arms once it has ``ARMING_INTERVALS`` complete intervals (fewer differences
 give no usable MAD) and says so once in the log. A checkpoint stores its reference
-(``state_dict``) and a resume restores it, so a resumed run is judged at once. It only reads numbers: the training loop
-(``train.train_run``) feeds it and acts on its verdict; NaN/inf are the loop's own check.
+(``state_dict``) and a resume restores it, so a resumed run is judged at once. It only
+reads numbers: the training loop (``train.train_run``) feeds it and acts on its verdict;
+NaN/inf are the loop's own check.
 """
 
 from __future__ import annotations

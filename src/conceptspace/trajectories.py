@@ -296,11 +296,11 @@ def gather_run(eval_paths: Sequence[str | os.PathLike]) -> xr.Dataset:
     (:func:`summarise_samples`): ``accuracy`` (step, method, prompt) and the others, with
     ``concept_prob`` (step, method, prompt, concept) the concept-space point of each
     method and prompt. Where every evaluation records the verdict with the frame rule off,
-    ``valid_frame_off`` and each summary's twin from it, ``<summary>_frame_off``. NaN where a method does not prompt a class. The method
-    dim ends with the best-of methods (see the module docstring). Scalar coords seed,
-    color_gap, size_gap. All files must come from one run (same seed and gaps), hold
-    distinct steps, and share methods, prompts, concepts and samples; otherwise
-    ConceptspaceError.
+    ``valid_frame_off`` and each summary's twin from it, ``<summary>_frame_off``. NaN
+    where a method does not prompt a class. The method dim ends with the best-of methods
+    (see the module docstring). Scalar coords seed, color_gap, size_gap. All files must
+    come from one run (same seed and gaps), hold distinct steps, and share methods,
+    prompts, concepts and samples; otherwise ConceptspaceError.
     """
     if not eval_paths:
         raise ConceptspaceError("gather_run needs at least one evaluation file")
@@ -492,12 +492,14 @@ def gather_study(
 
     Keeps the run's ``netcdf.SUMMARIES`` (no sample dim), and their frame-off twins where
     every run has them (:func:`frame_off_study` swaps them in); NaN where a grid point was
-    not run or a method does not prompt a class. Adds the unseen class's learning times for every
-    method: ``learning_time`` (grid..., method), the first step with accuracy (smoothed
-    over checkpoints with ``evaluation_cfg['sigma']``) >= ``evaluation_cfg['threshold']``;
-    ``learning_time_concept`` (..., method, concept), the same on each concept's accuracy;
-    ``learning_time_authors`` (..., method, concept), the authors' variant
-    (``evaluation_cfg['authors']``); and ``learning_speed`` = 1 / learning_time. A layout with several unseen classes adds a
+    not run or a method does not prompt a class. Adds the unseen class's learning times
+    for every method: ``learning_time`` (grid..., method), the first step with accuracy
+    (smoothed over checkpoints with ``evaluation_cfg['sigma']``) >=
+    ``evaluation_cfg['threshold']``; ``learning_time_concept`` (..., method, concept), the
+    same on each concept's accuracy among the valid samples
+    (:func:`concept_accuracy_among_valid`); ``learning_time_authors`` (..., method,
+    concept), the authors' variant (``evaluation_cfg['authors']``); and
+    ``learning_speed`` = 1 / learning_time. A layout with several unseen classes adds a
     dim ``unseen`` after method. Run coordinates not on the grid must be the same for
     every run and stay scalar coordinates. Runs must share steps, methods, prompts and
     concepts, and each grid point may appear once; otherwise ConceptspaceError.
