@@ -13,18 +13,11 @@ from conceptspace.concepts import CLASSES, Signal
 from conceptspace.io import ConceptspaceError
 from conceptspace.probe import ProbeNet, load_probe, predict_proba, train_probe
 from conceptspace.render import concept_labels, render_probe_set
+from conftest import TINY_DATA
 
 SIGNALS = [Signal(0.4, 0.4), Signal(0.3, 0.3)]
-DATA_CFG = {
-    "image_size": 16,
-    "images_per_class": 32,
-    "validation_fraction": 0.15,
-    "blur_sigma_px": 1.0,
-    "noise_std": 0.001,
-    "position_range": 0.5,
-    "background_train": [0.8, 1.0],
-    "background_test": 0.9,
-}
+# The tests' tiny renderer settings (conftest), at 16 px and with more images.
+DATA_CFG = TINY_DATA | {"image_size": 16, "images_per_class": 32, "validation_fraction": 0.15}
 PROBE_CFG = {
     "channels": [8, 8, 8],
     "groups": 4,
