@@ -1,7 +1,9 @@
 """The pipeline through Snakemake: lint, formatting, planning, and the smoke preset end
 to end, with its outputs checked (not only its exit code)."""
 
+import base64
 import json
+import shutil
 import subprocess
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 import xarray as xr
 
 from conceptspace.config import checkpoint_steps, load_config
+from conceptspace.netcdf import EVALUATION_VERSION
 from conceptspace.studies import STUDIES
 from conftest import REPO, SMOKE, planned_jobs, snakemake, venv_tool
 
@@ -201,6 +204,32 @@ def test_smoke_run_is_complete_and_one_figure_rebuilds_alone(smoke_run):
     plan = snakemake(workdir, "results/figures/fig_signal.pdf", "-n", "--quiet", "rules",
                      configs=configs)  # fmt: skip
     assert planned_jobs(plan.stdout) == {"fig_signal": 1, "total": 1}
+
+
+def test_a_trajectory_evaluated_by_an_older_evaluation_version_is_planned_again(
+    smoke_run, tmp_path
+):
+    # Snakemake's record of the job that wrote one trajectory says an older evaluation
+    # version made it, as after `git pull` of a change to what evaluations compute.
+    workdir, _ = smoke_run
+    copy = tmp_path / "smoke"
+    shutil.copytree(workdir, copy, symlinks=True)  # copy2 keeps the files' times
+    records = {
+        base64.urlsafe_b64decode(path.name).decode(): path
+        for path in (copy / ".snakemake" / "metadata").iterdir()
+        if path.is_file()  # Snakemake splits names too long for one file into folders
+    }
+    trajectory = next(name for name in sorted(records) if name.endswith("/trajectory.nc"))
+    record = records[trajectory]
+    current = f"evaluation version {EVALUATION_VERSION}"
+    assert current in record.read_text(), "rule evaluate_run records its evaluation version"
+    record.write_text(
+        record.read_text().replace(current, f"evaluation version {EVALUATION_VERSION - 1}")
+    )
+    plan = snakemake(copy, "-n", "--quiet", "rules", configs=(REPO / "config.yaml", SMOKE))
+    assert planned_jobs(plan.stdout)["evaluate_run"] == 1
+    untouched = snakemake(workdir, "-n", configs=(REPO / "config.yaml", SMOKE))
+    assert "Nothing to be done" in untouched.stdout + untouched.stderr
 
 
 @pytest.mark.parametrize(

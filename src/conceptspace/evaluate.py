@@ -57,6 +57,7 @@ from conceptspace.io import (
 from conceptspace.methods import Method, build_methods, method_problems
 from conceptspace.netcdf import (
     COORD_ATTRS,
+    EVALUATION_VERSION,
     P_TARGET_ATTRS,
     VALID_ATTRS,
     VALID_FRAME_OFF,
@@ -70,10 +71,6 @@ from conceptspace.runs import checkpoint_steps, same_gap
 
 log = logging.getLogger(__name__)
 
-# Part of every kept evaluation's inputs (RunEvaluation.inputs_hash): raise it with any
-# change that changes what an evaluation computes, so that evaluations kept from an
-# earlier job are made again (`snakemake --forcerun evaluate_run` alone keeps them).
-EVALUATION_VERSION = 3  # 2: every sample gets a validity verdict; 3: also with the frame rule off
 # Keeps the evaluation noise apart from any other stream seeded from the run seed.
 EVALUATION_STREAM = 0x5EED_E7A1
 COLOR_SLICE = COLOR_SIZE.slots("color")  # the 2x2 h = (r, g, b, size): concepts.H_LAYOUT

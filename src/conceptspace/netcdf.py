@@ -38,6 +38,12 @@ import xarray as xr
 from conceptspace.concepts import layout_from_attrs
 from conceptspace.io import ConceptspaceError, atomic_path, json_default
 
+# What an evaluation computes, versioned: raise it with any change to what an evaluation
+# file holds or how its numbers are made. It is part of every kept evaluation's inputs
+# (evaluate.RunEvaluation.inputs_hash), so evaluations kept from an earlier job are made
+# again, and a param of rule evaluate_run, so Snakemake plans the job again.
+EVALUATION_VERSION = 3  # 2: every sample gets a validity verdict; 3: also with the frame rule off
+
 STEP_UNITS = "optimizer steps"
 SPEED_UNITS = "1/optimizer steps"
 

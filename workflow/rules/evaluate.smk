@@ -7,6 +7,7 @@
 # one whose inputs did not change is kept (evaluate.evaluate_run).
 from conceptspace.runs import run_id
 from conceptspace.methods import sample_sheet_steps
+from conceptspace.netcdf import EVALUATION_VERSION
 
 
 rule evaluate_run:
@@ -34,6 +35,9 @@ rule evaluate_run:
         eval_dir=lambda wildcards: RESULTS / wildcards.study / "runs" / wildcards.run / "eval",
         checkpoints=lambda wildcards: run_checkpoints(wildcards, STEPS[wildcards.study]),
         device=config["compute"]["device"],
+        # Not read by the command: a changed version is a changed param, so Snakemake
+        # plans the run's evaluation again after an update of what evaluations compute.
+        code=f"evaluation version {EVALUATION_VERSION}",
     shell:
         "python -m conceptspace evaluate-run --settings {params.settings:q}"
         " --probe {input.probe:q} {params.run} --eval-dir {params.eval_dir:q} --out {output:q}"
