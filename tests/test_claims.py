@@ -40,7 +40,11 @@ from conceptspace.info import PROVENANCE_KEYS
 from conceptspace.io import ConceptspaceError
 from conceptspace.statistics import sign_test, spearman
 from conceptspace.netcdf import SUMMARIES, save_dataset_nc
-from conceptspace.trajectories import concept_accuracy_among_valid, learning_time
+from conceptspace.trajectories import (
+    accuracy_among_valid,
+    concept_accuracy_among_valid,
+    learning_time,
+)
 from conftest import REPO, SMOKE, snakemake
 
 STEPS = [100, 200, 400, 800]
@@ -86,8 +90,8 @@ def grid_study(runs, grid, methods, config):
     unseen class 11 (unseen_points)}; everything else is NaN (not run, or a method that
     does not prompt a class); the training classes of a run are at 0.9. Every sample
     is taken to score alike, so concept_accuracy = valid_fraction x concept_prob,
-    accuracy = the product of the concept accuracies, and the hard accuracies and the
-    product of means are the accuracies."""
+    accuracy = valid_fraction x the product of the concept_prob, and the hard accuracies
+    and the product of means are the accuracies."""
     dims = tuple(grid)
     shape = tuple(len(v) for v in grid.values()) + (len(STEPS), len(methods), len(CLASSES))
     prob = np.full(shape + (len(CONCEPTS),), np.nan)
@@ -119,15 +123,21 @@ def scored(study):
     """``study`` (concept_prob, valid_fraction) with the accuracies and learning times
     derived from them as gather_study derives them."""
     dims = tuple(d for d in study["valid_fraction"].dims if d not in ("step", "method", "prompt"))
-    study["concept_accuracy"] = (study["valid_fraction"] * study["concept_prob"].fillna(0.0)).where(
-        study["valid_fraction"].notnull()
+    valid_fraction = study["valid_fraction"]
+    probability = study["concept_prob"].fillna(0.0)
+    study["concept_accuracy"] = (valid_fraction * probability).where(valid_fraction.notnull())
+    study["accuracy"] = (valid_fraction * probability.prod("concept")).where(
+        valid_fraction.notnull()
     )
-    study["accuracy"] = study["concept_accuracy"].prod("concept", skipna=False)
     study["hard_accuracy"] = study["product_of_means"] = study["accuracy"]
     study["hard_concept_accuracy"] = study["concept_accuracy"]
+    study["accuracy_among_valid"] = accuracy_among_valid(study, MIN_VALID_FRACTION)
+    study["accuracy_among_valid"].attrs["min_valid_fraction"] = MIN_VALID_FRACTION
     unseen_class = study.sel(prompt="11")
-    times = learning_time(unseen_class["accuracy"], THRESHOLD)
+    times = learning_time(unseen_class["accuracy_among_valid"], THRESHOLD)
     study["learning_time"] = times.transpose(*dims, "method")
+    times = learning_time(unseen_class["accuracy"], THRESHOLD)
+    study["learning_time_all_samples"] = times.transpose(*dims, "method")
     among_valid = concept_accuracy_among_valid(unseen_class, MIN_VALID_FRACTION)
     times = learning_time(among_valid, THRESHOLD)
     study["learning_time_concept"] = times.transpose(*dims, "method", "concept")
@@ -426,6 +436,28 @@ def test_memorization_skips_checkpoints_without_a_valid_sample():
     assert claim["data"]["weakest"]["seeds"][0]["turn_step"] == 200 and claim["outcome"] == PASS
 
 
+def test_memorization_reads_no_point_where_too_few_samples_are_valid():
+    # the weak gap's approach to 01 at step 200 is read from few objects: below the floor
+    # (claim 1's, evaluation.min_valid_fraction) it is no point, at the floor it counts
+    def with_valid_at_turn(fraction):
+        study = paths_study([TO_RED_SMALL] * 5, [TO_BLUE_LARGE] * 5)
+        at_turn = {"prompt": "11", "step": 200, "method": "naive", "color_gap": 0.1}
+        study["valid_fraction"].loc[at_turn] = fraction
+        return scored(study)
+
+    few = judge_memorization(
+        with_valid_at_turn(0.8 * MIN_VALID_FRACTION), CLAIMS_CFG["memorization"]
+    )
+    seed = few["data"]["weakest"]["seeds"][0]
+    assert seed["turn_step"] != 200 and seed["margin"] < RED_SMALL_MARGIN
+    enough = judge_memorization(with_valid_at_turn(MIN_VALID_FRACTION), CLAIMS_CFG["memorization"])
+    seed = enough["data"]["weakest"]["seeds"][0]
+    assert seed["turn_step"] == 200 and seed["margin"] == pytest.approx(RED_SMALL_MARGIN)
+    older = paths_study([TO_RED_SMALL] * 5, [TO_BLUE_LARGE] * 5).drop_vars("accuracy_among_valid")
+    claim = judge_memorization(older, CLAIMS_CFG["memorization"])
+    assert claim["outcome"] == NOT_EVALUATED and "gathered by an older version" in claim["detail"]
+
+
 def test_memorization_with_one_seed_is_inconclusive_and_with_one_level_not_evaluated():
     claim = judge_memorization(
         paths_study([TO_RED_SMALL], [TO_BLUE_LARGE]), CLAIMS_CFG["memorization"]
@@ -509,6 +541,25 @@ def test_hidden_uses_the_eliciting_methods_the_study_holds():
     claim = judge_hidden(methods_study(times, ("naive", "overprompt")), CLAIMS_CFG["hidden"])
     assert claim["data"]["methods"] == ["overprompt"]
     assert claim["data"]["runs_earlier"] == 2  # d = 600, 0, 0, 200, 0, 0
+
+
+def test_hidden_times_each_method_among_its_valid_samples_above_the_floor():
+    # The eliciting methods draw the class in every valid sample, but only some samples
+    # hold an object: 60% (above the floor) leads as before, and on all samples (invalid
+    # ones 0, accuracy <= 0.6) never reaches the threshold; 20% (below it) never leads.
+    def with_eliciting_valid(fraction):
+        study = methods_study(LEADS)
+        eliciting = {"method": ["overprompt", "intervention"], "prompt": "11"}
+        study["valid_fraction"].loc[eliciting] = study["valid_fraction"].loc[eliciting] * fraction
+        return scored(study)
+
+    claim = judge_hidden(with_eliciting_valid(0.6), CLAIMS_CFG["hidden"])
+    assert claim["outcome"] == PASS and claim["data"]["runs_earlier"] == 5
+    data = claim["data"]  # on all samples naive is first wherever it learns
+    assert (data["runs_earlier_all_samples"], data["runs_later_all_samples"]) == (0, 5)
+    assert "timed on all samples (invalid ones 0): 0 earlier, 5 later" in claim["detail"]
+    claim = judge_hidden(with_eliciting_valid(0.2), CLAIMS_CFG["hidden"])
+    assert claim["outcome"] == FAIL and claim["data"]["runs_earlier"] == 0
 
 
 def test_hidden_is_not_evaluated_without_an_eliciting_method():

@@ -194,7 +194,12 @@ def contract_study(methods=tuple(METHOD_KINDS), seeds=(0, 1), levels=LEVELS, thr
         },
     )
     study["accuracy"] = study["concept_prob"].prod("concept", skipna=False)
-    times = learning_time(study["accuracy"].sel(prompt="11"), threshold)
+    # every sample valid: the accuracy among the valid samples is the accuracy
+    study["valid_fraction"] = (
+        study["accuracy"].notnull().astype(float).where(study["accuracy"].notnull())
+    )
+    study["accuracy_among_valid"] = study["accuracy"].assign_attrs(min_valid_fraction=0.25)
+    times = learning_time(study["accuracy_among_valid"].sel(prompt="11"), threshold)
     study["learning_time"] = times.transpose("seed", "color_gap", "size_gap", "method")
     study["learning_speed"] = 1.0 / study["learning_time"]
     study.attrs["config"] = json.dumps({"evaluation": {"threshold": threshold}})

@@ -17,6 +17,7 @@ from conceptspace.claims import evaluate_claims
 from conceptspace.config import load_config
 from conceptspace.netcdf import open_study, save_dataset_nc
 from conceptspace.trajectories import (
+    accuracy_among_valid,
     concept_accuracy_among_valid,
     gather_run,
     gather_study,
@@ -380,6 +381,26 @@ def test_a_concept_is_scored_among_the_valid_samples_above_a_floor():
     assert concept_accuracy_among_valid(unsampled, 0.25).isnull().all()
 
 
+def test_the_class_is_scored_among_the_valid_samples_above_a_floor():
+    # As the concepts above, for the joint score that learning_time reads: the valid
+    # samples are the first k of eight, each the target class with probability 0.9 x 0.9.
+    target = xr.DataArray(np.full((2, 8), 0.9), dims=("concept", "sample"))
+    scores = []
+    for k in (0, 1, 2, 6, 8):
+        valid = xr.DataArray([1.0] * k + [0.0] * (8 - k), dims="sample")
+        summaries = summarise_samples(target, valid)
+        scores.append(float(accuracy_among_valid(summaries, 0.25)))
+        assert float(summaries["accuracy"]) == pytest.approx(0.81 * k / 8)  # all samples
+    np.testing.assert_allclose(scores, [0, 0, 0.81, 0.81, 0.81])
+    # negative control: valid samples of the wrong class lower it as on all samples
+    wrong = target.copy()
+    wrong[0, :3] = 0.1  # three of six valid samples red
+    half = summarise_samples(wrong, xr.DataArray([1.0] * 6 + [0.0] * 2, dims="sample"))
+    assert float(accuracy_among_valid(half, 0.25)) == pytest.approx((3 * 0.09 + 3 * 0.81) / 6)
+    unsampled = summarise_samples(target * np.nan, xr.DataArray([np.nan] * 8, dims="sample"))
+    assert accuracy_among_valid(unsampled, 0.25).isnull().all()
+
+
 def test_gather_run_best_of_is_the_best_variant_at_each_step(tmp_path):
     run = gather_run(write_run(tmp_path, 0, 0.3, 0.4, crossing_index=3))
     assert list(run["method_kind"].values) == [
@@ -510,18 +531,30 @@ def test_gather_study_builds_the_outer_grid(study_runs, tmp_path):
     assert study["learning_time_authors"].dims == grid + ("method", "concept")
     assert study["learning_time_concept"].dims == grid + ("method", "concept")
     assert study["learning_speed"].attrs["units"] == "1/optimizer steps"
+    # learning_time is read on the class accuracy among the valid samples, kept beside
+    # accuracy; the time on all samples is kept too (every sample of these runs valid:
+    # the same times)
+    timed = study["accuracy_among_valid"]
+    assert timed.dims == study["accuracy"].dims and timed.attrs["units"] == "1"
+    np.testing.assert_allclose(
+        timed.values, (study["accuracy"] / study["valid_fraction"]).values, equal_nan=True
+    )
+    np.testing.assert_equal(
+        study["learning_time_all_samples"].values, study["learning_time"].values
+    )
 
 
 def test_the_frame_off_study_has_the_summaries_and_learning_times_without_the_rule(
     study_runs, tmp_path
 ):
     """gather_study keeps each summary's frame-off twin; frame_off_study swaps them in and
-    computes the learning times again. Half of every sample refused by the frame rule
-    keeps the naive accuracy at 0.5, below the threshold; without the rule each run learns
-    at its crossing. A study of older evaluations (study_runs) has no frame-off study."""
+    computes the learning times again. Every sample refused by the frame rule leaves no
+    valid sample, so the naive class is never learned (below the valid floor); without
+    the rule each run learns at its crossing. A study of older evaluations (study_runs)
+    has no frame-off study."""
     crossings = {(0, 0.3, 0.4): 2, (1, 0.3, 0.4): 3}
     paths = [
-        write_trajectory(tmp_path, *run, crossing, frame_refused=2)
+        write_trajectory(tmp_path, *run, crossing, frame_refused=4)
         for run, crossing in crossings.items()
     ]
     study = gather_study(paths, CONFIG, EVALUATION)

@@ -31,10 +31,12 @@ Conventions shared by the claims:
   accuracy under naive prompting has a value at some checkpoint (the study's grid holds
   NaN where a sweep did not run a level).
 - A learning time T is the study's ``learning_time`` (joint: the unseen class 11's
-  accuracy) or ``learning_time_concept`` (one concept's accuracy among the valid
-  samples): the first checkpoint at which it, Gaussian-smoothed over checkpoints with
-  ``evaluation.sigma``, reaches ``evaluation.threshold``; NaN if never. Claims that
-  compare accuracies at checkpoints (4) smooth them alike.
+  accuracy among the valid samples, ``accuracy_among_valid``) or
+  ``learning_time_concept`` (one concept's accuracy among the valid samples): the first
+  checkpoint at which it, Gaussian-smoothed over checkpoints with ``evaluation.sigma``,
+  reaches ``evaluation.threshold``; NaN if never. Claims that compare accuracies at
+  checkpoints (4) read the same accuracy, smoothed alike. Claim 3 also reports, not
+  judged, its counts with the joint time on all samples (``learning_time_all_samples``).
 - Intervals: a seeded (``claims.seed``), stratified percentile bootstrap
   (``conceptspace.statistics.bootstrap_interval``, ``claims.bootstrap_resamples``
   resamples): the runs of each level (color gap, signal level or masking ratio) are
@@ -70,8 +72,10 @@ The claims (Park et al., section 4 and Figs. 3-6):
    Beside it, not judged: rho with color timed on all samples (an invalid one scoring
    0, ``concept_accuracy``), so a reader sees what the validity of the samples does.
 2. Memorization first: per seed, at the weakest and the strongest color gap of that
-   sweep, that seed's naive path of the unseen class (``concept_prob``) before its
-   accuracy reaches the threshold, and the path's nearest approach to a training class
+   sweep, that seed's naive path of the unseen class before its accuracy reaches the
+   threshold (``trajectories.concept_point``: its concepts among the valid samples, no
+   point where fewer than ``evaluation.min_valid_fraction`` of them are valid, the
+   floor of claim 1's concept times), and the path's nearest approach to a training class
    (``analysis.memorization_turn``). The margin there is the distance to the
    corner the claim does not expect minus the distance to the one it expects (weak gap:
    01 red small at (0, 1); strong gap: 10 blue large at (1, 0)), so positive means nearer
@@ -120,7 +124,12 @@ from conceptspace.statistics import bootstrap_interval, spearman
 from conceptspace.studies import sweep
 from conceptspace.netcdf import open_netcdf, open_study
 from conceptspace.runs import SIGNAL_GRID
-from conceptspace.trajectories import frame_off_study, learning_time, smooth_accuracy
+from conceptspace.trajectories import (
+    concept_point,
+    frame_off_study,
+    learning_time,
+    smooth_accuracy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -517,9 +526,10 @@ def _speed_ranks(times: list[np.ndarray]) -> list[np.ndarray]:
 
 def _seed_margin(run: xr.Dataset, expected: str) -> dict[str, Any]:
     """Claim 2 for one seed's naive run of the unseen class: its path before it reaches
-    the threshold, the nearest approach to a training class and the margin there."""
+    the threshold (``concept_point``: no point where too few samples are valid), the
+    nearest approach to a training class and the margin there."""
     reached_at = float(run["learning_time"])
-    path = run["concept_prob"]
+    path = run["concept_point"]
     if np.isfinite(reached_at):
         path = path.isel(step=np.flatnonzero(path["step"].values < reached_at))
     turn_step, pulled_to = memorization_turn(path)
@@ -544,6 +554,9 @@ def judge_memorization(
     result = _judge("memorization", cfg, resampling)
     if _missing_methods(study, ["naive"]):
         return result(NOT_EVALUATED, "the study holds no naive prompting")
+    if "accuracy_among_valid" not in study:
+        return result(NOT_EVALUATED, _older_study("accuracy_among_valid (the valid floor)"))
+    study = study.assign(concept_point=concept_point(study))
     sweep_name, size_gap, levels = _sweep_levels(study)
     if len(levels) < 2:
         return result(
@@ -605,6 +618,14 @@ def _level_groups(per_run: xr.DataArray) -> list[np.ndarray]:
     ]
 
 
+def _elicited_earlier_by(
+    study: xr.Dataset, learning_time: xr.DataArray, methods: Sequence[str]
+) -> xr.DataArray:
+    """Per run: d = T(naive) - min over ``methods`` of T, censored past the last step."""
+    times = _per_run(study, _censored_past_last(learning_time, study["step"].values))
+    return times.sel({"method": "naive"}) - times.sel({"method": list(methods)}).min("method")
+
+
 def judge_hidden(
     study: xr.Dataset, cfg: Mapping[str, Any], resampling: Resampling = Resampling()
 ) -> dict[str, Any]:
@@ -617,11 +638,10 @@ def judge_hidden(
             "the study holds no latent intervention or overprompting (switch on "
             "evaluation.methods.intervention.alphas or overprompt.colors)",
         )
-    times = _per_run(study, _censored_past_last(study["learning_time"], study["step"].values))
     never = float(np.max(study["step"].values)) + 1.0
+    times = _per_run(study, _censored_past_last(study["learning_time"], study["step"].values))
     times = times.sel({"method": ["naive", *methods]})
-    elicited = times.sel({"method": methods}).min("method")
-    difference = times.sel({"method": "naive"}) - elicited
+    difference = _elicited_earlier_by(study, study["learning_time"], methods)
     if not difference.sizes["run"]:
         return result(NOT_EVALUATED, "the study holds no runs")
     groups = _level_groups(difference)
@@ -642,6 +662,14 @@ def judge_hidden(
     )
     data = {"methods": methods, "runs": len(d), "runs_earlier": int(np.sum(d > 0))}
     data |= {"runs_later": int(np.sum(d < 0)), "fraction_earlier": fraction}
+    if "learning_time_all_samples" in study:
+        on_all = _elicited_earlier_by(study, study["learning_time_all_samples"], methods)
+        data |= {"runs_earlier_all_samples": int(np.sum(on_all > 0))}
+        data |= {"runs_later_all_samples": int(np.sum(on_all < 0))}
+        detail += (
+            f"; timed on all samples (invalid ones 0): {data['runs_earlier_all_samples']} "
+            f"earlier, {data['runs_later_all_samples']} later"
+        )
     few = _one_seed(groups, SIGNAL_SEEDS_KEY)
     if few:
         return result(INCONCLUSIVE, f"{few}; {detail}", value, p_value=p_value, data=data)
@@ -675,7 +703,9 @@ def judge_patching(
     if len(steps) < 2:
         return result(NOT_EVALUATED, "the study has one checkpoint; none is before the last")
     threshold = threshold_of(study)
-    unseen = study["accuracy"].sel({"method": ["naive", PATCHED_METHOD], "prompt": UNSEEN_CLASS})
+    unseen = study["accuracy_among_valid"].sel(
+        {"method": ["naive", PATCHED_METHOD], "prompt": UNSEEN_CLASS}
+    )
     accuracy = _per_run(study, smooth_accuracy(unseen, sigma_of(study))).isel(step=slice(None, -1))
     # NaN compares False both ways: a missing value is neither failure nor success.
     naive, patched = accuracy.sel({"method": "naive"}), accuracy.sel({"method": PATCHED_METHOD})

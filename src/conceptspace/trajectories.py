@@ -42,17 +42,20 @@ Learning time (Sec. 3, Fig. 3):
   (checkpoint indices; 0 = as measured), reaches ``evaluation.threshold`` (0.8); NaN if
   it never does. The paper reads T off its plotted accuracies, which are smoothed;
   smoothing also keeps one checkpoint's sampling noise (32 samples: a standard error up
-  to 0.09) from faking a crossing. ``learning_time`` is the joint time (accuracy);
+  to 0.09) from faking a crossing. ``learning_time`` is the joint time (the class);
   ``learning_time_concept`` the time of each concept, the one the paper's learning-speed
   figure reads (color against the color gap, size against the size gap): at a large
-  color gap the joint time is bounded by the size's. A concept's time is read on its
-  accuracy *among the valid samples* (:func:`concept_accuracy_among_valid`): whether the
-  model draws the target color when it draws an object at all. The paper's probe reads
-  the color of every generation and has no verdict; scoring an invalid sample 0 (as
-  ``concept_accuracy`` does) would time when the model draws single whole objects, a
-  separate competence, as well as the concept. A checkpoint where fewer than
+  color gap the joint time is bounded by the size's. Both are read on accuracies *among
+  the valid samples* (:func:`accuracy_among_valid`, :func:`concept_accuracy_among_valid`):
+  whether the model draws the target class or concept when it draws an object at all.
+  The paper's probe reads every generation and has no verdict; scoring an invalid
+  sample 0 (as ``accuracy`` and ``concept_accuracy`` do) would time when the model draws
+  single whole objects, a separate competence, as well as the concept, and caps the
+  accuracy at the valid fraction (0.5-0.97 at the cpu preset's last checkpoints), below
+  the threshold in many runs. A checkpoint where fewer than
   ``evaluation.min_valid_fraction`` of the samples are valid scores 0 there, so that two
-  lucky objects out of 32 do not time a concept.
+  lucky objects out of 32 do not time a concept. ``learning_time_all_samples`` keeps the
+  joint time on all samples, for comparison.
 - :func:`learning_time_authors` [the authors' analysis code, a variant]: per concept, the
   hard accuracy over all samples, smoothed in reflect mode (``evaluation.authors.sigma``
   1.5), strictly above 0.9 at three checkpoints in a row, T the middle one; a run that
@@ -493,11 +496,12 @@ def gather_study(
     Keeps the run's ``netcdf.SUMMARIES`` (no sample dim), and their frame-off twins where
     every run has them (:func:`frame_off_study` swaps them in); NaN where a grid point was
     not run or a method does not prompt a class. Adds the unseen class's learning times
-    for every method: ``learning_time`` (grid..., method), the first step with accuracy
-    (smoothed over checkpoints with ``evaluation_cfg['sigma']``) >=
-    ``evaluation_cfg['threshold']``; ``learning_time_concept`` (..., method, concept), the
-    same on each concept's accuracy among the valid samples
-    (:func:`concept_accuracy_among_valid`); ``learning_time_authors`` (..., method,
+    for every method: ``learning_time`` (grid..., method), the first step with the class
+    accuracy among the valid samples (``accuracy_among_valid``, kept for every class;
+    smoothed over checkpoints with ``evaluation_cfg['sigma']``) >=
+    ``evaluation_cfg['threshold']``; ``learning_time_all_samples``, the same on
+    ``accuracy``; ``learning_time_concept`` (..., method, concept), the same on each
+    concept's accuracy among the valid samples (:func:`concept_accuracy_among_valid`); ``learning_time_authors`` (..., method,
     concept), the authors' variant (``evaluation_cfg['authors']``); and
     ``learning_speed`` = 1 / learning_time. A layout with several unseen classes adds a
     dim ``unseen`` after method. Run coordinates not on the grid must be the same for
@@ -678,8 +682,9 @@ def _grid_run(path: Path, ds: xr.Dataset, grid: tuple[str, ...]) -> dict[str, fl
 def _learning_times(
     study: xr.Dataset, layout: Layout, evaluation_cfg: Mapping[str, Any], grid: tuple[str, ...]
 ) -> dict[str, xr.DataArray]:
-    """The unseen class's learning times for every method, and the speed: joint,
-    per concept, the authors' variant (see the module docstring)."""
+    """The unseen class's learning times for every method, and the speed: joint (among
+    the valid samples, and on all of them), per concept, the authors' variant (see the
+    module docstring); with the accuracy the joint time is read on, every class's."""
     unseen_classes = list(layout.unseen_classes)
     threshold = float(evaluation_cfg["threshold"])
     sigma = float(evaluation_cfg["sigma"])
@@ -691,25 +696,46 @@ def _learning_times(
         extra = ("unseen",)
     named = "/".join(unseen_classes)
     smoothing = f", Gaussian-smoothed over checkpoints (sigma {sigma:g}), is" if sigma else ""
-    times = learning_time(unseen["accuracy"], threshold, sigma)
-    times.attrs["long_name"] = (
-        f"learning time: first step at which the unseen class {named}'s accuracy{smoothing}"
-        f" >= {threshold} (NaN: never reached, or not run)"
-    )
     if "min_valid_fraction" not in evaluation_cfg:
         raise ConceptspaceError(
             "the study was gathered by an older version (its evaluation settings lack "
-            "min_valid_fraction, which a concept's learning time needs): delete its study.nc "
+            "min_valid_fraction, which the learning times need): delete its study.nc "
             "and rerun `snakemake` (rule gather_study)"
         )
     min_valid = float(evaluation_cfg["min_valid_fraction"])
-    concept_times = learning_time(concept_accuracy_among_valid(unseen, min_valid), threshold, sigma)
-    concept_times.attrs["long_name"] = (
-        f"learning time of each concept: first step at which the unseen class {named}'s "
-        f"accuracy on that concept among its valid samples (0 where fewer than {min_valid:g} "
-        f"of them are valid){smoothing} >= {threshold} (NaN: never reached, or not run)"
+    timed_accuracy = accuracy_among_valid(study, min_valid).transpose(*study["accuracy"].dims)
+    timed_accuracy.attrs = {
+        "units": "1",
+        "long_name": "class accuracy among the valid samples (mean over them of the product "
+        f"over concepts of the probability of the target value; 0 where fewer than "
+        f"{min_valid:g} of the samples are valid): what learning_time is read on",
+        "min_valid_fraction": min_valid,
+    }
+    floor = f"(0 where fewer than {min_valid:g} of them are valid)"
+
+    def timed_on(accuracy: xr.DataArray, reads: str) -> xr.DataArray:
+        times = learning_time(accuracy, threshold, sigma)
+        times.attrs["long_name"] = (
+            f"{reads}{smoothing} >= {threshold} (NaN: never reached, or not run)"
+        )
+        times.attrs["min_valid_fraction"] = min_valid
+        return times
+
+    times = timed_on(
+        accuracy_among_valid(unseen, min_valid),
+        f"learning time: first step at which the unseen class {named}'s accuracy among its "
+        f"valid samples {floor}",
     )
-    concept_times.attrs["min_valid_fraction"] = min_valid
+    all_samples_times = timed_on(
+        unseen["accuracy"],
+        f"learning time on all samples: first step at which the unseen class {named}'s "
+        "accuracy (an invalid sample scoring 0)",
+    )
+    concept_times = timed_on(
+        concept_accuracy_among_valid(unseen, min_valid),
+        f"learning time of each concept: first step at which the unseen class {named}'s "
+        f"accuracy on that concept among its valid samples {floor}",
+    )
     authors_cfg = evaluation_cfg["authors"]
     authors_times = learning_time_authors(
         unseen["hard_concept_accuracy"],
@@ -727,24 +753,57 @@ def _learning_times(
         "threshold": threshold,
     }
     return {
+        "accuracy_among_valid": timed_accuracy,
         "learning_time": times.transpose(*grid, "method", *extra),
+        "learning_time_all_samples": all_samples_times.transpose(*grid, "method", *extra),
         "learning_time_concept": concept_times.transpose(*grid, "method", *extra, "concept"),
         "learning_time_authors": authors_times.transpose(*grid, "method", *extra, "concept"),
         "learning_speed": speed.transpose(*grid, "method", *extra),
     }
 
 
+def _among_valid(
+    mean_over_valid: xr.DataArray, valid_fraction: xr.DataArray, min_valid_fraction: float
+) -> xr.DataArray:
+    """``mean_over_valid`` where at least ``min_valid_fraction`` of the samples are valid, 0
+    where fewer are (no object drawn is no concept shown), NaN where nothing was sampled
+    (not run, or a method that does not prompt the class)."""
+    enough = valid_fraction >= min_valid_fraction
+    return xr.where(enough, mean_over_valid, 0.0).where(valid_fraction.notnull())
+
+
 def concept_accuracy_among_valid(
     summaries: xr.Dataset | Mapping[str, xr.DataArray], min_valid_fraction: float
 ) -> xr.DataArray:
-    """Each concept's accuracy over the valid samples (``concept_prob``) where at least
-    ``min_valid_fraction`` of the samples are valid, 0 where fewer are (no object drawn is
-    no concept shown), NaN where nothing was sampled (not run, or a method that does not
-    prompt the class)."""
+    """Each concept's accuracy over the valid samples (``concept_prob``), floored as
+    :func:`_among_valid`: what ``learning_time_concept`` is read on."""
     valid_fraction = summaries["valid_fraction"]
-    enough = valid_fraction >= min_valid_fraction
-    among_valid = xr.where(enough, summaries["concept_prob"], 0.0)
-    return among_valid.where(valid_fraction.notnull())
+    return _among_valid(summaries["concept_prob"], valid_fraction, min_valid_fraction)
+
+
+def accuracy_among_valid(
+    summaries: xr.Dataset | Mapping[str, xr.DataArray], min_valid_fraction: float
+) -> xr.DataArray:
+    """The class accuracy over the valid samples, floored as :func:`_among_valid`: what
+    ``learning_time`` is read on. ``accuracy`` scores an invalid sample 0 and averages over
+    all samples, so its mean over the valid ones is accuracy / valid_fraction."""
+    valid_fraction = summaries["valid_fraction"]
+    over_valid = summaries["accuracy"] / valid_fraction.where(valid_fraction > 0)
+    return _among_valid(over_valid, valid_fraction, min_valid_fraction)
+
+
+def concept_point(study: xr.Dataset) -> xr.DataArray:
+    """Where the generations lie in concept space: ``concept_prob`` (the mean over the valid
+    samples) where at least the study's ``min_valid_fraction`` of the samples are valid,
+    NaN where fewer are. The floor is the concept learning time's: a point read from one
+    or two objects out of 32 is no position (claim 2's path, the concept-space figures)."""
+    if "accuracy_among_valid" not in study:
+        raise ConceptspaceError(
+            "the study was gathered by an older version (it lacks accuracy_among_valid and "
+            "its valid floor): delete its study.nc and rerun `snakemake` (rule gather_study)"
+        )
+    min_valid = float(study["accuracy_among_valid"].attrs["min_valid_fraction"])
+    return study["concept_prob"].where(study["valid_fraction"] >= min_valid)
 
 
 def _study_attrs(

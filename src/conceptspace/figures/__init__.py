@@ -264,7 +264,7 @@ def accuracy_axes(ax: Axes, title: str, threshold: float, sigma: float = 0.0) ->
         note = f"lines: Gaussian-smoothed over checkpoints (sigma {sigma:g}); dots: as measured"
         ax.plot([], [], " ", label=note)
     ax.set_xlabel(STEP_LABEL)
-    ax.set_ylabel("accuracy: mean of valid \u00d7 P(color) \u00d7 P(size) of the target")
+    ax.set_ylabel("accuracy: mean over valid samples of P(color) \u00d7 P(size) of the target")
     ax.set_ylim(-0.03, 1.03)
     ax.axhline(threshold, color="0.4", ls=":", lw=1.0, label=f"threshold {threshold:g}")
     ax.grid(alpha=0.3)
@@ -286,7 +286,7 @@ def plot_accuracy_levels(
     the training classes, dotted. Levels without runs are drawn empty with a note.
     Shared by the hidden-capability and the patching figures; writes ``out_pdf`` and
     its PNG."""
-    require(study, ("accuracy", "learning_time"), figure_name)
+    require(study, ("accuracy_among_valid", "learning_time"), figure_name)
     require_methods(study, methods, figure_name)
     if not levels:
         raise ConceptspaceError(f"{figure_name} needs signal levels; list them in figures.levels")
@@ -308,7 +308,7 @@ def plot_accuracy_levels(
         n_seeds.append(level.sizes["seed"])
         for index, method in enumerate(methods):
             color = METHOD_COLORS.get(kinds.get(method, method), f"C{index + 4}")
-            accuracy = level["accuracy"].sel({"method": method})
+            accuracy = level["accuracy_among_valid"].sel({"method": method})
             draw_accuracy(
                 ax,
                 accuracy.sel(prompt=UNSEEN_CLASS),

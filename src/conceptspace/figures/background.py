@@ -93,7 +93,7 @@ def plot_background(
 ):
     """Draw fig_background from the background study dataset (dims seed, step, method,
     prompt, concept; ``trajectories.gather_study`` with grid seed). Writes PDF and PNG."""
-    require(study, ("concept_prob", "accuracy", "learning_time"), "fig_background")
+    require(study, ("concept_prob", "accuracy_among_valid", "learning_time"), "fig_background")
     require_methods(study, [NAIVE], "fig_background")
     prompts = [str(p) for p in study["prompt"].values]
     concepts = [str(c) for c in study["concept"].values]
@@ -118,10 +118,10 @@ def plot_background(
 
     ax = axes[3]
     accuracy_axes(ax, "unseen classes, naive prompting", threshold, sigma)
-    ax.set_ylabel("accuracy: product of the 3 target probabilities")
+    ax.set_ylabel("accuracy among valid samples: product of the 3 target probabilities")
     times = naive["learning_time"]
     for color, unseen in zip(UNSEEN_COLORS, LAYOUT.unseen_classes):
-        accuracy = naive["accuracy"].sel(prompt=unseen)
+        accuracy = naive["accuracy_among_valid"].sel(prompt=unseen)
         learning = times.sel(unseen=unseen) if "unseen" in times.dims else times
         label = f"{unseen} {LAYOUT.label(unseen)}"
         draw_accuracy(

@@ -49,7 +49,7 @@ def plot_celeba(
 ):
     """Draw fig_celeba from the CelebA study dataset (dims seed, step, method, prompt,
     concept = the two attributes). Writes PDF and PNG."""
-    require(study, ("concept_prob", "accuracy", "learning_time"), "fig_celeba")
+    require(study, ("concept_prob", "accuracy_among_valid", "learning_time"), "fig_celeba")
     require_methods(study, [NAIVE], "fig_celeba")
     layout = layout_from_attrs(study.attrs)
     if not layout.one_hot:
@@ -115,7 +115,7 @@ def plot_celeba(
         selected = study.sel({"method": method})
         draw_accuracy(
             curves,
-            selected["accuracy"].sel(prompt=unseen),
+            selected["accuracy_among_valid"].sel(prompt=unseen),
             METHOD_COLORS[kind],
             method_label(method),
             learning_times=selected["learning_time"].values,

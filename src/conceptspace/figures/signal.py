@@ -13,7 +13,8 @@
     seeds' speeds. A sweep with one level has no line: its mean is a point and the
     panel says "one level".
 (c) Concept-space trajectories of the unseen class (x = P(color = blue), y =
-    P(size = small), over its valid samples), mean over seeds, one line per color gap at
+    P(size = small), over its valid samples; no point where fewer than
+    ``evaluation.min_valid_fraction`` are valid), mean over seeds, one line per color gap at
     the color sweep's size gap, colored by the color gap; hollow circle = first
     checkpoint, filled = last.
 
@@ -47,6 +48,7 @@ from conceptspace.figures import (
 )
 from conceptspace.io import ConceptspaceError
 from conceptspace.runs import same_gap
+from conceptspace.trajectories import concept_point
 
 # Speeds are plotted per 1000 steps: 1/8000 steps reads as 0.125.
 SPEED_SCALE = 1000.0
@@ -77,6 +79,7 @@ def plot_signal(
             f"the study dataset lacks {', '.join(missing)}; rebuild it with `snakemake` "
             "(rule gather_study)"
         )
+    study = study.assign(concept_point=concept_point(study))
     if "method" in study.dims:  # this figure is about naive prompting
         study = study.sel({"method": "naive"})
     threshold = study["learning_time"].attrs.get("threshold")
@@ -220,7 +223,7 @@ def _trajectory_panel(ax: Axes, figure, study: xr.Dataset, size_gap: float) -> N
     if index is None or not {"color", "size"} <= set(concepts):
         note(ax, f"no runs at \u0394s = {size_gap:g}")
         return
-    unseen = study["concept_prob"].isel(size_gap=index).sel(prompt=UNSEEN_CLASS)
+    unseen = study["concept_point"].isel(size_gap=index).sel(prompt=UNSEEN_CLASS)
     mean = unseen.mean("seed", skipna=True)  # (color_gap, step, concept); NaN if not run
     color_gaps = [
         float(gap) for gap in mean["color_gap"].values if mean.sel(color_gap=gap).notnull().any()

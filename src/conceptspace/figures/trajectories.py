@@ -6,8 +6,10 @@ seeds, in one frame for all prompts: x = P(color = blue), y = P(size = small), s
 class's own images score at its corner (00 red large at (0, 0), 01 red small at (0, 1),
 10 blue large at (1, 0), 11 blue small at (1, 1)). The study stores the probability of
 each prompt's target value; the probe is binary per concept, so for a red or large
-target the blue or small probability is 1 minus it. Points are colored by training
-step; faint lines are the single seeds of class 11.
+target the blue or small probability is 1 minus it. A checkpoint where fewer than the
+study's ``evaluation.min_valid_fraction`` of a prompt's samples hold one object has no
+point (``trajectories.concept_point``). Points are colored by training step; faint
+lines are the single seeds of class 11.
 
 Two events are marked, each defined from the data (``conceptspace.analysis``, which
 claim 2 reads too):
@@ -61,6 +63,7 @@ from conceptspace.figures import (
     seeds_count,
 )
 from conceptspace.io import ConceptspaceError
+from conceptspace.trajectories import concept_point
 
 MARKERS = {"00": "s", "01": "^", "10": "v", "11": "o"}
 FIGURE = "fig_trajectories"
@@ -74,12 +77,12 @@ def plot_trajectories(
 ) -> tuple[Path, Path]:
     """Draw the trajectories figure, one panel per (color gap, size gap) in ``levels``;
     write ``out_pdf`` and its PNG. Levels without runs are drawn empty with a note."""
-    require(study, ("concept_prob", "accuracy", "learning_time"), FIGURE)
+    require(study, ("concept_prob", "accuracy_among_valid", "learning_time"), FIGURE)
     require_methods(study, ["naive"], FIGURE)
     if not levels:
         raise ConceptspaceError(f"{FIGURE} needs signal levels; list them in figures.levels")
     threshold = threshold_of(study)
-    naive = study.sel({"method": "naive"})
+    naive = study.assign(concept_point=concept_point(study)).sel({"method": "naive"})
     steps = study["step"].values
     norm, cmap = Normalize(float(steps.min()), float(steps.max())), colormaps["viridis"]
 
@@ -108,7 +111,7 @@ def plot_trajectories(
 
 
 def _level_panel(ax: Axes, level: xr.Dataset, threshold: float, sigma: float, norm, cmap) -> None:
-    points = blue_small(level["concept_prob"])
+    points = blue_small(level["concept_point"])
     mean = points.mean("seed", skipna=True)  # (step, prompt, concept)
     for seed_path in points.sel(prompt=UNSEEN_CLASS).transpose("seed", "step", "concept"):
         ax.plot(seed_path.sel(concept="color"), seed_path.sel(concept="size"), color="0.7", lw=0.6)
@@ -151,7 +154,9 @@ def _level_panel(ax: Axes, level: xr.Dataset, threshold: float, sigma: float, no
     else:
         handles.append(Line2D([], [], ls="", label="no memorization seen (no turn)"))
 
-    converged = convergence_step(level["accuracy"].mean("seed", skipna=True), threshold, sigma)
+    converged = convergence_step(
+        level["accuracy_among_valid"].mean("seed", skipna=True), threshold, sigma
+    )
     if np.isfinite(converged):
         _ring(ax, mean.sel(step=int(converged)), "D", 120, "C1")
         label = f"training classes all \u2265 {threshold:g}: step {converged:.0f}"

@@ -51,7 +51,7 @@ def plot_underspec(
     """Draw fig_underspec from the underspecification study dataset (dims seed,
     mask_ratio, ...) and the samples files of one seed's runs (one per ratio, any
     order; their ``mask_ratio`` attribute places them). Writes PDF and PNG."""
-    require(study, ("learning_time", "accuracy"), "fig_underspec")
+    require(study, ("learning_time", "accuracy_among_valid"), "fig_underspec")
     if "mask_ratio" not in study.dims or NAIVE not in study["method"].values:
         raise ConceptspaceError(
             "fig_underspec needs the underspecification study (dims seed, mask_ratio) with "
@@ -92,7 +92,7 @@ def plot_underspec(
     ax_time.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # off the data
 
     # (b) accuracy against step, one line per ratio
-    accuracy = study["accuracy"].sel({"method": NAIVE, "prompt": UNSEEN})
+    accuracy = study["accuracy_among_valid"].sel({"method": NAIVE, "prompt": UNSEEN})
     for ratio, color in zip(ratios, colors):
         draw_accuracy(
             ax_accuracy,
@@ -106,7 +106,7 @@ def plot_underspec(
     accuracy_axes(
         ax_accuracy, f"(b) naive prompting of {COLOR_SHAPE.label(UNSEEN)}", threshold, sigma
     )
-    ax_accuracy.set_ylabel("accuracy: mean of valid \u00d7 P(blue) \u00d7 P(triangle)")
+    ax_accuracy.set_ylabel("accuracy: mean over valid samples of P(blue) \u00d7 P(triangle)")
     ax_accuracy.set_xlabel(STEP_LABEL)
     ax_accuracy.legend(fontsize=7, loc="upper left")
 
