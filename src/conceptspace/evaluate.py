@@ -54,7 +54,8 @@ from conceptspace.io import (
     provenance,
     remove_stale_temporaries,
 )
-from conceptspace.methods import Method, build_methods, method_problems
+from conceptspace.config_checks import method_problems
+from conceptspace.methods import Method, build_methods
 from conceptspace.netcdf import (
     COORD_ATTRS,
     P_TARGET_ATTRS,
