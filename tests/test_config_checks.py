@@ -10,7 +10,9 @@ import yaml
 
 from conceptspace import config_checks
 from conceptspace.config import ConfigError, load_config, validate_config
+from conceptspace.io import ConceptspaceError
 from conceptspace.runs import checkpoint_steps
+from conceptspace.studies import FIGURE_INPUTS
 from conftest import REPO, SCHEMA
 
 
@@ -71,8 +73,12 @@ BAD = [
      "'studies.underspecification.mask_ratios.1': 0.2501 has more than 3 decimals"),
     ("signal_problems", {"studies.signal.sweeps.1.name": "color_gap"},
      "'studies.signal.sweeps': the name 'color_gap' is used twice"),
-    ("signal_problems", {"figures.signal.size_sweep": "sizes"},
-     "'figures.signal.size_sweep': no sweep is named 'sizes'"),
+    ("figure_sweep_problems", {"figures.signal.size_sweep": "sizes"},
+     "'figures.signal.size_sweep': no sweep is named 'sizes'; sweeps are: color_gap, size_gap, "
+     "grid"),
+    ("figure_sweep_problems", {"figures.signal.color_sweep": "grid"},
+     "'figures.signal.color_sweep': sweep 'grid' has size_gap [0.2, 0.3, 0.4], and "
+     "fig_signal plots it at one size_gap; name a sweep that holds size_gap fixed"),
     ("sample_sheet_problems", {"figures.sample_sheet.seed": 7},
      "'figures.sample_sheet.seed': 7 is not a seed of the study at that level"),
     ("sample_sheet_problems", {"figures.sample_sheet.steps": [501]},
@@ -146,3 +152,16 @@ def test_a_donor_of_an_overlay_alone_is_accepted_when_only_that_study_is_on(pape
     validate_config(config, SCHEMA)
     config["studies"]["underspecification"] = paper["studies"]["underspecification"]
     assert "40000 is not a checkpoint step" in problems(config)  # it trains on `training`
+
+
+def test_a_figure_repeats_the_checks_of_its_settings(paper):
+    """`conceptspace figure` may be given --settings by hand, past the config check."""
+    bad = changed(paper, {"figures.signal.color_sweep": "grid", "figures.levels.0.size_gap": 0.5})
+    with pytest.raises(ConceptspaceError, match="sweep 'grid' has size_gap"):
+        FIGURE_INPUTS["sweeps"].build(bad, None)
+    with pytest.raises(ConceptspaceError, match="'figures.levels.0': .* is not a signal level"):
+        FIGURE_INPUTS["levels"].build(bad, None)
+    assert FIGURE_INPUTS["sweeps"].build(paper, None) == {
+        "color_sweep_size_gap": 0.4,
+        "size_sweep_color_gap": 0.4,
+    }

@@ -312,12 +312,31 @@ def signal_problems(config: dict, study) -> Iterable[str]:
     runs = [(run.color_gap, run.size_gap, run.seed) for run in study.runs(config)]
     yield from sample_sheet_problems(config["figures"]["sample_sheet"], runs, study.steps(config))
     yield from figure_level_problems(config["figures"]["levels"], study.levels(config))
-    for figure_key in ("color_sweep", "size_sweep"):
-        wanted = config["figures"]["signal"][figure_key]
+    yield from figure_sweep_problems(config["figures"]["signal"], section["sweeps"])
+
+
+# fig_signal's sweeps and the gap each holds fixed: it plots the color sweep against the
+# color gap at one size gap, and the size sweep against the size gap at one color gap.
+FIGURE_SWEEPS = (("color_sweep", "size_gap"), ("size_sweep", "color_gap"))
+
+
+def figure_sweep_problems(figure_cfg: Mapping[str, str], sweeps: list[dict]) -> Iterable[str]:
+    """``figures.signal`` must name sweeps of the study, each holding its other gap fixed."""
+    names = [sweep["name"] for sweep in sweeps]
+    for figure_key, fixed in FIGURE_SWEEPS:
+        wanted = figure_cfg[figure_key]
         if wanted not in names:
             yield (
                 f"config key 'figures.signal.{figure_key}': no sweep is named '{wanted}'; "
                 f"sweeps are: {', '.join(names)}"
+            )
+            continue
+        values = sweeps[names.index(wanted)][fixed]
+        if len(values) != 1:
+            yield (
+                f"config key 'figures.signal.{figure_key}': sweep '{wanted}' has {fixed} "
+                f"{values}, and fig_signal plots it at one {fixed}; name a sweep that holds "
+                f"{fixed} fixed (one value)"
             )
 
 

@@ -23,6 +23,7 @@ from conceptspace.config_checks import (
     background_problems,
     celeba_problems,
     figure_level_problems,
+    figure_sweep_problems,
     signal_problems,
     underspecification_problems,
 )
@@ -93,31 +94,29 @@ class FigureInput:
 def _levels_input(settings: dict, given: None) -> dict[str, Any]:
     """figures.levels, each of which must be a signal level of the study (the config
     check says so before planning; --settings may come from elsewhere)."""
-    levels = STUDIES["signal"].levels(settings)
-    problems = list(figure_level_problems(settings["figures"]["levels"], levels))
-    if problems:
-        raise ConceptspaceError("; ".join(problems))
+    _refuse(
+        figure_level_problems(settings["figures"]["levels"], STUDIES["signal"].levels(settings))
+    )
     chosen = settings["figures"]["levels"]
     return {"levels": [(float(level["color_gap"]), float(level["size_gap"])) for level in chosen]}
 
 
+def _refuse(problems: Iterable[str]) -> None:
+    """Stop a figure whose settings have these problems (each names the key and the fix)."""
+    problems = list(problems)
+    if problems:
+        raise ConceptspaceError("; ".join(problems))
+
+
 def _sweeps_input(settings: dict, given: None) -> dict[str, Any]:
-    """The fixed gap of each sweep that fig_signal plots along (figures.signal)."""
-    names = settings["figures"]["signal"]
+    """The fixed gap of each sweep that fig_signal plots along (figures.signal), which
+    the config check has checked (--settings may come from elsewhere)."""
+    figure_cfg = settings["figures"]["signal"]
+    _refuse(figure_sweep_problems(figure_cfg, STUDIES["signal"].section(settings)["sweeps"]))
     return {
-        "color_sweep_size_gap": _single(sweep(settings, names["color_sweep"]), "size_gap"),
-        "size_sweep_color_gap": _single(sweep(settings, names["size_sweep"]), "color_gap"),
+        "color_sweep_size_gap": float(sweep(settings, figure_cfg["color_sweep"])["size_gap"][0]),
+        "size_sweep_color_gap": float(sweep(settings, figure_cfg["size_sweep"])["color_gap"][0]),
     }
-
-
-def _single(sweep_cfg: dict, key: str) -> float:
-    values = sweep_cfg[key]
-    if len(values) != 1:
-        raise ConceptspaceError(
-            f"sweep '{sweep_cfg['name']}' must hold {key} fixed (one value) to be plotted "
-            f"against the other gap; it has {values}. Name another sweep in figures.signal."
-        )
-    return float(values[0])
 
 
 def _methods_input(settings: dict, given: list[str] | None) -> dict[str, Any]:
