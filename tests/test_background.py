@@ -7,7 +7,8 @@ import pytest
 import xarray as xr
 
 from conceptspace.concepts import COLOR_SIZE_BACKGROUND
-from conceptspace.config import ConfigError, checkpoint_steps, load_config, merge, validate_config
+from conceptspace.config import ConfigError, load_config, merge, validate_config
+from conceptspace.runs import checkpoint_steps
 from conceptspace.figures.background import value_one_probability
 from conceptspace.studies import STUDIES
 from conftest import REPO, SCHEMA, SMOKE, snakemake

@@ -3,14 +3,8 @@
 import pytest
 import yaml
 
-from conceptspace.config import (
-    ConfigError,
-    checkpoint_steps,
-    load_config,
-    merge,
-    validate_config,
-)
-from conceptspace.runs import MAX_BACKGROUND_GAP, MAX_COLOR_GAP, MAX_SIZE_GAP
+from conceptspace.config import ConfigError, load_config, merge, validate_config
+from conceptspace.runs import MAX_BACKGROUND_GAP, MAX_COLOR_GAP, MAX_SIZE_GAP, checkpoint_steps
 from conceptspace.studies import STUDIES
 from conftest import REPO, SCHEMA, SMOKE, planned_jobs, snakemake
 

@@ -435,9 +435,7 @@ def test_a_lost_donors_fix_done_literally_completes_the_run_with_the_same_result
     checkpoints = [checkpoint_path(run_dir, step) for step in (2, 4)]
 
     def evaluate_the_run():
-        out = run_dir / "trajectory.nc"
-        out.unlink(missing_ok=True)  # snakemake deletes a job's output before running it
-        evaluate_run(
+        evaluations = evaluate_run(
             checkpoints,
             probe,
             evaluation_cfg=EVALUATION,
@@ -445,11 +443,9 @@ def test_a_lost_donors_fix_done_literally_completes_the_run_with_the_same_result
             signal=SIGNAL,
             seed=SEED,
             eval_dir=run_dir / "eval",
-            out_path=out,
             device="cpu",
         )
-        with open_trajectory(out) as trajectory:
-            return trajectory["p_target"].values
+        return gather_run(evaluations)["p_target"].values
 
     expected = evaluate_the_run()
     donor = checkpoints[-1]
@@ -503,7 +499,7 @@ def test_evaluate_run_keeps_current_evaluations_and_redoes_stale_ones(trained, t
     run_dir = tmp_path / "run"
     shutil.copytree(checkpoint.parent.parent, run_dir)  # this test rewrites checkpoints
     checkpoints = [checkpoint_path(run_dir, step) for step in (2, 4)]
-    eval_dir, out = tmp_path / "eval", tmp_path / "trajectory.nc"
+    eval_dir = tmp_path / "eval"
 
     def run(evaluation=EVALUATION):
         options = dict(signal=SIGNAL, seed=SEED, min_accuracy=0.0, device="cpu", threads=1)
@@ -512,7 +508,6 @@ def test_evaluate_run_keeps_current_evaluations_and_redoes_stale_ones(trained, t
             probe,
             evaluation_cfg=evaluation,
             eval_dir=eval_dir,
-            out_path=out,
             **options,
         )
         return {p.name: p.stat().st_mtime_ns for p in sorted(eval_dir.glob("step_*.nc"))}
@@ -541,8 +536,7 @@ def test_evaluate_run_keeps_current_evaluations_and_redoes_stale_ones(trained, t
     assert all(changed[name] != retrained[name] for name in changed)
     with xr.open_dataset(eval_dir / "step_000004.nc") as ds:
         assert ds.sizes["sample"] == 2
-    with open_trajectory(out) as trajectory:
-        assert trajectory.sizes["sample"] == 2
+    assert gather_run(sorted(eval_dir.glob("step_*.nc"))).sizes["sample"] == 2
 
 
 def test_blank_samples_halve_the_accuracy_instead_of_raising_it():

@@ -1,7 +1,7 @@
 """The one-way flow between stages, read from the imports (docs/architecture.md): no
 module imports one that imports it back; a run's identity (``conceptspace.runs``) is a
 leaf; evaluation reads checkpoints through ``conceptspace.checkpoints`` and never reaches
-the training code, so that the two can change apart."""
+the training code, nor the gathering code after it, so that they can change apart."""
 
 from conftest import PACKAGE, imported_modules
 
@@ -9,6 +9,8 @@ from conftest import PACKAGE, imported_modules
 # monitor. Checkpoint storage is not among them: training and evaluation both read it.
 TRAINING = {"conceptspace.train", "conceptspace.pack", "conceptspace.divergence"}
 EVALUATION = "conceptspace.evaluate"
+# Gathering: a run's evaluations into its trajectory, the runs into the study dataset.
+GATHERING = "conceptspace.trajectories"
 
 
 def module_name(path) -> str:
@@ -45,6 +47,12 @@ def test_evaluation_imports_no_training_module():
     reached = reachable(import_graph(), EVALUATION)
     assert "conceptspace.checkpoints" in reached
     assert not reached & TRAINING, f"evaluation reaches training: {sorted(reached & TRAINING)}"
+
+
+def test_evaluation_imports_no_gathering_code():
+    """Gathering a run is its own step after evaluation (the evaluate-run command calls
+    both), so that each can change apart."""
+    assert GATHERING not in reachable(import_graph(), EVALUATION)
 
 
 def test_no_import_loop():

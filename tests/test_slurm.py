@@ -44,7 +44,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from conceptspace.config import checkpoint_steps, load_config
+from conceptspace.config import load_config
+from conceptspace.runs import checkpoint_steps
 from conceptspace.studies import run_table
 from conftest import REPO, SMOKE, venv_tool
 

@@ -11,6 +11,7 @@ import yaml
 
 from conceptspace import cli
 from conceptspace.config import ConfigError, load_config, merge, select, validate_config
+from conceptspace.config_checks import gap_problems
 from conceptspace.runs import MAX_COLOR_GAP
 from conceptspace.studies import (
     FIGURE_INPUTS,
@@ -19,7 +20,6 @@ from conceptspace.studies import (
     Run,
     Study,
     figures_of,
-    gap_problems,
     on_studies,
     register,
     run_table,
@@ -44,8 +44,8 @@ TOY = Study(
     classes=(3, 4),
     runs_of=toy_runs,
     levels_of=lambda section: [(dc, TOY_SIZE_GAP) for dc in sorted(section["color_gaps"])],
-    problems_of=lambda config, section: gap_problems(
-        section, "studies.toy", [("color_gaps", MAX_COLOR_GAP)]
+    problems_of=lambda config, study: gap_problems(
+        study.section(config), "studies.toy", [("color_gaps", MAX_COLOR_GAP)]
     ),
     figures=(Figure("toy", "conceptspace.figures.background:plot_background"),),
 )

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from conceptspace.config import checkpoint_steps, load_config
+from conceptspace.config import load_config
 from conceptspace.netcdf import EVALUATION_VERSION
+from conceptspace.runs import checkpoint_steps
 from conceptspace.studies import STUDIES
 from conftest import REPO, SMOKE, planned_jobs, snakemake, venv_tool
 

@@ -140,10 +140,13 @@ def cmd_run_manifest(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate_run(args: argparse.Namespace) -> None:
+    """Evaluate every checkpoint of a run, then gather the evaluations into its trajectory:
+    two steps, one job (the probe is loaded once per run)."""
     from conceptspace.evaluate import evaluate_run
+    from conceptspace.trajectories import gather_run, save_dataset_nc
 
     settings = _settings(args.settings)
-    evaluate_run(
+    eval_paths = evaluate_run(
         args.checkpoints,
         args.probe,
         evaluation_cfg=settings["evaluation"],
@@ -151,11 +154,12 @@ def cmd_evaluate_run(args: argparse.Namespace) -> None:
         signal=_signal(args),
         seed=args.seed,
         eval_dir=args.eval_dir,
-        out_path=args.out,
         device=args.device,
         threads=args.threads,
         mask_ratio=args.mask_ratio,
     )
+    save_dataset_nc(gather_run(eval_paths), args.out)
+    log.info("gathered %d checkpoints into %s", len(eval_paths), args.out)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:

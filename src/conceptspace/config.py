@@ -1,7 +1,7 @@
 """Loading and checking the study configuration.
 
 The JSON schema (workflow/schemas/config.schema.yaml) fixes keys, types and ranges; the
-checks below add the rules that relate several keys. Every problem is reported at once,
+rules that relate several keys are all in ``conceptspace.config_checks``. Every problem is reported at once,
 each naming the key and the fix, before Snakemake plans a single job.
 """
 
@@ -15,8 +15,10 @@ from typing import Any, Iterable
 import jsonschema
 import yaml
 
+from conceptspace.config_checks import relation_problems
 from conceptspace.io import ConfigError
-from conceptspace.runs import checkpoint_steps, merge
+from conceptspace.runs import merge
+from conceptspace.studies import STUDIES
 
 
 def select(config: dict, keys: Iterable[str]) -> dict:
@@ -140,7 +142,8 @@ def validate_config(config: dict, schema_path: str | Path) -> None:
     problems = list(non_finite_numbers(config))
     problems += [_describe(error) for error in validator.iter_errors(config)]
     if not problems:  # relations between keys only make sense once each key is sound
-        problems = list(_cross_checks(config)) + list(_results_problems(config["results"]))
+        problems = list(relation_problems(config, STUDIES.values()))
+        problems += _results_problems(config["results"])
     if problems:
         raise ConfigError(
             "invalid configuration:\n"
@@ -201,178 +204,4 @@ def _results_problems(results: str) -> Iterable[str]:
         yield (
             f"config key 'results' ({results}): {what} {existing}, which this user cannot "
             f"write to; set 'results' to a folder you can write (or fix its permissions)"
-        )
-
-
-def _cross_checks(config: dict) -> Iterable[str]:
-    from conceptspace.studies import STUDIES, on_studies  # studies.py builds on this module
-
-    training = list(_training_problems(config["training"], "training"))
-    for study in STUDIES.values():  # a study's runs may train longer, even one that is off
-        overlay = (config["studies"].get(study.name) or {}).get("training")
-        if overlay:
-            key = f"studies.{study.name}.training"
-            training += _training_problems(study.training(config), key, "steps" in overlay)
-    yield from training
-    model = config["model"]
-    yield from _h_init_problems(config)
-    if model["gamma_min"] >= model["gamma_max"]:
-        yield "config key 'model.gamma_min' must be below 'model.gamma_max'"
-    low, high = model["data_range"]
-    if low >= high:
-        yield "config key 'model.data_range' must be [lo, hi] with lo < hi, e.g. [0, 1]"
-    for section in ("model", "probe"):
-        for width in config[section]["channels"]:
-            if width % config[section]["groups"]:
-                yield (
-                    f"config key '{section}.channels': {width} channels cannot be split into "
-                    f"'{section}.groups' = {config[section]['groups']} GroupNorm groups"
-                )
-            if width % config[section]["attention_heads"]:
-                yield (
-                    f"config key '{section}.channels': {width} channels cannot be split into "
-                    f"'{section}.attention_heads' = {config[section]['attention_heads']} heads"
-                )
-        downsamplings = len(config[section]["channels"]) - 1
-        if config["data"]["image_size"] % 2**downsamplings:
-            yield (
-                f"config key 'data.image_size' ({config['data']['image_size']}) must be "
-                f"divisible by 2^{downsamplings} for the {downsamplings + 1} levels of "
-                f"'{section}.channels'"
-            )
-    low, high = config["data"]["background_train"]
-    if low > high:
-        yield "config key 'data.background_train' must be [low, high] with low <= high"
-
-    for study in on_studies(config):
-        yield from _batch_problems(config, study)
-    if training:  # the checks below read the checkpoint steps, which need sound checkpoints
-        return
-    yield from _evaluation_problems(config)
-    for study in on_studies(config):
-        yield from study.problems(config)
-
-
-def _kept(images: int, validation_fraction: float) -> int:
-    """Training images of one class once its validation share is held out (render.py
-    holds out round(fraction * n) of each class)."""
-    return images - int(round(validation_fraction * images))
-
-
-def _batch_problems(config: dict, study) -> Iterable[str]:
-    """A batch larger than the training set it is drawn from: training would draw the
-    same images over and over (the VDM) or fail (the probe), so it is refused."""
-    data_fraction = ("data.validation_fraction", float(config["data"]["validation_fraction"]))
-    probe_fraction = ("probe.validation_fraction", float(config["probe"]["validation_fraction"]))
-    section = study.section(config)
-    trained, classes = study.classes
-    if study.renders:
-        train_set = ("data.images_per_class", config["data"]["images_per_class"])
-        train_set += data_fraction
-        probe_set = ("probe.images_per_class", config["probe"]["images_per_class"])
-        probe_set += probe_fraction
-    else:  # sets prepared from a folder, sized by the study's section
-        key = f"studies.{study.name}"
-        train_set = (f"{key}.per_class", section["per_class"], *data_fraction)
-        probe_set = (f"{key}.probe_per_class", section["probe_per_class"], *data_fraction)
-    own = (section.get("training") or {}).get("batch_size") is not None
-    yield from _batch_problem(
-        f"studies.{study.name}.training.batch_size" if own else "training.batch_size",
-        study.training(config)["batch_size"],
-        f"the {study.name} study's training set of a run",
-        trained,
-        train_set,
-    )
-    yield from _batch_problem(
-        "probe.batch_size",
-        config["probe"]["batch_size"],
-        f"the {study.name} study's probe training set",
-        classes,
-        probe_set,
-    )
-
-
-def _batch_problem(key, batch, what, classes, images) -> Iterable[str]:
-    count_key, count, fraction_key, fraction = images
-    kept = _kept(int(count), fraction)
-    if batch > classes * kept:
-        yield (
-            f"config key '{key}' ({batch}) is larger than {what}: {classes} classes x {kept} "
-            f"images ({count_key} {count}, {fraction_key} {fraction}) = {classes * kept}; "
-            f"lower the batch or raise {count_key}"
-        )
-
-
-def _h_init_problems(config: dict) -> Iterable[str]:
-    """``model.h_init_fan_in`` draws h's first layer as for h padded to that many slots,
-    so it cannot be below the slots of h of a study that is on (UNet refuses it, but only
-    when the first training job starts)."""
-    from conceptspace.concepts import LAYOUTS
-    from conceptspace.studies import on_studies
-
-    fan_in = config["model"].get("h_init_fan_in")
-    if fan_in is None:
-        return
-    slots = {}
-    for study in on_studies(config):
-        if study.layout in LAYOUTS:
-            slots[study.name] = LAYOUTS[study.layout].h_dim
-        elif "attributes" in study.section(config):  # CelebA's: each attribute one-hot
-            slots[study.name] = 2 * len(study.section(config)["attributes"])
-    short = {name: h_dim for name, h_dim in slots.items() if h_dim > fan_in}
-    if short:
-        most = max(short.values())
-        studies = ", ".join(f"{name} {h_dim}" for name, h_dim in short.items())
-        yield (
-            f"config key 'model.h_init_fan_in' ({fan_in}) is below the slots of h of the "
-            f"studies that are on ({studies}); it draws the embedding MLPs' first layer as "
-            f"for h zero-padded to that many slots: use a value >= {most}, or null for "
-            "PyTorch's default"
-        )
-
-
-def _training_problems(training: dict, key: str, own_steps: bool = True) -> Iterable[str]:
-    """Checkpoints within training, and loss reports within it; ``key`` names the section
-    (a study's overlay; ``own_steps``: it sets its own steps)."""
-    if own_steps and training["log_every"] > training["steps"]:
-        yield (
-            f"config key 'training.log_every' ({training['log_every']}) is above "
-            f"'{key}.steps' ({training['steps']}): training would report its loss only at "
-            "its last step, and the divergence monitor (training.divergence) would never "
-            f"judge it; make log_every <= steps (e.g. {max(1, training['steps'] // 100)})"
-        )
-    checkpoints = training["checkpoints"]
-    if checkpoints["first"] > checkpoints["last"]:
-        yield (
-            f"config key '{key}.checkpoints.first' ({checkpoints['first']}) is after "
-            f"'{key}.checkpoints.last' ({checkpoints['last']}); make first <= last"
-        )
-    if checkpoints["last"] > training["steps"]:
-        yield (
-            f"config key '{key}.checkpoints.last' ({checkpoints['last']}) is past the end of "
-            f"training ('{key}.steps' = {training['steps']}); make last <= steps"
-        )
-    span = checkpoints["last"] - checkpoints["first"] + 1
-    if checkpoints["count"] > span > 0:  # span <= 0: first is after last, said above
-        yield (
-            f"config key '{key}.checkpoints.count' ({checkpoints['count']}) asks for more "
-            f"checkpoints than there are steps between first and last ({span})"
-        )
-
-
-def _evaluation_problems(config: dict) -> Iterable[str]:
-    """Patching donors must be checkpoints of the runs; the sample sheets show samples the
-    evaluation scored. (evaluation.authors.consecutive above a study's checkpoints is
-    legitimate, a tiny run's: its authors' learning time is then the last step; the plan
-    block says so, conceptspace.plan.notes.)"""
-    from conceptspace.methods import method_problems
-
-    evaluation = config["evaluation"]
-    yield from method_problems(evaluation["methods"], checkpoint_steps(config["training"]))
-    shown, scored = config["figures"]["sample_sheet"]["samples"], evaluation["samples_per_prompt"]
-    if shown > scored:
-        yield (
-            f"config key 'figures.sample_sheet.samples' ({shown}) is above "
-            f"'evaluation.samples_per_prompt' ({scored}): a sample sheet shows the images "
-            f"the evaluation scored, {scored} per prompt; make samples <= {scored}"
         )

@@ -46,6 +46,7 @@ import xarray as xr
 
 from conceptspace import checkpoints
 from conceptspace.concepts import COLOR_SIZE, Layout, Signal, layout_attrs
+from conceptspace.config_checks import method_problems
 from conceptspace.device import compute_device
 from conceptspace.io import (
     ConceptspaceError,
@@ -54,7 +55,7 @@ from conceptspace.io import (
     provenance,
     remove_stale_temporaries,
 )
-from conceptspace.methods import Method, build_methods, method_problems
+from conceptspace.methods import Method, build_methods
 from conceptspace.netcdf import (
     COORD_ATTRS,
     EVALUATION_VERSION,
@@ -708,13 +709,13 @@ def evaluate_run(
     signal: Signal,
     seed: int,
     eval_dir: str | os.PathLike,
-    out_path: str | os.PathLike,
     device: str | torch.device = "cpu",
     threads: int | None = None,
     mask_ratio: float | None = None,
-) -> Path:
-    """Evaluate every checkpoint of one run into ``eval_dir/step_XXXXXX.nc``, then gather
-    them into the run's trajectory at ``out_path`` (``trajectories.gather_run``).
+) -> list[Path]:
+    """Evaluate every checkpoint of one run into ``eval_dir/step_XXXXXX.nc`` and return
+    those files, in checkpoint order; gathering them into the run's trajectory is the next
+    step's (``trajectories.gather_run``; the `evaluate-run` command does both).
 
     One process per run: the probe is loaded once, and the pipeline plans one job per
     run instead of one per checkpoint (planning the paper-scale study is mostly per-job
@@ -722,8 +723,6 @@ def evaluate_run(
     kept when its inputs are the same (:meth:`RunEvaluation.inputs_hash`), so a killed job
     resumes at the checkpoint it stopped at. Delete ``eval_dir`` to evaluate everything
     again."""
-    from conceptspace.trajectories import gather_run
-
     run = RunEvaluation.on(
         probe_path, evaluation_cfg, min_accuracy, signal, seed, device, threads, mask_ratio
     )
@@ -749,9 +748,7 @@ def evaluate_run(
             elapsed,
             eta(done - kept, len(checkpoint_paths) - kept, elapsed),
         )
-    save_dataset_nc(gather_run(eval_paths), out_path)
-    log.info("gathered %d checkpoints into %s", len(eval_paths), out_path)
-    return Path(out_path)
+    return eval_paths
 
 
 def _made_from(path: Path, inputs: str) -> bool:

@@ -30,10 +30,9 @@ config checks run while Snakemake parses the workflow.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from conceptspace.concepts import CLASSES, COLOR_SIZE, Layout
-from conceptspace.runs import same_gap
 
 METHOD_KINDS = ("naive", "overprompt", "intervention", "patched")
 # Kinds whose variants are summarised by the best variant at each step (gather_run).
@@ -121,59 +120,6 @@ def build_methods(
             Method(donor_name(donor), "patched", f"donor={label}", layout.classes, donor_step=step)
         )
     return methods
-
-
-def method_problems(methods_cfg: Mapping[str, Any], steps: Sequence[int]) -> Iterable[str]:
-    """Relations the schema cannot check: donors must be checkpoint steps (or "final")
-    and distinct. ``steps`` are the run's checkpoint steps; none (checkpoints first after
-    last, which the config check names) leaves nothing to check them against."""
-    if not steps:
-        return
-    donors = [str(d) for d in methods_cfg["patching"]["donors"]]
-    for donor in donors:
-        if donor == FINAL_DONOR:
-            continue
-        if not donor.isdigit() or int(donor) not in steps:
-            yield (
-                f"config key 'evaluation.methods.patching.donors': {donor} is not a checkpoint "
-                f'step; use "final" or one of the steps training.checkpoints makes: '
-                f"{', '.join(str(s) for s in steps)}"
-            )
-    if len(set(donors)) != len(donors) or (FINAL_DONOR in donors and str(steps[-1]) in donors):
-        yield (
-            "config key 'evaluation.methods.patching.donors' names a donor twice (\"final\" "
-            f"is step {steps[-1]}); list each donor once"
-        )
-
-
-def sample_sheet_problems(
-    sheet_cfg: Mapping[str, Any],
-    runs: Sequence[tuple[float, float, int]],
-    steps: Sequence[int],
-) -> Iterable[str]:
-    """``figures.sample_sheet`` must name a run of the study, (color gap, size gap, seed)
-    one of ``runs``, and checkpoint steps."""
-    level = (float(sheet_cfg["color_gap"]), float(sheet_cfg["size_gap"]))
-    at_level = [seed for a, b, seed in runs if same_gap(level[0], a) and same_gap(level[1], b)]
-    if not at_level:
-        levels = sorted({(a, b) for a, b, _ in runs})
-        yield (
-            f"config key 'figures.sample_sheet': (color_gap, size_gap) = {level} is not a "
-            f"signal level of the study; choose one of {', '.join(map(str, levels))}"
-        )
-    elif int(sheet_cfg["seed"]) not in at_level:
-        yield (
-            f"config key 'figures.sample_sheet.seed': {sheet_cfg['seed']} is not a seed of "
-            f"the study at that level; choose one of {', '.join(map(str, at_level))}"
-        )
-    chosen = sheet_cfg["steps"]
-    if chosen != "all":
-        for step in chosen:
-            if step not in steps:
-                yield (
-                    f"config key 'figures.sample_sheet.steps': {step} is not a checkpoint "
-                    f"step; use \"all\" or steps from: {', '.join(str(s) for s in steps)}"
-                )
 
 
 def sample_sheet_steps(sheet_cfg: Mapping[str, Any], steps: Sequence[int]) -> list[int]:

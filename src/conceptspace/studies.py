@@ -2,7 +2,8 @@
 
 A study is a section ``studies.<name>`` of the config (null switches it off), a concept
 layout, a grid of training runs, the signal levels its probe pools, its figures and the
-checks of its section. The workflow (workflow/rules/), the config checks and the command
+checks of its section (functions of ``conceptspace.config_checks``, the home of every check
+between config keys). The workflow (workflow/rules/), the config checks and the command
 line read the studies from here. Adding a study is an entry in ``STUDIES``, a figure module
 under ``conceptspace.figures`` (with its caption, workflow/report/fig_<name>.rst) and a
 section of workflow/schemas/config.schema.yaml (tests/test_studies.py adds a toy study).
@@ -18,20 +19,23 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from conceptspace.concepts import Signal
+from conceptspace.config_checks import (
+    background_problems,
+    celeba_problems,
+    figure_level_problems,
+    figure_sweep_problems,
+    signal_problems,
+    underspecification_problems,
+)
 from conceptspace.io import ConceptspaceError, ConfigError
 from conceptspace.netcdf import open_samples
 from conceptspace.runs import (
-    GAP_DECIMALS,
-    MAX_BACKGROUND_GAP,
-    MAX_COLOR_GAP,
-    MAX_SIZE_GAP,
     RUN_FIELDS,
     SIGNAL_GRID,
     checkpoint_steps,
     masked_run_id,
     merge,
     run_id,
-    same_gap,
 )
 
 
@@ -90,31 +94,29 @@ class FigureInput:
 def _levels_input(settings: dict, given: None) -> dict[str, Any]:
     """figures.levels, each of which must be a signal level of the study (the config
     check says so before planning; --settings may come from elsewhere)."""
-    levels = STUDIES["signal"].levels(settings)
-    problems = list(figure_level_problems(settings["figures"]["levels"], levels))
-    if problems:
-        raise ConceptspaceError("; ".join(problems))
+    _refuse(
+        figure_level_problems(settings["figures"]["levels"], STUDIES["signal"].levels(settings))
+    )
     chosen = settings["figures"]["levels"]
     return {"levels": [(float(level["color_gap"]), float(level["size_gap"])) for level in chosen]}
 
 
+def _refuse(problems: Iterable[str]) -> None:
+    """Stop a figure whose settings have these problems (each names the key and the fix)."""
+    problems = list(problems)
+    if problems:
+        raise ConceptspaceError("; ".join(problems))
+
+
 def _sweeps_input(settings: dict, given: None) -> dict[str, Any]:
-    """The fixed gap of each sweep that fig_signal plots along (figures.signal)."""
-    names = settings["figures"]["signal"]
+    """The fixed gap of each sweep that fig_signal plots along (figures.signal), which
+    the config check has checked (--settings may come from elsewhere)."""
+    figure_cfg = settings["figures"]["signal"]
+    _refuse(figure_sweep_problems(figure_cfg, STUDIES["signal"].section(settings)["sweeps"]))
     return {
-        "color_sweep_size_gap": _single(sweep(settings, names["color_sweep"]), "size_gap"),
-        "size_sweep_color_gap": _single(sweep(settings, names["size_sweep"]), "color_gap"),
+        "color_sweep_size_gap": float(sweep(settings, figure_cfg["color_sweep"])["size_gap"][0]),
+        "size_sweep_color_gap": float(sweep(settings, figure_cfg["size_sweep"])["color_gap"][0]),
     }
-
-
-def _single(sweep_cfg: dict, key: str) -> float:
-    values = sweep_cfg[key]
-    if len(values) != 1:
-        raise ConceptspaceError(
-            f"sweep '{sweep_cfg['name']}' must hold {key} fixed (one value) to be plotted "
-            f"against the other gap; it has {values}. Name another sweep in figures.signal."
-        )
-    return float(values[0])
 
 
 def _methods_input(settings: dict, given: list[str] | None) -> dict[str, Any]:
@@ -186,7 +188,8 @@ class Study:
 
     Given its section (when it is on): ``runs_of`` lists its runs, ``levels_of`` the
     signal levels (color gap, size gap[, background gap]) its probe pools;
-    ``problems_of(config, section)`` makes the checks the schema cannot. ``grid``: the run
+    ``problems_of(config, study)`` makes its own checks between keys (in
+    conceptspace.config_checks, with the checks every study gets). ``grid``: the run
     fields spanning its dataset. ``classes``: (trained, all) classes of the layout, for the batch checks.
     ``renders``: its images are rendered from the layout (else prepared from a folder).
     ``switch``: the key of its section that must be set for it to be on, if any."""
@@ -197,7 +200,7 @@ class Study:
     classes: tuple[int, int]
     runs_of: Callable[[dict], Iterable[Run]]
     levels_of: Callable[[dict], list]
-    problems_of: Callable[[dict, dict], Iterable[str]]
+    problems_of: Callable[[dict, Study], Iterable[str]]
     figures: tuple[Figure, ...] = ()
     renders: bool = True
     switch: str | None = None
@@ -232,52 +235,7 @@ class Study:
         return self.section(config)["seeds"][0]
 
     def problems(self, config: dict) -> Iterable[str]:
-        section = self.section(config)
-        return self.problems_of(config, section) if section is not None else ()
-
-
-# ----------------------------------------------------------------------------- checks
-
-
-def gap_problems(
-    section: dict, key: str, limits: Iterable[tuple[str, float]], in_run_ids: bool = True
-) -> Iterable[str]:
-    """Gaps within the image's range and, if run ids print them, with few decimals."""
-    for concept, limit in limits:
-        values = section[concept] if isinstance(section[concept], list) else [section[concept]]
-        for value in values:
-            if value > limit:
-                yield (
-                    f"config key '{key}.{concept}': {value} is above {limit}, where training "
-                    "values would leave the image's range"
-                )
-            if in_run_ids:
-                yield from _decimals_problems(f"{key}.{concept}", value)
-
-
-def _decimals_problems(key: str, value: float) -> Iterable[str]:
-    """A value a run id prints must fit its GAP_DECIMALS decimals, or two runs collide."""
-    if round(value, GAP_DECIMALS) != value:
-        yield (
-            f"config key '{key}': {value} has more than {GAP_DECIMALS} decimals; round it "
-            f"(run ids print {GAP_DECIMALS})"
-        )
-
-
-COLOR_SIZE_LIMITS = (("color_gap", MAX_COLOR_GAP), ("size_gap", MAX_SIZE_GAP))
-
-
-def figure_level_problems(settings: list[dict], study_levels: list) -> Iterable[str]:
-    """Each ``figures.levels`` entry must be a signal level of the study: a panel of the
-    claim figures with no runs behind it would be empty."""
-    for i, level in enumerate(settings):
-        color_gap, size_gap = float(level["color_gap"]), float(level["size_gap"])
-        if not any(same_gap(color_gap, dc) and same_gap(size_gap, ds) for dc, ds in study_levels):
-            yield (
-                f"config key 'figures.levels.{i}': (color_gap {color_gap:g}, size_gap "
-                f"{size_gap:g}) is not a signal level of the study; choose from "
-                + ", ".join(f"({dc:g}, {ds:g})" for dc, ds in study_levels)
-            )
+        return self.problems_of(config, self) if self.section(config) is not None else ()
 
 
 # ----------------------------------------------------------------------------- signal
@@ -324,31 +282,6 @@ def sweep(config: dict, name: str) -> dict[str, Any]:
     raise ConfigError(f"no sweep named '{name}' in studies.signal.sweeps")
 
 
-def _signal_problems(config: dict, section: dict) -> Iterable[str]:
-    """The sweeps, and the figure settings that name the study's levels and sweeps."""
-    from conceptspace.methods import sample_sheet_problems
-
-    key = "studies.signal.sweeps"
-    names = [sweep["name"] for sweep in section["sweeps"]]
-    for name in sorted({n for n in names if names.count(n) > 1}):
-        yield f"config key '{key}': the name '{name}' is used twice; names must be unique"
-    for i, one in enumerate(section["sweeps"]):
-        yield from gap_problems(one, f"{key}.{i}", COLOR_SIZE_LIMITS)
-    levels = _signal_levels(section)
-    steps = checkpoint_steps(config["training"])
-    yield from sample_sheet_problems(
-        config["figures"]["sample_sheet"], _signal_points(section), steps
-    )
-    yield from figure_level_problems(config["figures"]["levels"], levels)
-    for figure_key in ("color_sweep", "size_sweep"):
-        wanted = config["figures"]["signal"][figure_key]
-        if wanted not in names:
-            yield (
-                f"config key 'figures.signal.{figure_key}': no sweep is named '{wanted}'; "
-                f"sweeps are: {', '.join(names)}"
-            )
-
-
 def hidden_methods(config: dict) -> list[str]:
     """fig_hidden's methods: naive, then overprompting and latent intervention if on."""
     methods = config["evaluation"]["methods"]
@@ -368,20 +301,6 @@ def _masked_runs(section: dict) -> Iterable[Run]:
         yield Run("underspecification", masked_run_id(ratio, seed), seed, dc, ds, mask_ratio=ratio)
 
 
-def _underspecification_problems(config: dict, section: dict) -> Iterable[str]:
-    key = "studies.underspecification"
-    yield from gap_problems(section, key, COLOR_SIZE_LIMITS, in_run_ids=False)  # ids: ratios
-    for i, ratio in enumerate(section["mask_ratios"]):
-        if not 0 <= ratio <= 1:
-            yield (
-                f"config key '{key}.mask_ratios.{i}': {ratio} is outside [0, 1]; a masking "
-                "ratio is the fraction of red triangles whose color is hidden: use values "
-                "from 0 (none) to 1 (all)"
-            )
-        else:
-            yield from _decimals_problems(f"{key}.mask_ratios.{i}", ratio)
-
-
 BACKGROUND_GAPS = ("color_gap", "size_gap", "background_gap")
 
 
@@ -392,39 +311,9 @@ def _background_runs(section: dict) -> Iterable[Run]:
         yield Run("background", run_id(dc, ds, seed, db), seed, dc, ds, background_gap=db)
 
 
-def _background_problems(config: dict, section: dict) -> Iterable[str]:
-    from conceptspace.methods import method_problems
-
-    # grey 0.5 +- db/2, spread +- db/8: in [0, 1] up to the color gap's limit
-    limits = COLOR_SIZE_LIMITS + (("background_gap", MAX_BACKGROUND_GAP),)
-    yield from gap_problems(section, "studies.background", limits)
-    steps = checkpoint_steps(STUDIES["background"].training(config))
-    for problem in method_problems(config["evaluation"]["methods"], steps):
-        yield f"{problem} (of the background study's runs, studies.background.training)"
-
-
 def _celeba_runs(section: dict) -> Iterable[Run]:
     for seed in sorted(int(s) for s in section["seeds"]):
         yield Run("celeba", f"seed{seed}", seed)
-
-
-def _celeba_problems(config: dict, section: dict) -> Iterable[str]:
-    """CelebA's folder must be there and loadable, said before planning (not by the first
-    job), with the files torchvision expects; its image size must suit the networks."""
-    from conceptspace.celeba import check_celeba_dir
-
-    try:
-        check_celeba_dir(section["root"], bool(section["verify_md5"]))
-    except ConceptspaceError as err:
-        yield f"config key 'studies.celeba.root' ({section['root']}): {err}"
-    for networks in ("model", "probe"):
-        downsamplings = len(config[networks]["channels"]) - 1
-        if section["image_size"] % 2**downsamplings:
-            yield (
-                f"config key 'studies.celeba.image_size' ({section['image_size']}) must be "
-                f"divisible by 2^{downsamplings} for the {downsamplings + 1} levels of "
-                f"'{networks}.channels'"
-            )
 
 
 def celeba_options(config: dict, per_class: int) -> str:
@@ -468,7 +357,7 @@ register(
         classes=(3, 4),
         runs_of=_signal_runs,
         levels_of=_signal_levels,
-        problems_of=_signal_problems,
+        problems_of=signal_problems,
         figures=(
             Figure("signal", "conceptspace.figures.signal:plot_signal", ("sweeps",)),
             Figure("trajectories", "conceptspace.figures.trajectories:plot_trajectories", ("levels",)),  # fmt: skip
@@ -496,7 +385,7 @@ register(
         classes=(3, 4),
         runs_of=_masked_runs,
         levels_of=lambda section: [(section["color_gap"], section["size_gap"])],
-        problems_of=_underspecification_problems,
+        problems_of=underspecification_problems,
         figures=(Figure("underspec", "conceptspace.figures.underspec:plot_underspec", ("samples",)),),  # fmt: skip
     )
 )
@@ -509,7 +398,7 @@ register(
         classes=(4, 8),
         runs_of=_background_runs,
         levels_of=lambda section: [[section[key] for key in BACKGROUND_GAPS]],
-        problems_of=_background_problems,
+        problems_of=background_problems,
         figures=(Figure("background", "conceptspace.figures.background:plot_background"),),
     )
 )
@@ -525,7 +414,7 @@ register(
         classes=(3, 4),
         runs_of=_celeba_runs,
         levels_of=lambda section: [],
-        problems_of=_celeba_problems,
+        problems_of=celeba_problems,
         figures=(Figure("celeba", "conceptspace.figures.celeba:plot_celeba"),),
         renders=False,
         switch="root",
