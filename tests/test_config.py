@@ -51,11 +51,15 @@ def test_a_preset_that_extends_another_is_laid_over_it():
     long = load_config(REPO / "config.yaml", PRESETS / "cpu-long.yaml")
     validate_config(long, SCHEMA)
     assert "extends" not in long
-    # cpu-long adds the underspecification study; the rest is cpu's
+    # cpu-long adds seeds, embedding patching and the underspecification study; the rest
+    # is cpu's
     assert long["preset"] == "cpu-long" and long["studies"]["underspecification"]["mask_ratios"]
     assert long["studies"]["signal"]["seeds"] == cpu["studies"]["signal"]["seeds"]
+    assert cpu["evaluation"]["methods"]["patching"]["donors"] == []
+    assert long["evaluation"]["methods"]["patching"]["donors"] == ["final"]
     for key in ("studies", "preset"):
         del cpu[key], long[key]
+    del cpu["evaluation"]["methods"]["patching"], long["evaluation"]["methods"]["patching"]
     assert long == cpu
 
     # every cpu run is a cpu-long run, with the same id and options

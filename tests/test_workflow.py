@@ -235,11 +235,12 @@ def test_a_trajectory_evaluated_by_an_older_evaluation_version_is_planned_again(
 
 @pytest.mark.parametrize(
     "preset, runs, probes",
-    # 5 seeds at color gaps 0.2 and 0.8, 2 at 0.4; + 2 masking ratios x 3 seeds
-    [("cpu", 12, 1), ("cpu-long", 18, 2)],
+    # cpu: 2 seeds at 3 color gaps; cpu-long: 5 seeds at color gap 0.2, 8 at 0.8, 2 at
+    # 0.4, + 2 masking ratios x 3 seeds
+    [("cpu", 6, 1), ("cpu-long", 21, 2)],
 )
 def test_cpu_presets_plan_their_runs(preset, runs, probes, tmp_path):
-    # The laptop-scale presets, two to five seeds per level (the claims' tests are over
+    # The laptop-scale presets, two to eight seeds per level (the claims' tests are over
     # runs), each run evaluated at every checkpoint by one job; cpu-long extends cpu.
     result = snakemake(tmp_path, "-n", "--quiet", "rules", "--config", f"preset={preset}")
     jobs = planned_jobs(result.stdout)
