@@ -16,7 +16,7 @@
     P(size = small), over its valid samples; no point where fewer than
     ``evaluation.min_valid_fraction`` are valid), mean over seeds, one line per color gap at
     the color sweep's size gap, colored by the color gap; hollow circle = first
-    checkpoint, filled = last.
+    checkpoint with a point, filled = last.
 
 Everything is read from the study dataset of ``trajectories.gather_study``.
 """
@@ -247,13 +247,19 @@ def _trajectory_panel(ax: Axes, figure, study: xr.Dataset, size_gap: float) -> N
         ax.plot(x, y, "-", color=color, lw=1.4, alpha=0.9)
         ax.plot(x[finite[0]], y[finite[0]], "o", mfc="white", mec=color, ms=6, zorder=3)
         ax.plot(x[finite[-1]], y[finite[-1]], "o", color=color, ms=5, zorder=3)
-    steps = study["step"].values
+    # the floor of valid samples can leave the first (or last) checkpoints without a point
     ax.legend(
         handles=[
             Line2D(
-                [], [], ls="", marker="o", mfc="white", mec="k", label=f"start (step {steps[0]})"
+                [],
+                [],
+                ls="",
+                marker="o",
+                mfc="white",
+                mec="k",
+                label="first checkpoint with a point",
             ),
-            Line2D([], [], ls="", marker="o", color="k", label=f"end (step {steps[-1]})"),
+            Line2D([], [], ls="", marker="o", color="k", label="last checkpoint with a point"),
         ],
         fontsize=8,
         loc="lower center",  # between the bottom corners' labels, clear of the top ones
