@@ -460,7 +460,7 @@ def _log_to(path: Path) -> None:
 def common_steps(config: dict, where: Layout) -> list[int]:
     """The checkpoints every run has evaluated, from the first on without a gap (the
     schedule's prefix that all runs reached)."""
-    from conceptspace.config import checkpoint_steps
+    from conceptspace.runs import checkpoint_steps
 
     steps = checkpoint_steps(config["training"])
     done = [set(where.evaluated(run.id)) for run in runs_of(config)]

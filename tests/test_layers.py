@@ -68,3 +68,31 @@ def test_no_import_loop():
 
 def test_the_run_identity_is_a_leaf():
     assert import_graph()["conceptspace.runs"] == set()
+
+
+def test_every_name_imported_from_the_package_exists():
+    # Scripts and benchmarks import lazily, inside the functions a GPU call or a
+    # calibration runs: a name moved between modules breaks them only when they run.
+    import ast
+    import importlib
+
+    repo = PACKAGE.parent.parent
+    files = [*PACKAGE.rglob("*.py"), *(repo / "benchmarks").glob("*.py")]
+    files += [*(repo / "scripts").glob("*.py"), *(repo / "tests").glob("*.py")]
+    missing = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (
+                isinstance(node, ast.ImportFrom) and (node.module or "").startswith(PACKAGE.name)
+            ):
+                continue
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                if not hasattr(module, alias.name):
+                    try:  # a submodule: from conceptspace import checkpoints
+                        importlib.import_module(f"{node.module}.{alias.name}")
+                    except ModuleNotFoundError:
+                        missing.append(f"{path.relative_to(repo)}: {node.module}.{alias.name}")
+    assert not missing, "names imported from conceptspace that it does not have:\n" + "\n".join(
+        missing
+    )
