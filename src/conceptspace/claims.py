@@ -618,11 +618,13 @@ def _level_groups(per_run: xr.DataArray) -> list[np.ndarray]:
     ]
 
 
-def _elicited_earlier_by(
-    study: xr.Dataset, learning_time: xr.DataArray, methods: Sequence[str]
-) -> xr.DataArray:
-    """Per run: d = T(naive) - min over ``methods`` of T, censored past the last step."""
-    times = _per_run(study, _censored_past_last(learning_time, study["step"].values))
+def _censored_per_run(study: xr.Dataset, learning_time: xr.DataArray) -> xr.DataArray:
+    """``learning_time`` per run, censored one step past the last checkpoint."""
+    return _per_run(study, _censored_past_last(learning_time, study["step"].values))
+
+
+def _elicited_earlier_by(times: xr.DataArray, methods: Sequence[str]) -> xr.DataArray:
+    """Per run (``times`` of ``_censored_per_run``): d = T(naive) - min over ``methods``."""
     return times.sel({"method": "naive"}) - times.sel({"method": list(methods)}).min("method")
 
 
@@ -639,9 +641,8 @@ def judge_hidden(
             "evaluation.methods.intervention.alphas or overprompt.colors)",
         )
     never = float(np.max(study["step"].values)) + 1.0
-    times = _per_run(study, _censored_past_last(study["learning_time"], study["step"].values))
-    times = times.sel({"method": ["naive", *methods]})
-    difference = _elicited_earlier_by(study, study["learning_time"], methods)
+    times = _censored_per_run(study, study["learning_time"]).sel({"method": ["naive", *methods]})
+    difference = _elicited_earlier_by(times, methods)
     if not difference.sizes["run"]:
         return result(NOT_EVALUATED, "the study holds no runs")
     groups = _level_groups(difference)
@@ -663,7 +664,9 @@ def judge_hidden(
     data = {"methods": methods, "runs": len(d), "runs_earlier": int(np.sum(d > 0))}
     data |= {"runs_later": int(np.sum(d < 0)), "fraction_earlier": fraction}
     if "learning_time_all_samples" in study:
-        on_all = _elicited_earlier_by(study, study["learning_time_all_samples"], methods)
+        on_all = _elicited_earlier_by(
+            _censored_per_run(study, study["learning_time_all_samples"]), methods
+        )
         data |= {"runs_earlier_all_samples": int(np.sum(on_all > 0))}
         data |= {"runs_later_all_samples": int(np.sum(on_all < 0))}
         detail += (

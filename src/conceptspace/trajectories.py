@@ -688,14 +688,6 @@ def _learning_times(
     unseen_classes = list(layout.unseen_classes)
     threshold = float(evaluation_cfg["threshold"])
     sigma = float(evaluation_cfg["sigma"])
-    if len(unseen_classes) == 1:
-        unseen = study.sel(prompt=unseen_classes[0])
-        extra: tuple[str, ...] = ()
-    else:
-        unseen = study.sel(prompt=unseen_classes).rename(prompt="unseen")
-        extra = ("unseen",)
-    named = "/".join(unseen_classes)
-    smoothing = f", Gaussian-smoothed over checkpoints (sigma {sigma:g}), is" if sigma else ""
     if "min_valid_fraction" not in evaluation_cfg:
         raise ConceptspaceError(
             "the study was gathered by an older version (its evaluation settings lack "
@@ -711,6 +703,16 @@ def _learning_times(
         f"{min_valid:g} of the samples are valid): what learning_time is read on",
         "min_valid_fraction": min_valid,
     }
+    # the unseen classes' summaries, the accuracy among the valid samples with them
+    scored = study.assign(accuracy_among_valid=timed_accuracy)
+    if len(unseen_classes) == 1:
+        unseen = scored.sel(prompt=unseen_classes[0])
+        extra: tuple[str, ...] = ()
+    else:
+        unseen = scored.sel(prompt=unseen_classes).rename(prompt="unseen")
+        extra = ("unseen",)
+    named = "/".join(unseen_classes)
+    smoothing = f", Gaussian-smoothed over checkpoints (sigma {sigma:g}), is" if sigma else ""
     floor = f"(0 where fewer than {min_valid:g} of them are valid)"
 
     def timed_on(accuracy: xr.DataArray, reads: str) -> xr.DataArray:
@@ -722,7 +724,7 @@ def _learning_times(
         return times
 
     times = timed_on(
-        accuracy_among_valid(unseen, min_valid),
+        unseen["accuracy_among_valid"],
         f"learning time: first step at which the unseen class {named}'s accuracy among its "
         f"valid samples {floor}",
     )
