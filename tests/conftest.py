@@ -115,6 +115,20 @@ def smoke_run(tmp_path_factory):
     return workdir, load_config(REPO / "config.yaml", SMOKE)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch at one CPU thread for a module whose tests compare trainings bit for bit: the
+    rules pass every job its thread count, and float sums differ (~1e-7) between thread
+    counts, so a training redone after a test that changed the count would not match.
+    Tiny models run fastest on one thread anyway."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ------------------------------------------------------------------- recovery, done literally
 
 

@@ -103,6 +103,9 @@ METHOD_NAMES = [
     "patched_step_000002",
 ]
 
+# trainings compared bit for bit, and redone (conftest.rerun_snakemake), at one thread
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -345,7 +348,6 @@ def test_identity_settings_of_every_method_give_the_naive_samples(trained):
     """alpha = beta = 0, patching with the checkpoint's own embedding module (loaded again
     from its file) and an overprompt equal to the class means: bit-identical samples."""
     checkpoint, _ = trained
-    torch.set_num_threads(1)
     prepared = prepare_checkpoint(checkpoint, IDENTITY_METHODS, SIGNAL, SEED, torch.device("cpu"))
     by_name = {c.method.name: c for c in prepared.conditions if c.prompt == "11"}
     assert set(by_name) == {"naive", "overprompt_0", "intervention_0", "patched_final"}

@@ -36,6 +36,9 @@ TRAINING = {
 }
 SEED = 3
 
+# trainings compared bit for bit, and redone (conftest.rerun_snakemake), at one thread
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def with_training(**changes):
     return {**TRAINING, **changes}
@@ -49,15 +52,6 @@ def assert_same_weights(actual, expected):
     assert actual.keys() == expected.keys()
     different = [name for name in expected if not torch.equal(actual[name], expected[name])]
     assert not different, f"tensors differ: {different}"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and in-process runs then match each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
