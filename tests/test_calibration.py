@@ -12,6 +12,7 @@ from conceptspace.calibration import (
     TAUGHT_PLACEHOLDER,
     calibration_runs,
     checkpoint_table,
+    preset_runs,
     single_run,
     write_record,
 )
@@ -204,6 +205,38 @@ def test_record_of_stacked_underspecification_candidates_holds_every_run(tmp_pat
     assert "![samples](fig_underspec.png)" in readme
     with pytest.raises(ConceptspaceError, match="calibrate.sh masking-three-ratios triangle"):
         write_record(name, configs_of(candidate), tmp_path / "none", tmp_path / "r", 1.0)
+
+
+def test_record_of_a_whole_preset_holds_each_signal_run_and_its_sheets(tmp_path):
+    """Without baseline.yaml the record is the preset's: every signal run (the cpu preset's
+    3 gaps x 2 seeds) with its headline and table, and each sample sheet drawn."""
+    configs = (REPO / "config.yaml", PRESETS / "cpu.yaml")
+    results = tmp_path / "results"
+    study, runs = preset_runs(load_config(*configs))
+    assert study == "signal" and len(runs) == 6
+    for run in runs:
+        (results / "signal" / "runs" / run.id).mkdir(parents=True)
+        trajectory().to_netcdf(results / "signal" / "runs" / run.id / "trajectory.nc")
+    (results / "figures").mkdir()
+    drawn = f"samples_{runs[0].id}.png"
+    (results / "figures" / drawn).write_bytes(b"png")
+    out = write_record("cpu", configs, results, tmp_path / "record", 3600.0, command="run.sh")
+    readme = (out / "README.md").read_text()
+    assert "the cpu preset whole, its 6 signal runs (cpu.yaml copied here" in readme
+    assert "baseline.yaml" not in readme
+    assert (out / "overlay.yaml").read_text() == (PRESETS / "cpu.yaml").read_text()
+    for run in runs:
+        assert f"{run.id}: Class 11's smoothed accuracy" in readme
+        assert f"## Class 11 at every checkpoint of {run.id}" in readme
+    assert f"![samples]({drawn})" in readme and readme.count("## Sample sheet") == 1
+    assert "Wall time 60.0 min" in readme and "    run.sh\n" in readme
+
+
+def test_a_preset_record_without_the_signal_study_is_refused():
+    config = load_config(REPO / "config.yaml", PRESETS / "cpu.yaml")
+    config["studies"]["signal"] = None
+    with pytest.raises(ConceptspaceError, match="signal study off"):
+        preset_runs(config)
 
 
 def test_record_of_an_unfinished_run_names_the_fix(tmp_path):

@@ -11,6 +11,10 @@ and then :func:`write_record`, which writes ``docs/calibration/<name>-<date>/``:
 overlay, the wall time and peak memory, the claims table, the sample sheet (the
 underspecification figure), and the unseen class's scores at every checkpoint of every
 run (README.md).
+
+A whole preset's signal runs can be recorded the same way (configs without baseline.yaml,
+e.g. config.yaml and workflow/presets/cpu.yaml): the calibration of the preset's gaps at
+every seed it runs, one table per run and every sample sheet it drew.
 """
 
 from __future__ import annotations
@@ -52,6 +56,17 @@ def single_run(config: dict) -> Any:
             "candidate's overlay"
         )
     return runs[0]
+
+
+def preset_runs(config: dict) -> tuple[str, list[Any]]:
+    """The signal runs of a whole preset (a record without calibration/baseline.yaml)."""
+    runs = STUDIES["signal"].runs(config)
+    if not runs:
+        raise ConceptspaceError(
+            "a preset's record reads its signal runs, and this config has the signal study off; "
+            "lay calibration/baseline.yaml under a candidate's overlays to record another study"
+        )
+    return "signal", runs
 
 
 def calibration_runs(config: dict) -> tuple[str, list[Any]]:
@@ -146,7 +161,9 @@ def write_record(
     last) whose results are in ``results``. Returns ``out``."""
     configs = [Path(path) for path in configs]
     config = load_config(*configs)
-    study, runs = calibration_runs(config)
+    stems = [path.stem for path in configs]
+    candidate = "baseline" in stems  # else a whole preset's runs
+    study, runs = calibration_runs(config) if candidate else preset_runs(config)
     results = Path(results)
     paths = {run.id: results / study / "runs" / run.id / "trajectory.nc" for run in runs}
     missing = [str(path) for path in paths.values() if not path.exists()]
@@ -159,8 +176,7 @@ def write_record(
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(configs[-1], out / "overlay.yaml")
     # the candidate's overlays: those after baseline.yaml, laid over it in this order
-    stems = [path.stem for path in configs]
-    overlays = configs[stems.index("baseline") + 1 :] if "baseline" in stems else configs[-1:]
+    overlays = configs[stems.index("baseline") + 1 :] if candidate else configs[-1:]
     evaluation = config["evaluation"]
     trajectories = {}
     for run_id, path in paths.items():
@@ -175,7 +191,10 @@ def write_record(
     narrowed = "to one run" if study == "signal" else f"to {len(runs)} {study} runs"
     base = config.get("preset", "cpu-16px")  # the preset the overlays lie on (calibrate.sh BASE)
     what = f"the {base} preset narrowed {narrowed} by `workflow/presets/calibration/baseline.yaml`"
-    if stems[-1] != "baseline":
+    if not candidate:
+        what = f"the {base} preset whole, its {len(runs)} {study} runs ({configs[-1].name} "
+        what += "copied here as overlay.yaml)"
+    elif stems[-1] != "baseline":
         over = ", ".join(f"`{path.name}`" for path in overlays)
         what += f", with {over} over it" + (", in this order" if len(overlays) > 1 else "")
         what += " (the last " if len(overlays) > 1 else " ("
@@ -206,13 +225,15 @@ def write_record(
         from conceptspace.claims import claims_table_markdown
 
         shutil.copyfile(claims, out / "claims.json")
-        sections.append(
-            "## Claims (one run: claim 1 needs 3 levels)\n\n"
-            + claims_table_markdown(read_json(claims))
-        )
-    # the signal run's sample sheet; the underspecification figure holds its runs' samples
-    wanted = f"samples_{runs[0].id}.png" if study == "signal" else "fig_underspec.png"
-    sheets = sorted((results / "figures").glob(wanted))
+        heading = "## Claims (one run: claim 1 needs 3 levels)" if candidate else "## Claims"
+        sections.append(f"{heading}\n\n" + claims_table_markdown(read_json(claims)))
+    # the signal runs' sample sheets; the underspecification figure holds its runs' samples
+    wanted = (
+        [f"samples_{run.id}.png" for run in runs] if study == "signal" else ["fig_underspec.png"]
+    )
+    sheets = [
+        results / "figures" / name for name in wanted if (results / "figures" / name).exists()
+    ]
     for sheet in sheets:
         shutil.copyfile(sheet, out / sheet.name)
         sections.append(f"## Sample sheet\n\n![samples]({sheet.name})\n")
