@@ -12,6 +12,7 @@ from conceptspace.calibration import (
     TAUGHT_PLACEHOLDER,
     calibration_runs,
     checkpoint_table,
+    headline,
     preset_runs,
     single_run,
     write_record,
@@ -152,6 +153,25 @@ def test_checkpoint_table_has_a_row_per_checkpoint_and_leaves_out_absent_scores(
     # step 100: naive 0, smoothed 0, valid 0.5, color and size sqrt(0), intervention 0.1,
     # training classes 0.9
     assert lines[2] == "| 100 | 0.00 | 0.00 | 0.50 | 0.00 | 0.00 | 0.10 | 0.90 |"
+
+
+@pytest.mark.parametrize("valid, expected", [(0.5, "naive at step 200"), (0.2, "naive never")])
+def test_headline_times_the_class_among_the_valid_samples_above_the_floor(valid, expected):
+    """Half the samples valid and 90% of those right: learned among the valid samples (the
+    study's learning_time) at step 200, never on all samples (0.45). With a fifth valid,
+    below the floor 0.25, the same right fraction counts as nothing learned."""
+    run = trajectory()
+    run["accuracy"].loc[{"method": "naive", "prompt": "11"}] = [
+        0.0,
+        0.9 * valid,
+        0.9 * valid,
+        0.9 * valid,
+    ]
+    run["valid_fraction"].loc[{"method": "naive", "prompt": "11"}] = [0.0, valid, valid, valid]
+    text = headline(run, "11", threshold=0.8, sigma=0.0, min_valid_fraction=0.25)
+    assert f"among the valid samples reaches 0.8: {expected}," in text, text
+    assert "On all samples naive never." in text
+    assert "among the valid" not in headline(run, "11", threshold=0.8, sigma=0.0)
 
 
 def test_record_holds_overlay_headline_table_and_sheet(tmp_path):

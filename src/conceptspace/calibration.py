@@ -121,26 +121,46 @@ def checkpoint_table(trajectory: xr.Dataset, prompt: str, sigma: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def headline(trajectory: xr.Dataset, prompt: str, threshold: float, sigma: float) -> str:
+def headline(
+    trajectory: xr.Dataset,
+    prompt: str,
+    threshold: float,
+    sigma: float,
+    min_valid_fraction: float | None = None,
+) -> str:
     """One sentence: when (if) each method's smoothed accuracy of ``prompt`` reaches the
-    threshold, the naive peak, and the naive valid fraction at the last checkpoint."""
-    from conceptspace.trajectories import learning_time, smooth_accuracy
+    threshold, the naive peak, and the naive valid fraction at the last checkpoint. With
+    ``min_valid_fraction`` (and valid fractions in the trajectory) the times are read on the
+    accuracy among the valid samples, as the study's learning_time is; the naive time on
+    all samples follows."""
+    from conceptspace.trajectories import accuracy_among_valid, learning_time, smooth_accuracy
 
-    parts = []
-    for method in ("naive", "intervention", "overprompt"):
-        if method not in trajectory["method"].values:
-            continue
-        at = trajectory["accuracy"].sel({"method": method, "prompt": prompt})
-        reached = float(learning_time(at, threshold, sigma))
-        parts.append(f"{method} {'never' if math.isnan(reached) else f'at step {reached:.0f}'}")
+    among_valid = min_valid_fraction is not None and "valid_fraction" in trajectory
+
+    def time_of(method: str, all_samples: bool = False) -> str:
+        at = trajectory.sel({"method": method, "prompt": prompt})
+        accuracy = (
+            at["accuracy"]
+            if all_samples or not among_valid
+            else accuracy_among_valid(at, min_valid_fraction)
+        )
+        reached = float(learning_time(accuracy, threshold, sigma))
+        return "never" if math.isnan(reached) else f"at step {reached:.0f}"
+
+    parts = [
+        f"{method} {time_of(method)}"
+        for method in ("naive", "intervention", "overprompt")
+        if method in trajectory["method"].values
+    ]
     naive = smooth_accuracy(
         trajectory["accuracy"].sel({"method": "naive", "prompt": prompt}), sigma
     )
     peak = int(np.nanargmax(naive.values))
-    text = (
-        f"Class {prompt}'s smoothed accuracy reaches {threshold:g}: {', '.join(parts)}. Naive "
-        f"peak {float(naive[peak]):.2f} at step {int(trajectory['step'][peak])}"
-    )
+    which = " among the valid samples" if among_valid else ""
+    text = f"Class {prompt}'s smoothed accuracy{which} reaches {threshold:g}: {', '.join(parts)}."
+    if among_valid:
+        text += f" On all samples naive {time_of('naive', all_samples=True)}."
+    text += f" Naive peak {float(naive[peak]):.2f} at step {int(trajectory['step'][peak])}"
     if "valid_fraction" in trajectory:
         last = float(trajectory["valid_fraction"].sel({"method": "naive", "prompt": prompt})[-1])
         text += f"; naive valid fraction at the last checkpoint {last:.2f}"
@@ -208,7 +228,8 @@ def write_record(
     )
     threshold, sigma = evaluation["threshold"], evaluation["sigma"]
     taught = [
-        (f"{run_id}: " if len(runs) > 1 else "") + headline(trajectory, prompt, threshold, sigma)
+        (f"{run_id}: " if len(runs) > 1 else "")
+        + headline(trajectory, prompt, threshold, sigma, evaluation.get("min_valid_fraction"))
         for run_id, trajectory in trajectories.items()
     ]
     sections.append("## What it taught\n\n" + "\n\n".join(taught) + f"\n\n{TAUGHT_PLACEHOLDER}\n")
