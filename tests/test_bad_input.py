@@ -28,8 +28,8 @@ from conceptspace.train import train_run
 from conceptspace.trajectories import gather_run
 from conftest import REPO, SCHEMA, TINY_DATA, TINY_MODEL, snakemake
 
-# The training tests' tiny run, its dataset fixture and one-thread set-up (autouse) serve here too.
-from test_train import SEED, TRAINING, dataset, one_thread  # noqa: F401
+# The training tests' tiny run and its dataset fixture serve here too.
+from test_train import SEED, TRAINING, dataset  # noqa: F401
 
 # The reference run has the divergence monitor on, as the pipeline does, and reports often
 # enough for it to arm (five intervals) and judge: a healthy run must not trip it.
@@ -38,6 +38,9 @@ GUARDED = {
     "log_every": 2,
     "divergence": load_config(REPO / "config.yaml")["training"]["divergence"],
 }
+
+# torch at one thread for the whole module (conftest.one_torch_thread)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

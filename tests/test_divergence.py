@@ -16,8 +16,8 @@ from conceptspace.io import ConceptspaceError
 from conceptspace.train import train_run
 from conftest import REPO, TINY_MODEL
 
-# The training tests' tiny run, its dataset fixture and one-thread set-up (autouse) serve here too.
-from test_train import SEED, TRAINING, dataset, one_thread  # noqa: F401
+# The training tests' tiny run and its dataset fixture serve here too.
+from test_train import SEED, TRAINING, dataset  # noqa: F401
 
 # The shipped settings: what every run of the pipeline uses.
 DIVERGENCE = load_config(REPO / "config.yaml")["training"]["divergence"]
@@ -35,6 +35,9 @@ CPU_PRESET_TRACE = [
     -5.465, -5.478, -5.504, -5.512, -5.457, -5.513, -5.490, -5.493, -5.501, -5.513,
 ]  # fmt: skip
 PLATEAU = CPU_PRESET_TRACE[-1]
+
+# torch at one thread for the whole module (conftest.one_torch_thread)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def monitor(**changes) -> DivergenceMonitor:

@@ -16,14 +16,12 @@ from conceptspace.io import ConceptspaceError
 from conceptspace.render import render_training_set, save_dataset
 from conceptspace.train import PackRun, train_pack, train_run
 
-# The tests' tiny model (dropout on: its masks come from each run's generator) and the
-# training tests' one-thread set-up (autouse), so that in-process runs match each other.
+# The tests' tiny model (dropout on: its masks come from each run's generator).
 from conftest import TINY_DATA, TINY_MODEL
 from test_train import (  # noqa: F401
     TRAINING,
     assert_same_weights,
     kill_once_written,
-    one_thread,
     start_process,
 )
 
@@ -40,6 +38,9 @@ SEEDS = [11, 12, 13, 14]
 # grouped convolutions and batched matmuls sum in another order (float32 rounding).
 LOSS_RTOL = 1e-5
 WEIGHT_ATOL = 1e-5
+
+# one torch thread, so that in-process runs match each other
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -17,9 +17,12 @@ from conceptspace.studies import STUDIES
 from conceptspace.train import train_run
 from conftest import REPO, SMOKE, TINY_DATA, TINY_MODEL, planned_jobs, snakemake
 from test_disk_space import tiny_tmpfs  # noqa: F401
-from test_train import TRAINING, one_thread  # noqa: F401
+from test_train import TRAINING
 
 PRESETS = REPO / "workflow" / "presets"
+
+# torch at one thread for the whole module (conftest.one_torch_thread)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize(
