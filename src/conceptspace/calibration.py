@@ -160,7 +160,8 @@ def headline(
     text = f"Class {prompt}'s smoothed accuracy{which} reaches {threshold:g}: {', '.join(parts)}."
     if among_valid:
         text += f" On all samples naive {time_of('naive', all_samples=True)}."
-    text += f" Naive peak {float(naive[peak]):.2f} at step {int(trajectory['step'][peak])}"
+    peak_of = " (all samples)" if among_valid else ""
+    text += f" Naive peak{peak_of} {float(naive[peak]):.2f} at step {int(trajectory['step'][peak])}"
     if "valid_fraction" in trajectory:
         last = float(trajectory["valid_fraction"].sel({"method": "naive", "prompt": prompt})[-1])
         text += f"; naive valid fraction at the last checkpoint {last:.2f}"
