@@ -209,13 +209,15 @@ def write_record(
     prompt = layout_from_attrs(first.attrs).unseen_classes[0]
     sections = [f"# Calibration: {name} ({', '.join(paths)})\n"]
     memory = "" if peak_rss_kib is None else f", peak RSS of any job {peak_rss_kib / 1024:.0f} MiB"
-    narrowed = "to one run" if study == "signal" else f"to {len(runs)} {study} runs"
     base = config.get("preset", "cpu-16px")  # the preset the overlays lie on (calibrate.sh BASE)
-    what = f"the {base} preset narrowed {narrowed} by `workflow/presets/calibration/baseline.yaml`"
     if not candidate:
         what = f"the {base} preset whole, its {len(runs)} {study} runs ({configs[-1].name} "
         what += "copied here as overlay.yaml)"
-    elif stems[-1] != "baseline":
+    else:
+        narrowed = "to one run" if study == "signal" else f"to {len(runs)} {study} runs"
+        what = f"the {base} preset narrowed {narrowed} by "
+        what += "`workflow/presets/calibration/baseline.yaml`"
+    if candidate and stems[-1] != "baseline":
         over = ", ".join(f"`{path.name}`" for path in overlays)
         what += f", with {over} over it" + (", in this order" if len(overlays) > 1 else "")
         what += " (the last " if len(overlays) > 1 else " ("
@@ -253,9 +255,8 @@ def write_record(
     wanted = (
         [f"samples_{run.id}.png" for run in runs] if study == "signal" else ["fig_underspec.png"]
     )
-    sheets = [
-        results / "figures" / name for name in wanted if (results / "figures" / name).exists()
-    ]
+    sheets = [results / "figures" / name for name in wanted]
+    sheets = [sheet for sheet in sheets if sheet.exists()]
     for sheet in sheets:
         shutil.copyfile(sheet, out / sheet.name)
         sections.append(f"## Sample sheet\n\n![samples]({sheet.name})\n")
