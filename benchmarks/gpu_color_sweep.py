@@ -153,7 +153,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.simulate_failure:
         raise SystemExit("train: --simulate-failure (a test of the fallback)")
     if args.force_vmap:  # the CUDA path (one vmapped pass) on a CPU: the tiny run's check
-        train._vmap_runs = lambda device: True
+        train.vmap_runs = lambda device: True
     config = load(args.tiny)
     where = Layout(args.work)
     runs = [

@@ -21,10 +21,19 @@ out of memory is recorded as such and the larger packs of its model and precisio
 skipped; cases left when the budget is spent are recorded as skipped. CUDA graph capture
 (issue 27, item 3) is not implemented, so every case runs without it.
 
+With --stage sample each case times instead the pack evaluator's sampler
+(``vdm.sample_runs``, as ``evaluate.evaluate_pack`` draws a checkpoint's prompts): K runs'
+ancestral sampler steps at the evaluation's batch (config.yaml's evaluation.batch_size),
+each run's noise from its own per-sample generators, the networks in one vmapped call
+(``pack.StackedNetworks``, mode vmap) or one after another (mode loop; K = 1 is a run
+alone, today's evaluation); fp32 and tf32 only (the evaluation samples in fp32).
+
 The report (JSON, rewritten after every case): the machine, each case's step time,
 run-steps/s, images/s, time per image and peak GPU memory, each pack's run-steps/s
 against K = 1 of the same model and precision, and for the paper's model the GPU-hours of
-the paper's signal study (290 runs x 20,000 steps) that speed implies.
+the paper's signal study (290 runs x 20,000 steps; with --stage sample, the sampling of its
+evaluation: every checkpoint, condition and sample through every sampler step) that speed
+implies.
 """
 
 from __future__ import annotations
@@ -56,20 +65,36 @@ def setups(args) -> dict[str, dict]:
     paper = load_config(ROOT / "config.yaml")
     cpu = load_config(ROOT / "config.yaml", ROOT / "workflow" / "presets" / "cpu.yaml")
     if args.tiny:
-        return {"tiny": {"model": {**paper["model"], **TINY_MODEL}, "batch": 8, "size": 8}}
+        tiny = {"model": {**paper["model"], **TINY_MODEL}, "batch": 8, "size": 8}
+        return {"tiny": {**tiny, "sample_batch": 8}}
     found = {
         "paper": {
             "model": paper["model"],
             "batch": paper["training"]["batch_size"],
+            "sample_batch": paper["evaluation"]["batch_size"],
             "size": paper["data"]["image_size"],
         },
         "cpu": {
             "model": cpu["model"],
             "batch": cpu["training"]["batch_size"],
+            "sample_batch": cpu["evaluation"]["batch_size"],
             "size": cpu["data"]["image_size"],
         },
     }
     return {name: found[name] for name in args.models}
+
+
+def fresh_device(device: torch.device, precision: str) -> bool:
+    """On a GPU: TF32 allowed for the tf32 cases only, the cache emptied, the peak memory
+    reset. Whether the device is a GPU."""
+    if device.type != "cuda":
+        return False
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    return True
 
 
 def measure(setup: dict, runs: int, precision: str, mode: str, device: torch.device, args):
@@ -78,13 +103,7 @@ def measure(setup: dict, runs: int, precision: str, mode: str, device: torch.dev
     from conceptspace.checkpoints import build_vdm
     from conceptspace.train import _use_channels_last
 
-    cuda = device.type == "cuda"
-    if cuda:
-        tf32 = precision == "tf32"
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    cuda = fresh_device(device, precision)
     network_precision = "bf16" if precision == "bf16" else "fp32"
     size, batch, h_dim = setup["size"], setup["batch"], 4
     vdm = build_vdm(setup["model"], h_dim, size).to(device)
@@ -138,6 +157,68 @@ def measure(setup: dict, runs: int, precision: str, mode: str, device: torch.dev
     return result
 
 
+def measure_sampling(setup: dict, runs: int, precision: str, mode: str, device, args):
+    """Time ``args.steps`` sampler steps of ``runs`` runs at the evaluation's batch, after
+    ``args.warmup`` untimed ones."""
+    from conceptspace.checkpoints import build_vdm
+    from conceptspace.pack import StackedNetworks
+    from conceptspace.vdm import sample_runs
+
+    cuda = fresh_device(device, precision)
+    size, batch, h_dim = setup["size"], setup["sample_batch"], 4
+    vdms = []
+    for seed in range(runs):
+        torch.manual_seed(seed)
+        vdms.append(build_vdm(setup["model"], h_dim, size).to(device).eval())
+    h = torch.rand(batch, h_dim, device=device)
+    with torch.no_grad():
+        embeddings = [vdm.net.embed(h) for vdm in vdms]
+    network = StackedNetworks([v.net for v in vdms]) if mode == "vmap" and runs > 1 else None
+
+    def sample(steps):
+        generators = [
+            [torch.Generator(device).manual_seed(1000 * k + i) for i in range(batch)]
+            for k in range(runs)
+        ]
+        return sample_runs(vdms, steps, generators, embeddings, network)
+
+    sample(args.warmup)
+    if cuda:
+        torch.cuda.synchronize(device)
+    began = time.perf_counter()
+    images = sample(args.steps)
+    images[-1].sum().item()  # waits for the device
+    seconds = time.perf_counter() - began
+    step_s = seconds / args.steps
+    result = {
+        "steps": args.steps,
+        "seconds": seconds,
+        "sampler_step_ms": 1000 * step_s,
+        "sample_steps_per_s": runs * batch / step_s,
+        "ms_per_sample_step": 1000 * step_s / (runs * batch),
+    }
+    if cuda:
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return result
+
+
+def paper_evaluation_sample_steps() -> float:
+    """Samples times sampler steps of the paper signal study's evaluation (config.yaml):
+    every run, checkpoint, condition and sample."""
+    from conceptspace.config import load_config
+    from conceptspace.plan import conditions
+    from conceptspace.runs import checkpoint_steps
+    from conceptspace.studies import STUDIES
+
+    config = load_config(ROOT / "config.yaml")
+    study = STUDIES["signal"]
+    _, n_conditions = conditions(study, config)
+    evaluation = config["evaluation"]
+    per_run = len(checkpoint_steps(study.training(config))) * n_conditions
+    samples = len(study.runs(config)) * per_run * evaluation["samples_per_prompt"]
+    return float(samples * evaluation["sampler_steps"])
+
+
 def machine(device: torch.device, threads: int) -> dict:
     facts = {
         "platform": platform.platform(),
@@ -155,20 +236,25 @@ def machine(device: torch.device, threads: int) -> dict:
 
 def summarize(report: dict) -> None:
     """Each pack against K = 1 of its model and precision; the paper study's GPU-hours."""
+    speed = "sample_steps_per_s" if report["stage"] == "sample" else "run_steps_per_s"
+    work = (
+        paper_evaluation_sample_steps()
+        if report["stage"] == "sample"
+        else float(PAPER_STUDY_RUNS * PAPER_STEPS)
+    )
     alone = {
-        (c["model"], c["precision"]): c["run_steps_per_s"]
+        (c["model"], c["precision"]): c[speed]
         for c in report["cases"]
-        if c["runs"] == 1 and "run_steps_per_s" in c
+        if c["runs"] == 1 and speed in c
     }
     for case in report["cases"]:
         base = alone.get((case["model"], case["precision"]))
-        if "run_steps_per_s" not in case:
+        if speed not in case:
             continue
         if base:
-            case["x_one_run"] = case["run_steps_per_s"] / base
+            case["x_one_run"] = case[speed] / base
         if case["model"] == "paper":
-            hours = PAPER_STUDY_RUNS * PAPER_STEPS / case["run_steps_per_s"] / 3600
-            case["paper_study_gpu_hours"] = hours
+            case["paper_study_gpu_hours"] = work / case[speed] / 3600
 
 
 def main(argv=None) -> None:
@@ -191,6 +277,12 @@ def main(argv=None) -> None:
         help="a pack's forward passes: one vmapped pass (the GPU's default), or each run's "
         "after another (the CPU's)",
     )
+    parser.add_argument(
+        "--stage",
+        default="train",
+        choices=["train", "sample"],
+        help="time the pack trainer's step, or the pack evaluator's sampler step",
+    )
     parser.add_argument("--steps", type=int, default=20, help="timed steps per case")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
     parser.add_argument("--threads", type=int, default=4, help="torch CPU threads")
@@ -203,10 +295,14 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     precisions = [p for p in args.precisions if p != "tf32" or device.type == "cuda"]
+    if args.stage == "sample":  # the evaluation samples in fp32
+        precisions = [p for p in precisions if p != "bf16"]
+    timed = measure_sampling if args.stage == "sample" else measure
     report = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(device, args.threads),
+        "stage": args.stage,
         "load_average_start": os.getloadavg(),
         "graph_capture": "not implemented (issue 27 item 3): every case runs without it",
         "cases": [],
@@ -224,14 +320,14 @@ def main(argv=None) -> None:
             if runs == 1 and mode != args.modes[0]:
                 continue  # a pack of one runs without vmap in every mode: measured once
             case = {"model": name, "precision": precision, "mode": mode, "runs": runs}
-            case["batch"] = setup["batch"]
+            case["batch"] = setup["sample_batch" if args.stage == "sample" else "batch"]
             if time.monotonic() - began > args.budget_s:
                 case["skipped"] = "time budget spent"
             elif too_big:
                 case["skipped"] = "a smaller pack ran out of memory"
             else:
                 try:
-                    case.update(measure(setup, runs, precision, mode, device, args))
+                    case.update(timed(setup, runs, precision, mode, device, args))
                 except torch.OutOfMemoryError as err:
                     too_big = True
                     case["error"] = f"out of memory: {str(err).splitlines()[0]}"

@@ -330,18 +330,14 @@ def test_evaluation_refuses_a_checkpoint_of_another_run(trained, tmp_path):
 
 def condition_images(prepared, conditions, samples=2, batch_size=8):
     batches = generate_images(
-        prepared.vdm,
+        [prepared.sampled(SIGNAL, SEED)],
         conditions,
         samples,
-        SIGNAL,
-        SEED,
         EVALUATION["sampler_steps"],
         batch_size,
         torch.device("cpu"),
-        prepared.directions,
-        prepared.donors,
     )
-    return torch.cat([images for _, images in batches])
+    return torch.cat([images for _, (images,) in batches])
 
 
 def test_identity_settings_of_every_method_give_the_naive_samples(trained):

@@ -48,7 +48,7 @@ def vmapped_packs():
     """Packs here run vmapped, as on a GPU (the CPU's default runs a pack's runs one after
     another: test_on_the_cpu_a_pack_of_four_trains_each_run_exactly_as_alone)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(conceptspace.train, "_vmap_runs", lambda device: True)
+        patch.setattr(conceptspace.train, "vmap_runs", lambda device: True)
         yield
 
 
@@ -162,7 +162,7 @@ def test_a_run_in_a_pack_of_four_matches_the_run_alone(packed, alone):
 def test_on_the_cpu_a_pack_of_four_trains_each_run_exactly_as_alone(
     datasets, alone, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(conceptspace.train, "_vmap_runs", lambda device: device.type == "cuda")
+    monkeypatch.setattr(conceptspace.train, "vmap_runs", lambda device: device.type == "cuda")
     runs = pack_runs(datasets, tmp_path)
     train_pack(TINY_MODEL, PACKED, runs, device="cpu")
     for run, (run_dir, _) in zip(runs, alone):
@@ -285,7 +285,7 @@ def test_a_pack_killed_with_sigkill_resumes_to_the_uninterrupted_packs_weights(d
         torch.set_num_threads(1)
         import conceptspace.train
         from conceptspace.train import PackRun, train_pack
-        conceptspace.train._vmap_runs = lambda device: True  # as on a GPU
+        conceptspace.train.vmap_runs = lambda device: True  # as on a GPU
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
         a = json.loads(sys.argv[1])
         runs = [PackRun(*run) for run in a["runs"]]

@@ -185,50 +185,80 @@ def condition_embeddings(
     return embeddings
 
 
+@dataclass(frozen=True)
+class SampledRun:
+    """One run's checkpoint as the sampler draws it: its VDM, its signal (the class means
+    its prompts take), its seed (its noise), the intervention's (color_h, size_h)
+    ``directions`` and the ``donors`` (donor step -> network) its patched conditions use."""
+
+    vdm: torch.nn.Module
+    signal: Signal
+    seed: int
+    directions: tuple[torch.Tensor, torch.Tensor] | None = None
+    donors: Mapping[int, torch.nn.Module] | None = None
+
+
 def generate_images(
-    vdm: torch.nn.Module,
+    runs: Sequence[SampledRun],
     conditions: Sequence[Condition],
     samples: int,
-    signal: Signal,
-    seed: int,
     sampler_steps: int,
     batch_size: int,
     device: torch.device,
-    directions: tuple[torch.Tensor, torch.Tensor] | None = None,
-    donors: Mapping[int, torch.nn.Module] | None = None,
-) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor]]:
-    """Sample ``samples`` images of every condition, in as few sampler calls as
-    ``batch_size`` allows. Yields (items, images) per batch: items the (condition index,
-    sample index) of each row, images (B, C, S, S) in [0, 1]. Sample i of a condition
-    uses the generator of (seed, its target class, i): the same noise for every method.
-    ``donors`` maps a donor step to the network whose embedding module patched
-    conditions use; ``directions`` are the intervention's (color_h, size_h)."""
-    donors = donors or {}
+    vmapped: bool = False,
+) -> Iterator[tuple[list[tuple[int, int]], list[torch.Tensor]]]:
+    """Sample ``samples`` images of every condition for each run of a pack (one run: a
+    pack of one), in as few sampler calls as ``batch_size`` allows. Yields (items, images)
+    per batch: items the (condition index, sample index) of each row, the same rows for
+    every run, and images one (B, C, S, S) tensor in [0, 1] per run. Sample i of a
+    condition uses the generator of (its run's seed, its target class, i): the same noise
+    for every method, and for a run in any pack. ``vmapped``: the runs' networks evaluated
+    in one vmapped call per sampler step (``pack.StackedNetworks``, what a GPU wants), else
+    one after another."""
+    from conceptspace.vdm import sample_runs
+
+    network = None
+    if vmapped and len(runs) > 1:
+        from conceptspace.pack import StackedNetworks
+
+        network = StackedNetworks([run.vdm.net for run in runs])
     items = [(c, i) for c in range(len(conditions)) for i in range(samples)]
-    h_of = [torch.from_numpy(condition.h(signal)) for condition in conditions]
+    h_of = [[torch.from_numpy(condition.h(run.signal)) for condition in conditions] for run in runs]
     n_batches = math.ceil(len(items) / batch_size)
     started = time.perf_counter()
     for batch in range(n_batches):
         chunk = items[batch * batch_size : (batch + 1) * batch_size]
         rows = [conditions[c] for c, _ in chunk]
-        h = torch.stack([h_of[c] for c, _ in chunk]).to(device)
+        embeddings, generators = [], []
         with torch.no_grad():
-            embeddings = condition_embeddings(vdm.net, rows, h, directions, donors)
-            generators = _generators(
-                [(row.prompt, i) for row, (_, i) in zip(rows, chunk)], seed, device
-            )
-            images = vdm.sample(None, sampler_steps, generators, embeddings=embeddings)
+            for run, run_h in zip(runs, h_of):
+                h = torch.stack([run_h[c] for c, _ in chunk]).to(device)
+                embeddings.append(
+                    condition_embeddings(run.vdm.net, rows, h, run.directions, run.donors or {})
+                )
+                generators.append(
+                    _generators(
+                        [(row.prompt, i) for row, (_, i) in zip(rows, chunk)], run.seed, device
+                    )
+                )
+            if len(runs) == 1:  # VDM.sample: sample_runs of a pack of one
+                images = [runs[0].vdm.sample(None, sampler_steps, generators[0], embeddings[0])]
+            else:
+                images = sample_runs(
+                    [run.vdm for run in runs], sampler_steps, generators, embeddings, network
+                )
         done = batch * batch_size + len(chunk)
         elapsed = time.perf_counter() - started
         log.info(
-            "batch %d/%d: %d conditions, %d/%d samples (%.1f s, %.2f samples/s, ETA %s)",
+            "batch %d/%d: %d conditions, %d/%d samples%s (%.1f s, %.2f samples/s, ETA %s)",
             batch + 1,
             n_batches,
             len({c for c, _ in chunk}),
             done,
             len(items),
+            f" x {len(runs)} runs" if len(runs) > 1 else "",
             elapsed,
-            done / max(elapsed, 1e-9),
+            done * len(runs) / max(elapsed, 1e-9),
             eta(done, len(items), elapsed),
         )
         yield chunk, images
@@ -324,23 +354,24 @@ class Prepared:
         verdict bounds its objects by); empty for a dataset that has none (CelebA)."""
         return (self.metadata["config"].get("dataset") or {}).get("data") or {}
 
+    def sampled(self, signal: Signal, seed: int) -> SampledRun:
+        """This checkpoint as the sampler draws it, for the run of ``signal`` and ``seed``."""
+        return SampledRun(self.vdm, signal, seed, self.directions, self.donors)
+
     def generate(
         self, samples: int, signal: Signal, seed: int, evaluation_cfg: Mapping[str, Any], device
     ) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor]]:
-        """:func:`generate_images` of all this checkpoint's conditions."""
+        """:func:`generate_images` of all this checkpoint's conditions, as a run alone."""
         _, sampler_steps, batch_size = _sampling_settings(evaluation_cfg)
-        return generate_images(
-            self.vdm,
+        for chunk, (images,) in generate_images(
+            [self.sampled(signal, seed)],
             self.conditions,
             samples,
-            signal,
-            seed,
             sampler_steps,
             batch_size,
             device,
-            self.directions,
-            self.donors,
-        )
+        ):
+            yield chunk, images
 
 
 def prepare_checkpoint(
@@ -550,13 +581,17 @@ class RunEvaluation:
         from conceptspace.probe import load_probe
 
         probe = load_probe(self.probe_path, self.min_accuracy, self.device)
+        self.check_gaps(probe)
+        return probe
+
+    def check_gaps(self, probe) -> None:
+        """Refuse a run without gaps where the probe's layout prompts class means."""
         layout = getattr(probe, "layout", COLOR_SIZE)  # probes before layouts: the 2x2
         if not layout.one_hot and min(self.signal.color_gap, self.signal.size_gap) <= 0:
             raise ConceptspaceError(
                 f"the {layout.name} layout prompts class means at the run's gaps, but no "
                 "color or size gap was given; pass the run's --color-gap and --size-gap"
             )
-        return probe
 
     def inputs_hash(self, checkpoint: Path) -> str:
         """A hash of what one checkpoint's evaluation is made from: the evaluation code's
@@ -610,86 +645,135 @@ def evaluate_checkpoint(
     run = RunEvaluation.on(
         probe_path, evaluation_cfg, min_accuracy, signal, seed, device, threads, mask_ratio
     )
-    return _evaluate_with(run.load_probe(), checkpoint_path, out_path, run)
+    job = CheckpointJob(Path(checkpoint_path), Path(out_path), run)
+    return _evaluate_with(run.load_probe(), [job])[0]
 
 
-def _evaluate_with(
-    probe,
-    checkpoint_path: str | os.PathLike,
-    out_path: str | os.PathLike,
-    run: RunEvaluation,
-    extra_attrs: Mapping[str, Any] | None = None,
-) -> Path:
-    """:func:`evaluate_checkpoint` with the probe already loaded (``evaluate_run`` loads
-    it once for all of a run's checkpoints)."""
-    probe_path, evaluation_cfg, min_accuracy = run.probe_path, run.evaluation_cfg, run.min_accuracy
-    signal, seed, device, mask_ratio = run.signal, run.seed, run.device, run.mask_ratio
-    samples_per_prompt, sampler_steps, batch_size = _sampling_settings(evaluation_cfg)
-    layout = getattr(probe, "layout", COLOR_SIZE)
-    prepared = prepare_checkpoint(
-        checkpoint_path, evaluation_cfg["methods"], signal, seed, device, layout
-    )
-    image_size = int(prepared.metadata["config"]["image_size"])
-    if image_size != probe.image_size:
-        raise ConceptspaceError(
-            f"checkpoint {checkpoint_path} makes {image_size}px images but probe {probe_path} "
-            f"reads {probe.image_size}px ones; train both with the same data.image_size"
-        )
+@dataclass(frozen=True)
+class CheckpointJob:
+    """One run's checkpoint to evaluate, and where its evaluation goes."""
 
-    methods, conditions = prepared.methods, prepared.conditions
-    n_samples = len(conditions) * samples_per_prompt
-    log.info(
-        "evaluating %s (step %d) on %s: %d methods, %d conditions x %d samples = %d, "
-        "%d sampler steps, %d batches of <= %d",
-        checkpoint_path,
-        prepared.step,
-        device,
-        len(methods),
-        len(conditions),
-        samples_per_prompt,
-        n_samples,
-        sampler_steps,
-        math.ceil(n_samples / batch_size),
-        batch_size,
-    )
-    prompts, concepts = layout.classes, layout.concepts
-    p_target = np.full((len(methods), len(prompts), len(concepts), samples_per_prompt), np.nan)
-    valid = np.full((len(methods), len(prompts), samples_per_prompt), np.nan)
-    valid_frame_off = valid.copy()
-    where = [(methods.index(c.method), prompts.index(c.prompt)) for c in conditions]
-    for chunk, images in prepared.generate(
-        samples_per_prompt, signal, seed, evaluation_cfg, device
-    ):
-        scores, verdicts, verdicts_frame_off = score_samples(
-            probe,
-            images,
-            [conditions[c].prompt for c, _ in chunk],
-            layout,
-            prepared.data_cfg,
-            signal,
-        )
+    checkpoint: Path
+    out: Path
+    run: RunEvaluation
+    extra_attrs: Mapping[str, Any] | None = None
+
+
+class _Scores:
+    """One checkpoint's evaluation being filled in: p_target (method, prompt, concept,
+    sample) and the validity verdicts (method, prompt, sample), NaN where not applied."""
+
+    def __init__(self, methods: Sequence[Method], conditions: Sequence[Condition], layout, samples):
+        prompts = layout.classes
+        self.p_target = np.full((len(methods), len(prompts), len(layout.concepts), samples), np.nan)
+        self.valid = np.full((len(methods), len(prompts), samples), np.nan)
+        self.valid_frame_off = self.valid.copy()
+        self.where = [(methods.index(c.method), prompts.index(c.prompt)) for c in conditions]
+
+    def add(self, chunk, scores, verdicts, verdicts_frame_off) -> None:
         for (c, i), row, verdict, verdict_frame_off in zip(
             chunk, scores, verdicts, verdicts_frame_off
         ):
-            p_target[where[c] + (slice(None), i)] = row
-            valid[where[c] + (i,)] = verdict
-            valid_frame_off[where[c] + (i,)] = verdict_frame_off
+            self.p_target[self.where[c] + (slice(None), i)] = row
+            self.valid[self.where[c] + (i,)] = verdict
+            self.valid_frame_off[self.where[c] + (i,)] = verdict_frame_off
 
-    attrs = _run_attrs(prepared, evaluation_cfg, signal, seed, device, layout, mask_ratio)
+
+def _evaluate_with(probe, jobs: Sequence[CheckpointJob], vmapped: bool = False) -> list[Path]:
+    """:func:`evaluate_checkpoint` of one checkpoint of each run of a pack (one run: a pack
+    of one), with the probe already loaded (``evaluate_pack`` loads it once): the runs'
+    samples are drawn together (:func:`generate_images`), each run's with its own noise,
+    and each run's are scored and written as if it were alone."""
+    first = jobs[0].run
+    evaluation_cfg, device = first.evaluation_cfg, first.device
+    samples_per_prompt, sampler_steps, batch_size = _sampling_settings(evaluation_cfg)
+    layout = getattr(probe, "layout", COLOR_SIZE)
+    prepared = []
+    for job in jobs:
+        one = prepare_checkpoint(
+            job.checkpoint, evaluation_cfg["methods"], job.run.signal, job.run.seed, device, layout
+        )
+        image_size = int(one.metadata["config"]["image_size"])
+        if image_size != probe.image_size:
+            raise ConceptspaceError(
+                f"checkpoint {job.checkpoint} makes {image_size}px images but probe "
+                f"{job.run.probe_path} reads {probe.image_size}px ones; train both with the "
+                "same data.image_size"
+            )
+        prepared.append(one)
+    methods, conditions = prepared[0].methods, prepared[0].conditions
+    for job, one in zip(jobs[1:], prepared[1:]):
+        if one.conditions != conditions:
+            raise ConceptspaceError(
+                f"checkpoint {job.checkpoint} is prompted with other methods than "
+                f"{jobs[0].checkpoint}; a pack's runs share one checkpoint schedule and methods"
+            )
+    n_samples = len(conditions) * samples_per_prompt
+    for job, one in zip(jobs, prepared):
+        log.info(
+            "evaluating %s (step %d) on %s: %d methods, %d conditions x %d samples = %d, "
+            "%d sampler steps, %d batches of <= %d%s",
+            job.checkpoint,
+            one.step,
+            device,
+            len(methods),
+            len(conditions),
+            samples_per_prompt,
+            n_samples,
+            sampler_steps,
+            math.ceil(n_samples / batch_size),
+            batch_size,
+            f", with {len(jobs) - 1} more runs of its pack" if len(jobs) > 1 else "",
+        )
+    scores = [_Scores(methods, conditions, layout, samples_per_prompt) for _ in jobs]
+    runs = [one.sampled(job.run.signal, job.run.seed) for job, one in zip(jobs, prepared)]
+    for chunk, images in generate_images(
+        runs, conditions, samples_per_prompt, sampler_steps, batch_size, device, vmapped
+    ):
+        chunk_prompts = [conditions[c].prompt for c, _ in chunk]
+        for job, one, run_images, run_scores in zip(jobs, prepared, images, scores):
+            run_scores.add(
+                chunk,
+                *score_samples(
+                    probe, run_images, chunk_prompts, layout, one.data_cfg, job.run.signal
+                ),
+            )
+    for job, one, run_scores in zip(jobs, prepared, scores):
+        _write_scores(probe, job, one, run_scores, layout)
+    return [job.out for job in jobs]
+
+
+def _write_scores(probe, job: CheckpointJob, prepared: Prepared, scores: _Scores, layout) -> None:
+    """Write one run's evaluation of one checkpoint, and log its unseen classes' accuracy."""
+    run = job.run
+    attrs = _run_attrs(
+        prepared, run.evaluation_cfg, run.signal, run.seed, run.device, layout, run.mask_ratio
+    )
     probe_accuracy = dict(getattr(probe, "accuracy", {}) or {})
     attrs.update(
-        probe=str(probe_path),
-        min_accuracy=float(min_accuracy),
+        probe=str(run.probe_path),
+        min_accuracy=float(run.min_accuracy),
         **{f"probe_accuracy_{name}": float(value) for name, value in probe_accuracy.items()},
-        **(extra_attrs or {}),
+        **(job.extra_attrs or {}),
     )
-    write_evaluation(out_path, p_target, methods, prompts, concepts, attrs, valid, valid_frame_off)
+    prompts, methods = layout.classes, prepared.methods
+    write_evaluation(
+        job.out,
+        scores.p_target,
+        methods,
+        prompts,
+        layout.concepts,
+        attrs,
+        scores.valid,
+        scores.valid_frame_off,
+    )
+    valid, p_target = scores.valid, scores.p_target
     for unseen_class in layout.unseen_classes:
         k = prompts.index(unseen_class)
         accuracy = np.mean(valid[:, k] * p_target[:, k].prod(axis=1), axis=-1)  # (method,)
         log.info(
             "wrote %s; unseen class %s, accuracy (valid fraction): %s",
-            out_path,
+            job.out,
             unseen_class,
             "; ".join(
                 f"{m.name} {accuracy[j]:.3f} ({np.mean(valid[j, k]):.2f})"
@@ -697,7 +781,84 @@ def _evaluate_with(
                 if unseen_class in m.prompts
             ),
         )
-    return Path(out_path)
+
+
+@dataclass(frozen=True)
+class PackMember:
+    """One run of a pack to evaluate: its settings, its checkpoints (in order) and the
+    folder of its per-checkpoint evaluations."""
+
+    run: RunEvaluation
+    checkpoints: Sequence[Path]
+    eval_dir: Path
+
+
+def evaluate_pack(members: Sequence[PackMember], vmapped: bool | None = None) -> list[list[Path]]:
+    """Evaluate every checkpoint of each run of a pack into its ``eval_dir/step_XXXXXX.nc``
+    and return each run's files, in checkpoint order; gathering them into a run's
+    trajectory is the next step's (``trajectories.gather_run``).
+
+    The runs' checkpoints of one step are sampled together (:func:`_evaluate_with`), so a
+    GPU draws the whole pack's prompts in one batched call per sampler step (``vmapped``;
+    by default on a GPU only, as the pack trainer: ``pack.vmap_runs``); each run keeps its
+    own noise, so its evaluations do not depend on its pack. The per-checkpoint files are
+    working files: one already there is kept when its inputs are the same
+    (:meth:`RunEvaluation.inputs_hash`), so a killed job resumes at the checkpoint it
+    stopped at. Delete a run's ``eval_dir`` to evaluate it again."""
+    from conceptspace.pack import vmap_runs
+
+    if not members:
+        raise ConceptspaceError("a pack to evaluate needs at least one run")
+    first = members[0].run
+    for member in members[1:]:
+        run = member.run
+        if (run.probe_path, run.min_accuracy, run.device) != (
+            first.probe_path,
+            first.min_accuracy,
+            first.device,
+        ) or dict(run.evaluation_cfg) != dict(first.evaluation_cfg):
+            raise ConceptspaceError(
+                "the runs of one pack are evaluated with one probe, device and evaluation "
+                "settings; evaluate runs of other settings in packs of their own"
+            )
+    vmapped = vmap_runs(first.device) if vmapped is None else vmapped
+    probe = first.load_probe()
+    for member in members[1:]:
+        member.run.check_gaps(probe)
+    for member in members:
+        member.eval_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(member.eval_dir)
+    # each run's files in its checkpoints' order; step_XXXXXX.pt -> step_XXXXXX.nc
+    eval_paths = [[m.eval_dir / f"{Path(c).stem}.nc" for c in m.checkpoints] for m in members]
+    # a pack's runs share their checkpoint schedule (a run stopped early has fewer): each
+    # step's checkpoints are sampled together, steps in order (the names are zero-padded)
+    steps = sorted({Path(c).name for m in members for c in m.checkpoints})
+    kept, done, started = 0, 0, time.perf_counter()
+    total = sum(len(m.checkpoints) for m in members)
+    for name in steps:
+        jobs = []
+        for member, outs in zip(members, eval_paths):
+            for checkpoint, out in zip(map(Path, member.checkpoints), outs):
+                if checkpoint.name != name:
+                    continue
+                inputs = member.run.inputs_hash(checkpoint)
+                if _made_from(out, inputs):
+                    kept += 1
+                else:
+                    jobs.append(CheckpointJob(checkpoint, out, member.run, {"inputs_hash": inputs}))
+                done += 1
+        if jobs:
+            _evaluate_with(probe, jobs, vmapped)
+        elapsed = time.perf_counter() - started
+        log.info(
+            "checkpoint %d/%d evaluated (%d kept from an earlier job; %.1f s, ETA %s)",
+            done,
+            total,
+            kept,
+            elapsed,
+            eta(done - kept, total - kept, elapsed),
+        )
+    return eval_paths
 
 
 def evaluate_run(
@@ -713,42 +874,14 @@ def evaluate_run(
     threads: int | None = None,
     mask_ratio: float | None = None,
 ) -> list[Path]:
-    """Evaluate every checkpoint of one run into ``eval_dir/step_XXXXXX.nc`` and return
-    those files, in checkpoint order; gathering them into the run's trajectory is the next
-    step's (``trajectories.gather_run``; the `evaluate-run` command does both).
-
-    One process per run: the probe is loaded once, and the pipeline plans one job per
-    run instead of one per checkpoint (planning the paper-scale study is mostly per-job
-    work). The per-checkpoint files are working files: one already in ``eval_dir`` is
-    kept when its inputs are the same (:meth:`RunEvaluation.inputs_hash`), so a killed job
-    resumes at the checkpoint it stopped at. Delete ``eval_dir`` to evaluate everything
-    again."""
+    """:func:`evaluate_pack` of one run: every checkpoint into
+    ``eval_dir/step_XXXXXX.nc``, those files returned in checkpoint order (the
+    `evaluate-run` command then gathers them)."""
     run = RunEvaluation.on(
         probe_path, evaluation_cfg, min_accuracy, signal, seed, device, threads, mask_ratio
     )
-    probe = run.load_probe()
-    eval_dir = Path(eval_dir)
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(eval_dir)
-    eval_paths, kept, started = [], 0, time.perf_counter()
-    for done, checkpoint in enumerate(map(Path, checkpoint_paths), start=1):
-        out = eval_dir / f"{checkpoint.stem}.nc"  # step_XXXXXX.pt -> step_XXXXXX.nc
-        inputs = run.inputs_hash(checkpoint)
-        if _made_from(out, inputs):
-            kept += 1
-        else:
-            _evaluate_with(probe, checkpoint, out, run, extra_attrs={"inputs_hash": inputs})
-        eval_paths.append(out)
-        elapsed = time.perf_counter() - started
-        log.info(
-            "checkpoint %d/%d evaluated (%d kept from an earlier job; %.1f s, ETA %s)",
-            done,
-            len(checkpoint_paths),
-            kept,
-            elapsed,
-            eta(done - kept, len(checkpoint_paths) - kept, elapsed),
-        )
-    return eval_paths
+    member = PackMember(run, [Path(c) for c in checkpoint_paths], Path(eval_dir))
+    return evaluate_pack([member])[0]
 
 
 def _made_from(path: Path, inputs: str) -> bool:

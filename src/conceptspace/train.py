@@ -48,7 +48,14 @@ from conceptspace.checkpoints import (
 from conceptspace.device import compute_device
 from conceptspace.divergence import DivergenceMonitor
 from conceptspace.io import ConceptspaceError, eta, provenance, remove_stale_temporaries
-from conceptspace.pack import RunBatch, StackedModel, draw_batch, loss_template, mask_specs
+from conceptspace.pack import (
+    RunBatch,
+    StackedModel,
+    draw_batch,
+    loss_template,
+    mask_specs,
+    vmap_runs,
+)
 
 # One schedule for training and for the DAG: `count` steps evenly spaced in sqrt(step)
 # from `first` to `last`, rounded to ints, duplicates removed, sorted.
@@ -618,7 +625,7 @@ def _train_cohort(
         weight_decay=float(training_cfg["weight_decay"]),
         grad_clip=float(training_cfg["grad_clip"]),
         channels_last=channels_last,
-        vmapped=_vmap_runs(plan.device),
+        vmapped=vmap_runs(plan.device),
     )
     del initial, resumed
     for member in members:  # from ``start``: initial_state handed the checkpoints over
@@ -629,13 +636,6 @@ def _train_cohort(
         log.info("training a pack of %d runs as one stacked model", len(members))
     stepper = _Stepper(plan, members, stack, vdm, masks, channels_last)
     return stepper.run(start)
-
-
-def _vmap_runs(device: torch.device) -> bool:
-    """Whether a pack runs its runs' forward passes as one vmapped pass: on a GPU, where a
-    step is kernel launches; not on a CPU, where it is arithmetic and vmap costs about
-    twice the runs' own passes (a pack of 4 of the cpu preset's model, benchmarks/README.md)."""
-    return device.type == "cuda"
 
 
 def _log_start(

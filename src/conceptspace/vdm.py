@@ -42,7 +42,7 @@ and the image is x = z_0 / alpha_0 (the decoder's mean), mapped from ``data_rang
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -254,45 +254,112 @@ class VDM(nn.Module):
         All noise of sample i (z_1 and every step's eps) comes from ``generators[i]``, so a
         sample does not depend on its batch. ``embeddings`` (the per-block list of
         ``net.embed``, possibly transformed) replaces ``net.embed(h)``; h may then be None.
-        The network runs in eval mode; the previous mode is restored.
+        The network runs in eval mode; the previous mode is restored. A run alone is a
+        pack of one (:func:`sample_runs`).
         """
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        was_training = self.training
-        self.eval()
-        try:
-            if embeddings is None:
+        if embeddings is None:
+            was_training = self.training
+            self.eval()
+            try:
                 embeddings = self.net.embed(h)
-            batch = len(generators)
-            if any(e.shape[0] != batch for e in embeddings):
-                raise ValueError(f"{batch} generators for a batch of {embeddings[0].shape[0]}")
-            device = embeddings[0].device
-            shape = (self.net.image_channels, self.net.image_size, self.net.image_size)
-            z = per_sample_normal(generators, shape, device)  # z_1 ~ N(0, I)
-            times = torch.linspace(1.0, 0.0, steps + 1, device=device)
-            for t, s in zip(times[:-1], times[1:]):
-                z = self.ancestral_step(z, t, s, embeddings, generators)
-            alpha_0, _ = alpha_sigma(self.gamma(times[-1]))
-            x = z / alpha_0
-            return self.to_image_scale(x).clamp(0.0, 1.0)
-        finally:
-            self.train(was_training)
+            finally:
+                self.train(was_training)
+        return sample_runs([self], steps, [generators], [embeddings])[0]
 
-    def ancestral_step(
+    def network_input(self, t: torch.Tensor, batch: int) -> torch.Tensor:
+        """The network's time input at t, one per sample of a batch."""
+        return self.network_time(self.gamma(t)).expand(batch)
+
+    def ancestral_update(
         self,
         z_t: torch.Tensor,
         t: torch.Tensor,
         s: torch.Tensor,
-        embeddings: Sequence[torch.Tensor],
+        eps_hat: torch.Tensor,
         generators: Sequence[torch.Generator],
     ) -> torch.Tensor:
-        """One draw z_s ~ p(z_s | z_t), s < t (VDM appendix; the authors' code cites eq. 34)."""
+        """One draw z_s ~ p(z_s | z_t), s < t, given the network's eps_hat at (z_t, t) (VDM
+        appendix; the authors' code cites eq. 34)."""
         gamma_t, gamma_s = self.gamma(t), self.gamma(s)
         alpha_t, sigma_t = alpha_sigma(gamma_t)
         alpha_s, sigma_s = alpha_sigma(gamma_s)
         c = -torch.expm1(gamma_s - gamma_t)
-        t_input = self.network_time(gamma_t).expand(z_t.shape[0])
-        eps_hat = self.net(z_t, t_input, embeddings=embeddings).float()
         mean = alpha_s / alpha_t * (z_t - sigma_t * c * eps_hat)
         noise = per_sample_normal(generators, z_t.shape[1:], z_t.device)
         return mean + sigma_s * c.sqrt() * noise
+
+
+# What gives a sampling step every run's eps_hat: (z_t of each run, network time inputs of
+# each run, embeddings of each run) -> eps_hat of each run, in fp32.
+EpsNetwork = Callable[
+    [Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[Sequence[torch.Tensor]]],
+    Sequence[torch.Tensor],
+]
+
+
+def one_after_another(vdms: Sequence[VDM]) -> EpsNetwork:
+    """Each run's eps_hat from its own network, one run after another (what a CPU wants,
+    and a run alone)."""
+
+    def eps_hat(z_runs, t_runs, embeddings_runs):
+        return [
+            vdm.net(z, t, embeddings=embeddings).float()
+            for vdm, z, t, embeddings in zip(vdms, z_runs, t_runs, embeddings_runs)
+        ]
+
+    return eps_hat
+
+
+@torch.no_grad()
+def sample_runs(
+    vdms: Sequence[VDM],
+    steps: int,
+    generators: Sequence[Sequence[torch.Generator]],
+    embeddings: Sequence[Sequence[torch.Tensor]],
+    network: EpsNetwork | None = None,
+) -> list[torch.Tensor]:
+    """Ancestral samples of K runs drawn together: run k's (B_k, C, S, S) in [0, 1], one per
+    generator of ``generators[k]``, prompted by its per-block ``embeddings[k]``.
+
+    Each run keeps its own schedule (its learned gamma) and noise (sample i of run k draws
+    z_1 and every step's eps from ``generators[k][i]`` alone), so its samples are those it
+    draws alone, whatever the pack. Only the network's evaluation is shared: ``network``
+    (default :func:`one_after_another`; ``conceptspace.pack.StackedNetworks`` evaluates all
+    runs in one vmapped call). The networks run in eval mode; their modes are restored.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not len(vdms) == len(generators) == len(embeddings):
+        raise ValueError(
+            f"{len(vdms)} runs with {len(generators)} generator lists and "
+            f"{len(embeddings)} embedding lists"
+        )
+    for run_generators, run_embeddings in zip(generators, embeddings):
+        batch = len(run_generators)
+        if any(e.shape[0] != batch for e in run_embeddings):
+            raise ValueError(f"{batch} generators for a batch of {run_embeddings[0].shape[0]}")
+    network = network or one_after_another(vdms)
+    modes = [vdm.training for vdm in vdms]
+    for vdm in vdms:
+        vdm.eval()
+    try:
+        device = embeddings[0][0].device
+        net = vdms[0].net
+        shape = (net.image_channels, net.image_size, net.image_size)
+        z = [per_sample_normal(g, shape, device) for g in generators]  # z_1 ~ N(0, I)
+        times = torch.linspace(1.0, 0.0, steps + 1, device=device)
+        for t, s in zip(times[:-1], times[1:]):
+            t_inputs = [vdm.network_input(t, len(z_k)) for vdm, z_k in zip(vdms, z)]
+            eps_hat = network(z, t_inputs, embeddings)
+            z = [
+                vdm.ancestral_update(z_k, t, s, eps_k, g)
+                for vdm, z_k, eps_k, g in zip(vdms, z, eps_hat, generators)
+            ]
+        images = []
+        for vdm, z_k in zip(vdms, z):
+            alpha_0, _ = alpha_sigma(vdm.gamma(times[-1]))
+            images.append(vdm.to_image_scale(z_k / alpha_0).clamp(0.0, 1.0))
+        return images
+    finally:
+        for vdm, mode in zip(vdms, modes):
+            vdm.train(mode)
