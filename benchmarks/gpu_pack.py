@@ -25,7 +25,7 @@ With --stage sample each case times instead the pack evaluator's sampler
 (``vdm.sample_runs``, as ``evaluate.evaluate_pack`` draws a checkpoint's prompts): K runs'
 ancestral sampler steps at the evaluation's batch (config.yaml's evaluation.batch_size),
 each run's noise from its own per-sample generators, the networks in one vmapped call
-(``pack.StackedNetworks``, mode vmap) or one after another (mode loop; K = 1 is a run
+(``stacked.StackedNetworks``, mode vmap) or one after another (mode loop; K = 1 is a run
 alone, today's evaluation); fp32 and tf32 only (the evaluation samples in fp32).
 
 The report (JSON, rewritten after every case): the machine, each case's step time,
@@ -161,7 +161,7 @@ def measure_sampling(setup: dict, runs: int, precision: str, mode: str, device, 
     """Time ``args.steps`` sampler steps of ``runs`` runs at the evaluation's batch, after
     ``args.warmup`` untimed ones."""
     from conceptspace.checkpoints import build_vdm
-    from conceptspace.pack import StackedNetworks
+    from conceptspace.stacked import StackedNetworks
     from conceptspace.vdm import sample_runs
 
     cuda = fresh_device(device, precision)

@@ -286,7 +286,7 @@ def training_ratios(results: list[dict]) -> dict[str, float]:
 def measure_evaluation(case: dict) -> dict:
     """Seconds to evaluate one checkpoint (load, sample, score, write) with every method
     of evaluation.methods, and with naive prompting alone (every other method's list
-    emptied), as ``evaluate_run`` does for each checkpoint in the pipeline. The checkpoint and probe
+    emptied), as ``evaluate_pack`` does for each checkpoint in the pipeline. The checkpoint and probe
     are trained for a step or two: sampling costs the same whatever the weights."""
     from conceptspace.concepts import Signal
     from conceptspace.evaluate import evaluate_checkpoint

@@ -102,7 +102,7 @@ def test_candidate_plans_one_training_and_one_evaluation_per_run(candidate, tmp_
     args = ("-n", "--quiet", "rules", "--config", f"preset={base_preset(candidate.stem)}")
     result = snakemake(tmp_path, *args, configs=(REPO / "config.yaml", *overlays))
     jobs = planned_jobs(result.stdout)
-    assert jobs["render_training_set"] == jobs["train_vdm"] == jobs["evaluate_run"] == len(runs)
+    assert jobs["render_training_set"] == jobs["train_vdm"] == jobs["evaluate_pack"] == len(runs)
     assert jobs["train_probe"] == 1 and "fig_background" not in jobs
     if study == "signal":
         assert jobs["sample_sheet"] == 1 and "fig_underspec" not in jobs

@@ -61,10 +61,10 @@ def test_celeba_default_training_plans_checkpoints_past_a_million_steps(tmp_path
     config = load_config(REPO / "config.yaml", path)
     steps = STUDIES["celeba"].steps(config)
     assert max(steps) >= 1_000_000
-    assert planned_jobs(result.stdout)["evaluate_run"] == 1
-    command = next(line for line in result.stdout.splitlines() if "evaluate-run" in line)
-    named = re.findall(r"checkpoints/step_(\d+)\.pt", command)
-    assert [int(step) for step in named] == steps
+    assert planned_jobs(result.stdout)["evaluate_pack"] == 1
+    command = next(line for line in result.stdout.splitlines() if "evaluate-pack" in line)
+    (named,) = re.findall(r"--steps ([\d ]+)", command)
+    assert [int(step) for step in named.split()] == steps
 
 
 @pytest.mark.workflow

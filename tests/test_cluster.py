@@ -101,7 +101,7 @@ def test_a_wrong_partition_is_named_with_the_partitions_there_and_the_fix():
 
 def test_a_gpu_job_on_a_partition_without_gpus_is_refused():
     no_partition = {key: value for key, value in GPU_JOB.items() if key != "slurm_partition"}
-    problems = preflight_problems(request(("evaluate_run", no_partition)), cluster())
+    problems = preflight_problems(request(("evaluate_pack", no_partition)), cluster())
     assert len(problems) == 1
     assert "'cpu' (the default) has none" in problems[0] and "gpu" in problems[0]
 

@@ -181,7 +181,7 @@ def test_a_config_with_every_eliciting_method_off_is_valid_and_plans_naive_promp
         tmp_path, "-n", "--quiet", "rules", configs=(REPO / "config.yaml", SMOKE, overlay)
     )
     jobs = planned_jobs(result.stdout)
-    assert jobs["evaluate_run"] > 0 and jobs["claims"] == 1 and jobs["fig_trajectories"] == 1
+    assert jobs["evaluate_pack"] > 0 and jobs["claims"] == 1 and jobs["fig_trajectories"] == 1
     assert "fig_hidden" not in jobs and "fig_patching" not in jobs
 
 

@@ -463,25 +463,39 @@ def test_a_lost_donors_fix_done_literally_completes_the_run_with_the_same_result
     np.testing.assert_array_equal(evaluate_the_run(), expected)
 
 
-def test_evaluate_run_equals_evaluating_each_checkpoint_and_gathering(trained, tmp_path):
-    """The per-run command (one job per run in the pipeline) writes the same evaluations
-    as the per-checkpoint one, and the trajectory that gather_run makes of them."""
+def test_the_pack_commands_equal_evaluating_each_checkpoint_and_gathering(trained, tmp_path):
+    """The pipeline's commands (evaluate-pack, one job per pack, here a pack of one; then
+    gather-run) write the same evaluations as the per-checkpoint function, and the
+    trajectory that gather_run makes of them."""
     checkpoint, probe = trained
-    checkpoints = [checkpoint_path(checkpoint.parent.parent, step) for step in (2, 4)]
+    run_dir = tmp_path / "run"
+    shutil.copytree(checkpoint.parent.parent, run_dir)  # its evaluations go to run/eval
     settings = {"evaluation": EVALUATION, "probe": PROBE}
-    out = tmp_path / "trajectory.nc"
+    fields = json.dumps({"color_gap": 0.4, "size_gap": 0.4, "seed": SEED})
+    evaluated, out = tmp_path / "evaluated.json", tmp_path / "trajectory.nc"
     code = cli_main(
-        ["evaluate-run", "--settings", json.dumps(settings), "--probe", str(probe)]
-        + ["--color-gap", "0.4", "--size-gap", "0.4", "--seed", str(SEED)]
-        + ["--eval-dir", str(tmp_path / "eval"), "--out", str(out)]
-        + ["--device", "cpu", "--threads", "1"]
-        + [str(c) for c in checkpoints]
+        ["evaluate-pack", "--settings", json.dumps(settings), "--probe", str(probe)]
+        + ["--run", "the_run", str(run_dir), fields, "--steps", "2", "4"]
+        + ["--out", str(evaluated), "--device", "cpu", "--threads", "1"]
     )
     assert code == 0
+    listed = json.loads(evaluated.read_text())["runs"]
+    assert listed == {"the_run": [str(run_dir / "eval" / f"step_00000{s}.nc") for s in (2, 4)]}
+    assert (
+        cli_main(
+            ["gather-run", "--evaluated", str(evaluated), "--run", "the_run"] + ["--out", str(out)]
+        )
+        == 0
+    )
+    wrong = ["gather-run", "--evaluated", str(evaluated), "--run", "other", "--out", "x.nc"]
+    assert cli_main(wrong) == 1 and not (tmp_path / "x.nc").exists()  # names its runs
     single = [tmp_path / f"single_{step}.nc" for step in (2, 4)]
-    for path, one in zip(single, checkpoints):
-        evaluate((one, probe), path)
-    with open_trajectory(out) as run, xr.open_dataset(tmp_path / "eval" / "step_000004.nc") as e:
+    for path, step in zip(single, (2, 4)):
+        evaluate((checkpoint_path(checkpoint.parent.parent, step), probe), path)
+    with (
+        open_trajectory(out) as run,
+        xr.open_dataset(run_dir / "eval" / "step_000004.nc") as e,
+    ):
         expected = gather_run(single)
         assert list(run["step"].values) == [2, 4]
         np.testing.assert_array_equal(run["p_target"].values, expected["p_target"].values)

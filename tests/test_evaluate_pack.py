@@ -12,7 +12,7 @@ from conceptspace.checkpoints import checkpoint_path
 from conceptspace.concepts import Signal
 from conceptspace.evaluate import PackMember, RunEvaluation, evaluate_pack, evaluate_run
 from conceptspace.io import ConceptspaceError
-from conceptspace.pack import StackedNetworks
+from conceptspace.stacked import StackedNetworks
 from conceptspace.probe import train_probe
 from conceptspace.render import render_training_set, save_dataset
 from conceptspace.train import train_run

@@ -6,7 +6,8 @@ the training code, nor the gathering code after it, so that they can change apar
 from conftest import PACKAGE, imported_modules
 
 # The training stage's modules: the loop, the stacked model of a pack, its divergence
-# monitor. Checkpoint storage is not among them: training and evaluation both read it.
+# monitor. Checkpoint storage is not among them: training and evaluation both read it; nor
+# is conceptspace.stacked, the stacking both the pack trainer and evaluator use.
 TRAINING = {"conceptspace.train", "conceptspace.pack", "conceptspace.divergence"}
 EVALUATION = "conceptspace.evaluate"
 # Gathering: a run's evaluations into its trajectory, the runs into the study dataset.
@@ -50,8 +51,8 @@ def test_evaluation_imports_no_training_module():
 
 
 def test_evaluation_imports_no_gathering_code():
-    """Gathering a run is its own step after evaluation (the evaluate-run command calls
-    both), so that each can change apart."""
+    """Gathering a run is its own step after evaluation (the gather-run command, after
+    evaluate-pack), so that each can change apart."""
     assert GATHERING not in reachable(import_graph(), EVALUATION)
 
 

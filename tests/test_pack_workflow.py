@@ -103,8 +103,8 @@ def test_a_dry_run_shows_which_runs_share_a_pack(tmp_path, pack_overlay):
         ).stdout
     )
     runs = sum(len(table) for table in tables.values())
-    assert counts["run_manifest"] == counts["evaluate_run"] == runs
-    assert counts["train_vdm"] == len(expected) < runs
+    assert counts["run_manifest"] == counts["gather_run"] == runs
+    assert counts["train_vdm"] == counts["evaluate_pack"] == len(expected) < runs
 
 
 @pytest.mark.workflow

@@ -109,13 +109,25 @@ def test_the_planned_writes_count_a_packs_runs_and_name_no_study_for_a_figure():
     jobs = [
         planned("train_vdm", ["a.npz", "b.npz", "c.npz"], study="signal", pack="pack000"),
         planned("train_vdm", ["d.npz"], study="signal", run="d"),
+        planned(
+            "evaluate_pack",
+            job(manifests=["a.json", "b.json", "c.json"], probe="probe.pt"),
+            study="signal",
+            pack="pack000",
+        ),
         planned("fig_signal", ["study.nc"]),
     ]
     writes = plan.planned_writes(jobs)
-    assert writes == [("train_vdm", "signal")] * 4 + [("fig_signal", "")]
+    assert writes == (
+        [("train_vdm", "signal")] * 4 + [("evaluate_pack", "signal")] * 3 + [("fig_signal", "")]
+    )
     config = load_config(REPO / "config.yaml", SMOKE)
     sizes = plan.disk_per_job(config)
-    expected = 4 * sizes[("train_vdm", "signal")] + sizes[("fig_signal", "")]
+    expected = (
+        4 * sizes[("train_vdm", "signal")]
+        + 3 * sizes[("evaluate_pack", "signal")]
+        + sizes[("fig_signal", "")]
+    )
     assert plan.disk_bytes(config, writes) == pytest.approx(expected)
 
 
@@ -153,14 +165,16 @@ def jobs_line(block: str) -> str:
     return next(line for line in block.splitlines() if line.startswith("jobs"))
 
 
-@pytest.mark.parametrize("pack, train_vdm, total", [(1, 8, 47), (4, 3, 42)])
+@pytest.mark.parametrize("pack, train_vdm, total", [(1, 8, 55), (4, 3, 45)])
 def test_the_plan_counts_one_training_job_a_pack(pack, train_vdm, total):
     # smoke: 6 signal runs (packs of 4: 4 + 2) and 2 underspecification runs (one pack);
-    # every run has its run_manifest job whatever the packs
+    # every run has its run_manifest and gather_run jobs whatever the packs, and each pack
+    # one train_vdm and one evaluate_pack job
     config = load_config(REPO / "config.yaml", SMOKE)
     config["compute"]["pack"] = pack
     assert plan.job_counts(config)["train_vdm"] == train_vdm
-    assert plan.job_counts(config)["run_manifest"] == 8
+    assert plan.job_counts(config)["run_manifest"] == plan.job_counts(config)["gather_run"] == 8
+    assert plan.job_counts(config)["evaluate_pack"] == train_vdm
     line = jobs_line(plan.plan_block(config, "smoke", None, False))
     assert line.startswith(f"jobs      {total} for everything from scratch (train_vdm {train_vdm},")
 

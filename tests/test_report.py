@@ -76,7 +76,7 @@ def test_training_and_evaluation_logs_show_rates_without_carriage_returns(smoke_
     expected = {
         "train_vdm": r"step \d+/\d+ loss \S+ bits/dim .* steps/s \d+ images/s \| ETA \d+:\d\d:\d\d",
         "train_probe": r"probe step \d+/\d+ loss \S+ \(\S+ steps/s, ETA \d+:\d\d:\d\d\)",
-        "evaluate_run": r"\d+/\d+ samples \(\S+ s, \S+ samples/s, ETA \d+:\d\d:\d\d\)",
+        "evaluate_pack": r"\d+/\d+ samples \(\S+ s, \S+ samples/s, ETA \d+:\d\d:\d\d\)",
     }
     for rule, pattern in expected.items():
         files = sorted((logs / rule).rglob("*.log"))

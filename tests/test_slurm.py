@@ -56,16 +56,16 @@ SITE = REPO / "profiles" / "slurm-site"
 REQUIRED = os.environ.get("CONCEPTSPACE_REQUIRE_SLURM") == "1"
 KEEP = os.environ.get("CONCEPTSPACE_SLURM_KEEP") == "1"
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "slurmdbd", "mariadbd", "sbatch")
-GPU_RULES = ("train_vdm", "train_probe", "evaluate_run", "sample_images")
-LOCAL_RULES = ("render_training_set", "run_manifest", "gather_study", "sample_sheet", "claims",
-               "fig_signal", "fig_trajectories", "fig_hidden", "fig_patching", "fig_underspec",
-               "all")  # fmt: skip
-PACKED = {"evaluate": "evaluate_run"}  # group -> rule (rules/*.smk)
+GPU_RULES = ("train_vdm", "train_probe", "evaluate_pack", "sample_images")
+LOCAL_RULES = ("render_training_set", "run_manifest", "gather_run", "gather_study",
+               "sample_sheet", "claims", "fig_signal", "fig_trajectories", "fig_hidden",
+               "fig_patching", "fig_underspec", "all")  # fmt: skip
+PACKED = {"evaluate": "evaluate_pack"}  # group -> rule (rules/*.smk)
 RUNS_PER_JOB = 5  # group-components of profiles/default
 # Trainings are packed by the workflow (config compute.pack, 1 by default): one training
 # job per run, its pack of one named by the run.
 TRAIN_MINUTES = 30  # a training's runtime at the smoke scale (training_minutes, common.smk)
-RULES = ("render_training_set", "train_vdm", "train_probe", "evaluate_run", "gather_study",
+RULES = ("render_training_set", "train_vdm", "train_probe", "evaluate_pack", "gather_study",
          "sample_images", "sample_sheet", "claims", "fig_signal",
          "fig_trajectories", "fig_hidden", "fig_patching", "fig_underspec")  # fmt: skip
 SNAKEMAKE_LIMIT_S = 600  # a hung snakemake ignores SIGTERM: timeout -k kills it
@@ -424,7 +424,7 @@ def test_heavy_rules_ran_as_slurm_jobs_and_light_ones_in_snakemake(cluster, runs
     jobs = slurm_jobs(cluster, slurm.name)
     packs = -(-len(SMOKE_RUNS) // RUNS_PER_JOB)  # ceil: the runs, RUNS_PER_JOB to a job
     # the probe of each study; the sample sheet's run and the blue-triangle samples
-    expected = {"train_vdm": len(SMOKE_RUNS), "evaluate_run": packs, "train_probe": 2,
+    expected = {"train_vdm": len(SMOKE_RUNS), "evaluate_pack": packs, "train_probe": 2,
                 "sample_images": 3}  # fmt: skip
     assert {rule: len(rows) for rule, rows in jobs.items()} == expected
     for rule, rows in jobs.items():

@@ -211,7 +211,7 @@ def test_snakemake_plans_a_toy_study_from_its_entry(tmp_path):
     result = plan_toy(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     jobs = planned_jobs(result.stdout)
-    assert jobs["render_training_set"] == jobs["train_vdm"] == jobs["evaluate_run"] == 4
+    assert jobs["render_training_set"] == jobs["train_vdm"] == jobs["evaluate_pack"] == 4
     assert jobs["train_probe"] == jobs["gather_study"] == jobs["fig_toy"] == 1
     assert "claims" not in jobs  # the claims are judged from the signal study, off here
     commands = [line for line in result.stdout.splitlines() if "python -m conceptspace" in line]

@@ -54,13 +54,14 @@ def test_dry_run_plans_the_paper_scale_study(tmp_path):
     assert jobs["render_training_set"] == runs
     assert jobs["train_vdm"] == runs
     assert jobs["train_probe"] == 3  # one per study: each its own concepts
-    # one evaluation job per run, over all of its checkpoints (far fewer jobs to plan)
-    assert jobs["evaluate_run"] == runs and "evaluate_checkpoint" not in jobs
+    # one evaluation job per pack (of one run by default), over all of its checkpoints
+    # (far fewer jobs to plan), and its runs' trajectories gathered one job each
+    assert jobs["evaluate_pack"] == jobs["gather_run"] == runs and "evaluate_checkpoint" not in jobs
     assert jobs["gather_study"] == 3 and jobs["fig_signal"] == 1
     assert jobs["fig_underspec"] == 1 and jobs["fig_background"] == 1
 
 
-GPU_RULES = ("train_vdm", "train_probe", "evaluate_run", "sample_images")
+GPU_RULES = ("train_vdm", "train_probe", "evaluate_pack", "sample_images")
 
 
 def planned_resources(output: str) -> list[tuple[str, dict[str, str]]]:
@@ -86,7 +87,7 @@ def test_slurm_dry_run_asks_every_gpu_job_for_a_gpu_runtime_and_memory(tmp_path)
     # find), the paper's scale (preset auto on a cluster).
     jobs = slurm_dry_run(tmp_path)
     counts = {rule: sum(1 for name, _ in jobs if name == rule) for rule in GPU_RULES}
-    assert counts == {"train_vdm": 320, "train_probe": 3, "evaluate_run": 320, "sample_images": 6}
+    assert counts == {"train_vdm": 320, "train_probe": 3, "evaluate_pack": 320, "sample_images": 6}
     for rule, resources in jobs:
         if rule in GPU_RULES:
             assert resources.get("gres") == "gpu:1", (rule, resources)
@@ -98,7 +99,7 @@ def test_slurm_dry_run_asks_every_gpu_job_for_a_gpu_runtime_and_memory(tmp_path)
 def test_command_line_resources_add_to_the_gpu_request(tmp_path):
     jobs = slurm_dry_run(
         tmp_path,
-        *("--set-resources", "train_vdm:slurm_partition=a100", "evaluate_run:runtime=90"),
+        *("--set-resources", "train_vdm:slurm_partition=a100", "evaluate_pack:runtime=90"),
         *("--default-resources", "slurm_account=myproj"),
     )
     for rule, resources in jobs:
@@ -107,7 +108,7 @@ def test_command_line_resources_add_to_the_gpu_request(tmp_path):
             assert resources["slurm_account"] == "myproj"
         if rule == "train_vdm":
             assert resources["slurm_partition"] == "a100" and resources["runtime"] in ("240", "480")
-        if rule == "evaluate_run":
+        if rule == "evaluate_pack":
             assert resources["runtime"] == "90"
 
 
@@ -184,7 +185,7 @@ def test_smoke_run_keeps_checkpoints_manifests_and_logs(smoke_run):
         assert (results / "logs" / "train_vdm" / "signal" / f"{run.id}.log").stat().st_size > 0
     metrics = json.loads((results / "signal" / "probe" / "metrics.json").read_text())
     assert min(metrics["accuracy"].values()) >= config["probe"]["min_accuracy"]
-    for rule in ("render_training_set", "train_probe", "evaluate_run", "gather_study",
+    for rule in ("render_training_set", "train_probe", "evaluate_pack", "gather_study",
                  "figures"):  # fmt: skip
         assert (results / "logs" / rule).exists(), f"no log folder for {rule}"
 
@@ -220,14 +221,14 @@ def test_a_trajectory_evaluated_by_an_older_evaluation_version_is_planned_again(
         for path in (copy / ".snakemake" / "metadata").iterdir()
         if path.is_file()  # Snakemake splits names too long for one file into folders
     }
-    trajectory = next(name for name in sorted(records) if name.endswith("/trajectory.nc"))
-    record = records[trajectory]
+    evaluated = next(name for name in sorted(records) if "/evaluated/" in name)
+    record = records[evaluated]
     current = f"evaluation version {EVALUATION_VERSION}"
-    assert current in record.read_text(), "rule evaluate_run records its evaluation version"
+    assert current in record.read_text(), "rule evaluate_pack records its evaluation version"
 
     def planned_evaluations() -> int:
         plan = snakemake(copy, "-n", "--quiet", "rules", configs=(REPO / "config.yaml", SMOKE))
-        return planned_jobs(plan.stdout).get("evaluate_run", 0)
+        return planned_jobs(plan.stdout).get("evaluate_pack", 0)
 
     assert planned_evaluations() == 0  # the same version: kept
     record.write_text(
@@ -247,5 +248,5 @@ def test_cpu_presets_plan_their_runs(preset, runs, probes, tmp_path):
     # runs), each run evaluated at every checkpoint by one job; cpu-long extends cpu.
     result = snakemake(tmp_path, "-n", "--quiet", "rules", "--config", f"preset={preset}")
     jobs = planned_jobs(result.stdout)
-    assert jobs["train_vdm"] == jobs["evaluate_run"] == runs and jobs["train_probe"] == probes
+    assert jobs["train_vdm"] == jobs["evaluate_pack"] == runs and jobs["train_probe"] == probes
     assert jobs["claims"] == 1 and ("fig_underspec" in jobs) == (preset == "cpu-long")

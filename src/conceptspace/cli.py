@@ -139,27 +139,52 @@ def cmd_run_manifest(args: argparse.Namespace) -> None:
     write_run_manifest(args.pack, args.run, args.out)
 
 
-def cmd_evaluate_run(args: argparse.Namespace) -> None:
-    """Evaluate every checkpoint of a run, then gather the evaluations into its trajectory:
-    two steps, one job (the probe is loaded once per run)."""
-    from conceptspace.evaluate import evaluate_run
-    from conceptspace.trajectories import gather_run, save_dataset_nc
+def cmd_evaluate_pack(args: argparse.Namespace) -> None:
+    """Evaluate every checkpoint of each run of a pack (each step's samples of all its runs
+    drawn together), then write the list of each run's evaluations (rule gather_run reads
+    it): written last, so it stands for a finished job."""
+    from conceptspace.checkpoints import checkpoint_path
+    from conceptspace.concepts import Signal
+    from conceptspace.evaluate import PackMember, RunEvaluation, evaluate_pack
+    from conceptspace.io import provenance, write_json
 
     settings = _settings(args.settings)
-    eval_paths = evaluate_run(
-        args.checkpoints,
-        args.probe,
-        evaluation_cfg=settings["evaluation"],
-        min_accuracy=settings["probe"]["min_accuracy"],
-        signal=_signal(args),
-        seed=args.seed,
-        eval_dir=args.eval_dir,
-        device=args.device,
-        threads=args.threads,
-        mask_ratio=args.mask_ratio,
-    )
-    save_dataset_nc(gather_run(eval_paths), args.out)
-    log.info("gathered %d checkpoints into %s", len(eval_paths), args.out)
+    members = []
+    for _, run_dir, fields in args.run:
+        run = _settings(fields)  # the run's seed, gaps and masking ratio (studies.Run.fields)
+        signal = Signal.of_run(run.get("color_gap"), run.get("size_gap"), run.get("background_gap"))
+        evaluation = RunEvaluation.on(
+            args.probe,
+            settings["evaluation"],
+            settings["probe"]["min_accuracy"],
+            signal,
+            int(run["seed"]),
+            args.device,
+            args.threads,
+            run.get("mask_ratio"),
+        )
+        checkpoints = [checkpoint_path(Path(run_dir), step) for step in args.steps]
+        members.append(PackMember(evaluation, checkpoints, Path(run_dir) / "eval"))
+    evaluations = evaluate_pack(members)
+    ids = [run_id for run_id, *_ in args.run]
+    record = provenance({**settings, "runs": args.run, "steps": args.steps}, seed=None)
+    runs = {run_id: [str(p) for p in paths] for run_id, paths in zip(ids, evaluations)}
+    write_json(args.out, {"runs": runs, "provenance": record})
+
+
+def cmd_gather_run(args: argparse.Namespace) -> None:
+    """A run's trajectory from the evaluations its pack's job listed."""
+    from conceptspace.io import read_json
+    from conceptspace.trajectories import gather_run, save_dataset_nc
+
+    runs = read_json(args.evaluated)["runs"]
+    if args.run not in runs:
+        raise ConceptspaceError(
+            f"{args.evaluated} lists no run {args.run} (its runs: {', '.join(runs)}); the packs "
+            "changed (compute.pack): rerun snakemake, which evaluates the run's new pack"
+        )
+    save_dataset_nc(gather_run(runs[args.run]), args.out)
+    log.info("gathered %d checkpoints into %s", len(runs[args.run]), args.out)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -410,17 +435,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
 
     p = stage(
-        "evaluate-run",
-        cmd_evaluate_run,
-        "score every checkpoint of one run, then gather its trajectory",
+        "evaluate-pack",
+        cmd_evaluate_pack,
+        "score every checkpoint of each run of a pack, drawing the runs' samples together",
     )
     p.add_argument("--settings", required=True, help="JSON: 'evaluation', 'probe'")
     p.add_argument("--probe", required=True)
-    sampled_run_options(p)
-    p.add_argument("--eval-dir", required=True, help="per-checkpoint evaluations (kept)")
-    p.add_argument("--out", required=True, help="netCDF: the run's trajectory")
-    p.add_argument("checkpoints", nargs="+", help="checkpoints of one run")
+    p.add_argument(
+        "--run",
+        nargs=3,
+        action="append",
+        required=True,
+        metavar=("ID", "RUN_DIR", "FIELDS"),
+        help="one run of the pack (repeat for each): its id, its folder (checkpoints/ in it; "
+        "its evaluations go to eval/), and JSON of its seed, gaps and masking ratio",
+    )
+    p.add_argument("--steps", nargs="+", type=int, required=True, help="the checkpoint steps")
+    p.add_argument("--out", required=True, help="JSON: each run's evaluations, by id")
     compute(p)
+
+    p = stage("gather-run", cmd_gather_run, "a run's trajectory from its pack's evaluations")
+    p.add_argument("--evaluated", required=True, help="the pack's list (evaluate-pack --out)")
+    p.add_argument("--run", required=True, help="the run's id")
+    p.add_argument("--out", required=True, help="netCDF: the run's trajectory")
 
     p = stage("sample", cmd_sample, "images of every method and prompt, as evaluated")
     p.add_argument("--settings", required=True, help="JSON: 'evaluation'")

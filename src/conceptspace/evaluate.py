@@ -213,13 +213,13 @@ def generate_images(
     every run, and images one (B, C, S, S) tensor in [0, 1] per run. Sample i of a
     condition uses the generator of (its run's seed, its target class, i): the same noise
     for every method, and for a run in any pack. ``vmapped``: the runs' networks evaluated
-    in one vmapped call per sampler step (``pack.StackedNetworks``, what a GPU wants), else
+    in one vmapped call per sampler step (``stacked.StackedNetworks``, what a GPU wants), else
     one after another."""
     from conceptspace.vdm import sample_runs
 
     network = None
     if vmapped and len(runs) > 1:
-        from conceptspace.pack import StackedNetworks
+        from conceptspace.stacked import StackedNetworks
 
         network = StackedNetworks([run.vdm.net for run in runs])
     items = [(c, i) for c in range(len(conditions)) for i in range(samples)]
@@ -800,12 +800,12 @@ def evaluate_pack(members: Sequence[PackMember], vmapped: bool | None = None) ->
 
     The runs' checkpoints of one step are sampled together (:func:`_evaluate_with`), so a
     GPU draws the whole pack's prompts in one batched call per sampler step (``vmapped``;
-    by default on a GPU only, as the pack trainer: ``pack.vmap_runs``); each run keeps its
+    by default on a GPU only, as the pack trainer: ``stacked.vmap_runs``); each run keeps its
     own noise, so its evaluations do not depend on its pack. The per-checkpoint files are
     working files: one already there is kept when its inputs are the same
     (:meth:`RunEvaluation.inputs_hash`), so a killed job resumes at the checkpoint it
     stopped at. Delete a run's ``eval_dir`` to evaluate it again."""
-    from conceptspace.pack import vmap_runs
+    from conceptspace.stacked import vmap_runs
 
     if not members:
         raise ConceptspaceError("a pack to evaluate needs at least one run")
@@ -876,7 +876,7 @@ def evaluate_run(
 ) -> list[Path]:
     """:func:`evaluate_pack` of one run: every checkpoint into
     ``eval_dir/step_XXXXXX.nc``, those files returned in checkpoint order (the
-    `evaluate-run` command then gathers them)."""
+    `gather-run` command gathers them)."""
     run = RunEvaluation.on(
         probe_path, evaluation_cfg, min_accuracy, signal, seed, device, threads, mask_ratio
     )

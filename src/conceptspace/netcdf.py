@@ -41,7 +41,7 @@ from conceptspace.io import ConceptspaceError, atomic_path, json_default
 # What an evaluation computes, versioned: raise it with any change to what an evaluation
 # file holds or how its numbers are made. It is part of every kept evaluation's inputs
 # (evaluate.RunEvaluation.inputs_hash), so evaluations kept from an earlier job are made
-# again, and a param of rule evaluate_run, so Snakemake plans the job again.
+# again, and a param of rule evaluate_pack, so Snakemake plans the job again.
 EVALUATION_VERSION = 3  # 2: every sample gets a validity verdict; 3: also with the frame rule off
 
 STEP_UNITS = "optimizer steps"
@@ -239,7 +239,7 @@ def open_evaluation(path: str | os.PathLike) -> xr.Dataset:
     if missing:
         raise ConceptspaceError(
             f"evaluation {path} lacks the attributes {', '.join(missing)}; it was not written "
-            "by `conceptspace evaluate-run`: delete it and rerun `snakemake`"
+            "by `conceptspace evaluate-pack`: delete it and rerun `snakemake`"
         )
     return ds
 

@@ -200,7 +200,8 @@ def job_counts(config: dict) -> dict[str, int]:
     """The jobs of the whole workflow from scratch (rule all), by rule: what Snakemake's
     "Job stats" of a dry run in an empty folder counts. Training runs in packs of
     compute.pack runs, cut from each study's runs as the workflow cuts them
-    (``pack_plan.form_packs``): one train_vdm job a pack, one run_manifest job a run."""
+    (``pack_plan.form_packs``): one train_vdm and one evaluate_pack job a pack, one
+    run_manifest and one gather_run job a run."""
     from conceptspace.pack_plan import form_packs
     from conceptspace.studies import figures_of, on_studies
 
@@ -220,10 +221,12 @@ def job_counts(config: dict) -> dict[str, int]:
         else:
             add("prepare_celeba", runs)
             add("prepare_celeba_probe_set", 1)
-        add("train_vdm", len(form_packs(run_ids, pack)))
+        packs = len(form_packs(run_ids, pack))
+        add("train_vdm", packs)
         add("run_manifest", runs)
         add("train_probe", 1)
-        add("evaluate_run", runs)
+        add("evaluate_pack", packs)
+        add("gather_run", runs)
         add("gather_study", 1)
         add("sample_images", len(sampled_runs(study, config)))
         if study.name == "signal":
@@ -367,7 +370,7 @@ def disk_per_job(config: dict) -> dict[tuple[str, str], float]:
         methods, _ = conditions(study, config)
         scores = methods * len(layout.classes) * (len(layout.concepts) + 1) * FLOAT_BYTES
         per_checkpoint = scores * evaluation["samples_per_prompt"] + 20_000
-        sizes[("evaluate_run", study.name)] = 2 * len(steps) * per_checkpoint  # + trajectory
+        sizes[("evaluate_pack", study.name)] = 2 * len(steps) * per_checkpoint  # + trajectory
         shown = config["figures"]["sample_sheet"]
         sheet_steps = len(sample_sheet_steps(shown, steps)) if study.name == "signal" else 1
         sampled = sheet_steps * methods * len(layout.classes) * shown["samples"] * (image + 1)
@@ -387,19 +390,24 @@ def disk_bytes(config: dict, jobs: Iterable[tuple[str, str]]) -> float:
 def planned_writes(jobs: Iterable[Any]) -> list[tuple[str, str]]:
     """(rule, study) of Snakemake's planned jobs (``workflow.dag.needrun_jobs()``); the
     study is "" for a rule without a {study} wildcard (figures, CelebA's preparation). A
-    training job counts once for each run it trains (a pack's inputs are its runs'
-    datasets)."""
+    pack's training or evaluation job counts once for each run it holds (its inputs are
+    its runs' datasets, or their manifests)."""
     writes = []
     for job in jobs:
-        times = max(1, len(job.input)) if job.rule.name == "train_vdm" else 1
+        if job.rule.name == "train_vdm":
+            times = max(1, len(job.input))
+        elif job.rule.name == "evaluate_pack":
+            times = max(1, len(job.input.manifests))
+        else:
+            times = 1
         writes += [(job.rule.name, getattr(job.wildcards, "study", ""))] * times
     return writes
 
 
 def all_jobs(config: dict) -> list[tuple[str, str]]:
     """(rule, study) of every job of the whole workflow that writes a file
-    :func:`disk_per_job` counts; train_vdm once a run, not a pack (its size there is one
-    run's checkpoints, as in :func:`planned_writes`)."""
+    :func:`disk_per_job` counts; train_vdm and evaluate_pack once a run, not a pack (their
+    sizes there are one run's, as in :func:`planned_writes`)."""
     from conceptspace.studies import figures_of, on_studies
 
     jobs = []
@@ -407,7 +415,7 @@ def all_jobs(config: dict) -> list[tuple[str, str]]:
         runs = len(study.runs(config))
         render = ("render_training_set", study.name) if study.renders else ("prepare_celeba", "")
         jobs += [render] * runs
-        jobs += [("train_vdm", study.name), ("evaluate_run", study.name)] * runs
+        jobs += [("train_vdm", study.name), ("evaluate_pack", study.name)] * runs
         jobs += [("sample_images", study.name)] * len(sampled_runs(study, config))
         jobs += [("gather_study", study.name)]
     jobs += [(f"fig_{figure.name}", "") for _, figure in figures_of(config)]
@@ -512,7 +520,7 @@ def make_plan_block(
     off = [name for name in STUDIES if name not in {study.name for study in on}]
     jobs = job_counts(config)
     total = sum(jobs.values())
-    shown = ("train_vdm", "evaluate_run", "train_probe", "sample_images")
+    shown = ("train_vdm", "evaluate_pack", "train_probe", "sample_images")
     by_rule = ", ".join(f"{rule} {jobs[rule]}" for rule in shown if rule in jobs)
     device = device_of(config, on_cluster)
     hours, sources = compute_hours(config, device, benchmarks)

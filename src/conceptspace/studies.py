@@ -63,7 +63,7 @@ class Run:
 
     @property
     def args(self) -> str:
-        """The run's options of the `render`, `evaluate-run` and `sample` commands."""
+        """The run's options of the `render` and `sample` commands."""
         args = ""
         if self.color_gap is not None:
             args += f"--color-gap {self.color_gap} --size-gap {self.size_gap} "

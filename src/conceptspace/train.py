@@ -54,8 +54,8 @@ from conceptspace.pack import (
     draw_batch,
     loss_template,
     mask_specs,
-    vmap_runs,
 )
+from conceptspace.stacked import vmap_runs
 
 # One schedule for training and for the DAG: `count` steps evenly spaced in sqrt(step)
 # from `first` to `last`, rounded to ints, duplicates removed, sorted.

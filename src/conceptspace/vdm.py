@@ -324,7 +324,7 @@ def sample_runs(
     Each run keeps its own schedule (its learned gamma) and noise (sample i of run k draws
     z_1 and every step's eps from ``generators[k][i]`` alone), so its samples are those it
     draws alone, whatever the pack. Only the network's evaluation is shared: ``network``
-    (default :func:`one_after_another`; ``conceptspace.pack.StackedNetworks`` evaluates all
+    (default :func:`one_after_another`; ``conceptspace.stacked.StackedNetworks`` evaluates all
     runs in one vmapped call). The networks run in eval mode; their modes are restored.
     """
     if steps < 1:

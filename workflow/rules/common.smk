@@ -154,10 +154,17 @@ def training_minutes(wildcards, attempt):
     return max(30, -(-240 * steps // 20000)) * len(pack_runs(wildcards)) * attempt
 
 
-def training_memory(wildcards, attempt):
-    """A training job's host memory (MB): 8 GB for its first run, 1 GB for each other one
-    (a paper-scale run holds 19 MB of images and 128 MB of weights and optimizer state)."""
+def pack_memory(wildcards, attempt):
+    """A training or evaluation job's host memory (MB): 8 GB for its pack's first run, 1 GB
+    for each other one (a paper-scale run holds 19 MB of images and 128 MB of weights and
+    optimizer state)."""
     return (8000 + 1000 * (len(pack_runs(wildcards)) - 1)) * attempt
+
+
+def evaluation_minutes(wildcards, attempt):
+    """An evaluation job's runtime: 1 h per run of its pack (~1.5 s per paper-scale
+    checkpoint on an H200), as if they were evaluated one after another."""
+    return 60 * len(pack_runs(wildcards)) * attempt
 
 
 def run_checkpoints(wildcards, steps):

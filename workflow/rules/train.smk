@@ -25,7 +25,7 @@ rule train_vdm:
     resources:
         gres=GPU,
         runtime=training_minutes,
-        mem_mb=training_memory,
+        mem_mb=pack_memory,
     params:
         settings=lambda wildcards: settings(
             "model", training=STUDIES[wildcards.study].training(config)
