@@ -4,8 +4,8 @@ runs the smoke preset through `snakemake --executor slurm -j 64` with the shippe
 profile (profiles/default, found by Snakemake) and the site overlay profiles/slurm-site
 (its partitions are the test cluster's). Checked: the heavy rules went through Slurm
 (sacct) and the light ones ran in Snakemake's own process, GPU jobs ran on the gpu
-partition with one GPU, trainings and evaluations were packed several to a Slurm job
-sharing its one GPU, the study dataset equals that of a local run although one training
+partition with one GPU, each pack (compute.pack 1, then 3) trained and evaluated in one
+Slurm job with one GPU, a pack's runs progressing step by step together, the study dataset equals that of a local run although one training
 job was requeued midway (scontrol requeue, what a preempting scheduler does) and resumed
 from its checkpoint, a training job cancelled midway (scancel) is resubmitted with a
 larger runtime and resumes, a job that fails once succeeds on its retry with a larger
@@ -45,6 +45,7 @@ import pytest
 import xarray as xr
 
 from conceptspace.config import load_config
+from conceptspace.pack_plan import form_packs
 from conceptspace.runs import checkpoint_steps
 from conceptspace.studies import run_table
 from conftest import REPO, SMOKE, venv_tool
@@ -60,10 +61,10 @@ GPU_RULES = ("train_vdm", "train_probe", "evaluate_pack", "sample_images")
 LOCAL_RULES = ("render_training_set", "run_manifest", "gather_run", "gather_study",
                "sample_sheet", "claims", "fig_signal", "fig_trajectories", "fig_hidden",
                "fig_patching", "fig_underspec", "all")  # fmt: skip
-PACKED = {"evaluate": "evaluate_pack"}  # group -> rule (rules/*.smk)
-RUNS_PER_JOB = 5  # group-components of profiles/default
-# Trainings are packed by the workflow (config compute.pack, 1 by default): one training
-# job per run, its pack of one named by the run.
+# Runs are packed by the workflow (config compute.pack, 1 by default): one training and
+# one evaluation job per pack, a pack of one named by its run. The packed run: packs of 3.
+PACK_OVERLAY = "compute:\n  pack: 3\n"
+PACK_SIZE = 3
 TRAIN_MINUTES = 30  # a training's runtime at the smoke scale (training_minutes, common.smk)
 RULES = ("render_training_set", "train_vdm", "train_probe", "evaluate_pack", "gather_study",
          "sample_images", "sample_sheet", "claims", "fig_signal",
@@ -308,19 +309,22 @@ class Run:
 
 @pytest.fixture(scope="module")
 def runs(cluster, tmp_path_factory) -> dict[str, Run]:
-    """At once: the smoke preset through Slurm (one training job requeued midway); the
-    same preset locally on 2 cores; one longer training through Slurm, cancelled midway;
-    and the fail-once workflow through Slurm."""
+    """At once: the smoke preset through Slurm (one training job requeued midway), and
+    again in packs of three; the same preset locally on 2 cores; one longer training
+    through Slurm, cancelled midway; and the fail-once workflow through Slurm."""
     base = tmp_path_factory.mktemp("slurm-runs")
     on_cpu = base / "cpu.yaml"
     on_cpu.write_text(CPU_OVERLAY)
     smoke = (REPO / "config.yaml", SMOKE, on_cpu)
     overlay = base / "cancel.yaml"
     overlay.write_text(CANCEL_OVERLAY)
+    packs = base / "pack.yaml"
+    packs.write_text(PACK_OVERLAY)
     target = f"results/signal/runs/{CANCEL_RUN}/manifest.json"
     commands = {
         "slurm": snakemake_command(base / "slurm", *slurm_args(), configs=smoke),
         "local": snakemake_command(base / "local", "--cores", "2", configs=smoke),
+        "packed": snakemake_command(base / "packed", *slurm_args(), configs=(*smoke, packs)),
         # a partition the cluster does not have: the preflight stops the run
         "wrong_partition": snakemake_command(
             base / "wrong_partition",
@@ -385,11 +389,8 @@ def minutes(timelimit: str) -> int:
 
 
 def rule_of(comment: str) -> tuple[str, str | None]:
-    """(rule, run) of a Slurm job from the comment the plugin gives it; a packed job
-    (rule_<group>_<rule>) names no run."""
-    for group, rule in PACKED.items():
-        if comment == f"rule_{group}_{rule}":
-            return rule, None
+    """(rule, run) of a Slurm job from the comment the plugin gives it; a pack of several
+    runs: (rule, "<study>_<pack>")."""
     for rule in RULES:
         if comment == f"rule_{rule}":
             return rule, None
@@ -422,10 +423,10 @@ def test_heavy_rules_ran_as_slurm_jobs_and_light_ones_in_snakemake(cluster, runs
     assert set(ran_locally) == set(LOCAL_RULES)
     assert ran_locally.count("render_training_set") == len(SMOKE_RUNS)
     jobs = slurm_jobs(cluster, slurm.name)
-    packs = -(-len(SMOKE_RUNS) // RUNS_PER_JOB)  # ceil: the runs, RUNS_PER_JOB to a job
-    # the probe of each study; the sample sheet's run and the blue-triangle samples
-    expected = {"train_vdm": len(SMOKE_RUNS), "evaluate_pack": packs, "train_probe": 2,
-                "sample_images": 3}  # fmt: skip
+    # a training and an evaluation per run (packs of one); the probe of each study; the
+    # sample sheet's run and the blue-triangle samples
+    expected = {"train_vdm": len(SMOKE_RUNS), "evaluate_pack": len(SMOKE_RUNS),
+                "train_probe": 2, "sample_images": 3}  # fmt: skip
     assert {rule: len(rows) for rule, rows in jobs.items()} == expected
     for rule, rows in jobs.items():
         for row in rows:
@@ -439,27 +440,57 @@ def test_gpu_jobs_ran_on_the_gpu_partition_with_one_gpu(cluster, runs):
             assert row["Partition"] == "gpu" and "gres/gpu=1" in row["AllocTRES"], row
 
 
-def test_evaluations_share_one_gpu_several_to_a_job_and_trainings_one_pack_each(cluster, runs):
+def test_each_run_trains_and_is_evaluated_in_a_slurm_job_of_its_own(cluster, runs):
     slurm = runs["slurm"].succeeded()
     jobs = slurm_jobs(cluster, slurm.name)
-    for rule in PACKED.values():
+    for rule in ("train_vdm", "evaluate_pack"):
         packed = {row["JobIDRaw"]: packed_runs(cluster, row["JobIDRaw"]) for row in jobs[rule]}
-        # every run in exactly one job, and the largest job holds RUNS_PER_JOB of them
         assert sorted(sum(packed.values(), [])) == sorted(SMOKE_RUNS), packed
-        assert max(len(runs_of_job) for runs_of_job in packed.values()) == RUNS_PER_JOB
-        for row in jobs[rule]:
-            # one GPU for the pack; CPUs add up (1 thread per smoke training and evaluation)
-            cpus = len(packed[row["JobIDRaw"]])
-            assert re.search(rf"\bcpu={cpus},.*gres/gpu=1\b", row["AllocTRES"]), row
-    trainings = {
-        row["JobIDRaw"]: packed_runs(cluster, row["JobIDRaw"]) for row in jobs["train_vdm"]
-    }
-    assert sorted(sum(trainings.values(), [])) == sorted(SMOKE_RUNS), trainings
-    assert all(len(runs_of_job) == 1 for runs_of_job in trainings.values())  # compute.pack 1
+        assert all(len(runs_of_job) == 1 for runs_of_job in packed.values())  # compute.pack 1
+        for row in jobs[rule]:  # one GPU, 1 thread (the smoke preset's compute.threads)
+            assert re.search(r"\bcpu=1,.*gres/gpu=1\b", row["AllocTRES"]), row
     assert minutes(jobs["train_vdm"][0]["Timelimit"]) == TRAIN_MINUTES
-    for run in SMOKE_RUNS:  # each evaluation job scored every checkpoint of its runs
+    for run in SMOKE_RUNS:  # each evaluation job scored every checkpoint of its run
         evaluated = slurm.workdir / "results" / STUDY_OF_RUN[run] / "runs" / run / "eval"
         assert len(list(evaluated.glob("step_*.nc"))) == len(STEPS)
+
+
+def in_order_of_steps(log: Path, pattern: str) -> list[tuple[int, str]]:
+    """(step, run) of each progress line of a pack's log, in the log's order; ``pattern``
+    captures the run and the step."""
+    return [(int(step), run) for run, step in re.findall(pattern, log.read_text())]
+
+
+def test_a_packs_runs_train_and_are_evaluated_together_in_one_slurm_job(cluster, runs):
+    """compute.pack 3: the smoke preset's 6 signal runs in 2 packs and its 2 masking runs in
+    one; each pack one training and one evaluation Slurm job with one GPU, whose log shows
+    every run of the pack at each step before any goes on (one process, the runs side by
+    side), not one run after another as the job groups of separate processes went."""
+    packed = runs["packed"].succeeded()
+    jobs = slurm_jobs(cluster, packed.name)
+    tables = run_table(SMOKE_CONFIG)
+    packs = {study: form_packs(list(table), PACK_SIZE) for study, table in tables.items()}
+    expected = sorted(f"{study}_{pack}" for study in packs for pack in packs[study])
+    for rule in ("train_vdm", "evaluate_pack"):
+        assert sorted(row["run"] for row in jobs[rule]) == expected
+        for row in jobs[rule]:
+            assert row["State"] == "COMPLETED" and "gres/gpu=1" in row["AllocTRES"], row
+    logs = packed.workdir / "results" / "logs"
+    for study, study_packs in packs.items():
+        for pack, members in study_packs.items():
+            trained = in_order_of_steps(
+                logs / "train_vdm" / study / f"{pack}.log", rf"({RUN}): step (\d+)/\d+ loss"
+            )
+            evaluated = in_order_of_steps(
+                logs / "evaluate_pack" / study / f"{pack}.log",
+                rf"evaluating \S+/runs/({RUN})/checkpoints/step_\d+\.pt \(step (\d+)\)",
+            )
+            for progress, steps in ((trained, None), (evaluated, STEPS)):
+                reported = sorted({step for step, _ in progress})
+                assert len(reported) > 1 and (steps is None or reported == list(steps))
+                # every run at every reported step, and the steps in order: side by side
+                assert sorted(progress) == sorted((s, r) for s in reported for r in members)
+                assert [step for step, _ in progress] == sorted(step for step, _ in progress)
 
 
 def test_a_wrong_partition_stops_the_run_before_any_submission(cluster, runs):

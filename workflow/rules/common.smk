@@ -104,8 +104,7 @@ def threads_for(stage):
 # What each job asks a cluster for (the Slurm executor reads these; a local run only caps
 # threads at --cores). Runtime (minutes) and memory grow with the attempt, so a job that ran
 # out of either is retried with more (retries: profiles/default). GPU rules ask for one GPU
-# as gres: a string, which Snakemake does not add up when it groups several jobs into one
-# Slurm job (group-components: profiles/default), so a group shares one GPU. Light rules
+# as gres, a pack's training and evaluation jobs too: its runs share that GPU. Light rules
 # (renders, gathering, figures, claims) are `localrule: True`: they run in the Snakemake
 # process itself, not as cluster jobs of their own.
 GPU = "gpu:1"

@@ -28,8 +28,6 @@ rule evaluate_pack:
         LOGS / "evaluate_pack" / "{study}" / "{pack}.log",
     benchmark:
         LOGS / "evaluate_pack" / "{study}" / "{pack}.benchmark.tsv"
-    group:
-        "evaluate"  # several packs share one GPU (group-components: profiles/default)
     conda:
         ENV
     threads: threads_for("evaluate")
