@@ -11,24 +11,7 @@
 # record.tar.gz (sample sheets, logs), run.log. BUDGET_S (default 520) is the whole
 # command's wall time, the wheels' install included. Wheels in .whl/ (netCDF4, cftime,
 # jsonschema and its needs) are installed first where those packages are missing.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-started=$(date +%s)
-out="${1:?usage: benchmarks/gpu_color_sweep.sh OUTDIR}"
-mkdir -p "$out"
-python=${PYTHON:-python3}
-if ! "$python" -c 'import netCDF4, jsonschema' 2>/dev/null; then
-    if ls .whl/*.whl >/dev/null 2>&1; then
-        "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-            --target /tmp/site .whl/*.whl || exit 1
-        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-    else
-        echo "gpu_color_sweep.sh: netCDF4 or jsonschema is missing and .whl/ holds no wheels" >&2
-        exit 1
-    fi
-fi
-export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null || true
+source "$(dirname "$0")/gpu_prologue.sh"  # cd to the root; $out, $started, $python
 budget=$((${BUDGET_S:-520} - ($(date +%s) - started)))
 if [ -n "${TINY:-}" ]; then
     # every process on one thread, one evaluation worker: the 2-core build machine

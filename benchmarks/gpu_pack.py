@@ -16,17 +16,21 @@ figure the others are compared with, measured in the same call. Cases: the paper
 precision fp32 (as the pipeline runs), tf32 (fp32 with TF32 matmuls and convolutions
 allowed, CUDA only) and bf16 (training.precision: bf16); K = 1, 4, 16, 64; mode vmap (the
 runs' passes as one vmapped pass, what train_pack runs on a GPU) and, with --modes, loop
-(each run's pass after another on its slice of the stack, what it runs on a CPU). A case that runs
+(each run's pass after another on its slice of the stack, what it runs on a CPU), and
+graphs (vmap with the stacked forward and backward through
+``torch.compile(mode="reduce-overhead")``, which on a GPU captures them as CUDA graphs and
+replays them: issue 27, item 3; the pipeline does not use it until these figures say it
+pays; its warm-up, compiling included, is reported as warmup_s). A case that runs
 out of memory is recorded as such and the larger packs of its model and precision are
-skipped; cases left when the budget is spent are recorded as skipped. CUDA graph capture
-(issue 27, item 3) is not implemented, so every case runs without it.
+skipped; cases left when the budget is spent are recorded as skipped.
 
 With --stage sample each case times instead the pack evaluator's sampler
 (``vdm.sample_runs``, as ``evaluate.evaluate_pack`` draws a checkpoint's prompts): K runs'
 ancestral sampler steps at the evaluation's batch (config.yaml's evaluation.batch_size),
 each run's noise from its own per-sample generators, the networks in one vmapped call
-(``stacked.StackedNetworks``, mode vmap) or one after another (mode loop; K = 1 is a run
-alone, today's evaluation); fp32 and tf32 only (the evaluation samples in fp32).
+(``stacked.StackedNetworks``, mode vmap; graphs: that call compiled as above) or one
+after another (mode loop; K = 1 is a run alone, today's evaluation); fp32 and tf32 only
+(the evaluation samples in fp32).
 
 The report (JSON, rewritten after every case): the machine, each case's step time,
 run-steps/s, images/s, time per image and peak GPU memory, each pack's run-steps/s
@@ -122,9 +126,11 @@ def measure(setup: dict, runs: int, precision: str, mode: str, device: torch.dev
         torch.manual_seed(seed)
         model = build_vdm(setup["model"], h_dim, size)
         states.append({k: v.to(device) for k, v in model.state_dict().items()})
-    vmapped = mode == "vmap"
+    vmapped = mode in ("vmap", "graphs")
     stack = StackedModel(template, states, None, 1e-3, 0.01, 0.01, channels_last, vmapped)
     del states
+    if mode == "graphs":  # forward and backward captured; clipping and AdamW stay eager
+        stack.losses = torch.compile(stack.losses, mode="reduce-overhead")
 
     def step():
         batches = [
@@ -133,10 +139,12 @@ def measure(setup: dict, runs: int, precision: str, mode: str, device: torch.dev
         ]
         return stack.step(batches)
 
+    warming = time.perf_counter()
     for _ in range(args.warmup):
         step()
     if cuda:
         torch.cuda.synchronize(device)
+    warmup_s = time.perf_counter() - warming
     began = time.perf_counter()
     for _ in range(args.steps):
         losses, _ = step()
@@ -151,6 +159,7 @@ def measure(setup: dict, runs: int, precision: str, mode: str, device: torch.dev
         "images_per_s": runs * batch / step_s,
         "ms_per_image": 1000 * step_s / (runs * batch),
         "parameters_per_run": sum(p[0].numel() for p in stack.params.values()),
+        "warmup_s": warmup_s,
     }
     if cuda:
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -173,7 +182,11 @@ def measure_sampling(setup: dict, runs: int, precision: str, mode: str, device, 
     h = torch.rand(batch, h_dim, device=device)
     with torch.no_grad():
         embeddings = [vdm.net.embed(h) for vdm in vdms]
-    network = StackedNetworks([v.net for v in vdms]) if mode == "vmap" and runs > 1 else None
+    network = None
+    if mode == "graphs" or (mode == "vmap" and runs > 1):
+        network = StackedNetworks([v.net for v in vdms])
+    if mode == "graphs":
+        network = torch.compile(network, mode="reduce-overhead")
 
     def sample(steps):
         generators = [
@@ -182,9 +195,11 @@ def measure_sampling(setup: dict, runs: int, precision: str, mode: str, device, 
         ]
         return sample_runs(vdms, steps, generators, embeddings, network)
 
+    warming = time.perf_counter()
     sample(args.warmup)
     if cuda:
         torch.cuda.synchronize(device)
+    warmup_s = time.perf_counter() - warming
     began = time.perf_counter()
     images = sample(args.steps)
     images[-1].sum().item()  # waits for the device
@@ -196,6 +211,7 @@ def measure_sampling(setup: dict, runs: int, precision: str, mode: str, device, 
         "sampler_step_ms": 1000 * step_s,
         "sample_steps_per_s": runs * batch / step_s,
         "ms_per_sample_step": 1000 * step_s / (runs * batch),
+        "warmup_s": warmup_s,
     }
     if cuda:
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -273,9 +289,9 @@ def main(argv=None) -> None:
         "--modes",
         nargs="+",
         default=["vmap"],
-        choices=["vmap", "loop"],
-        help="a pack's forward passes: one vmapped pass (the GPU's default), or each run's "
-        "after another (the CPU's)",
+        choices=["vmap", "loop", "graphs"],
+        help="a pack's forward passes: one vmapped pass (the GPU's default), each run's "
+        "after another (the CPU's), or vmapped and captured as CUDA graphs (graphs)",
     )
     parser.add_argument(
         "--stage",
@@ -304,21 +320,23 @@ def main(argv=None) -> None:
         "machine": machine(device, args.threads),
         "stage": args.stage,
         "load_average_start": os.getloadavg(),
-        "graph_capture": "not implemented (issue 27 item 3): every case runs without it",
+        "graph_capture": "mode graphs: torch.compile(mode='reduce-overhead') of the stacked "
+        "forward (and backward); CUDA graphs on a GPU only",
         "cases": [],
     }
     began = time.monotonic()
+    # mode-major: every plain case before any that compiles (graphs: a minute or more each)
     groups = [
         (name, setup, precision, mode)
+        for mode in args.modes
         for name, setup in setups(args).items()
         for precision in precisions
-        for mode in args.modes
     ]
     for name, setup, precision, mode in groups:
         too_big = False
         for runs in sorted(args.packs):
-            if runs == 1 and mode != args.modes[0]:
-                continue  # a pack of one runs without vmap in every mode: measured once
+            if runs == 1 and mode == "loop" and "vmap" in args.modes:
+                continue  # a pack of one runs without vmap in both: measured once
             case = {"model": name, "precision": precision, "mode": mode, "runs": runs}
             case["batch"] = setup["sample_batch" if args.stage == "sample" else "batch"]
             if time.monotonic() - began > args.budget_s:
