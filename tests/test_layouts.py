@@ -2,12 +2,14 @@
 background concept (2x2x2). The 2x2 layout is the signal study's constants."""
 
 import json
+import re
 
 import numpy as np
 import pytest
-from conftest import REPO, every_sample_valid
+from conftest import REPO, SMOKE, every_sample_valid, snakemake
 
 from conceptspace.concepts import (
+    COLOR_SHAPE_ONE_HOT,
     CLASSES,
     COLOR_SHAPE,
     COLOR_SIZE,
@@ -204,6 +206,32 @@ def test_the_mask_value_reaches_the_render_rule(tmp_path):
     arrays, metadata = load_dataset(out)
     np.testing.assert_array_equal(arrays["h"][arrays["masked"], :3], 0.0)
     assert metadata["mask_value"] == 0.0 and "is 0 in h" in metadata["masking"]
+
+
+def test_shape_one_hot_writes_the_shape_in_two_slots_and_nothing_else_changes():
+    # the authors' encoding (shape_encoding: one_hot): h = (r, g, b, not triangle, triangle)
+    assert COLOR_SHAPE_ONE_HOT.h_layout == ("red", "green", "blue", "not_shape", "shape")
+    np.testing.assert_allclose(COLOR_SHAPE_ONE_HOT.class_h("11", SIGNAL), [0.3, 0.3, 0.7, 0, 1])
+    np.testing.assert_allclose(COLOR_SHAPE_ONE_HOT.class_h("00", SIGNAL), [0.7, 0.3, 0.3, 1, 0])
+    one_slot = render_training_set(DATA, SIGNAL, 3, COLOR_SHAPE, 0.5)
+    one_hot = render_training_set(DATA, SIGNAL, 3, COLOR_SHAPE_ONE_HOT, 0.5)
+    np.testing.assert_array_equal(one_hot["images"], one_slot["images"])
+    np.testing.assert_array_equal(one_hot["masked"], one_slot["masked"])
+    np.testing.assert_array_equal(one_hot["h"][:, :3], one_slot["h"][:, :3])  # masks too
+    np.testing.assert_array_equal(one_hot["h"][:, 4], one_slot["h"][:, 3])
+    np.testing.assert_array_equal(one_hot["h"][:, 3], 1 - one_slot["h"][:, 3])
+    assert one_hot.metadata["layout"] == "color_shape_one_hot"
+
+
+def test_the_shape_encoding_key_picks_the_layout_every_rule_is_given(tmp_path):
+    overlay = tmp_path / "one_hot.yaml"
+    overlay.write_text("studies:\n  underspecification:\n    shape_encoding: one_hot\n")
+    target = "results/underspecification/study.nc"
+    result = snakemake(tmp_path, target, "-n", "-p", configs=(REPO / "config.yaml", SMOKE, overlay))
+    layouts = set(re.findall(r"--layout (\S+)", result.stdout))
+    assert layouts == {"color_shape_one_hot"}, layouts  # render, probe and sample commands
+    plain = snakemake(tmp_path, target, "-n", "-p", configs=(REPO / "config.yaml", SMOKE))
+    assert set(re.findall(r"--layout (\S+)", plain.stdout)) == {"color_shape"}
 
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.5])

@@ -22,6 +22,9 @@ trained and which unseen, and its h (each concept's slots, in concept order):
                            size at the run's size gap (a nuisance, not in h). The
                            underspecification study: ``mask_ratio`` p of the red
                            triangles have their color masked (``MASK_VALUE``).
+    color_shape_one_hot    color_shape with shape one-hot in two slots, h = (r, g, b,
+                           not_shape, shape), as the authors' code writes its concepts
+                           (studies.underspecification.shape_encoding: one_hot).
     color_size_background  color x size x background (0 light, 1 dark grey,
                            0.5 +- db/2); train 000 001 010 100, unseen 011 101 110 111;
                            h = (r, g, b, size, background grey level).
@@ -158,6 +161,7 @@ class Layout:
     ``masked`` is (class, concept) of the layout's prompt masking, or None. ``one_hot``:
     h holds each concept one-hot, (not c, c), whatever the signal (CelebA's attributes,
     ``celeba_layout``); the concepts are then free names (the attributes).
+    ``one_hot_concepts``: the concepts held one-hot in an otherwise signal-valued h.
     """
 
     name: str
@@ -165,10 +169,15 @@ class Layout:
     training_classes: tuple[str, ...]
     masked: tuple[str, str] | None = None
     one_hot: bool = False
+    one_hot_concepts: tuple[str, ...] = ()
+
+    def is_one_hot(self, concept: str) -> bool:
+        """Whether h holds ``concept`` one-hot, (not c, c), instead of its value."""
+        return self.one_hot or concept in self.one_hot_concepts
 
     def concept_slots(self, concept: str) -> tuple[str, ...]:
         """The names of a concept's slots in h."""
-        return (f"not_{concept}", concept) if self.one_hot else CONCEPT_SLOTS[concept]
+        return (f"not_{concept}", concept) if self.is_one_hot(concept) else CONCEPT_SLOTS[concept]
 
     def record(self) -> dict:
         """What rebuilds the layout (``layout_named``): stored in datasets and probes."""
@@ -177,6 +186,7 @@ class Layout:
             "concepts": list(self.concepts),
             "training_classes": list(self.training_classes),
             "one_hot": self.one_hot,
+            "one_hot_concepts": list(self.one_hot_concepts),
         }
 
     def intervention_h(self) -> tuple[np.ndarray, np.ndarray]:
@@ -238,11 +248,12 @@ class Layout:
         return self.classes.index(name)
 
     def class_h(self, name: str, signal: Signal) -> np.ndarray:
-        """The prompt h of a class: its concepts' means (one-hot: its digits one-hot),
-        float32."""
-        if self.one_hot:
-            return np.concatenate([np.eye(2)[d] for d in self.digits(name)]).astype(np.float32)
-        parts = [signal.concept_mean(c, v) for c, v in zip(self.concepts, self.digits(name))]
+        """The prompt h of a class: its concepts' means (a one-hot concept: its digit
+        one-hot), float32."""
+        parts = [
+            np.eye(2)[v] if self.is_one_hot(c) else signal.concept_mean(c, v)
+            for c, v in zip(self.concepts, self.digits(name))
+        ]
         return np.concatenate(parts).astype(np.float32)
 
     def label(self, name: str) -> str:
@@ -255,10 +266,20 @@ class Layout:
 
 COLOR_SIZE = Layout("color_size", CONCEPTS, TRAINING_CLASSES)
 COLOR_SHAPE = Layout("color_shape", ("color", "shape"), ("00", "01", "10"), masked=("01", "color"))
+COLOR_SHAPE_ONE_HOT = Layout(
+    "color_shape_one_hot",
+    ("color", "shape"),
+    ("00", "01", "10"),
+    masked=("01", "color"),
+    one_hot_concepts=("shape",),
+)
 COLOR_SIZE_BACKGROUND = Layout(
     "color_size_background", ("color", "size", "background"), ("000", "001", "010", "100")
 )
-LAYOUTS = {layout.name: layout for layout in (COLOR_SIZE, COLOR_SHAPE, COLOR_SIZE_BACKGROUND)}
+LAYOUTS = {
+    layout.name: layout
+    for layout in (COLOR_SIZE, COLOR_SHAPE, COLOR_SHAPE_ONE_HOT, COLOR_SIZE_BACKGROUND)
+}
 
 
 def celeba_layout(attributes: tuple[str, ...], held_out: str) -> Layout:
@@ -283,6 +304,7 @@ def layout_named(name: str | dict | None) -> Layout:
             tuple(name["concepts"]),
             tuple(name["training_classes"]),
             one_hot=bool(name.get("one_hot", False)),
+            one_hot_concepts=tuple(name.get("one_hot_concepts", ())),
         )
     if name not in LAYOUTS:
         raise ValueError(f"unknown concept layout {name!r}; layouts are {', '.join(LAYOUTS)}")

@@ -195,8 +195,8 @@ def _h_init_problems(config: dict, on: Sequence) -> Iterable[str]:
         return
     slots = {}
     for study in on:
-        if study.layout in LAYOUTS:
-            slots[study.name] = LAYOUTS[study.layout].h_dim
+        if study.layout_name(config) in LAYOUTS:
+            slots[study.name] = LAYOUTS[study.layout_name(config)].h_dim
         elif "attributes" in study.section(config):  # CelebA's: each attribute one-hot
             slots[study.name] = 2 * len(study.section(config)["attributes"])
     short = {name: h_dim for name, h_dim in slots.items() if h_dim > fan_in}

@@ -154,14 +154,13 @@ def unet_size(model: Mapping[str, Any], h_dim: int, image_size: int) -> tuple[in
 
 def study_h_dim(study, config: dict) -> int:
     """The slots of h of a study's layout."""
-    if study.layout in LAYOUTS:
-        return LAYOUTS[study.layout].h_dim
-    return 2 * len(study.section(config)["attributes"])  # one-hot attributes (CelebA)
+    return study_layout(study, config).h_dim
 
 
 def study_layout(study, config: dict):
-    if study.layout in LAYOUTS:
-        return LAYOUTS[study.layout]
+    """The study's concept layout under ``config`` (CelebA's: from its attributes)."""
+    if study.layout_name(config) in LAYOUTS:
+        return LAYOUTS[study.layout_name(config)]
     section = study.section(config)
     return celeba_layout(tuple(section["attributes"]), "".join(map(str, section["held_out"])))
 

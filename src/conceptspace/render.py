@@ -313,6 +313,13 @@ def _render_objects(
     return _objects_arrays(objects, labels, layout, data_cfg, streams, validation_fraction)
 
 
+def _shape_slots(shapes: np.ndarray, layout: Layout) -> np.ndarray:
+    """Shape in h: 0 disc / 1 triangle in one slot, or one-hot (disc, triangle)."""
+    if layout.is_one_hot("shape"):
+        return np.eye(2, dtype=np.float32)[shapes]
+    return shapes[:, None].astype(np.float32)
+
+
 def _objects_arrays(objects, labels, layout, data_cfg, streams, validation_fraction):
     n = len(labels)
     positions = _positions(n, data_cfg, streams["positions"])
@@ -328,7 +335,7 @@ def _objects_arrays(objects, labels, layout, data_cfg, streams, validation_fract
     slots = {
         "color": objects["color"],
         "size": objects["size"][:, None],
-        "shape": None if shapes is None else shapes[:, None].astype(np.float32),
+        "shape": None if shapes is None else _shape_slots(shapes, layout),
         "background": objects.get("background", np.zeros(n))[:, None],
     }
     arrays = {

@@ -192,7 +192,9 @@ class Study:
     conceptspace.config_checks, with the checks every study gets). ``grid``: the run
     fields spanning its dataset. ``classes``: (trained, all) classes of the layout, for the batch checks.
     ``renders``: its images are rendered from the layout (else prepared from a folder).
-    ``switch``: the key of its section that must be set for it to be on, if any."""
+    ``switch``: the key of its section that must be set for it to be on, if any.
+    ``layout_of``: its layout's name from its section, where the config chooses it
+    (else ``layout``; see :meth:`layout_name`)."""
 
     name: str
     layout: str
@@ -204,6 +206,15 @@ class Study:
     figures: tuple[Figure, ...] = ()
     renders: bool = True
     switch: str | None = None
+    layout_of: Callable[[dict], str] | None = None
+
+    def layout_name(self, config: dict) -> str:
+        """The name of its concept layout (``concepts.LAYOUTS``, or "celeba", built from
+        its section) under ``config``."""
+        section = self.section(config)
+        if self.layout_of is None or section is None:
+            return self.layout
+        return self.layout_of(section)
 
     def section(self, config: dict) -> dict | None:
         """config studies.<name>, or None when the study is off."""
@@ -381,6 +392,10 @@ register(
         # color x shape with prompt masking (claim 5), runs p<ratio>_seed<seed>
         "underspecification",
         layout="color_shape",
+        # shape in one slot (0 disc, 1 triangle), or one-hot as the authors' code writes it
+        layout_of=lambda section: (
+            "color_shape_one_hot" if section.get("shape_encoding") == "one_hot" else "color_shape"
+        ),
         grid=("seed", "mask_ratio"),
         classes=(3, 4),
         runs_of=_masked_runs,

@@ -71,7 +71,7 @@ def run_args(wildcards):
 
 
 def study_layout(wildcards):
-    return STUDIES[wildcards.study].layout
+    return STUDIES[wildcards.study].layout_name(config)
 
 
 def settings(*keys, **extra):
