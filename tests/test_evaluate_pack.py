@@ -3,6 +3,8 @@ batched sampler call per step. Each run keeps its own noise, so a run's evaluati
 not depend on its pack: bit for bit when the runs' networks go one after another (a
 CPU's way), to float tolerance when they go as one vmapped call (a GPU's way)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -111,7 +113,9 @@ def test_the_stacked_networks_sample_each_run_as_it_samples_alone(pack):
     )
     for one, together in zip(lone, stacked):
         torch.testing.assert_close(together, one, rtol=0, atol=1e-5)
-    assert not torch.allclose(lone[0], lone[1])  # the runs differ: the check can fail
+    # the premise: the runs' networks differ, so stacking them in the wrong order would show
+    first, second = (dict(vdm.net.named_parameters()) for vdm in vdms[:2])
+    assert any(not torch.equal(first[name], second[name]) for name in first)
 
 
 @pytest.mark.parametrize("vmapped", [False, True])
@@ -162,3 +166,19 @@ def test_runs_of_other_evaluation_settings_are_refused_as_one_pack(pack, tmp_pat
     with pytest.raises(ConceptspaceError, match="packs of their own"):
         evaluate_pack(mixed)
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_a_runs_fields_that_are_not_json_or_lack_a_seed_are_named(pack, tmp_path, caplog):
+    from conceptspace.cli import main
+
+    run_dirs, probe = pack
+    settings = json.dumps({"evaluation": EVALUATION, "probe": PROBE})
+    for fields, named in (("{seed: 5", "not valid JSON"), ('{"color_gap": 0.4}', "name no seed")):
+        caplog.clear()
+        code = main(
+            ["evaluate-pack", "--settings", settings, "--probe", str(probe)]
+            + ["--run", "run0", str(run_dirs[0]), fields, "--steps", "2"]
+            + ["--out", str(tmp_path / "evaluated.json"), "--device", "cpu"]
+        )
+        assert code == 1 and "--run run0: its fields" in caplog.text and named in caplog.text
+    assert not (tmp_path / "evaluated.json").exists()

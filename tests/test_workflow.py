@@ -65,7 +65,7 @@ GPU_RULES = ("train_vdm", "train_probe", "evaluate_pack", "sample_images")
 
 
 def planned_resources(output: str) -> list[tuple[str, dict[str, str]]]:
-    """(rule, resources) of every job of a dry run's output, group members included."""
+    """(rule, resources) of every job of a dry run's output."""
     jobs, rule = [], None
     for line in output.splitlines():
         if line.strip().startswith("rule ") and line.rstrip().endswith(":"):

@@ -27,6 +27,20 @@ def _settings(text: str) -> dict:
         raise ConceptspaceError(f"--settings is not valid JSON: {err}")
 
 
+def _run_fields(run_id: str, text: str) -> dict:
+    """A run's seed, gaps and masking ratio (``studies.Run.fields``) from --run's JSON."""
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConceptspaceError(f"--run {run_id}: its fields are not valid JSON: {err}")
+    if not isinstance(fields, dict) or "seed" not in fields:
+        raise ConceptspaceError(
+            f"--run {run_id}: its fields {text} name no seed; give the run's JSON fields, "
+            'e.g. {"seed": 0, "color_gap": 0.4, "size_gap": 0.4}'
+        )
+    return fields
+
+
 def _signal(args: argparse.Namespace):
     """The run's signal level from --color-gap, --size-gap and --background-gap."""
     from conceptspace.concepts import Signal
@@ -150,8 +164,8 @@ def cmd_evaluate_pack(args: argparse.Namespace) -> None:
 
     settings = _settings(args.settings)
     members = []
-    for _, run_dir, fields in args.run:
-        run = _settings(fields)  # the run's seed, gaps and masking ratio (studies.Run.fields)
+    for run_id, run_dir, fields in args.run:
+        run = _run_fields(run_id, fields)
         signal = Signal.of_run(run.get("color_gap"), run.get("size_gap"), run.get("background_gap"))
         evaluation = RunEvaluation.on(
             args.probe,

@@ -727,6 +727,8 @@ def _evaluate_with(probe, jobs: Sequence[CheckpointJob], vmapped: bool = False) 
         )
     scores = [_Scores(methods, conditions, layout, samples_per_prompt) for _ in jobs]
     runs = [one.sampled(job.run.signal, job.run.seed) for job, one in zip(jobs, prepared)]
+    if vmapped:  # evaluation.batch_size bounds a sampler call's rows: the pack's together
+        batch_size = max(1, batch_size // len(jobs))
     for chunk, images in generate_images(
         runs, conditions, samples_per_prompt, sampler_steps, batch_size, device, vmapped
     ):
@@ -831,8 +833,11 @@ def evaluate_pack(members: Sequence[PackMember], vmapped: bool | None = None) ->
     # each run's files in its checkpoints' order; step_XXXXXX.pt -> step_XXXXXX.nc
     eval_paths = [[m.eval_dir / f"{Path(c).stem}.nc" for c in m.checkpoints] for m in members]
     # a pack's runs share their checkpoint schedule (a run stopped early has fewer): each
-    # step's checkpoints are sampled together, steps in order (the names are zero-padded)
-    steps = sorted({Path(c).name for m in members for c in m.checkpoints})
+    # step's checkpoints are sampled together, steps in order (step_XXXXXX.pt, zero-padded
+    # to 6 digits: by length first for steps past a million)
+    steps = sorted(
+        {Path(c).name for m in members for c in m.checkpoints}, key=lambda n: (len(n), n)
+    )
     kept, done, started = 0, 0, time.perf_counter()
     total = sum(len(m.checkpoints) for m in members)
     for name in steps:

@@ -63,10 +63,7 @@ rule evaluate_pack:
 # A run's trajectory, gathered from the evaluations its pack's job listed.
 rule gather_run:
     input:
-        lambda wildcards: RESULTS
-        / wildcards.study
-        / "evaluated"
-        / f"{PACK_OF[wildcards.study][wildcards.run]}.json",
+        pack_evaluated_of,
     output:
         RESULTS / "{study}" / "runs" / "{run}" / "trajectory.nc",
     log:
