@@ -141,7 +141,9 @@ def pack_runs(wildcards):
 def pack_evaluated_of(wildcards):
     """The evaluations list of the pack that evaluates the {run} of the {study}."""
     run_of(wildcards)  # a named error for a run the study does not have
-    return RESULTS / wildcards.study / "evaluated" / f"{PACK_OF[wildcards.study][wildcards.run]}.json"
+    return (
+        RESULTS / wildcards.study / "evaluated" / f"{PACK_OF[wildcards.study][wildcards.run]}.json"
+    )
 
 
 def pack_manifest_of(wildcards):
