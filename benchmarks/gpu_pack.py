@@ -101,6 +101,29 @@ def fresh_device(device: torch.device, precision: str) -> bool:
     return True
 
 
+def captured(fn):
+    """``fn`` through torch.compile(mode="reduce-overhead"), CUDA graphs on a GPU; dynamo
+    reset first, so each case compiles afresh (no recompile limit, no old graphs held)."""
+    torch._dynamo.reset()
+    return torch.compile(fn, mode="reduce-overhead")
+
+
+def clock(warmup, timed, device: torch.device, cuda: bool) -> dict:
+    """Seconds of ``warmup()`` (compiling included) and of ``timed()``, whose returned
+    tensor is waited for; on a GPU its peak memory."""
+    warming = time.perf_counter()
+    warmup()
+    if cuda:
+        torch.cuda.synchronize(device)
+    warmup_s = time.perf_counter() - warming
+    began = time.perf_counter()
+    timed().sum().item()  # waits for the device
+    result = {"seconds": time.perf_counter() - began, "warmup_s": warmup_s}
+    if cuda:
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return result
+
+
 def measure(setup: dict, runs: int, precision: str, mode: str, device: torch.device, args):
     """Time ``args.steps`` pack steps of ``runs`` runs after ``args.warmup`` steps."""
     from conceptspace.pack import StackedModel, draw_batch, loss_template, mask_specs
@@ -130,8 +153,7 @@ def measure(setup: dict, runs: int, precision: str, mode: str, device: torch.dev
     stack = StackedModel(template, states, None, 1e-3, 0.01, 0.01, channels_last, vmapped)
     del states
     if mode == "graphs":  # forward and backward captured; clipping and AdamW stay eager
-        torch._dynamo.reset()  # each case compiles afresh: no recompile limit, no old graphs
-        stack.losses = torch.compile(stack.losses, mode="reduce-overhead")
+        stack.losses = captured(stack.losses)
 
     def step():
         batches = [
@@ -140,31 +162,22 @@ def measure(setup: dict, runs: int, precision: str, mode: str, device: torch.dev
         ]
         return stack.step(batches)
 
-    warming = time.perf_counter()
-    for _ in range(args.warmup):
-        step()
-    if cuda:
-        torch.cuda.synchronize(device)
-    warmup_s = time.perf_counter() - warming
-    began = time.perf_counter()
-    for _ in range(args.steps):
-        losses, _ = step()
-    losses.sum().item()  # waits for the device
-    seconds = time.perf_counter() - began
-    step_s = seconds / args.steps
-    result = {
+    def steps(count):
+        for _ in range(count):
+            losses, _ = step()
+        return losses
+
+    timing = clock(lambda: steps(args.warmup), lambda: steps(args.steps), device, cuda)
+    step_s = timing["seconds"] / args.steps
+    return {
         "steps": args.steps,
-        "seconds": seconds,
         "step_ms": 1000 * step_s,
         "run_steps_per_s": runs / step_s,
         "images_per_s": runs * batch / step_s,
         "ms_per_image": 1000 * step_s / (runs * batch),
         "parameters_per_run": sum(p[0].numel() for p in stack.params.values()),
-        "warmup_s": warmup_s,
+        **timing,
     }
-    if cuda:
-        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return result
 
 
 def measure_sampling(setup: dict, runs: int, precision: str, mode: str, device, args):
@@ -187,8 +200,7 @@ def measure_sampling(setup: dict, runs: int, precision: str, mode: str, device, 
     if mode == "graphs" or (mode == "vmap" and runs > 1):
         network = StackedNetworks([v.net for v in vdms])
     if mode == "graphs":
-        torch._dynamo.reset()  # each case compiles afresh: no recompile limit, no old graphs
-        network = torch.compile(network, mode="reduce-overhead")
+        network = captured(network)
 
     def sample(steps):
         generators = [
@@ -197,27 +209,15 @@ def measure_sampling(setup: dict, runs: int, precision: str, mode: str, device, 
         ]
         return sample_runs(vdms, steps, generators, embeddings, network)
 
-    warming = time.perf_counter()
-    sample(args.warmup)
-    if cuda:
-        torch.cuda.synchronize(device)
-    warmup_s = time.perf_counter() - warming
-    began = time.perf_counter()
-    images = sample(args.steps)
-    images[-1].sum().item()  # waits for the device
-    seconds = time.perf_counter() - began
-    step_s = seconds / args.steps
-    result = {
+    timing = clock(lambda: sample(args.warmup), lambda: sample(args.steps)[-1], device, cuda)
+    step_s = timing["seconds"] / args.steps
+    return {
         "steps": args.steps,
-        "seconds": seconds,
         "sampler_step_ms": 1000 * step_s,
         "sample_steps_per_s": runs * batch / step_s,
         "ms_per_sample_step": 1000 * step_s / (runs * batch),
-        "warmup_s": warmup_s,
+        **timing,
     }
-    if cuda:
-        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return result
 
 
 def paper_evaluation_sample_steps() -> float:
