@@ -708,6 +708,8 @@ def _evaluate_with(probe, jobs: Sequence[CheckpointJob], vmapped: bool = False) 
                 f"checkpoint {job.checkpoint} is prompted with other methods than "
                 f"{jobs[0].checkpoint}; a pack's runs share one checkpoint schedule and methods"
             )
+    if vmapped:  # evaluation.batch_size bounds a sampler call's rows: the pack's together
+        batch_size = max(1, batch_size // len(jobs))
     n_samples = len(conditions) * samples_per_prompt
     for job, one in zip(jobs, prepared):
         log.info(
@@ -727,8 +729,6 @@ def _evaluate_with(probe, jobs: Sequence[CheckpointJob], vmapped: bool = False) 
         )
     scores = [_Scores(methods, conditions, layout, samples_per_prompt) for _ in jobs]
     runs = [one.sampled(job.run.signal, job.run.seed) for job, one in zip(jobs, prepared)]
-    if vmapped:  # evaluation.batch_size bounds a sampler call's rows: the pack's together
-        batch_size = max(1, batch_size // len(jobs))
     for chunk, images in generate_images(
         runs, conditions, samples_per_prompt, sampler_steps, batch_size, device, vmapped
     ):

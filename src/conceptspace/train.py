@@ -48,13 +48,7 @@ from conceptspace.checkpoints import (
 from conceptspace.device import compute_device
 from conceptspace.divergence import DivergenceMonitor
 from conceptspace.io import ConceptspaceError, eta, provenance, remove_stale_temporaries
-from conceptspace.pack import (
-    RunBatch,
-    StackedModel,
-    draw_batch,
-    loss_template,
-    mask_specs,
-)
+from conceptspace.pack import RunBatch, StackedModel, draw_batch, loss_template, mask_specs
 from conceptspace.stacked import vmap_runs
 
 # One schedule for training and for the DAG: `count` steps evenly spaced in sqrt(step)
