@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from conceptspace.concepts import LAYOUTS
 from conceptspace.io import ConceptspaceError
 from conceptspace.methods import FINAL_DONOR
 from conceptspace.runs import (
@@ -193,12 +192,7 @@ def _h_init_problems(config: dict, on: Sequence) -> Iterable[str]:
     fan_in = config["model"].get("h_init_fan_in")
     if fan_in is None:
         return
-    slots = {}
-    for study in on:
-        if study.layout_name(config) in LAYOUTS:
-            slots[study.name] = LAYOUTS[study.layout_name(config)].h_dim
-        elif "attributes" in study.section(config):  # CelebA's: each attribute one-hot
-            slots[study.name] = 2 * len(study.section(config)["attributes"])
+    slots = {study.name: study.concept_layout(config).h_dim for study in on}
     short = {name: h_dim for name, h_dim in slots.items() if h_dim > fan_in}
     if short:
         most = max(short.values())

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from conceptspace.concepts import LAYOUTS, celeba_layout
 from conceptspace.runs import checkpoint_steps
 from conceptspace.io import filesystem_of, free_bytes, megabytes
 from conceptspace.methods import build_methods, sample_sheet_steps
@@ -152,19 +151,6 @@ def unet_size(model: Mapping[str, Any], h_dim: int, image_size: int) -> tuple[in
     return counted["params"], counted["macs"], counted["tensors"]
 
 
-def study_h_dim(study, config: dict) -> int:
-    """The slots of h of a study's layout."""
-    return study_layout(study, config).h_dim
-
-
-def study_layout(study, config: dict):
-    """The study's concept layout under ``config`` (CelebA's: from its attributes)."""
-    if study.layout_name(config) in LAYOUTS:
-        return LAYOUTS[study.layout_name(config)]
-    section = study.section(config)
-    return celeba_layout(tuple(section["attributes"]), "".join(map(str, section["held_out"])))
-
-
 def image_size_of(study, config: dict) -> int:
     return int((study.section(config) or {}).get("image_size") or config["data"]["image_size"])
 
@@ -172,7 +158,7 @@ def image_size_of(study, config: dict) -> int:
 def conditions(study, config: dict) -> tuple[int, int]:
     """(methods, method x prompt conditions) one evaluation of a checkpoint samples."""
     final = checkpoint_steps(study.training(config))[-1]
-    methods = build_methods(config["evaluation"]["methods"], final, study_layout(study, config))
+    methods = build_methods(config["evaluation"]["methods"], final, study.concept_layout(config))
     return len(methods), sum(len(method.prompts) for method in methods)
 
 
@@ -316,9 +302,9 @@ def compute_hours(
     for study in on_studies(config):
         runs = study.runs(config)
         training = study.training(config)
-        macs = unet_size(config["model"], study_h_dim(study, config), image_size_of(study, config))[
-            1
-        ]
+        macs = unet_size(
+            config["model"], study.concept_layout(config).h_dim, image_size_of(study, config)
+        )[1]
         train = measured_speed("train", device, macs, benchmarks)
         if train is not None:
             images = training["steps"] * training["batch_size"]
@@ -352,7 +338,7 @@ def disk_per_job(config: dict) -> dict[tuple[str, str], float]:
     evaluation = config["evaluation"]
     for study in on_studies(config):
         size = image_size_of(study, config)
-        layout = study_layout(study, config)
+        layout = study.concept_layout(config)
         image = IMAGE_CHANNELS * size * size  # uint8
         section = study.section(config)
         per_class = section.get("per_class") or config["data"]["images_per_class"]

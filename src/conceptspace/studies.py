@@ -18,7 +18,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from conceptspace.concepts import Signal
+from conceptspace.concepts import LAYOUTS, Layout, Signal, celeba_layout
 from conceptspace.config_checks import (
     background_problems,
     celeba_problems,
@@ -215,6 +215,15 @@ class Study:
         if self.layout_of is None or section is None:
             return self.layout
         return self.layout_of(section)
+
+    def concept_layout(self, config: dict) -> Layout:
+        """Its concept layout under ``config``: a named one, or CelebA's, built from the
+        attributes and held-out class of its section."""
+        name = self.layout_name(config)
+        if name in LAYOUTS:
+            return LAYOUTS[name]
+        section = self.section(config)
+        return celeba_layout(tuple(section["attributes"]), "".join(map(str, section["held_out"])))
 
     def section(self, config: dict) -> dict | None:
         """config studies.<name>, or None when the study is off."""
