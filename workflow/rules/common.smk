@@ -138,18 +138,16 @@ def pack_runs(wildcards):
     return packs[wildcards.pack]
 
 
-def pack_evaluated_of(wildcards):
-    """The evaluations list of the pack that evaluates the {run} of the {study}."""
-    run_of(wildcards)  # a named error for a run the study does not have
-    return (
-        RESULTS / wildcards.study / "evaluated" / f"{PACK_OF[wildcards.study][wildcards.run]}.json"
-    )
+def pack_file_of(folder):
+    """An input function: the file under <study>/<folder>/ of the pack that holds the {run}
+    of the {study}: its training manifest (packs/) or its evaluations list (evaluated/)."""
 
+    def of(wildcards):
+        run_of(wildcards)  # a named error for a run the study does not have
+        pack = PACK_OF[wildcards.study][wildcards.run]
+        return RESULTS / wildcards.study / folder / f"{pack}.json"
 
-def pack_manifest_of(wildcards):
-    """The manifest of the pack that trains the {run} of the {study}."""
-    run_of(wildcards)  # a named error for a run the study does not have
-    return RESULTS / wildcards.study / "packs" / f"{PACK_OF[wildcards.study][wildcards.run]}.json"
+    return of
 
 
 def training_minutes(wildcards, attempt):

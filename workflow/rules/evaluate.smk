@@ -63,7 +63,7 @@ rule evaluate_pack:
 # A run's trajectory, gathered from the evaluations its pack's job listed.
 rule gather_run:
     input:
-        pack_evaluated_of,
+        pack_file_of("evaluated"),
     output:
         RESULTS / "{study}" / "runs" / "{run}" / "trajectory.nc",
     log:

@@ -56,7 +56,7 @@ rule train_vdm:
 # trained alone.
 rule run_manifest:
     input:
-        pack_manifest_of,
+        pack_file_of("packs"),
     output:
         RESULTS / "{study}" / "runs" / "{run}" / "manifest.json",
     log:
