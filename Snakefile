@@ -6,7 +6,8 @@
 #   snakemake --cores 4 --config preset=cpu   here: the claims at laptop scale (~1 h)
 #   snakemake --report results/report.html    the report, once the study has run
 # Which scale runs where is config key `preset`; profiles/default/ (found by Snakemake)
-# sets the cores and the GPU packing, docs/slurm.md the cluster.
+# sets the cores, retries and requeueing (packs of runs: config key compute.pack),
+# docs/slurm.md the cluster.
 
 
 import sys
@@ -60,8 +61,7 @@ config["preset"] = PRESET  # what ran, recorded in every dataset's config
 
 if ON_CLUSTER and workflow.is_main_process:
     # The cores of profiles/default are for jobs on this machine. Snakemake would also cap
-    # every cluster job's threads at them, and fit the jobs packed into one cluster job
-    # (group-components) into them, one after another instead of side by side.
+    # every cluster job's threads at them.
     workflow.global_resources["_cores"] = None
 
 

@@ -26,11 +26,16 @@ skipped; cases left when the budget is spent are recorded as skipped.
 
 With --stage sample each case times instead the pack evaluator's sampler
 (``vdm.sample_runs``, as ``evaluate.evaluate_pack`` draws a checkpoint's prompts): K runs'
-ancestral sampler steps at the evaluation's batch (config.yaml's evaluation.batch_size),
-each run's noise from its own per-sample generators, the networks in one vmapped call
-(``stacked.StackedNetworks``, mode vmap; graphs: that call compiled as above) or one
-after another (mode loop; K = 1 is a run alone, today's evaluation); fp32 and tf32 only
-(the evaluation samples in fp32).
+ancestral sampler steps, each run's noise from its own per-sample generators, the
+networks in one vmapped call (``stacked.StackedNetworks``, mode vmap; graphs: that call
+compiled as above) or one after another (mode loop; K = 1 is a run alone, today's
+evaluation); fp32 and tf32 only (the evaluation samples in fp32). A call holds the rows
+evaluate_pack gives it: --sample-rows (evaluation.batch_size; default the model's
+config) shared by a vmapped pack's runs, at most one checkpoint's samples per run. At the
+config's 512 a vmapped pack of 4 draws 128 per run per call, so its checkpoint takes 4
+calls, as 4 runs alone do; at 2,048 it takes one. So measure both: the rows a pack needs
+(K x a checkpoint's samples) are what evaluation.batch_size must allow for packing to
+pay in evaluation, and the report's GPU memory says whether a card holds them.
 
 The report (JSON, rewritten after every case): the machine, each case's step time,
 run-steps/s, images/s, time per image and peak GPU memory, each pack's run-steps/s
@@ -70,20 +75,16 @@ def setups(args) -> dict[str, dict]:
     cpu = load_config(ROOT / "config.yaml", ROOT / "workflow" / "presets" / "cpu.yaml")
     if args.tiny:
         tiny = {"model": {**paper["model"], **TINY_MODEL}, "batch": 8, "size": 8}
-        return {"tiny": {**tiny, "sample_batch": 8}}
+        return {"tiny": {**tiny, "sample_rows": 8, "checkpoint_samples": 8}}
     found = {
-        "paper": {
-            "model": paper["model"],
-            "batch": paper["training"]["batch_size"],
-            "sample_batch": paper["evaluation"]["batch_size"],
-            "size": paper["data"]["image_size"],
-        },
-        "cpu": {
-            "model": cpu["model"],
-            "batch": cpu["training"]["batch_size"],
-            "sample_batch": cpu["evaluation"]["batch_size"],
-            "size": cpu["data"]["image_size"],
-        },
+        name: {
+            "model": config["model"],
+            "batch": config["training"]["batch_size"],
+            "sample_rows": config["evaluation"]["batch_size"],
+            "checkpoint_samples": checkpoint_samples(config),
+            "size": config["data"]["image_size"],
+        }
+        for name, config in (("paper", paper), ("cpu", cpu))
     }
     return {name: found[name] for name in args.models}
 
@@ -124,7 +125,9 @@ def clock(warmup, timed, device: torch.device, cuda: bool) -> dict:
     return result
 
 
-def measure(setup: dict, runs: int, precision: str, mode: str, device: torch.device, args):
+def measure(
+    setup: dict, runs: int, precision: str, mode: str, device: torch.device, args, rows=None
+):
     """Time ``args.steps`` pack steps of ``runs`` runs after ``args.warmup`` steps."""
     from conceptspace.pack import StackedModel, draw_batch, loss_template, mask_specs
     from conceptspace.checkpoints import build_vdm
@@ -180,15 +183,33 @@ def measure(setup: dict, runs: int, precision: str, mode: str, device: torch.dev
     }
 
 
-def measure_sampling(setup: dict, runs: int, precision: str, mode: str, device, args):
-    """Time ``args.steps`` sampler steps of ``runs`` runs at the evaluation's batch, after
-    ``args.warmup`` untimed ones."""
+def checkpoint_samples(config: dict) -> int:
+    """Samples one evaluation of a signal-study checkpoint draws: conditions x samples."""
+    from conceptspace.plan import conditions
+    from conceptspace.studies import STUDIES
+
+    _, n_conditions = conditions(STUDIES["signal"], config)
+    return n_conditions * config["evaluation"]["samples_per_prompt"]
+
+
+def rows_per_run(setup: dict, rows: int, runs: int, mode: str) -> int:
+    """A run's rows in one sampler call, as ``evaluate.evaluate_pack`` cuts them: a vmapped
+    pack's runs share the call's ``rows`` (evaluation.batch_size), a run alone or in a
+    loop has them all; no run draws more than one checkpoint's samples at once."""
+    share = rows // runs if mode != "loop" and runs > 1 else rows
+    return max(1, min(share, setup["checkpoint_samples"]))
+
+
+def measure_sampling(setup: dict, runs: int, precision: str, mode: str, device, args, rows: int):
+    """Time ``args.steps`` sampler steps of ``runs`` runs, ``rows`` rows per call (split
+    over a vmapped pack's runs as the pipeline splits them), after ``args.warmup``
+    untimed ones."""
     from conceptspace.checkpoints import build_vdm
     from conceptspace.stacked import StackedNetworks
     from conceptspace.vdm import sample_runs
 
     cuda = fresh_device(device, precision)
-    size, batch, h_dim = setup["size"], setup["sample_batch"], 4
+    size, batch, h_dim = setup["size"], rows_per_run(setup, rows, runs, mode), 4
     vdms = []
     for seed in range(runs):
         torch.manual_seed(seed)
@@ -212,6 +233,7 @@ def measure_sampling(setup: dict, runs: int, precision: str, mode: str, device, 
     timing = clock(lambda: sample(args.warmup), lambda: sample(args.steps)[-1], device, cuda)
     step_s = timing["seconds"] / args.steps
     return {
+        "rows_per_run": batch,
         "steps": args.steps,
         "sampler_step_ms": 1000 * step_s,
         "sample_steps_per_s": runs * batch / step_s,
@@ -224,17 +246,14 @@ def paper_evaluation_sample_steps() -> float:
     """Samples times sampler steps of the paper signal study's evaluation (config.yaml):
     every run, checkpoint, condition and sample."""
     from conceptspace.config import load_config
-    from conceptspace.plan import conditions
     from conceptspace.runs import checkpoint_steps
     from conceptspace.studies import STUDIES
 
     config = load_config(ROOT / "config.yaml")
     study = STUDIES["signal"]
-    _, n_conditions = conditions(study, config)
-    evaluation = config["evaluation"]
-    per_run = len(checkpoint_steps(study.training(config))) * n_conditions
-    samples = len(study.runs(config)) * per_run * evaluation["samples_per_prompt"]
-    return float(samples * evaluation["sampler_steps"])
+    per_run = len(checkpoint_steps(study.training(config))) * checkpoint_samples(config)
+    samples = len(study.runs(config)) * per_run
+    return float(samples * config["evaluation"]["sampler_steps"])
 
 
 def machine(device: torch.device, threads: int) -> dict:
@@ -303,6 +322,13 @@ def main(argv=None) -> None:
         choices=["train", "sample"],
         help="time the pack trainer's step, or the pack evaluator's sampler step",
     )
+    parser.add_argument(
+        "--sample-rows",
+        nargs="+",
+        type=int,
+        help="--stage sample: rows per sampler call, as evaluation.batch_size (default: "
+        "each model's); a vmapped pack's runs share them, as in evaluate_pack",
+    )
     parser.add_argument("--steps", type=int, default=20, help="timed steps per case")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
     parser.add_argument("--threads", type=int, default=4, help="torch CPU threads")
@@ -331,25 +357,36 @@ def main(argv=None) -> None:
     began = time.monotonic()
     # mode-major: every plain case before any that compiles (graphs: a minute or more each)
     groups = [
-        (name, setup, precision, mode)
+        (name, setup, precision, mode, rows)
         for mode in args.modes
         for name, setup in setups(args).items()
         for precision in precisions
+        for rows in (
+            (args.sample_rows or [setup["sample_rows"]]) if args.stage == "sample" else [None]
+        )
     ]
-    for name, setup, precision, mode in groups:
+    measured = set()  # (model, precision, mode, K, rows per run) of the sampler calls timed
+    for name, setup, precision, mode, rows in groups:
         too_big = False
         for runs in sorted(args.packs):
             if runs == 1 and mode == "loop" and "vmap" in args.modes:
                 continue  # a pack of one runs without vmap in both: measured once
             case = {"model": name, "precision": precision, "mode": mode, "runs": runs}
-            case["batch"] = setup["sample_batch" if args.stage == "sample" else "batch"]
+            if rows is None:
+                case["batch"] = setup["batch"]
+            else:
+                call = (name, precision, mode, runs, rows_per_run(setup, rows, runs, mode))
+                if call in measured:
+                    continue  # more rows than this pack's runs can fill: measured already
+                measured.add(call)
+                case["sample_rows"] = rows
             if time.monotonic() - began > args.budget_s:
                 case["skipped"] = "time budget spent"
             elif too_big:
                 case["skipped"] = "a smaller pack ran out of memory"
             else:
                 try:
-                    case.update(timed(setup, runs, precision, mode, device, args))
+                    case.update(timed(setup, runs, precision, mode, device, args, rows))
                 except torch.OutOfMemoryError as err:
                     too_big = True
                     case["error"] = f"out of memory: {str(err).splitlines()[0]}"

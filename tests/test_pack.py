@@ -340,3 +340,25 @@ def test_the_pack_benchmark_writes_a_complete_report_on_the_cpu(tmp_path):
         assert case["run_steps_per_s"] == pytest.approx(case["runs"] / case["step_ms"] * 1000)
     assert cases["fp32", 1]["x_one_run"] == 1.0
     assert report["machine"]["device"] == "cpu" and "graph_capture" in report
+
+
+def test_the_sampler_benchmark_splits_a_calls_rows_as_evaluate_pack_does(tmp_path):
+    # --stage sample: a vmapped pack's runs share --sample-rows (evaluation.batch_size), no
+    # run draws more than a checkpoint's samples (tiny: 8), and a call already measured at
+    # fewer rows is not measured again
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "sample.json"
+    command = [sys.executable, str(REPO / "benchmarks" / "gpu_pack.py"), "--tiny", "--device"]
+    command += ["cpu", "--stage", "sample", "--packs", "1", "2", "--sample-rows", "8", "16"]
+    command += ["--precisions", "fp32", "--steps", "1", "--warmup", "1", "--threads", "1"]
+    subprocess.run([*command, "--out", str(out)], check=True, timeout=300)
+    report = json.loads(out.read_text())
+    rows = {(c["runs"], c["sample_rows"]): c["rows_per_run"] for c in report["cases"]}
+    assert rows == {(1, 8): 8, (2, 8): 4, (2, 16): 8}
+    for case in report["cases"]:
+        per_s = case["runs"] * case["rows_per_run"] / case["sampler_step_ms"] * 1000
+        assert case["sample_steps_per_s"] == pytest.approx(per_s)

@@ -219,7 +219,8 @@ EFFECT_MODELS: dict[str, Simulate] = {
         _margins(rng, sizes[0], 0.75),
         _margins(rng, sizes[1], 1.0),
     ],
-    # cpu-long's six signal runs: 3 of 6 earlier, none later
+    # cpu-long's first six signal runs (2026-12-01): 3 of 6 earlier, none later (15 runs
+    # since: 9 earlier, none later; the weaker model understates the power)
     "hidden": lambda rng, sizes: [_leads(rng, n, 0.5, 0.0) for n in sizes],
     # the paper's Fig. 5: most runs rescued at a checkpoint or two, few reversals
     "patching": lambda rng, sizes: [
