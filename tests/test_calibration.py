@@ -34,6 +34,9 @@ STACKED_ON = {
     "triangle-authors": "masking-three-ratios",
     "masking-ratios-0.5-1": "masking-32px-long",
     "mask-value-0": "masking-ratios-0.5-1",
+    "masking-ratio-1": "masking-32px-long",
+    # run over masking-ratio-1 (one run); over masking-ratios-0.5-1 here, also valid
+    "shape-one-hot": "mask-value-0",
 }
 
 
