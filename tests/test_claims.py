@@ -583,7 +583,12 @@ def test_patching_passes_when_every_run_is_rescued_before_the_last_checkpoint():
     runs = {(seed, gap): RESCUED for seed in (0, 1, 2) for gap in (0.1, 0.2)}
     claim = judge_patching(patching_study(runs), CLAIMS_CFG["patching"])
     assert claim["outcome"] == PASS and claim["value"] == 1.0 and claim["interval"] == [1, 1]
-    assert claim["data"] == {"runs": 6, "rescued_checkpoints": 12, "reversed_checkpoints": 0}
+    assert claim["data"] == {
+        "runs": 6,
+        "rescued_checkpoints": 12,
+        "reversed_checkpoints": 0,
+        "donors_reaching_threshold": 6,
+    }
     assert claim["p_value"] == pytest.approx(1 / 64)  # six runs, each more rescues
 
 
@@ -614,6 +619,9 @@ def test_patching_fails_when_no_run_is_rescued_and_ignores_missing_values():
     runs = {(0, 0.1): LATE, (1, 0.1): missing, (0, 0.2): LATE, (1, 0.2): LATE}
     claim = judge_patching(patching_study(runs), CLAIMS_CFG["patching"])
     assert claim["outcome"] == FAIL and claim["value"] == 0 and claim["interval"] == [0, 0]
+    # no last checkpoint draws the class naively (the missing run's patched one does)
+    assert claim["data"]["donors_reaching_threshold"] == 0
+    assert "draws the class under naive prompting in 0 of 4 runs" in claim["detail"]
 
 
 def test_patching_fails_when_the_interval_lies_below_the_fraction_asked_for():

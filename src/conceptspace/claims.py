@@ -709,9 +709,13 @@ def judge_patching(
     unseen = study["accuracy_among_valid"].sel(
         {"method": ["naive", PATCHED_METHOD], "prompt": UNSEEN_CLASS}
     )
-    accuracy = _per_run(study, smooth_accuracy(unseen, sigma_of(study))).isel(step=slice(None, -1))
+    smoothed = _per_run(study, smooth_accuracy(unseen, sigma_of(study)))
+    accuracy = smoothed.isel(step=slice(None, -1))
     # NaN compares False both ways: a missing value is neither failure nor success.
     naive, patched = accuracy.sel({"method": "naive"}), accuracy.sel({"method": PATCHED_METHOD})
+    # A rescue needs a donor that draws the class itself: runs that end before their last
+    # checkpoint does cannot be rescued, whatever the U-Net could do earlier.
+    donors = int((smoothed.sel({"method": "naive"}).isel(step=-1) >= threshold).sum())
     # A reversal (patching breaks what naive prompting drew) is the rescue's mirror: with
     # no effect, accuracies jittering around the threshold give as many of each.
     rescued = ((naive < threshold) & (patched >= threshold)).sum("step")
@@ -725,10 +729,12 @@ def judge_patching(
         f"{int(np.sum(rescued.values > 0))} of {rescued.sizes['run']} runs have such a "
         f"checkpoint; {int(rescued.sum())} (run, checkpoint) pairs in all, of "
         f"{rescued.sizes['run'] * (len(steps) - 1)}; {int(reversed_.sum())} the other way "
-        "(naive at or above the threshold, patched below)"
+        "(naive at or above the threshold, patched below); the donor, the last checkpoint, "
+        f"draws the class under naive prompting in {donors} of {rescued.sizes['run']} runs"
     )
     data = {"runs": rescued.sizes["run"], "rescued_checkpoints": int(rescued.sum())}
     data["reversed_checkpoints"] = int(reversed_.sum())
+    data["donors_reaching_threshold"] = donors
     few = _one_seed(groups, SIGNAL_SEEDS_KEY)
     if few:
         return result(INCONCLUSIVE, f"{few}; {detail}", value, data=data)
