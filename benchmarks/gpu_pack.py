@@ -196,8 +196,10 @@ def rows_per_run(setup: dict, rows: int, runs: int, mode: str) -> int:
     """A run's rows in one sampler call, as ``evaluate.evaluate_pack`` cuts them: a vmapped
     pack's runs share the call's ``rows`` (evaluation.batch_size), a run alone or in a
     loop has them all; no run draws more than one checkpoint's samples at once."""
-    share = rows // runs if mode != "loop" and runs > 1 else rows
-    return max(1, min(share, setup["checkpoint_samples"]))
+    from conceptspace.evaluate import rows_per_run as pipeline_rows_per_run
+
+    share = pipeline_rows_per_run(rows, runs, vmapped=mode != "loop")
+    return min(share, setup["checkpoint_samples"])
 
 
 def measure_sampling(setup: dict, runs: int, precision: str, mode: str, device, args, rows: int):

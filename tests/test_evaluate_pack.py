@@ -12,7 +12,13 @@ import xarray as xr
 
 from conceptspace.checkpoints import checkpoint_path
 from conceptspace.concepts import Signal
-from conceptspace.evaluate import PackMember, RunEvaluation, evaluate_pack, evaluate_run
+from conceptspace.evaluate import (
+    PackMember,
+    RunEvaluation,
+    evaluate_pack,
+    evaluate_run,
+    rows_per_run,
+)
 from conceptspace.io import ConceptspaceError
 from conceptspace.stacked import StackedNetworks
 from conceptspace.probe import train_probe
@@ -182,3 +188,16 @@ def test_a_runs_fields_that_are_not_json_or_lack_a_seed_are_named(pack, tmp_path
         )
         assert code == 1 and "--run run0: its fields" in caplog.text and named in caplog.text
     assert not (tmp_path / "evaluated.json").exists()
+
+
+@pytest.mark.parametrize(
+    "batch_size, runs, vmapped, rows",
+    [
+        (512, 4, True, 128),  # a vmapped pack shares the call's rows
+        (512, 4, False, 512),  # in a loop each run's call has them all
+        (512, 1, True, 512),
+        (3, 4, True, 1),  # never fewer than one row a run
+    ],
+)
+def test_a_vmapped_packs_runs_share_a_sampler_calls_rows(batch_size, runs, vmapped, rows):
+    assert rows_per_run(batch_size, runs, vmapped) == rows

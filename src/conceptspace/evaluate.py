@@ -679,6 +679,13 @@ class _Scores:
             self.valid_frame_off[self.where[c] + (i,)] = verdict_frame_off
 
 
+def rows_per_run(batch_size: int, runs: int, vmapped: bool) -> int:
+    """A run's rows in one sampler call. evaluation.batch_size bounds a call's rows: a
+    vmapped pack's runs share them, a run alone or evaluated in a loop has them all.
+    (benchmarks/gpu_pack.py cuts its timed calls with this too.)"""
+    return max(1, batch_size // runs) if vmapped and runs > 1 else batch_size
+
+
 def _evaluate_with(probe, jobs: Sequence[CheckpointJob], vmapped: bool = False) -> list[Path]:
     """:func:`evaluate_checkpoint` of one checkpoint of each run of a pack (one run: a pack
     of one), with the probe already loaded (``evaluate_pack`` loads it once): the runs'
@@ -708,8 +715,7 @@ def _evaluate_with(probe, jobs: Sequence[CheckpointJob], vmapped: bool = False) 
                 f"checkpoint {job.checkpoint} is prompted with other methods than "
                 f"{jobs[0].checkpoint}; a pack's runs share one checkpoint schedule and methods"
             )
-    if vmapped:  # evaluation.batch_size bounds a sampler call's rows: the pack's together
-        batch_size = max(1, batch_size // len(jobs))
+    batch_size = rows_per_run(batch_size, len(jobs), vmapped)
     n_samples = len(conditions) * samples_per_prompt
     for job, one in zip(jobs, prepared):
         log.info(
