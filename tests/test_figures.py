@@ -19,7 +19,13 @@ from conceptspace.evaluate import write_evaluation
 from conceptspace.figures import seeds_count, seeds_run
 from conceptspace.figures.hidden import plot_hidden
 from conceptspace.figures.patching import plot_patching
-from conceptspace.figures.sheets import plot_sample_sheet, row_labels, sheet_canvas, sheet_rows
+from conceptspace.figures.sheets import (
+    plot_sample_sheet,
+    row_labels,
+    run_title,
+    sheet_canvas,
+    sheet_rows,
+)
 from conceptspace.figures.signal import plot_signal
 from conceptspace.figures.trajectories import plot_trajectories
 from conceptspace.io import ConceptspaceError, provenance
@@ -392,6 +398,14 @@ def test_sample_sheet_rows_are_named_by_the_runs_own_layout():
     ]
 
 
+def test_sample_sheet_is_titled_by_the_run_its_samples_hold():
+    samples = fake_samples()
+    samples.attrs.update(seed=np.int64(1), color_gap=0.8, size_gap=0.6)
+    assert run_title(samples) == "Generations of run seed 1, color gap 0.8, size gap 0.6"
+    samples.attrs["mask_ratio"] = 0.0  # an underspecification run's samples
+    assert run_title(samples).endswith("size gap 0.6, masking ratio 0")
+
+
 def test_sample_sheet_canvas_puts_each_image_in_its_cell():
     samples = fake_samples()
     rows = sheet_rows(samples)
@@ -487,7 +501,9 @@ def test_smoke_run_draws_the_claim_figures_and_the_sample_sheet(smoke_run):
 
 def test_figure_command_draws_the_sample_sheet_from_a_samples_file(tmp_path):
     samples_path = tmp_path / "samples.nc"
-    save_dataset_nc(fake_samples(), samples_path)
+    samples = fake_samples()
+    samples.attrs.update(seed=2, color_gap=0.3, size_gap=0.4)  # another seed than configured
+    save_dataset_nc(samples, samples_path)
     sheet = {"seed": 0, "color_gap": 0.3, "size_gap": 0.4, "samples": 2, "steps": "all"}
     settings = json.dumps({"figures": {"sample_sheet": sheet}})
     out = tmp_path / "samples_dc0.300_ds0.400_seed0.png"
@@ -496,7 +512,7 @@ def test_figure_command_draws_the_sample_sheet_from_a_samples_file(tmp_path):
     assert not out.exists()
     assert cli.main([*argv, "--samples", str(samples_path)]) == 0
     with Image.open(out) as png:
-        assert "seed 0, color gap 0.3, size gap 0.4" in png.info["Title"]
+        assert "seed 2, color gap 0.3, size gap 0.4" in png.info["Title"]
 
 
 def test_accuracy_curves_are_smoothed_as_the_learning_times_were():

@@ -235,15 +235,13 @@ def cmd_figure(args: argparse.Namespace) -> None:
     settings = _settings(args.settings)
     record = provenance(settings)
     if args.name == "sheet":
-        from conceptspace.figures.sheets import plot_sample_sheet
+        from conceptspace.figures.sheets import plot_sample_sheet, run_title
         from conceptspace.netcdf import open_samples
 
         sheet = settings["figures"]["sample_sheet"]
-        title = (
-            f"Generations of run seed {sheet['seed']}, color gap {sheet['color_gap']:g}, "
-            f"size gap {sheet['size_gap']:g}"
-        )
         samples = open_samples(_required(args.samples, "--samples", args.name))
+        # titled by the file's own run: --samples may hold any run's, not the configured one
+        title = run_title(samples)
         plot_sample_sheet(samples, args.out, title, int(sheet["samples"]), record=record)
         log.info("wrote %s", args.out)
         return

@@ -144,6 +144,28 @@ def plot_sample_sheet(
     return out_png
 
 
+# The run attributes a samples file may carry (evaluate.sample_checkpoints), as titled.
+RUN_ATTRS = (
+    ("seed", "seed {:d}"),
+    ("color_gap", "color gap {:g}"),
+    ("size_gap", "size gap {:g}"),
+    ("background_gap", "background gap {:g}"),
+    ("mask_ratio", "masking ratio {:g}"),
+)
+
+
+def run_title(samples: xr.Dataset) -> str:
+    """'Generations of run seed 1, color gap 0.8, size gap 0.6, masking ratio 0': the run
+    the samples file says it holds, so a sheet of any run is titled as that run."""
+    attrs = samples.attrs
+    named = [
+        text.format(int(attrs[key]) if key == "seed" else float(attrs[key]))
+        for key, text in RUN_ATTRS
+        if key in attrs
+    ]
+    return "Generations of run " + (", ".join(named) or "(unnamed in the samples file)")
+
+
 def row_labels(samples: xr.Dataset, rows: list[tuple[str, str]]) -> list[str]:
     """'naive: 11 blue triangle': each row's method and class, named by the run's own
     layout (the samples file's ``layout`` attribute; none: the 2x2)."""
