@@ -226,8 +226,9 @@ EFFECT_MODELS: dict[str, Simulate] = {
     "patching": lambda rng, sizes: [
         np.stack([rng.poisson(1.5, n), rng.poisson(0.2, n)], axis=1) for n in sizes
     ],
-    # cpu-long's masking: ratio 0 learns near step 6,279 of 7,000 (here near the 12th of 14
-    # checkpoints), full masking prevents it
+    # cpu-long's masking: ratio 0 learns at steps 4,353-6,279 of 7,000 in three seeds (here
+    # near the 12th of 14 checkpoints, a tenth never: as late as seed 0, later than seeds 1
+    # and 2), full masking prevents it
     "underspecification": lambda rng, sizes: [
         _times(rng, sizes[0], 0.1, 11),
         np.full(sizes[1], NEVER),
