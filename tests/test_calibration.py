@@ -26,7 +26,7 @@ CANDIDATES = sorted((PRESETS / "calibration").glob("*.yaml"))
 BASE = (REPO / "config.yaml", PRESETS / "cpu-16px.yaml", PRESETS / "calibration" / "baseline.yaml")
 # Candidates laid over another preset than cpu-16px (BASE=NAME scripts/calibrate.sh ...);
 # a stacked candidate lies on the preset of the one under it.
-BASE_PRESET = {"masking-32px-long": "cpu"}
+BASE_PRESET = {"masking-32px-long": "cpu", "donor-3000": "cpu-long"}
 
 
 # Candidates laid over another candidate (scripts/calibrate.sh FIRST SECOND).
